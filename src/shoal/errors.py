@@ -1,0 +1,82 @@
+"""shoal's exceptions: one root, a shallow tree.
+
+    ShoalError
+    ├── ConfigError            bad project.yml, job metadata, kit config, CLI input
+    │   └── JobValidationError a job refused at submit (archive, metadata, sites)
+    ├── KitError               a startup kit is missing files or was tampered with
+    ├── ProvisionError         provisioning could not complete (nothing written)
+    ├── TransportError         a connection or transfer failed
+    │   ├── IntegrityError     a payload's size or hash did not match
+    │   └── PeerRejectedError  the peer refused us (identity, role, protocol)
+    ├── NotAuthorizedError     an admin command beyond the caller's role
+    ├── NotFoundError          no such job, site or file
+    ├── ArrayFormatError       a weights file/stream is malformed or does not match
+    └── JobFailedError         a job ended in a failure state
+
+Library code raises these; only the CLI turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArrayFormatError",
+    "ConfigError",
+    "IntegrityError",
+    "JobFailedError",
+    "JobValidationError",
+    "KitError",
+    "NotAuthorizedError",
+    "NotFoundError",
+    "PeerRejectedError",
+    "ProvisionError",
+    "ShoalError",
+    "TransportError",
+]
+
+
+class ShoalError(Exception):
+    """Root of every error shoal raises on purpose."""
+
+
+class ConfigError(ShoalError):
+    """Bad configuration or input: the message names the field and the file."""
+
+
+class JobValidationError(ConfigError):
+    """A job was refused at submit; nothing was stored."""
+
+
+class KitError(ShoalError):
+    """A startup kit is incomplete or its signed files were changed."""
+
+
+class ProvisionError(ShoalError):
+    """Provisioning failed; no partial output was left behind."""
+
+
+class TransportError(ShoalError):
+    """A connection or a transfer failed."""
+
+
+class IntegrityError(TransportError):
+    """A payload's size or SHA-256 did not match what the sender announced."""
+
+
+class PeerRejectedError(TransportError):
+    """The other side refused the request (identity, role or protocol)."""
+
+
+class NotAuthorizedError(ShoalError):
+    """The caller's role does not allow the command; nothing was changed."""
+
+
+class NotFoundError(ShoalError):
+    """No such job, site or file."""
+
+
+class ArrayFormatError(ShoalError):
+    """A weights file or stream is malformed or does not match the model."""
+
+
+class JobFailedError(ShoalError):
+    """A job ended in a failure state (EXECUTION_EXCEPTION, ABORTED, ABANDONED)."""

@@ -1,0 +1,103 @@
+"""What a server-side workflow sees of the federation.
+
+A workflow (FedAvg and friends) is pure logic: it decides what each round asks
+of which sites and how results are combined. It talks to the federation only
+through :class:`Communicator`, which the server runtime implements over gRPC
+and the simulator implements in memory. Weights move as files in the
+safetensors layout (see ``shoal.arrays``) so that a 1 GiB model is never copied
+whole through a pipe: the workflow writes the global model to a file, the
+runtime streams that file to the sites, and each site's result arrives as a
+file the workflow memory-maps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = [
+    "Communicator",
+    "TaskResult",
+    "WorkflowContext",
+    "WorkflowFn",
+]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One site's answer to one task."""
+
+    site: str
+    task_id: str
+    round: int
+    num_examples: int
+    metrics: Mapping[str, float]
+    #: The site's weights, a file in the safetensors layout (already hash-checked).
+    path: Path
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weights, memory-mapped (no copy of the file is made)."""
+        from shoal.arrays import load_arrays
+
+        return load_arrays(self.path, mmap=True)
+
+
+class Communicator(Protocol):
+    """The workflow's narrow window onto the federation."""
+
+    def sites(self) -> Sequence[str]:
+        """The sites taking part in this job (fixed when the job starts)."""
+
+    def scatter(
+        self,
+        *,
+        task: str,
+        round: int,
+        weights_path: Path,
+        sites: Sequence[str],
+        meta: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Offer ``weights_path`` as task ``task`` to ``sites``; returns the task id.
+
+        Returns at once; sites pick the task up as soon as they ask for work.
+        """
+
+    def gather(self, task_id: str, *, timeout: float) -> Iterator[TaskResult]:
+        """Yield results of ``task_id`` as they arrive.
+
+        Ends when every targeted site has answered, or has left the
+        federation, or ``timeout`` seconds passed. Results are complete and
+        verified files: a partial upload is never yielded.
+        """
+
+    def finish(self) -> None:
+        """Tell every site the job has no more tasks."""
+
+    def report(self, **progress: Any) -> None:
+        """Publish progress (round, per-site state) for ``show_stats``."""
+
+
+@dataclass
+class WorkflowContext:
+    """Everything a workflow run gets."""
+
+    job_id: str
+    #: The job's parsed metadata (``shoal.jobs.spec.JobSpec``).
+    spec: Any
+    #: Workflow parameters from the job's metadata (e.g. ``num_rounds``).
+    params: Mapping[str, Any]
+    #: The job's unpacked app folder (put on sys.path for server hooks).
+    app_dir: Path
+    #: Where the workflow writes models, metrics and checkpoints.
+    run_dir: Path
+    comm: Communicator
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("shoal.workflow"))
+
+
+class WorkflowFn(Protocol):
+    def __call__(self, ctx: WorkflowContext) -> None: ...
