@@ -69,6 +69,10 @@ class ClientBackend(Protocol):
 
     site_name: str
     job_id: str
+    #: This site's position among the job's sites (sorted by name) and their
+    #: count: lets a script pick its own shard of a shared demo data set.
+    site_index: int
+    num_sites: int
 
     def next_task(self) -> FLModel | None:
         """Block until the next task arrives; ``None`` when the job is over."""
@@ -171,7 +175,12 @@ def get_job_id() -> str:
     return _require().backend.job_id
 
 
-def system_info() -> dict[str, str]:
-    """Site name and job id, as NVIDIA FLARE's ``flare.system_info()``."""
-    state = _require()
-    return {"site_name": state.backend.site_name, "job_id": state.backend.job_id}
+def system_info() -> dict[str, Any]:
+    """Site name, job id, and this site's index among the job's sites."""
+    b = _require().backend
+    return {
+        "site_name": b.site_name,
+        "job_id": b.job_id,
+        "site_index": b.site_index,
+        "num_sites": b.num_sites,
+    }
