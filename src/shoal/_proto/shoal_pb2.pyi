@@ -36,55 +36,49 @@ class Frame(_message.Message):
     trailer: Trailer
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., data: _Optional[bytes] = ..., trailer: _Optional[_Union[Trailer, _Mapping]] = ...) -> None: ...
 
-class SiteMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "job_event")
-    HELLO_FIELD_NUMBER: _ClassVar[int]
-    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
-    JOB_EVENT_FIELD_NUMBER: _ClassVar[int]
-    hello: Hello
-    heartbeat: Heartbeat
-    job_event: JobEvent
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., job_event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
-
 class Hello(_message.Message):
-    __slots__ = ("site", "shoal_version", "resources_json")
+    __slots__ = ("site", "shoal_version", "resources_json", "running_jobs")
     SITE_FIELD_NUMBER: _ClassVar[int]
     SHOAL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_JSON_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     site: str
     shoal_version: str
     resources_json: str
-    def __init__(self, site: _Optional[str] = ..., shoal_version: _Optional[str] = ..., resources_json: _Optional[str] = ...) -> None: ...
+    running_jobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, site: _Optional[str] = ..., shoal_version: _Optional[str] = ..., resources_json: _Optional[str] = ..., running_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("running_jobs",)
+    __slots__ = ("session_id", "running_jobs")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
     running_jobs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, running_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., running_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "state", "detail")
+    __slots__ = ("session_id", "job_id", "state", "detail")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
     job_id: str
     state: str
     detail: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ServerEvent(_message.Message):
-    __slots__ = ("welcome", "start_job", "abort_job", "shutdown", "pong")
+    __slots__ = ("welcome", "start_job", "abort_job", "shutdown")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     START_JOB_FIELD_NUMBER: _ClassVar[int]
     ABORT_JOB_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
-    PONG_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     start_job: StartJob
     abort_job: AbortJob
     shutdown: Shutdown
-    pong: Pong
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., abort_job: _Optional[_Union[AbortJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., abort_job: _Optional[_Union[AbortJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "server", "heartbeat_interval_s")
@@ -125,10 +119,6 @@ class Shutdown(_message.Message):
     site_should_exit: bool
     restart: bool
     def __init__(self, reason: _Optional[str] = ..., site_should_exit: _Optional[bool] = ..., restart: _Optional[bool] = ...) -> None: ...
-
-class Pong(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ("job_id", "wait_s")

@@ -34,10 +34,20 @@ class FleetStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Connect = channel.stream_stream(
+        self.Connect = channel.unary_stream(
                 '/shoal.v1.Fleet/Connect',
-                request_serializer=shoal_dot_v1_dot_shoal__pb2.SiteMessage.SerializeToString,
+                request_serializer=shoal_dot_v1_dot_shoal__pb2.Hello.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_shoal__pb2.ServerEvent.FromString,
+                _registered_method=True)
+        self.Beat = channel.unary_unary(
+                '/shoal.v1.Fleet/Beat',
+                request_serializer=shoal_dot_v1_dot_shoal__pb2.Heartbeat.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shoal__pb2.Ack.FromString,
+                _registered_method=True)
+        self.ReportJob = channel.unary_unary(
+                '/shoal.v1.Fleet/ReportJob',
+                request_serializer=shoal_dot_v1_dot_shoal__pb2.JobEvent.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_shoal__pb2.Ack.FromString,
                 _registered_method=True)
         self.GetTask = channel.unary_stream(
                 '/shoal.v1.Fleet/GetTask',
@@ -64,9 +74,25 @@ class FleetStub:
 class FleetServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Connect(self, request_iterator, context):
-        """The site daemon's long-lived session: hello, then heartbeats; the server
-        pushes job starts, aborts and shutdowns down the same stream.
+    def Connect(self, request, context):
+        """The site daemon's long-lived session. The server answers with Welcome,
+        then pushes job starts, aborts and shutdowns down the same stream; one
+        held stream per site, so work reaches an idle site at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Beat(self, request, context):
+        """Liveness and what the site is running; unary so a session costs the
+        server one held stream, not a reader thread per site.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportJob(self, request, context):
+        """A job worker on the site started, finished or failed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,10 +130,20 @@ class FleetServicer:
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Connect': grpc.stream_stream_rpc_method_handler(
+            'Connect': grpc.unary_stream_rpc_method_handler(
                     servicer.Connect,
-                    request_deserializer=shoal_dot_v1_dot_shoal__pb2.SiteMessage.FromString,
+                    request_deserializer=shoal_dot_v1_dot_shoal__pb2.Hello.FromString,
                     response_serializer=shoal_dot_v1_dot_shoal__pb2.ServerEvent.SerializeToString,
+            ),
+            'Beat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Beat,
+                    request_deserializer=shoal_dot_v1_dot_shoal__pb2.Heartbeat.FromString,
+                    response_serializer=shoal_dot_v1_dot_shoal__pb2.Ack.SerializeToString,
+            ),
+            'ReportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportJob,
+                    request_deserializer=shoal_dot_v1_dot_shoal__pb2.JobEvent.FromString,
+                    response_serializer=shoal_dot_v1_dot_shoal__pb2.Ack.SerializeToString,
             ),
             'GetTask': grpc.unary_stream_rpc_method_handler(
                     servicer.GetTask,
@@ -141,7 +177,7 @@ class Fleet:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Connect(request_iterator,
+    def Connect(request,
             target,
             options=(),
             channel_credentials=None,
@@ -151,12 +187,66 @@ class Fleet:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
+        return grpc.experimental.unary_stream(
+            request,
             target,
             '/shoal.v1.Fleet/Connect',
-            shoal_dot_v1_dot_shoal__pb2.SiteMessage.SerializeToString,
+            shoal_dot_v1_dot_shoal__pb2.Hello.SerializeToString,
             shoal_dot_v1_dot_shoal__pb2.ServerEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Beat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Fleet/Beat',
+            shoal_dot_v1_dot_shoal__pb2.Heartbeat.SerializeToString,
+            shoal_dot_v1_dot_shoal__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Fleet/ReportJob',
+            shoal_dot_v1_dot_shoal__pb2.JobEvent.SerializeToString,
+            shoal_dot_v1_dot_shoal__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,

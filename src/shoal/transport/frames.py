@@ -1,0 +1,200 @@
+"""Chunked payload streams: Header, data chunks, Trailer with SHA-256.
+
+Payloads (weights, job packages, results, logs) never travel as one message,
+so gRPC's message cap does not limit model size and memory per transfer is one
+chunk. The receiver writes chunks straight to a temporary file, hashing as it
+goes, and only renames it into place once size and hash match: a partial or
+corrupted upload never becomes visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal._proto import shoal_pb2 as pb
+from shoal.errors import IntegrityError, TransportError
+
+__all__ = [
+    "CHUNK_SIZE",
+    "MAX_CHUNK_SIZE",
+    "PayloadHeader",
+    "ReceivedPayload",
+    "frames_from_bytes",
+    "frames_from_file",
+    "read_header",
+    "receive_bytes",
+    "receive_to_file",
+]
+
+#: Bytes per data frame. Large enough to amortise per-message cost, small
+#: enough that a transfer holds a few MiB at most.
+CHUNK_SIZE = 4 * 1024 * 1024
+#: Largest frame a peer may send us (gRPC refuses bigger messages).
+MAX_CHUNK_SIZE = 8 * 1024 * 1024
+#: gRPC message cap: a chunk plus protobuf overhead.
+MAX_MESSAGE_BYTES = MAX_CHUNK_SIZE + 64 * 1024
+
+
+@dataclass(frozen=True)
+class PayloadHeader:
+    """What a payload is, in shoal's own terms (protobuf stays in here)."""
+
+    kind: str
+    job_id: str = ""
+    task_id: str = ""
+    size: int = -1
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_pb(self) -> pb.Header:
+        return pb.Header(
+            kind=self.kind,
+            job_id=self.job_id,
+            task_id=self.task_id,
+            size=self.size,
+            meta_json=json.dumps(dict(self.meta)),
+        )
+
+    @classmethod
+    def from_pb(cls, h: pb.Header) -> PayloadHeader:
+        try:
+            meta = json.loads(h.meta_json) if h.meta_json else {}
+        except json.JSONDecodeError as exc:
+            raise TransportError(f"payload header: meta_json is not JSON: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise TransportError("payload header: meta_json must be a JSON object")
+        return cls(kind=h.kind, job_id=h.job_id, task_id=h.task_id, size=h.size, meta=meta)
+
+
+@dataclass(frozen=True)
+class ReceivedPayload:
+    header: PayloadHeader
+    path: Path
+    size: int
+    sha256: str
+
+
+def frames_from_file(
+    header: PayloadHeader, path: Path, *, chunk_size: int = CHUNK_SIZE
+) -> Iterator[pb.Frame]:
+    """Stream ``path`` as frames; the header's size is filled in from the file."""
+    size = path.stat().st_size
+    h = PayloadHeader(header.kind, header.job_id, header.task_id, size, header.meta)
+    yield pb.Frame(header=h.to_pb())
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_size)
+            if not chunk:
+                break
+            digest.update(chunk)
+            yield pb.Frame(data=chunk)
+    yield pb.Frame(trailer=pb.Trailer(sha256=digest.hexdigest()))
+
+
+def frames_from_bytes(
+    header: PayloadHeader, data: bytes, *, chunk_size: int = CHUNK_SIZE
+) -> Iterator[pb.Frame]:
+    h = PayloadHeader(header.kind, header.job_id, header.task_id, len(data), header.meta)
+    yield pb.Frame(header=h.to_pb())
+    view = memoryview(data)
+    for i in range(0, len(data), chunk_size):
+        yield pb.Frame(data=bytes(view[i : i + chunk_size]))
+    yield pb.Frame(trailer=pb.Trailer(sha256=hashlib.sha256(data).hexdigest()))
+
+
+def read_header(frames: Iterator[pb.Frame]) -> PayloadHeader:
+    """Consume and decode the first frame, which must be a header."""
+    try:
+        first = next(frames)
+    except StopIteration:
+        raise TransportError("empty payload stream: no header") from None
+    if first.WhichOneof("body") != "header":
+        raise TransportError("payload stream must start with a header")
+    return PayloadHeader.from_pb(first.header)
+
+
+def receive_to_file(
+    header: PayloadHeader,
+    frames: Iterable[pb.Frame],
+    dest: Path,
+    *,
+    max_size: int,
+) -> ReceivedPayload:
+    """Write the data frames after ``header`` to ``dest``, atomically.
+
+    Raises IntegrityError (and leaves nothing at ``dest``) when the stream is
+    truncated, longer than announced or than ``max_size``, or its hash differs.
+    """
+    if header.size < 0:
+        raise IntegrityError("payload header must announce its size")
+    if header.size > max_size:
+        raise IntegrityError(f"payload of {header.size} bytes exceeds the limit of {max_size}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    received = 0
+    trailer: pb.Trailer | None = None
+    try:
+        with open(tmp, "wb") as f:
+            for frame in frames:
+                which = frame.WhichOneof("body")
+                if which == "data":
+                    received += len(frame.data)
+                    if received > header.size:
+                        raise IntegrityError(
+                            f"payload longer than the {header.size} bytes announced"
+                        )
+                    digest.update(frame.data)
+                    f.write(frame.data)
+                elif which == "trailer":
+                    trailer = frame.trailer
+                    break
+                else:
+                    raise IntegrityError(f"unexpected {which!r} frame inside a payload")
+            f.flush()
+            os.fsync(f.fileno())
+        _check_end(header, received, digest.hexdigest(), trailer)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ReceivedPayload(header=header, path=dest, size=received, sha256=digest.hexdigest())
+
+
+def receive_bytes(header: PayloadHeader, frames: Iterable[pb.Frame], *, max_size: int) -> bytes:
+    """Like receive_to_file, into memory: only for small payloads."""
+    if header.size < 0 or header.size > max_size:
+        raise IntegrityError(f"payload size {header.size} outside 0..{max_size}")
+    parts: list[bytes] = []
+    received = 0
+    trailer: pb.Trailer | None = None
+    for frame in frames:
+        which = frame.WhichOneof("body")
+        if which == "data":
+            received += len(frame.data)
+            if received > header.size:
+                raise IntegrityError(f"payload longer than the {header.size} bytes announced")
+            parts.append(frame.data)
+        elif which == "trailer":
+            trailer = frame.trailer
+            break
+        else:
+            raise IntegrityError(f"unexpected {which!r} frame inside a payload")
+    data = b"".join(parts)
+    _check_end(header, received, hashlib.sha256(data).hexdigest(), trailer)
+    return data
+
+
+def _check_end(header: PayloadHeader, received: int, digest: str, trailer: pb.Trailer | None) -> None:
+    if trailer is None:
+        raise IntegrityError(f"payload truncated after {received} of {header.size} bytes")
+    if received != header.size:
+        raise IntegrityError(f"payload has {received} bytes, {header.size} were announced")
+    if trailer.sha256 != digest:
+        raise IntegrityError("payload SHA-256 mismatch")
