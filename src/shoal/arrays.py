@@ -1,0 +1,437 @@
+"""Weights on disk and on the wire: the safetensors layout, without pickle.
+
+A file is an 8-byte little-endian header length ``N``, ``N`` bytes of JSON
+(padded with spaces to a multiple of 8), then the raw little-endian bytes of
+every array::
+
+    {"dense/kernel": {"dtype": "F32", "shape": [784, 10], "data_offsets": [0, 31360]},
+     "__metadata__": {"round": "3"}}
+
+Offsets are relative to the first byte after the header; together the arrays
+cover the data region exactly, without gaps or overlaps. Files written here are
+read by the ``safetensors`` package and the other way round.
+
+    save_arrays(path, {"w": np.zeros((2, 3), np.float32)}, metadata={"round": "1"})
+    arrays = load_arrays(path)          # read-only, memory-mapped
+
+Only numpy is needed. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import mmap as _mmap
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from shoal.errors import ArrayFormatError
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "ArraySpec",
+    "Header",
+    "array_specs",
+    "check_compatible",
+    "check_finite",
+    "decode_header",
+    "encode_header",
+    "load_arrays",
+    "read_header",
+    "save_arrays",
+]
+
+#: The largest JSON header accepted (the safetensors package uses the same cap).
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+#: safetensors dtype name -> numpy dtype (little-endian). BF16 and the F8 types
+#: have no numpy equivalent and are refused with a clear message.
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("bool"),
+    "U8": np.dtype("<u1"),
+    "I8": np.dtype("<i1"),
+    "U16": np.dtype("<u2"),
+    "I16": np.dtype("<i2"),
+    "U32": np.dtype("<u4"),
+    "I32": np.dtype("<i4"),
+    "U64": np.dtype("<u8"),
+    "I64": np.dtype("<i8"),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+}
+_NAMES: dict[str, str] = {dt.name: code for code, dt in _DTYPES.items()}
+_UNSUPPORTED = {"BF16", "F8_E4M3", "F8_E5M2", "C64", "F4", "F6_E2M3", "F6_E3M2", "E8M0"}
+
+# Big enough to keep syscalls rare, small enough that converting a
+# non-contiguous or big-endian array never copies a whole layer at once.
+_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Where one array lives in a file, as its header says."""
+
+    #: numpy dtype name, e.g. ``"float32"``.
+    dtype: str
+    #: The array's shape (``()`` for a scalar).
+    shape: tuple[int, ...]
+    #: First byte, relative to the start of the data region.
+    begin: int
+    #: One past the last byte, relative to the start of the data region.
+    end: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """A decoded and validated file header."""
+
+    #: Array name -> placement, in the order the header lists them.
+    arrays: dict[str, ArraySpec]
+    #: The free-form ``__metadata__`` string map (empty when absent).
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_bytes(self) -> int:
+        """Length of the data region the arrays cover."""
+        return max((s.end for s in self.arrays.values()), default=0)
+
+
+def _dtype_code(dtype: np.dtype[Any], name: str) -> str:
+    code = _NAMES.get(dtype.name)
+    if code is None:
+        raise ArrayFormatError(
+            f"array {name!r}: dtype {dtype} is not supported "
+            f"(supported: {', '.join(sorted(_NAMES))})"
+        )
+    return code
+
+
+def _as_array(name: object, value: object) -> np.ndarray:
+    if not isinstance(name, str) or not name:
+        raise ArrayFormatError(f"array names must be non-empty strings, got {name!r}")
+    if name == "__metadata__":
+        raise ArrayFormatError("'__metadata__' is reserved and cannot name an array")
+    arr = np.asarray(value)
+    _dtype_code(arr.dtype, name)
+    return arr
+
+
+def encode_header(
+    arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> tuple[bytes, list[str]]:
+    """The padded header for ``arrays`` and the order their bytes follow it.
+
+    Arrays are laid out by descending item size (as safetensors does) so every
+    array starts aligned to its own item size.
+    """
+    order = sorted(arrays, key=lambda n: -arrays[n].dtype.itemsize)
+    offsets: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for name in order:
+        nbytes = int(arrays[name].nbytes)
+        offsets[name] = (pos, pos + nbytes)
+        pos += nbytes
+    header: dict[str, Any] = {}
+    if metadata:
+        meta = dict(metadata)
+        for k, v in meta.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ArrayFormatError(
+                    f"metadata must map strings to strings, got {k!r}: {type(v).__name__}"
+                )
+        header["__metadata__"] = meta
+    for name, arr in arrays.items():
+        header[name] = {
+            "dtype": _dtype_code(arr.dtype, name),
+            "shape": [int(d) for d in arr.shape],
+            "data_offsets": list(offsets[name]),
+        }
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return raw, order
+
+
+def _write_array(f: BinaryIO, arr: np.ndarray) -> None:
+    little = arr.dtype.newbyteorder("<")
+    if arr.flags.c_contiguous and little == arr.dtype:
+        if arr.nbytes:
+            f.write(arr.reshape(-1).data.cast("B"))
+        return
+    if arr.ndim == 0:
+        f.write(arr.astype(little).tobytes())
+        return
+    # Convert slab by slab along the first axis (C order follows it), so a
+    # Fortran-ordered or big-endian layer is never copied whole.
+    step = max(1, _CHUNK_BYTES // max(1, arr[0:1].nbytes))
+    for i in range(0, arr.shape[0], step):
+        f.write(np.ascontiguousarray(arr[i : i + step], dtype=little).tobytes())
+
+
+def save_arrays(
+    path: str | os.PathLike[str],
+    arrays: Mapping[str, Any],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``arrays`` to ``path`` atomically; returns the path.
+
+    Each array is streamed to a temporary file beside ``path`` (no
+    concatenated copy of the model is built), which is fsynced and renamed
+    into place: readers see the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    checked = {name: _as_array(name, value) for name, value in arrays.items()}
+    header, order = encode_header(checked, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(header).to_bytes(8, "little"))
+            f.write(header)
+            for name in order:
+                _write_array(f, checked[name])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform.
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ArrayFormatError(f"header: name {key!r} appears more than once")
+        out[key] = value
+    return out
+
+
+def _nonneg_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def decode_header(raw: bytes, data_bytes: int | None = None) -> Header:
+    """Parse and validate a JSON header (the bytes between length and data).
+
+    With ``data_bytes`` (the length of the data region that follows), also
+    checks that the arrays cover it exactly. Raises ArrayFormatError with the
+    reason on anything else than a well-formed header.
+    """
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArrayFormatError(f"header is not valid UTF-8: {exc}") from None
+    if not text.startswith("{"):
+        raise ArrayFormatError("header is not a JSON object")
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+    except ArrayFormatError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise ArrayFormatError(f"header is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ArrayFormatError("header is not a JSON object")
+    metadata: dict[str, str] = {}
+    arrays: dict[str, ArraySpec] = {}
+    for name, entry in doc.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise ArrayFormatError("header: __metadata__ must map strings to strings")
+            metadata = dict(entry)
+            continue
+        arrays[name] = _decode_entry(name, entry)
+    _check_layout(arrays, data_bytes)
+    return Header(arrays=arrays, metadata=metadata)
+
+
+def _decode_entry(name: str, entry: object) -> ArraySpec:
+    if not isinstance(entry, dict):
+        raise ArrayFormatError(f"array {name!r}: header entry is not an object")
+    extra = set(entry) - {"dtype", "shape", "data_offsets"}
+    if extra:
+        raise ArrayFormatError(f"array {name!r}: unknown header fields {sorted(extra)}")
+    code = entry.get("dtype")
+    if not isinstance(code, str):
+        raise ArrayFormatError(f"array {name!r}: missing or non-string dtype")
+    if code in _UNSUPPORTED:
+        raise ArrayFormatError(f"array {name!r}: dtype {code} is not supported by numpy")
+    if code not in _DTYPES:
+        raise ArrayFormatError(f"array {name!r}: unknown dtype {code!r}")
+    dtype = _DTYPES[code]
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_nonneg_int(d) for d in shape):
+        raise ArrayFormatError(f"array {name!r}: shape must be a list of integers >= 0")
+    offsets = entry.get("data_offsets")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_nonneg_int(o) for o in offsets)
+    ):
+        raise ArrayFormatError(f"array {name!r}: data_offsets must be two integers >= 0")
+    begin, end = offsets
+    if end < begin:
+        raise ArrayFormatError(f"array {name!r}: data_offsets end {end} is before begin {begin}")
+    expected = math.prod(shape) * dtype.itemsize
+    if expected != end - begin:
+        raise ArrayFormatError(
+            f"array {name!r}: shape {shape} x {dtype.itemsize} bytes = {expected} bytes, "
+            f"but data_offsets span {end - begin}"
+        )
+    return ArraySpec(dtype=dtype.name, shape=tuple(shape), begin=begin, end=end)
+
+
+def _check_layout(arrays: Mapping[str, ArraySpec], data_bytes: int | None) -> None:
+    pos = 0
+    # Empty arrays occupy no bytes; sorting them first keeps the walk simple.
+    for name, spec in sorted(arrays.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+        if spec.begin < pos:
+            raise ArrayFormatError(f"array {name!r}: data_offsets overlap another array")
+        if spec.begin > pos:
+            raise ArrayFormatError(
+                f"array {name!r}: gap before data_offsets {spec.begin} (arrays must be contiguous)"
+            )
+        pos = spec.end
+    if data_bytes is None:
+        return
+    if pos > data_bytes:
+        raise ArrayFormatError(
+            f"file is truncated: arrays need {pos} data bytes, only {data_bytes} present"
+        )
+    if pos < data_bytes:
+        raise ArrayFormatError(
+            f"arrays do not cover the data: {data_bytes - pos} trailing bytes after offset {pos}"
+        )
+
+
+def read_header(f: BinaryIO, file_size: int) -> tuple[Header, int]:
+    """Read and validate the header of an open file; returns it and the data start."""
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        raise ArrayFormatError(f"file is truncated: {file_size} bytes, no 8-byte header length")
+    n = int.from_bytes(prefix, "little")
+    if n == 0:
+        raise ArrayFormatError("header length is 0")
+    if n > MAX_HEADER_BYTES:
+        raise ArrayFormatError(f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + n > file_size:
+        raise ArrayFormatError(
+            f"header length {n} runs beyond the end of the file ({file_size} bytes)"
+        )
+    raw = f.read(n)
+    if len(raw) != n:
+        raise ArrayFormatError("file is truncated inside the header")
+    return decode_header(raw, data_bytes=file_size - 8 - n), 8 + n
+
+
+def load_arrays(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str, np.ndarray]:
+    """Read a file written by :func:`save_arrays` (or by safetensors).
+
+    With ``mmap=True`` (the default) the arrays are read-only views of a
+    memory map of the file: nothing is copied until touched. With
+    ``mmap=False`` they are ordinary writable arrays read into memory.
+    """
+    path = Path(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after mapping
+    except FileNotFoundError:
+        raise ArrayFormatError(f"{path}: no such file") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            header, start = read_header(f, size)
+        except ArrayFormatError as exc:
+            raise ArrayFormatError(f"{path}: {exc}") from None
+        if not mmap:
+            out: dict[str, np.ndarray] = {}
+            for name, spec in header.arrays.items():
+                arr = np.empty(spec.shape, dtype=np.dtype(spec.dtype).newbyteorder("<"))
+                f.seek(start + spec.begin)
+                view = arr.reshape(-1).data.cast("B") if arr.size else memoryview(b"")
+                if arr.size and f.readinto(view) != spec.end - spec.begin:
+                    raise ArrayFormatError(f"{path}: file is truncated inside {name!r}")
+                out[name] = arr
+            return out
+        mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
+    out = {}
+    for name, spec in header.arrays.items():
+        dtype = np.dtype(spec.dtype).newbyteorder("<")
+        count = math.prod(spec.shape)
+        if count == 0:
+            arr = np.empty(spec.shape, dtype=dtype)
+            arr.flags.writeable = False
+        else:
+            arr = np.frombuffer(mm, dtype=dtype, count=count, offset=start + spec.begin)
+        out[name] = arr.reshape(spec.shape)
+    return out
+
+
+def array_specs(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{name: (dtype name, shape)}`` of ``arrays``, e.g. ``{"w": ("float32", (2, 3))}``."""
+    return {name: (np.asarray(a).dtype.name, tuple(np.shape(a))) for name, a in arrays.items()}
+
+
+def check_compatible(
+    reference: Mapping[str, tuple[str, tuple[int, ...]]],
+    arrays: Mapping[str, np.ndarray],
+) -> None:
+    """Raise ArrayFormatError unless ``arrays`` has exactly the names, dtypes and
+    shapes of ``reference`` (from :func:`array_specs`); the message names the
+    first mismatching array."""
+    missing = [n for n in reference if n not in arrays]
+    if missing:
+        raise ArrayFormatError(f"array {missing[0]!r} is missing ({len(missing)} missing)")
+    extra = [n for n in arrays if n not in reference]
+    if extra:
+        raise ArrayFormatError(f"array {extra[0]!r} is not in the model ({len(extra)} unexpected)")
+    for name, (dtype, shape) in reference.items():
+        arr = arrays[name]
+        if tuple(arr.shape) != tuple(shape):
+            raise ArrayFormatError(
+                f"array {name!r}: shape {tuple(arr.shape)} differs from the model's {tuple(shape)}"
+            )
+        if arr.dtype.name != dtype:
+            raise ArrayFormatError(
+                f"array {name!r}: dtype {arr.dtype.name} differs from the model's {dtype}"
+            )
+
+
+def check_finite(arrays: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]]) -> None:
+    """Raise ArrayFormatError naming the first floating array holding NaN or Inf.
+
+    Scans in slabs, so a memory-mapped layer is never copied whole.
+    """
+    items = arrays.items() if isinstance(arrays, Mapping) else arrays
+    for name, arr in items:
+        if arr.dtype.kind != "f" or arr.size == 0:
+            continue
+        flat = arr.reshape(-1)
+        step = max(1, _CHUNK_BYTES // arr.dtype.itemsize)
+        for i in range(0, flat.shape[0], step):
+            if not np.isfinite(flat[i : i + step]).all():
+                raise ArrayFormatError(f"array {name!r} contains NaN or Inf")

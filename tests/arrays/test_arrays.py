@@ -1,0 +1,283 @@
+"""shoal.arrays: round trips, safetensors compatibility, and every refusal."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shoal.arrays import (
+    array_specs,
+    check_compatible,
+    check_finite,
+    decode_header,
+    load_arrays,
+    save_arrays,
+)
+from shoal.errors import ArrayFormatError
+
+DTYPES = [
+    np.float16,
+    np.float32,
+    np.float64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+]
+
+
+def _sample() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    out: dict[str, np.ndarray] = {}
+    for i, dt in enumerate(DTYPES):
+        out[f"a{i}/{np.dtype(dt).name}"] = (rng.normal(size=(3, 4)) * 10).astype(dt)
+    out["scalar"] = np.array(3.5, dtype=np.float32)
+    out["empty"] = np.zeros((0, 5), dtype=np.float32)
+    return out
+
+
+def _raw_file(path: Path, header: object, data: bytes, *, length: int | None = None) -> Path:
+    raw = json.dumps(header).encode() if not isinstance(header, bytes) else header
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+    return path
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_round_trip_all_dtypes(tmp_path: Path, mmap: bool) -> None:
+    arrays = _sample()
+    path = save_arrays(tmp_path / "m.safetensors", arrays, metadata={"round": "3"})
+    loaded = load_arrays(path, mmap=mmap)
+    assert list(loaded) == list(arrays)
+    for name, arr in arrays.items():
+        assert loaded[name].dtype == arr.dtype, name
+        assert loaded[name].shape == arr.shape, name
+        np.testing.assert_array_equal(loaded[name], arr)
+    assert loaded["a1/float32"].flags.writeable is (not mmap)
+
+
+def test_header_is_padded_and_aligned(tmp_path: Path) -> None:
+    path = save_arrays(tmp_path / "m.safetensors", {"b": np.zeros(3, np.int8), "a": np.ones(2)})
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    assert n % 8 == 0
+    header = decode_header(raw[8 : 8 + n], data_bytes=len(raw) - 8 - n)
+    # float64 first: every array is aligned to its item size.
+    assert header.arrays["a"].begin == 0
+    assert header.arrays["b"].begin == 16
+
+
+def test_non_contiguous_and_big_endian(tmp_path: Path) -> None:
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    arrays = {
+        "fortran": np.asfortranarray(base),
+        "strided": base[:, ::2],
+        "big": base.astype(">f4"),
+        "big_scalar": np.array(7, dtype=">i4"),
+    }
+    loaded = load_arrays(save_arrays(tmp_path / "x.st", arrays))
+    np.testing.assert_array_equal(loaded["fortran"], base)
+    np.testing.assert_array_equal(loaded["strided"], base[:, ::2])
+    np.testing.assert_array_equal(loaded["big"], base)
+    assert loaded["big"].dtype == np.dtype("<f4")
+    assert int(loaded["big_scalar"]) == 7
+
+
+def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "m.safetensors"
+    save_arrays(target, {"a": np.ones(3)})
+    with pytest.raises(ArrayFormatError):
+        save_arrays(target, {"a": np.ones(3), "b": np.array(["x"])})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    np.testing.assert_array_equal(load_arrays(target)["a"], np.ones(3))
+
+
+def test_safetensors_reads_ours(tmp_path: Path) -> None:
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    arrays = _sample()
+    path = save_arrays(tmp_path / "m.safetensors", arrays, metadata={"k": "v"})
+    theirs = safetensors_numpy.load_file(str(path))
+    assert set(theirs) == set(arrays)
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(theirs[name], arr)
+
+
+def test_we_read_safetensors(tmp_path: Path) -> None:
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    arrays = _sample()
+    path = tmp_path / "theirs.safetensors"
+    safetensors_numpy.save_file(arrays, str(path), metadata={"k": "v"})
+    ours = load_arrays(path)
+    assert set(ours) == set(arrays)
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(ours[name], arr)
+        assert ours[name].dtype == arr.dtype
+
+
+def test_metadata_round_trip(tmp_path: Path) -> None:
+    path = save_arrays(tmp_path / "m", {"a": np.ones(1)}, metadata={"round": "2"})
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    assert decode_header(raw[8 : 8 + n]).metadata == {"round": "2"}
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "length", "reason"),
+    [
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"", None, "truncated"),
+        (
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+            b"\0" * 8,
+            None,
+            "trailing",
+        ),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, None, "shape"),
+        (
+            {"a": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            None,
+            "unknown dtype",
+        ),
+        (
+            {"a": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            None,
+            "not supported",
+        ),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+            },
+            b"\0" * 8,
+            None,
+            "overlap",
+        ),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, None, "gap"),
+        (
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}},
+            b"\0" * 4,
+            None,
+            "before begin",
+        ),
+        ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, None, "shape"),
+        (
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}},
+            b"\0" * 4,
+            None,
+            "data_offsets",
+        ),
+        ({"a": [1, 2]}, b"", None, "not an object"),
+        ({"__metadata__": {"a": 1}}, b"", None, "__metadata__"),
+        (b'{"a": ', b"", None, "not valid JSON"),
+        (b"[1, 2]", b"", None, "not a JSON object"),
+        (
+            b'{"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},'
+            b' "a": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}}',
+            b"\0\0",
+            None,
+            "more than once",
+        ),
+        ({"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"\0", 10_000, "beyond"),
+        ({}, b"", 0, "length is 0"),
+    ],
+)
+def test_refusals(
+    tmp_path: Path, header: object, data: bytes, length: int | None, reason: str
+) -> None:
+    path = _raw_file(tmp_path / "bad", header, data, length=length)
+    with pytest.raises(ArrayFormatError, match=reason):
+        load_arrays(path)
+    with pytest.raises(ArrayFormatError, match=reason):
+        load_arrays(path, mmap=False)
+
+
+def test_short_file(tmp_path: Path) -> None:
+    (tmp_path / "s").write_bytes(b"\x01\x02")
+    with pytest.raises(ArrayFormatError, match="truncated"):
+        load_arrays(tmp_path / "s")
+    with pytest.raises(ArrayFormatError, match="no such file"):
+        load_arrays(tmp_path / "nope")
+
+
+def test_truncated_real_file(tmp_path: Path) -> None:
+    path = save_arrays(tmp_path / "m", {"a": np.ones((10, 10), np.float32)})
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-7])
+    with pytest.raises(ArrayFormatError, match="truncated"):
+        load_arrays(path)
+
+
+def test_refuses_unsupported_input(tmp_path: Path) -> None:
+    with pytest.raises(ArrayFormatError, match="complex128"):
+        save_arrays(tmp_path / "m", {"c": np.ones(2, dtype=np.complex128)})
+    with pytest.raises(ArrayFormatError, match="reserved"):
+        save_arrays(tmp_path / "m", {"__metadata__": np.ones(2)})
+    with pytest.raises(ArrayFormatError, match="non-empty"):
+        save_arrays(tmp_path / "m", {"": np.ones(2)})
+    with pytest.raises(ArrayFormatError, match="metadata"):
+        save_arrays(tmp_path / "m", {"a": np.ones(2)}, metadata={"a": 1})  # type: ignore[dict-item]
+
+
+def test_specs_and_compatibility() -> None:
+    ref = array_specs({"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)})
+    assert ref == {"w": ("float32", (2, 3)), "b": ("float32", (3,))}
+    check_compatible(ref, {"b": np.ones(3, np.float32), "w": np.ones((2, 3), np.float32)})
+    with pytest.raises(ArrayFormatError, match="'b' is missing"):
+        check_compatible(ref, {"w": np.ones((2, 3), np.float32)})
+    with pytest.raises(ArrayFormatError, match="'x' is not in the model"):
+        check_compatible(
+            ref, {"w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float32), "x": np.ones(1)}
+        )
+    with pytest.raises(ArrayFormatError, match=r"'w': shape \(3, 2\)"):
+        check_compatible(ref, {"w": np.ones((3, 2), np.float32), "b": np.ones(3, np.float32)})
+    with pytest.raises(ArrayFormatError, match="'b': dtype float64"):
+        check_compatible(ref, {"w": np.ones((2, 3), np.float32), "b": np.ones(3)})
+
+
+def test_check_finite() -> None:
+    check_finite({"a": np.ones(3), "i": np.array([1, 2]), "e": np.zeros(0)})
+    with pytest.raises(ArrayFormatError, match="'bad'"):
+        check_finite({"a": np.ones(3), "bad": np.array([1.0, np.nan], np.float32)})
+    with pytest.raises(ArrayFormatError, match="'inf'"):
+        check_finite({"inf": np.array([[np.inf]], np.float16)})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512))
+def test_decode_header_fuzz(raw: bytes) -> None:
+    with contextlib.suppress(ArrayFormatError):
+        decode_header(raw, data_bytes=len(raw))
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_load_mutated_file_fuzz(tmp_path: Path, data: st.DataObject) -> None:
+    path = tmp_path / "m"
+    if not path.exists():
+        save_arrays(
+            path, {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.int8)}
+        )
+    raw = bytearray(path.read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(raw[:cut]))
+    with contextlib.suppress(ArrayFormatError):
+        load_arrays(bad)
