@@ -1,0 +1,253 @@
+"""Plain-text rendering for the admin console: boxed tables, durations, details.
+
+The table style is the one NVIDIA FLARE operators already read: a rule of
+dashes, a header row, a rule, the rows, a closing rule::
+
+    >>> print(format_table(["JOB ID", "STATUS"], [["c897", "RUNNING"]]))
+    --------------------
+    | JOB ID | STATUS  |
+    --------------------
+    | c897   | RUNNING |
+    --------------------
+
+Nothing here talks to a server; every function takes plain data and returns a
+string, so the console, the CLI and the tests share one rendering.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "format_ago",
+    "format_details",
+    "format_duration",
+    "format_job_detail",
+    "format_jobs",
+    "format_log",
+    "format_errors",
+    "format_stats",
+    "format_status",
+    "format_table",
+]
+
+#: Shown in a cell whose value is unknown or not applicable yet.
+MISSING = "-"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return MISSING
+    # A newline inside a cell would break the box; tables are one line per row.
+    return str(value).replace("\r", " ").replace("\n", " ")
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A boxed table; ``None`` cells print as ``-``. Rows shorter than the header are padded."""
+    body = [[_cell(v) for v in row] for row in rows]
+    ncols = max([len(headers)] + [len(r) for r in body])
+    header = list(headers) + [""] * (ncols - len(headers))
+    body = [r + [""] * (ncols - len(r)) for r in body]
+    widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(ncols)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "-" * len(line(header))
+    out = [rule, line(header), rule]
+    out.extend(line(r) for r in body)
+    if body:
+        out.append(rule)
+    return "\n".join(out)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``H:MM:SS.ffffff`` as NVFlare's RUN DURATION column shows it; hours may pass 24.
+
+    >>> format_duration(104.335456)
+    '0:01:44.335456'
+    """
+    if seconds is None:
+        return MISSING
+    sign = "-" if seconds < 0 else ""
+    micros = round(abs(seconds) * 1_000_000)
+    secs, micros = divmod(micros, 1_000_000)
+    mins, secs = divmod(secs, 60)
+    hours, mins = divmod(mins, 60)
+    return f"{sign}{hours}:{mins:02d}:{secs:02d}.{micros:06d}"
+
+
+def format_ago(seconds: float | None) -> str:
+    """A short "how long ago": ``0.4s ago``, ``3m 12s ago``, ``2h 5m ago``."""
+    if seconds is None:
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f}s ago"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60}s ago"
+    if whole < 86400:
+        return f"{whole // 3600}h {whole % 3600 // 60}m ago"
+    return f"{whole // 86400}d {whole % 86400 // 3600}h ago"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def format_details(data: Mapping[str, Any], *, indent: int = 0) -> str:
+    """``key: value`` lines with aligned values; nested mappings are indented.
+
+    Lists of scalars print comma-separated; anything deeper prints as compact JSON.
+    """
+    if not data:
+        return " " * indent + "(none)"
+    width = max(len(str(k)) for k in data) + 1
+    pad = " " * indent
+    out: list[str] = []
+    for key, value in data.items():
+        label = f"{key}:".ljust(width)
+        if isinstance(value, Mapping) and value:
+            out.append(f"{pad}{key}:")
+            out.append(format_details(value, indent=indent + 2))
+        elif isinstance(value, list) and all(
+            isinstance(v, (str, int, float, bool)) or v is None for v in value
+        ):
+            out.append(f"{pad}{label} {', '.join(_cell(v) for v in value) or MISSING}")
+        else:
+            out.append(f"{pad}{label} {MISSING if value is None else _short(value)}")
+    return "\n".join(out)
+
+
+# --- views of AdminSession answers --------------------------------------------------
+
+JOB_HEADERS = ("JOB ID", "NAME", "STATUS", "SUBMIT TIME", "RUN DURATION")
+
+
+def format_jobs(jobs: Sequence[Mapping[str, Any]]) -> str:
+    """The ``list_jobs`` table: JOB ID | NAME | STATUS | SUBMIT TIME | RUN DURATION."""
+    rows = [
+        [
+            j.get("job_id"),
+            j.get("name"),
+            j.get("status"),
+            j.get("submit_time"),
+            format_duration(j.get("run_duration_s")),
+        ]
+        for j in jobs
+    ]
+    table = format_table(JOB_HEADERS, rows)
+    return table if rows else table + "\nNo jobs."
+
+
+def format_job_detail(meta: Mapping[str, Any]) -> str:
+    """``list_jobs -d ID``: the job's fields, round progress and duration made readable."""
+    shown: dict[str, Any] = {}
+    for key in ("job_id", "name", "status", "submit_time"):
+        if key in meta:
+            shown[key] = meta[key]
+    if "run_duration_s" in meta:
+        shown["run_duration"] = format_duration(meta.get("run_duration_s"))
+    if meta.get("num_rounds") is not None or meta.get("current_round") is not None:
+        shown["round"] = f"{_cell(meta.get('current_round'))}/{_cell(meta.get('num_rounds'))}"
+    for key, value in meta.items():
+        if key not in shown and key not in ("run_duration_s", "current_round", "num_rounds"):
+            shown[key] = value
+    return format_details(shown)
+
+
+def format_status(status: Mapping[str, Any], *, target: str | None = None) -> str:
+    """``check_status``: a server line, then a table of sites (or just one of the two).
+
+    ``target`` is ``"server"``, ``"client"`` or ``None`` for both.
+    """
+    out: list[str] = []
+    if target in (None, "server"):
+        server = status.get("server") or {}
+        jobs = server.get("running_jobs") or []
+        out.append(
+            f"Server: {_cell(server.get('name'))}  status: {_cell(server.get('status'))}"
+            f"  started: {_cell(server.get('start_time'))}"
+            f"  uptime: {format_duration(server.get('uptime_s'))}"
+        )
+        out.append(
+            f"Running jobs: {len(jobs)}" + (f" ({', '.join(map(str, jobs))})" if jobs else "")
+        )
+    if target in (None, "client"):
+        sites = status.get("sites") or []
+        connected = sum(1 for s in sites if s.get("connected"))
+        out.append(f"Registered sites: {len(sites)}, connected: {connected}")
+        rows = [
+            [
+                s.get("name"),
+                "yes" if s.get("connected") else "no",
+                format_ago(s.get("last_heartbeat_s_ago")),
+                ", ".join(map(str, s.get("running_jobs") or [])) or MISSING,
+            ]
+            for s in sites
+        ]
+        if rows:
+            out.append(format_table(("SITE", "CONNECTED", "LAST HEARTBEAT", "RUNNING JOBS"), rows))
+    return "\n".join(out)
+
+
+def format_stats(stats: Mapping[str, Any]) -> str:
+    """``show_stats``: round progress, a table of sites, a table of metrics per round."""
+    out = [f"Round: {_cell(stats.get('current_round'))}/{_cell(stats.get('num_rounds'))}"]
+    sites = stats.get("sites") or {}
+    if sites:
+        rows = [
+            [name, s.get("state"), s.get("round"), _metrics(s.get("metrics"))]
+            for name, s in sites.items()
+        ]
+        out.append(format_table(("SITE", "STATE", "ROUND", "METRICS"), rows))
+    rounds = [r for r in stats.get("metrics") or [] if isinstance(r, Mapping)]
+    if rounds:
+        keys: list[str] = []
+        for r in rounds:
+            keys.extend(k for k in r if k not in keys)
+        if "round" in keys:  # round number first, whatever order the server used
+            keys.remove("round")
+            keys.insert(0, "round")
+        out.append(
+            format_table(
+                [k.upper() for k in keys],
+                [[_metric(r.get(k)) if k in r else None for k in keys] for r in rounds],
+            )
+        )
+    return "\n".join(out)
+
+
+def _metric(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else _cell(value)
+
+
+def _metrics(metrics: Any) -> str:
+    if not metrics:
+        return MISSING
+    if isinstance(metrics, Mapping):
+        return ", ".join(f"{k}={_metric(v)}" for k, v in metrics.items())
+    return _cell(metrics)
+
+
+def format_errors(errors: Mapping[str, Any]) -> str:
+    """``show_errors``: one block per target that reported errors, or ``No errors.``."""
+    out: list[str] = []
+    for target, items in errors.items():
+        if not items:
+            continue
+        entries = items if isinstance(items, list) else [items]
+        out.append(f"{target}:")
+        out.extend(f"  {e if isinstance(e, str) else _short(e)}" for e in entries)
+    return "\n".join(out) if out else "No errors."
+
+
+def format_log(text: str) -> str:
+    """``cat_log``: the text as is, without a trailing newline (print adds one)."""
+    return text.rstrip("\n") if text else "(log is empty)"
