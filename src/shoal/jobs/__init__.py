@@ -1,0 +1,52 @@
+"""Job definitions: ``job.yml`` + ``app/``, and their archives.
+
+    spec = load_job_spec(Path("hello-tf2"))
+    pack_job(Path("hello-tf2"), Path("hello-tf2.zip"))
+    safe_extract(Path("hello-tf2.zip"), Path("jobs/42/job"))
+
+The format is documented in docs/jobs.md.
+"""
+
+from __future__ import annotations
+
+from shoal.jobs.archive import (
+    MAX_ARCHIVE_BYTES,
+    MAX_FILES,
+    MAX_RATIO,
+    MAX_TOTAL_BYTES,
+    ExtractStats,
+    check_archive_size,
+    pack_job,
+    safe_extract,
+)
+from shoal.jobs.spec import (
+    APP_DIR,
+    JOB_FILE,
+    ClientAppSpec,
+    JobSpec,
+    ServerAppSpec,
+    WorkflowSpec,
+    find_job_root,
+    load_job_spec,
+    parse_job_spec,
+)
+
+__all__ = [
+    "APP_DIR",
+    "JOB_FILE",
+    "MAX_ARCHIVE_BYTES",
+    "MAX_FILES",
+    "MAX_RATIO",
+    "MAX_TOTAL_BYTES",
+    "ClientAppSpec",
+    "ExtractStats",
+    "JobSpec",
+    "ServerAppSpec",
+    "WorkflowSpec",
+    "check_archive_size",
+    "find_job_root",
+    "load_job_spec",
+    "pack_job",
+    "parse_job_spec",
+    "safe_extract",
+]

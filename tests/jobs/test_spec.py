@@ -1,0 +1,181 @@
+"""job.yml parsing and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shoal.errors import JobValidationError
+from shoal.jobs import JobSpec, load_job_spec, pack_job
+from shoal.workflows.registry import parse_params
+
+from .conftest import JOB_YML, make_job
+
+
+def test_loads_the_reference_job(job_dir: Path) -> None:
+    spec = load_job_spec(job_dir)
+    assert spec.name == "hello-tf2"
+    assert spec.min_clients == 2
+    assert spec.sites == ("site-1", "site-2")
+    assert spec.workflow.name == "fedavg"
+    assert dict(spec.workflow.params) == {"num_rounds": 3, "round_timeout_s": 600}
+    assert spec.client.script == "train.py"
+    assert spec.client.args == ("--epochs", "2")
+    assert dict(spec.client.env) == {"KEY": "value", "N": "3"}
+    assert spec.server.model == "model:build_model"
+    assert spec.server.evaluate == "evaluate:evaluate"
+    assert spec.server.initial_weights is None
+    assert dict(spec.resources) == {"gpu": 1}
+    assert spec.start_timeout_s == 300.0
+    params = parse_params("fedavg", spec.workflow.params)
+    assert params.num_rounds == 3
+    assert params.sample_fraction == 1.0
+
+
+def test_to_dict_round_trips(job_dir: Path, tmp_path: Path) -> None:
+    spec = load_job_spec(job_dir)
+    (job_dir / "job.yml").write_text(yaml.safe_dump(spec.to_dict()))
+    assert load_job_spec(job_dir) == spec
+
+
+def test_loads_a_zip(job_dir: Path, tmp_path: Path) -> None:
+    archive = pack_job(job_dir, tmp_path / "job.zip")
+    assert load_job_spec(archive) == load_job_spec(job_dir)
+
+
+def test_loads_a_zip_with_a_top_folder(job_dir: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    archive = tmp_path / "wrapped.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(job_dir.rglob("*")):
+            if p.is_file():
+                zf.write(p, f"hello-tf2/{p.relative_to(job_dir).as_posix()}")
+    assert load_job_spec(archive).name == "hello-tf2"
+
+
+def test_minimal_job(tmp_path: Path) -> None:
+    root = make_job(
+        tmp_path / "j",
+        "name: j\nmin_clients: 1\nworkflow: {name: fedavg, num_rounds: 1}\n"
+        "client: {script: train.py}\nserver: {initial_weights: 'model:build_model'}\n",
+    )
+    spec = load_job_spec(root)
+    assert spec.sites is None
+    assert spec.client.args == ()
+    assert spec.start_timeout_s == 300.0
+
+
+def _with(tmp_path: Path, old: str, new: str) -> Path:
+    text = JOB_YML.replace(old, new)
+    assert text != JOB_YML or old == new
+    return make_job(tmp_path / "j", text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("name: hello-tf2", "name: -bad", "job.yml: name:"),
+        ("name: hello-tf2", "name: " + "x" * 65, "job.yml: name:"),
+        ("min_clients: 2", "min_clients: 0", "job.yml: min_clients:"),
+        ("min_clients: 2", "min_clients: two", "job.yml: min_clients:"),
+        ("min_clients: 2", "min_clients: 3", "job.yml: sites: 2 site"),
+        ("sites: [site-1, site-2]", "sites: [site-1, site-1]", "listed twice"),
+        ("sites: [site-1, site-2]", "sites: []", "job.yml: sites:"),
+        ("  name: fedavg", "  name: fedprox", "unknown workflow 'fedprox' \\(known: fedavg\\)"),
+        ("  num_rounds: 3", "  num_rounds: 0", "job.yml: workflow.num_rounds:"),
+        ("  num_rounds: 3", "  num_rounds: 3\n  bogus: 1", "job.yml: workflow.bogus:"),
+        ("  round_timeout_s: 600", "  round_timeout_s: -1", "workflow.round_timeout_s"),
+        ("  round_timeout_s: 600", "  sample_fraction: 1.5", "workflow.sample_fraction"),
+        (
+            "  script: train.py",
+            "  script: missing.py",
+            "job.yml: client.script: 'missing.py' not found",
+        ),
+        ("  script: train.py", "  script: ../train.py", "job.yml: client.script: .* relative"),
+        ("  script: train.py", "  script: /etc/passwd", "job.yml: client.script: .* relative"),
+        ("  script: train.py", "  nope: 1\n  script: train.py", "job.yml: client.nope: unknown"),
+        ("  env: {KEY: value, N: 3}", "  env: {1BAD: x}", "job.yml: client.env.1BAD"),
+        ("  env: {KEY: value, N: 3}", "  env: {K: [1]}", "job.yml: client.env.K"),
+        ('  args: ["--epochs", 2]', "  args: --epochs", "job.yml: client.args"),
+        (
+            "  model: model:build_model",
+            "  model: nomodule:build",
+            "job.yml: server.model: .*not found",
+        ),
+        (
+            "  model: model:build_model",
+            "  model: not a hook",
+            "job.yml: server.model: .*module:attr",
+        ),
+        (
+            "  model: model:build_model",
+            "  model: model:build_model\n  initial_weights: model:build_model",
+            "not both",
+        ),
+        ("  model: model:build_model\n", "", "fedavg needs server.model or server.initial_weights"),
+        ("start_timeout_s: 300", "start_timeout_s: 0", "job.yml: start_timeout_s:"),
+        ("resources: {gpu: 1}", "resources: [1]", "job.yml: resources:"),
+        ("resources: {gpu: 1}", "extra_key: 1", "job.yml: extra_key: unknown key"),
+        (
+            "min_clients: 2",
+            "min_clients: 2\nmin_clients: 1",
+            "job.yml: min_clients: key appears more",
+        ),
+        ("name: hello-tf2", "name: [unclosed", "not valid YAML"),
+    ],
+)
+def test_refusals(tmp_path: Path, old: str, new: str, message: str) -> None:
+    root = _with(tmp_path, old, new)
+    with pytest.raises(JobValidationError, match=message):
+        load_job_spec(root)
+
+
+def test_missing_sections(tmp_path: Path) -> None:
+    root = make_job(tmp_path / "j", "name: j\nmin_clients: 1\nclient: {script: train.py}\n")
+    with pytest.raises(JobValidationError, match="job.yml: workflow: required"):
+        load_job_spec(root)
+    (root / "job.yml").write_text(
+        "name: j\nmin_clients: 1\nworkflow: {name: fedavg, num_rounds: 1}\n"
+    )
+    with pytest.raises(JobValidationError, match="job.yml: client: required"):
+        load_job_spec(root)
+    (root / "job.yml").write_text("- a list\n")
+    with pytest.raises(JobValidationError, match="must be a mapping"):
+        load_job_spec(root)
+
+
+def test_folder_problems(tmp_path: Path) -> None:
+    with pytest.raises(JobValidationError, match="no such job"):
+        load_job_spec(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(JobValidationError, match="job.yml: not found"):
+        load_job_spec(tmp_path / "empty")
+    (tmp_path / "noapp").mkdir()
+    (tmp_path / "noapp" / "job.yml").write_text(JOB_YML)
+    with pytest.raises(JobValidationError, match="no app folder"):
+        load_job_spec(tmp_path / "noapp")
+    (tmp_path / "file.txt").write_text("hi")
+    with pytest.raises(JobValidationError, match="not a job folder or a zip"):
+        load_job_spec(tmp_path / "file.txt")
+
+
+def test_script_link_outside_app_refused(tmp_path: Path) -> None:
+    root = make_job(tmp_path / "j")
+    (tmp_path / "outside.py").write_text("")
+    (root / "app" / "train.py").unlink()
+    (root / "app" / "train.py").symlink_to(tmp_path / "outside.py")
+    with pytest.raises(JobValidationError, match="client.script"):
+        load_job_spec(root)
+
+
+def test_check_sites(job_dir: Path) -> None:
+    spec: JobSpec = load_job_spec(job_dir)
+    spec.check_sites(["site-1", "site-2", "site-3"])
+    with pytest.raises(JobValidationError, match="job.yml: sites: site-2 not in the project"):
+        spec.check_sites(["site-1", "site-3"])
+    with pytest.raises(JobValidationError, match="min_clients: 2 is more than the 1 site"):
+        dataclasses.replace(spec, sites=None).check_sites(["site-1"])
