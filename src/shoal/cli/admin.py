@@ -88,7 +88,7 @@ def find_kit(kit: Path | None) -> Path:
     Accepts the kit's ``startup/`` folder too, where NVFlare users ``cd`` to run
     ``fl_admin.sh``.
     """
-    candidate = kit or Path(os.environ.get(ENV_KIT) or ".")
+    candidate = (kit or Path(os.environ.get(ENV_KIT) or ".")).absolute()
     if not (candidate / "startup").is_dir() and (candidate / "fed_admin.json").is_file():
         candidate = candidate.parent
     if not (candidate / "startup" / "fed_admin.json").is_file():

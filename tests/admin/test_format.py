@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import pytest
+
+from shoal.admin import format as fmt
+
+NVFLARE_JOB = {
+    "job_id": "c8973f05-8787-41c5-8568-ecc15c7683b2",
+    "name": "hello-tf2",
+    "status": "FINISHED:COMPLETED",
+    "submit_time": "2024-05-23T09:47:04.488652+00:00",
+    "run_duration_s": 104.335456,
+    "sites": ["site-1", "site-2"],
+    "current_round": 5,
+    "num_rounds": 5,
+}
+
+
+def test_list_jobs_table_matches_the_nvflare_layout() -> None:
+    rule = "-" * 125
+    assert fmt.format_jobs([NVFLARE_JOB]).splitlines() == [
+        rule,
+        "| JOB ID                               | NAME      | STATUS             "
+        "| SUBMIT TIME                      | RUN DURATION   |",
+        rule,
+        "| c8973f05-8787-41c5-8568-ecc15c7683b2 | hello-tf2 | FINISHED:COMPLETED "
+        "| 2024-05-23T09:47:04.488652+00:00 | 0:01:44.335456 |",
+        rule,
+    ]
+
+
+def test_list_jobs_without_jobs_keeps_the_header_and_says_so() -> None:
+    lines = fmt.format_jobs([]).splitlines()
+    assert lines[1].startswith("| JOB ID | NAME | STATUS")
+    assert lines[-1] == "No jobs."
+
+
+def test_job_not_started_shows_a_dash_for_its_duration() -> None:
+    job = {**NVFLARE_JOB, "status": "SUBMITTED", "run_duration_s": None}
+    row = fmt.format_jobs([job]).splitlines()[3]
+    assert row.rstrip(" |").endswith("| -")
+
+
+def test_table_pads_columns_and_flattens_newlines() -> None:
+    out = fmt.format_table(["A", "LONGER"], [["x\ny", None], ["abc"]]).splitlines()
+    assert out[0] == "-" * len(out[1])
+    assert out[3] == "| x y | -      |"
+    assert out[4] == "| abc |        |"
+    assert len({len(line) for line in out}) == 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0:00:00.000000"),
+        (104.335456, "0:01:44.335456"),
+        (11.978134, "0:00:11.978134"),
+        (3600 * 26 + 61.5, "26:01:01.500000"),
+        (59.9999999, "0:01:00.000000"),
+        (None, "-"),
+    ],
+)
+def test_duration_is_hours_minutes_seconds_micros(seconds: float | None, text: str) -> None:
+    assert fmt.format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.42, "0.4s ago"), (192, "3m 12s ago"), (7500, "2h 5m ago"), (90000, "1d 1h ago")],
+)
+def test_ago(seconds: float, text: str) -> None:
+    assert fmt.format_ago(seconds) == text
+
+
+STATUS = {
+    "server": {
+        "name": "server1",
+        "status": "started",
+        "start_time": "2024-05-23T09:00:00+00:00",
+        "uptime_s": 3723.5,
+        "running_jobs": ["job-1"],
+    },
+    "sites": [
+        {
+            "name": "site-1",
+            "connected": True,
+            "last_heartbeat_s_ago": 1.25,
+            "running_jobs": ["job-1"],
+            "address": "10.0.0.2",
+        },
+        {"name": "site-2", "connected": False, "last_heartbeat_s_ago": 95.0, "running_jobs": []},
+    ],
+}
+
+
+def test_check_status_prints_the_server_line_and_a_site_table() -> None:
+    out = fmt.format_status(STATUS)
+    assert "Server: server1  status: started" in out
+    assert "uptime: 1:02:03.500000" in out
+    assert "Running jobs: 1 (job-1)" in out
+    assert "Registered sites: 2, connected: 1" in out
+    assert "| SITE   | CONNECTED | LAST HEARTBEAT | RUNNING JOBS |" in out
+    assert "| site-1 | yes       | 1.2s ago       | job-1        |" in out
+    assert "| site-2 | no        | 1m 35s ago     | -            |" in out
+
+
+def test_check_status_server_or_client_only() -> None:
+    assert "SITE" not in fmt.format_status(STATUS, target="server")
+    assert "Server:" not in fmt.format_status(STATUS, target="client")
+
+
+def test_stats_show_rounds_sites_and_metrics_per_round() -> None:
+    out = fmt.format_stats(
+        {
+            "current_round": 2,
+            "num_rounds": 5,
+            "sites": {
+                "site-1": {"state": "training", "round": 2, "metrics": {"loss": 0.1873}},
+                "site-2": {"state": "idle", "round": 2, "metrics": {}},
+            },
+            "metrics": [{"accuracy": 0.9282, "round": 1}, {"round": 2, "accuracy": 0.94181234}],
+        }
+    )
+    assert out.splitlines()[0] == "Round: 2/5"
+    assert "| site-1 | training | 2     | loss=0.1873 |" in out
+    assert "| site-2 | idle     | 2     | -           |" in out
+    assert "| ROUND | ACCURACY |" in out
+    assert "| 2     | 0.941812 |" in out
+
+
+def test_errors_grouped_per_target() -> None:
+    out = fmt.format_errors({"server": [], "site-1": ["OOM in round 3", {"code": 137}]})
+    assert out.splitlines() == ["site-1:", "  OOM in round 3", '  {"code": 137}']
+    assert fmt.format_errors({"server": []}) == "No errors."
+
+
+def test_job_detail_is_readable() -> None:
+    meta = {**NVFLARE_JOB, "spec": {"min_clients": 2, "deploy_map": {"app": ["@ALL"]}}}
+    out = fmt.format_job_detail(meta)
+    assert "job_id:" in out.splitlines()[0]
+    assert "run_duration: 0:01:44.335456" in out.replace("  ", " ")
+    assert "round:" in out and "5/5" in out
+    assert "sites:" in out and "site-1, site-2" in out
+    assert "spec:" in out and "  min_clients: 2" in out
+
+
+def test_log_keeps_text_and_names_an_empty_log() -> None:
+    assert fmt.format_log("a\nb\n") == "a\nb"
+    assert fmt.format_log("") == "(log is empty)"
