@@ -1,0 +1,102 @@
+"""Incremental weighted mean: memory of one model, whatever the number of sites.
+
+    mean = WeightedMean()
+    for result in results:                 # results may be memory-mapped files
+        mean.add(result.arrays(), weight=result.num_examples)
+    global_params = mean.result()
+
+Floating arrays are averaged in their own dtype (a float32 model stays float32,
+so the accumulator is one extra model, not two) with the running-mean update
+``m += (x - m) * w / W``, which cannot overflow the way a running sum of
+``w * x`` can in float16. Integer and bool arrays (step counters, masks) are
+not averaged: they take the value of the highest-weight contribution (the
+earliest one on a tie).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from shoal.arrays import array_specs, check_compatible
+from shoal.errors import ArrayFormatError, ShoalError
+
+__all__ = ["WeightedMean"]
+
+# Work in slabs of this many elements so temporaries stay small for big layers.
+_SLAB = 1 << 20
+
+
+class WeightedMean:
+    """Running weighted mean of dicts of arrays, one contribution at a time."""
+
+    def __init__(self) -> None:
+        self._acc: dict[str, np.ndarray] | None = None
+        self._specs: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self._total = 0.0
+        self._best_weight = 0.0
+        self._count = 0
+        self._done = False
+
+    @property
+    def count(self) -> int:
+        """Contributions added so far."""
+        return self._count
+
+    @property
+    def total_weight(self) -> float:
+        """Sum of the weights added so far."""
+        return self._total
+
+    def add(self, arrays: Mapping[str, np.ndarray], weight: float) -> None:
+        """Fold ``arrays`` in with ``weight`` (> 0).
+
+        Every contribution must have the names, shapes and dtypes of the first
+        (ArrayFormatError otherwise, and nothing is changed).
+        """
+        if self._done:
+            raise ShoalError("WeightedMean.add() after result()")
+        weight = float(weight)
+        if not weight > 0 or not np.isfinite(weight):
+            raise ValueError(f"weight must be a finite number > 0, got {weight!r}")
+        if self._acc is None:
+            self._specs = array_specs(arrays)
+            self._acc = {name: np.array(a, copy=True, order="C") for name, a in arrays.items()}
+            self._total = weight
+            self._best_weight = weight
+            self._count = 1
+            return
+        check_compatible(self._specs, arrays)
+        self._total += weight
+        fraction = weight / self._total
+        take_ints = weight > self._best_weight
+        for name, acc in self._acc.items():
+            src = arrays[name]
+            if acc.dtype.kind == "f":
+                _blend(acc, src, fraction)
+            elif take_ints:
+                np.copyto(acc, src)
+        if take_ints:
+            self._best_weight = weight
+        self._count += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The weighted mean. Hands over the accumulator itself (no copy); no
+        further :meth:`add` is accepted."""
+        if self._acc is None:
+            raise ArrayFormatError("nothing to aggregate: no contribution was added")
+        self._done = True
+        return self._acc
+
+
+def _blend(acc: np.ndarray, src: np.ndarray, fraction: float) -> None:
+    """``acc += (src - acc) * fraction`` in ``acc``'s dtype, slab by slab."""
+    flat_acc = acc.reshape(-1)
+    flat_src = np.asarray(src).reshape(-1)
+    f = acc.dtype.type(fraction)
+    for i in range(0, flat_acc.shape[0], _SLAB):
+        a = flat_acc[i : i + _SLAB]
+        d = np.subtract(flat_src[i : i + _SLAB], a, dtype=acc.dtype)
+        d *= f
+        a += d

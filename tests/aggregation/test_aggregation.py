@@ -1,0 +1,117 @@
+"""Aggregation with exact expectations (values chosen to be exact in binary)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shoal.aggregation import WeightedMean, median, trimmed_mean
+from shoal.arrays import load_arrays, save_arrays
+from shoal.errors import ArrayFormatError, ShoalError
+
+
+def test_weighted_mean_exact() -> None:
+    mean = WeightedMean()
+    mean.add({"w": np.array([0.0, 8.0], np.float32), "step": np.array(1, np.int64)}, weight=1)
+    mean.add({"w": np.array([4.0, 0.0], np.float32), "step": np.array(7, np.int64)}, weight=3)
+    assert mean.count == 2
+    assert mean.total_weight == 4
+    out = mean.result()
+    assert out["w"].dtype == np.float32
+    np.testing.assert_array_equal(out["w"], np.array([3.0, 2.0], np.float32))
+    # Integers: the highest-weight contribution wins.
+    assert int(out["step"]) == 7
+
+
+def test_weighted_mean_three_sites_matches_formula() -> None:
+    rng = np.random.default_rng(1)
+    sites = [{"a": rng.normal(size=(5, 7)), "b": rng.normal(size=3)} for _ in range(3)]
+    weights = [600, 200, 200]
+    mean = WeightedMean()
+    for s, w in zip(sites, weights, strict=True):
+        mean.add(s, weight=w)
+    out = mean.result()
+    for name in ("a", "b"):
+        expected = sum(s[name] * w for s, w in zip(sites, weights, strict=True)) / sum(weights)
+        np.testing.assert_allclose(out[name], expected, rtol=1e-12)
+
+
+def test_integer_tie_keeps_first_and_bool() -> None:
+    mean = WeightedMean()
+    mean.add({"m": np.array([True, False])}, weight=2)
+    mean.add({"m": np.array([False, False])}, weight=2)
+    np.testing.assert_array_equal(mean.result()["m"], [True, False])
+
+
+def test_float16_large_weights_do_not_overflow() -> None:
+    mean = WeightedMean()
+    mean.add({"h": np.array([1000.0], np.float16)}, weight=60000)
+    mean.add({"h": np.array([3000.0], np.float16)}, weight=60000)
+    out = mean.result()["h"]
+    assert out.dtype == np.float16
+    assert float(out[0]) == 2000.0
+
+
+def test_single_contribution_is_a_copy(tmp_path: Path) -> None:
+    path = save_arrays(tmp_path / "m", {"w": np.arange(4, dtype=np.float32)})
+    mm = load_arrays(path)
+    mean = WeightedMean()
+    mean.add(mm, weight=5)
+    out = mean.result()
+    assert out["w"].flags.writeable
+    np.testing.assert_array_equal(out["w"], np.arange(4))
+
+
+def test_memory_mapped_inputs(tmp_path: Path) -> None:
+    a = load_arrays(save_arrays(tmp_path / "a", {"w": np.full((3, 3), 2.0, np.float32)}))
+    b = load_arrays(save_arrays(tmp_path / "b", {"w": np.full((3, 3), 6.0, np.float32)}))
+    mean = WeightedMean()
+    mean.add(a, weight=1)
+    mean.add(b, weight=1)
+    np.testing.assert_array_equal(mean.result()["w"], np.full((3, 3), 4.0, np.float32))
+
+
+def test_refusals() -> None:
+    mean = WeightedMean()
+    with pytest.raises(ArrayFormatError, match="nothing to aggregate"):
+        mean.result()
+    with pytest.raises(ValueError, match="weight"):
+        mean.add({"w": np.ones(2)}, weight=0)
+    mean.add({"w": np.ones(2)}, weight=1)
+    with pytest.raises(ArrayFormatError, match="'w': shape"):
+        mean.add({"w": np.ones(3)}, weight=1)
+    with pytest.raises(ArrayFormatError, match="'w': dtype"):
+        mean.add({"w": np.ones(2, np.float32)}, weight=1)
+    assert mean.count == 1
+    mean.result()
+    with pytest.raises(ShoalError, match="after result"):
+        mean.add({"w": np.ones(2)}, weight=1)
+
+
+def test_median_exact() -> None:
+    cs = [
+        {"f": np.array([1.0, 10.0], np.float32), "i": np.array([5, 1])},
+        {"f": np.array([2.0, 20.0], np.float32), "i": np.array([3, 2])},
+        {"f": np.array([100.0, -5.0], np.float32), "i": np.array([4, 9])},
+    ]
+    out = median(cs)
+    np.testing.assert_array_equal(out["f"], np.array([2.0, 10.0], np.float32))
+    assert out["f"].dtype == np.float32
+    np.testing.assert_array_equal(out["i"], [4, 2])
+    even = median(cs[:2])
+    np.testing.assert_array_equal(even["f"], np.array([1.5, 15.0], np.float32))
+    np.testing.assert_array_equal(even["i"], [3, 1])  # lower median
+
+
+def test_trimmed_mean_exact() -> None:
+    cs = [{"f": np.array([v])} for v in (1.0, 2.0, 3.0, 4.0, 1000.0)]
+    np.testing.assert_array_equal(trimmed_mean(cs, trim_fraction=0.2)["f"], [3.0])
+    np.testing.assert_array_equal(trimmed_mean(cs, trim_fraction=0.0)["f"], [202.0])
+    with pytest.raises(ValueError, match="trim_fraction"):
+        trimmed_mean(cs, trim_fraction=0.5)
+    with pytest.raises(ArrayFormatError, match="nothing"):
+        trimmed_mean([])
+    with pytest.raises(ArrayFormatError, match="missing"):
+        median([{"a": np.ones(1)}, {"b": np.ones(1)}])
