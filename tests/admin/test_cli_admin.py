@@ -263,3 +263,13 @@ def test_json_without_a_command_is_a_usage_error(
     kit: Path, session: FakeSession, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert admin(kit, "--json") == EXIT_USAGE
+
+
+def test_help_after_a_command_shows_its_usage_and_roles(
+    kit: Path, session: FakeSession, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert admin(kit, "cat_log", "--help") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: cat_log JOB_ID [server|SITE] [--tail N]\n")
+    assert "Roles: project_admin" in out
+    assert session.opened == []  # type: ignore[attr-defined]

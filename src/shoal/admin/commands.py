@@ -353,8 +353,8 @@ COMMANDS: Mapping[str, Command] = {
         Command(
             "list_jobs",
             "list_jobs [-n NAME] [-s STATUS] [-m LIMIT] [-d JOB_ID]",
-            "List jobs, newest first.\n"
-            "-n NAME: only jobs whose name starts with NAME; -s STATUS: only that status\n"
+            "List jobs.\n"
+            "-n NAME: only jobs named NAME; -s STATUS: only that status\n"
             "(e.g. RUNNING, FINISHED:COMPLETED); -m LIMIT: at most LIMIT jobs;\n"
             "-d JOB_ID: every detail of one job.",
             {**_LEAD_JOB_ROLES, "member": "read-only"},

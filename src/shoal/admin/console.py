@@ -220,7 +220,7 @@ class AdminConsole(cmd.Cmd):
             self._print('Commands (type "? cmdName" for details and roles):')
             for c in COMMANDS.values():
                 self._print(f"  {c.usage.ljust(width)}  {c.summary}")
-            self._print(f"  {'bye | exit'.ljust(width)}  leave the console")
+            self._print(f"  {'bye | exit'.ljust(width)}  Leave the console.")
             return False
         if name in _LEAVE:
             self._print(f"Usage: {name}\nLeave the console.")

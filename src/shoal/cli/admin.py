@@ -66,8 +66,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout (with COMMAND)"
     )
-    parser.add_argument("admin_command", nargs="?", metavar="COMMAND")
-    parser.add_argument("admin_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    parser.add_argument(
+        "admin_command", nargs="?", metavar="COMMAND", help="run this command and exit"
+    )
+    parser.add_argument(
+        "admin_args", nargs=argparse.REMAINDER, metavar="ARGS", help="its arguments (COMMAND -h)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -120,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
 
     # Check the command line before dialling: a typo should not cost a login.
     try:
-        get_command(name)
+        command = get_command(name)
+        if "-h" in rest or "--help" in rest:
+            print(command.describe())
+            return EXIT_OK
         parse_args(name, rest)
         kit = find_kit(args.kit)
     except ConfigError as exc:
