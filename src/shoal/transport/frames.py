@@ -27,6 +27,7 @@ __all__ = [
     "ReceivedPayload",
     "frames_from_bytes",
     "frames_from_file",
+    "human_bytes",
     "read_header",
     "receive_bytes",
     "receive_to_file",
@@ -191,10 +192,21 @@ def receive_bytes(header: PayloadHeader, frames: Iterable[pb.Frame], *, max_size
     return data
 
 
-def _check_end(header: PayloadHeader, received: int, digest: str, trailer: pb.Trailer | None) -> None:
+def _check_end(
+    header: PayloadHeader, received: int, digest: str, trailer: pb.Trailer | None
+) -> None:
     if trailer is None:
         raise IntegrityError(f"payload truncated after {received} of {header.size} bytes")
     if received != header.size:
         raise IntegrityError(f"payload has {received} bytes, {header.size} were announced")
     if trailer.sha256 != digest:
         raise IntegrityError("payload SHA-256 mismatch")
+
+
+def human_bytes(n: float) -> str:
+    """408512 -> '398.9KB', as in the logs NVIDIA FLARE users read."""
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{int(n)}B" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}GB"

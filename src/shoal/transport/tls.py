@@ -17,9 +17,12 @@ __all__ = ["TLSConfig", "TLSSource", "channel_credentials", "server_credentials"
 
 
 class TLSSource(Protocol):
-    ca_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
+    @property
+    def ca_pem(self) -> bytes: ...
+    @property
+    def cert_pem(self) -> bytes: ...
+    @property
+    def key_pem(self) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,49 @@
+"""`shoal client --kit DIR`: run a site daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+
+from shoal.cli.logs import install_file_log
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client", help="run a site daemon from a client startup kit")
+    p.add_argument("--kit", type=Path, required=True, help="the site's kit folder")
+    p.add_argument(
+        "--server",
+        help="host:port of the server (default: $SHOAL_SERVER_ADDRESS, else the kit's)",
+    )
+    p.add_argument("--health-port", type=int, help="serve gRPC health checks on this port")
+    p.add_argument("--workspace", type=Path, help="where job folders live (default: the kit)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shoal.client.daemon import SiteDaemon, SiteOptions
+    from shoal.provision import load_kit
+
+    kit = load_kit(args.kit, expected_type="client")
+    install_file_log(Path(args.workspace or kit.root) / "log.txt")
+    daemon = SiteDaemon(
+        kit,
+        SiteOptions(
+            server_address=args.server, workspace=args.workspace, health_port=args.health_port
+        ),
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("received %s", signal.Signals(signum).name)
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with daemon:
+        daemon.wait()
+    return daemon.exit_code

@@ -1,0 +1,57 @@
+"""`shoal server --kit DIR`: run the server daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+
+from shoal.cli.logs import install_file_log
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="run the server daemon from a server startup kit")
+    p.add_argument("--kit", type=Path, required=True, help="the server's kit folder")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--fed-port", type=int, help="site port (default: the kit's; 0 = any free)")
+    p.add_argument("--admin-port", type=int, help="admin port (default: the kit's; 0 = any free)")
+    p.add_argument("--health-port", type=int, help="plaintext gRPC health port; -1 disables")
+    p.add_argument(
+        "--heartbeat-timeout", type=float, help="seconds of silence before a site is gone"
+    )
+    p.add_argument("--workspace", type=Path, help="where jobs and logs live (default: the kit)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shoal.provision import load_kit
+    from shoal.server.daemon import ServerDaemon, ServerOptions
+
+    kit = load_kit(args.kit, expected_type="server")
+    workspace = args.workspace or kit.root
+    install_file_log(Path(workspace) / "log.txt")
+    daemon = ServerDaemon(
+        kit,
+        ServerOptions(
+            host=args.host,
+            fed_port=args.fed_port,
+            admin_port=args.admin_port,
+            health_port=args.health_port,
+            heartbeat_timeout_s=args.heartbeat_timeout,
+            workspace=args.workspace,
+        ),
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("received %s", signal.Signals(signum).name)
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with daemon:
+        daemon.wait()
+    return daemon.exit_code

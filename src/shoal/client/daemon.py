@@ -1,0 +1,444 @@
+"""The site daemon: connects out to the server, runs job workers.
+
+    with SiteDaemon(load_kit(path, expected_type="client")) as site:
+        site.wait()
+
+It dials the server (never listens for it), holds one ``Connect`` stream on
+which the server pushes job starts, aborts and shutdowns, and heartbeats.
+When the server goes away it reconnects with exponential backoff and jitter:
+a server restart never needs a site restart. User code runs only in job
+worker processes, each in its own process group, so a crashing or aborted
+job never takes the daemon down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from shoal import __version__
+from shoal._proto import shoal_pb2 as pb
+from shoal._proto import shoal_pb2_grpc as pb_grpc
+from shoal.client.api import WORKER_CONFIG_ENV
+from shoal.client.worker import WorkerConfig
+from shoal.errors import ConfigError, ShoalError
+from shoal.provision import Kit
+from shoal.server.daemon import EXIT_RESTART, local_sys_info
+from shoal.transport import PayloadHeader, from_rpc_error, open_channel, read_header, start_server
+from shoal.transport.frames import frames_from_file, receive_to_file
+
+__all__ = ["SiteDaemon", "SiteOptions"]
+
+log = logging.getLogger(__name__)
+
+#: Largest job package a site accepts.
+MAX_PACKAGE_BYTES = 1024**3
+
+
+@dataclass(frozen=True)
+class SiteOptions:
+    """Run-time settings; None means: from the kit / environment."""
+
+    #: host:port to dial; default SHOAL_SERVER_ADDRESS, else the kit's server host and port.
+    server_address: str | None = None
+    #: Where job folders and logs live (default: the kit's folder).
+    workspace: Path | None = None
+    #: Plaintext gRPC health port for probes (None: no health server).
+    health_port: int | None = None
+    #: Python interpreter for job workers.
+    python: str = sys.executable
+    #: Longest pause between reconnection attempts.
+    max_backoff_s: float = 5.0
+
+
+@dataclass
+class _Worker:
+    job_id: str
+    proc: subprocess.Popen[bytes] | None = None
+    aborted: str | None = None
+
+
+class SiteDaemon:
+    def __init__(self, kit: Kit, options: SiteOptions | None = None) -> None:
+        if kit.type != "client":
+            raise ConfigError(f"{kit.root}: not a client (site) kit (type {kit.type})")
+        self.kit = kit
+        self.opts = options or SiteOptions()
+        server = kit.config["server"]
+        self.server_name = str(server["name"])
+        self.server_address = (
+            self.opts.server_address
+            or os.environ.get("SHOAL_SERVER_ADDRESS")
+            or f"{server.get('host') or server['name']}:{server['fed_learn_port']}"
+        )
+        self.workspace = (self.opts.workspace or kit.root).resolve()
+        self.name = kit.name
+        self.session_id: str | None = None
+        self.connected = threading.Event()
+        self.exit_code = 0
+        self._stop = threading.Event()
+        self._workers: dict[str, _Worker] = {}
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._health_server: grpc.Server | None = None
+        self._health: health.HealthServicer | None = None
+        self.health_port: int | None = None
+        self._channel = open_channel(self.server_address, kit.tls, server_name=self.server_name)
+        self._stub = pb_grpc.FleetStub(self._channel)
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def __enter__(self) -> SiteDaemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        (self.workspace / "jobs").mkdir(parents=True, exist_ok=True)
+        if self.opts.health_port is not None:
+            self._health = health.HealthServicer()
+            self._health_server, self.health_port = start_server(
+                host="0.0.0.0",
+                port=self.opts.health_port,
+                tls=None,
+                register=[lambda s: health_pb2_grpc.add_HealthServicer_to_server(self._health, s)],
+                max_workers=4,
+            )
+            self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+            self._health.set("shoal.v1.Site", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._thread = threading.Thread(target=self._run, name="site-session", daemon=True)
+        self._thread.start()
+        log.info(
+            "site %s (project %s) starting; server %s at %s; workspace %s",
+            self.name,
+            self.kit.project,
+            self.server_name,
+            self.server_address,
+            self.workspace,
+        )
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout)
+
+    def request_stop(self, *, restart: bool = False) -> None:
+        self.exit_code = EXIT_RESTART if restart else 0
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def stop(self) -> None:
+        self.request_stop(restart=self.exit_code == EXIT_RESTART)
+        with self._lock:
+            workers = list(self._workers.values())
+        for w in workers:
+            self._kill(w, "site daemon stopping")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._health_server is not None:
+            self._health_server.stop(grace=0.5)
+        self._channel.close()
+        log.info("site %s stopped", self.name)
+
+    # -- the session ------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                self._session()
+                delay = 0.2  # a session that got going resets the backoff
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    break
+                code = exc.code()
+                if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    log.error("server refused this site: %s", exc.details())
+                else:
+                    log.info("not connected to server (%s); retrying", code.name if code else exc)
+            except ShoalError as exc:
+                log.error("session failed: %s", exc)
+            self._set_connected(False)
+            if self._stop.is_set():
+                break
+            # Jitter spreads a fleet's reconnections after a server restart.
+            self._stop.wait(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.opts.max_backoff_s)
+
+    def _set_connected(self, up: bool) -> None:
+        if up:
+            self.connected.set()
+        else:
+            self.connected.clear()
+            self.session_id = None
+        if self._health is not None:
+            self._health.set(
+                "shoal.v1.Site",
+                health_pb2.HealthCheckResponse.SERVING
+                if up
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+
+    def _session(self) -> None:
+        hello = pb.Hello(
+            site=self.name,
+            shoal_version=__version__,
+            resources_json=json.dumps(local_sys_info() | self._resources()),
+            running_jobs=self._running_jobs(),
+        )
+        call = self._stub.Connect(hello)
+        self._call = call
+        beat_stop = threading.Event()
+        try:
+            for event in call:
+                which = event.WhichOneof("body")
+                if which == "welcome":
+                    self.session_id = event.welcome.session_id
+                    self._set_connected(True)
+                    log.info(
+                        "connected to server %s at %s (session %s)",
+                        event.welcome.server,
+                        self.server_address,
+                        self.session_id[:8],
+                    )
+                    threading.Thread(
+                        target=self._beat,
+                        args=(event.welcome.heartbeat_interval_s or 5.0, beat_stop, call),
+                        name="heartbeat",
+                        daemon=True,
+                    ).start()
+                elif which == "start_job":
+                    self._start_job(event.start_job)
+                elif which == "abort_job":
+                    self._abort_job(event.abort_job.job_id, event.abort_job.reason)
+                elif which == "shutdown":
+                    sd = event.shutdown
+                    if sd.site_should_exit or sd.restart:
+                        log.info(
+                            "server asked this site to %s: %s",
+                            "restart" if sd.restart else "shut down",
+                            sd.reason,
+                        )
+                        self.request_stop(restart=sd.restart)
+                        return
+                    log.info("server is going away (%s); will reconnect", sd.reason)
+                    return
+        finally:
+            beat_stop.set()
+            self._call = None
+
+    def _beat(self, interval: float, stop: threading.Event, call: Any) -> None:
+        while not stop.wait(interval):
+            sid = self.session_id
+            if sid is None:
+                return
+            try:
+                self._stub.Beat(
+                    pb.Heartbeat(session_id=sid, running_jobs=self._running_jobs()), timeout=10
+                )
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    log.info("server no longer knows this session; reconnecting")
+                    call.cancel()
+                    return
+
+    def _resources(self) -> dict[str, Any]:
+        path = self.kit.local / "resources.json"
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError:
+            log.warning("%s is not valid JSON; ignoring it", path)
+            return {}
+        return {"resources": data} if isinstance(data, dict) else {}
+
+    def _running_jobs(self) -> list[str]:
+        with self._lock:
+            return [
+                j for j, w in self._workers.items() if w.proc is not None and w.proc.poll() is None
+            ]
+
+    # -- jobs -------------------------------------------------------------------
+
+    def _start_job(self, start: pb.StartJob) -> None:
+        with self._lock:
+            existing = self._workers.get(start.job_id)
+            if existing is not None and (existing.proc is None or existing.proc.poll() is None):
+                log.info("job %s: worker already running; carrying on", start.job_id)
+                return
+            worker = _Worker(job_id=start.job_id)
+            self._workers[start.job_id] = worker
+        threading.Thread(
+            target=self._run_job, args=(start, worker), name=f"job-{start.job_id[:8]}", daemon=True
+        ).start()
+
+    def _run_job(self, start: pb.StartJob, worker: _Worker) -> None:
+        job_dir = self.workspace / "jobs" / start.job_id
+        log_path = job_dir / "log.txt"
+        state, detail = "failed", ""
+        try:
+            script, args, env_extra, meta = self._prepare(start, job_dir)
+            config = WorkerConfig(
+                server_address=self.server_address,
+                server_name=self.server_name,
+                ca_path=str(self.kit.startup / "rootCA.pem"),
+                cert_path=str(self.kit.startup / "client.crt"),
+                key_path=str(self.kit.startup / "client.key"),
+                job_id=start.job_id,
+                site_name=self.name,
+                site_index=int(meta["site_index"]),
+                num_sites=int(meta["num_sites"]),
+                job_dir=str(job_dir),
+            )
+            config_path = job_dir / "worker.json"
+            config_path.write_text(config.to_json())
+            env = dict(os.environ)
+            env.update(env_extra)
+            env[WORKER_CONFIG_ENV] = str(config_path)
+            env["SHOAL_SITE_NAME"] = self.name
+            env["PYTHONUNBUFFERED"] = "1"
+            app_dir = script.parent
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(app_dir), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+            )
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    [self.opts.python, str(script), *args],
+                    cwd=app_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            with self._lock:
+                worker.proc = proc
+                aborted = worker.aborted
+            if aborted:
+                self._kill(worker, aborted)
+            log.info("job %s: worker process %d started (%s)", start.job_id, proc.pid, script.name)
+            self._report(start.job_id, "started", f"pid {proc.pid}")
+            code = proc.wait()
+            if worker.aborted:
+                state, detail = "aborted", worker.aborted
+            elif code == 0:
+                state, detail = "finished", ""
+            else:
+                state, detail = "failed", f"exit code {code}: {_last_error(log_path)}"
+            log.info("job %s: worker exited with code %d (%s)", start.job_id, code, state)
+        except ShoalError as exc:
+            detail = str(exc)
+            log.error("job %s: could not start: %s", start.job_id, exc)
+            job_dir.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as f:
+                f.write(f"shoal: could not start the job: {exc}\n")
+        except Exception as exc:  # a daemon must survive any job problem
+            detail = f"{type(exc).__name__}: {exc}"
+            log.exception("job %s: worker failed", start.job_id)
+        finally:
+            self._upload_log(start.job_id, log_path)
+            self._report(start.job_id, state, detail)
+
+    def _prepare(
+        self, start: pb.StartJob, job_dir: Path
+    ) -> tuple[Path, list[str], dict[str, str], dict[str, Any]]:
+        from shoal.jobs import APP_DIR, find_job_root, load_job_spec, safe_extract
+
+        package = job_dir / "job.zip"
+        t0 = time.monotonic()
+        try:
+            frames = self._stub.FetchJob(pb.FetchJobRequest(job_id=start.job_id))
+            header = read_header(frames)
+            receive_to_file(header, frames, package, max_size=MAX_PACKAGE_BYTES)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, "FetchJob") from None
+        if start.package_sha256 and header.meta.get("name") is None:
+            raise ShoalError("job package header lacks the job name")
+        log.info(
+            "job %s (%s): package fetched, %d bytes in %.3f s",
+            start.job_id,
+            start.name,
+            package.stat().st_size,
+            time.monotonic() - t0,
+        )
+        unpacked = job_dir / "job"
+        if unpacked.exists():
+            shutil.rmtree(unpacked)
+        safe_extract(package, unpacked)
+        root = find_job_root(unpacked)
+        spec = load_job_spec(root)
+        script = (root / APP_DIR / spec.client.script).resolve()
+        return script, list(spec.client.args), dict(spec.client.env), dict(header.meta)
+
+    def _abort_job(self, job_id: str, reason: str) -> None:
+        with self._lock:
+            worker = self._workers.get(job_id)
+        if worker is None:
+            return
+        log.info("job %s: stopping worker (%s)", job_id, reason)
+        self._kill(worker, reason)
+
+    def _kill(self, worker: _Worker, reason: str) -> None:
+        worker.aborted = reason
+        proc = worker.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _upload_log(self, job_id: str, path: Path) -> None:
+        if not path.is_file():
+            return
+        try:
+            self._stub.PutBlob(
+                frames_from_file(
+                    PayloadHeader(kind="blob", job_id=job_id, meta={"name": "log"}), path
+                ),
+                timeout=60,
+            )
+        except grpc.RpcError as exc:
+            log.warning("job %s: could not upload the job log: %s", job_id, exc.details())
+
+    def _report(self, job_id: str, state: str, detail: str) -> None:
+        try:
+            self._stub.ReportJob(
+                pb.JobEvent(
+                    session_id=self.session_id or "", job_id=job_id, state=state, detail=detail
+                ),
+                timeout=10,
+            )
+        except grpc.RpcError as exc:
+            log.warning("job %s: could not report %s: %s", job_id, state, exc.details())
+
+
+def _last_error(log_path: Path) -> str:
+    """The last line of a traceback in the worker's log, for the job's error."""
+    try:
+        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if not line.startswith((" ", "\t")) and ("Error" in line or "Exception" in line):
+            return line.strip()
+    return lines[-1].strip() if lines else ""

@@ -1,0 +1,186 @@
+"""The job worker's side of the Client API: talks to the server over mTLS.
+
+A site daemon starts the user's training script with ``SHOAL_WORKER_CONFIG``
+pointing at a JSON file (written by the daemon, never by the network) that
+names the server, the site's TLS files and the job. The worker long-polls
+``GetTask`` (the server holds the call until work exists), streams weights
+straight to files, and memory-maps them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from shoal._proto import shoal_pb2 as pb
+from shoal._proto import shoal_pb2_grpc as pb_grpc
+from shoal.arrays import load_arrays, save_arrays
+from shoal.client.api import FLModel
+from shoal.errors import PeerRejectedError, TransportError
+from shoal.transport import (
+    PayloadHeader,
+    TLSConfig,
+    frames_from_file,
+    from_rpc_error,
+    open_channel,
+    read_header,
+    receive_to_file,
+)
+from shoal.transport.frames import human_bytes
+
+__all__ = ["GrpcBackend", "WorkerConfig"]
+
+log = logging.getLogger("shoal.worker")
+
+#: Largest task a worker accepts (a model far beyond any real one).
+MAX_TASK_BYTES = 64 * 1024**3
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a job worker needs to know; written by the site daemon."""
+
+    server_address: str
+    server_name: str
+    ca_path: str
+    cert_path: str
+    key_path: str
+    job_id: str
+    site_name: str
+    site_index: int
+    num_sites: int
+    job_dir: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> WorkerConfig:
+        data: dict[str, Any] = json.loads(Path(path).read_text())
+        return cls(**data)
+
+
+class GrpcBackend:
+    """ClientBackend over the Fleet service."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.site_name = config.site_name
+        self.job_id = config.job_id
+        self.site_index = config.site_index
+        self.num_sites = config.num_sites
+        tls = TLSConfig(
+            ca_pem=Path(config.ca_path).read_bytes(),
+            cert_pem=Path(config.cert_path).read_bytes(),
+            key_pem=Path(config.key_path).read_bytes(),
+        )
+        self._channel = open_channel(config.server_address, tls, server_name=config.server_name)
+        self._stub = pb_grpc.FleetStub(self._channel)
+        self._dir = Path(config.job_dir)
+        self._task: PayloadHeader | None = None
+        self._task_file: Path | None = None
+
+    @classmethod
+    def from_config_file(cls, path: str) -> GrpcBackend:
+        return cls(WorkerConfig.from_file(path))
+
+    def next_task(self) -> FLModel | None:
+        delay = 0.2
+        while True:
+            t0 = time.monotonic()
+            try:
+                frames = self._stub.GetTask(pb.TaskRequest(job_id=self.job_id, wait_s=30.0))
+                header = read_header(frames)
+                if header.kind == "none":
+                    continue
+                if header.kind == "done":
+                    log.info("job %s: no more tasks", self.job_id)
+                    return None
+                if header.kind != "task":
+                    raise TransportError(f"unexpected reply {header.kind!r} to GetTask")
+                dest = self._dir / "tasks" / f"{header.task_id}.safetensors"
+                payload = receive_to_file(header, frames, dest, max_size=MAX_TASK_BYTES)
+            except grpc.RpcError as exc:
+                if exc.code() in _RETRYABLE:
+                    log.info("server not ready (%s); retrying in %.1f s", exc.code().name, delay)
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raise from_rpc_error(exc, "GetTask") from None
+            elapsed = time.monotonic() - t0
+            meta = dict(header.meta)
+            log.info(
+                "Received from server. getTask: %s size: %s (%d Bytes) time: %.6f seconds",
+                meta.get("task", "train"),
+                human_bytes(payload.size),
+                payload.size,
+                elapsed,
+            )
+            if self._task_file is not None and self._task_file != dest:
+                self._task_file.unlink(missing_ok=True)
+            self._task, self._task_file = header, dest
+            return FLModel(
+                params=load_arrays(dest, mmap=True),
+                current_round=meta.get("current_round", meta.get("round")),
+                total_rounds=meta.get("total_rounds"),
+                meta=meta,
+            )
+
+    def send(self, model: FLModel) -> None:
+        task = self._task
+        if task is None:
+            raise TransportError("send() without a task")
+        path = self._dir / "results" / f"{task.task_id}.safetensors"
+        save_arrays(path, model.params)
+        header = PayloadHeader(
+            kind="result",
+            job_id=self.job_id,
+            task_id=task.task_id,
+            meta={
+                "site": self.site_name,
+                "num_examples": int(model.num_examples),
+                "metrics": {k: float(v) for k, v in model.metrics.items()},
+            },
+        )
+        t0 = time.monotonic()
+        size = path.stat().st_size
+        for attempt in range(5):
+            try:
+                self._stub.PutResult(frames_from_file(header, path))
+                break
+            except grpc.RpcError as exc:
+                err = from_rpc_error(exc, "PutResult")
+                if (
+                    isinstance(err, PeerRejectedError)
+                    or exc.code() == grpc.StatusCode.PERMISSION_DENIED
+                ):
+                    # A stale task (the server restarted or moved on): the
+                    # next receive() brings the current one.
+                    log.warning("result for task %s not accepted: %s", task.task_id, err)
+                    break
+                if exc.code() not in _RETRYABLE or attempt == 4:
+                    raise err from None
+                time.sleep(0.5 * 2**attempt)
+        path.unlink(missing_ok=True)
+        log.info(
+            "Sent result to server: round %s size: %s time: %.6f seconds",
+            task.meta.get("round"),
+            human_bytes(size),
+            time.monotonic() - t0,
+        )
+        self._task = None
+
+    def close(self) -> None:
+        self._channel.close()

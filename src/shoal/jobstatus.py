@@ -1,0 +1,38 @@
+"""Job states, with the names NVIDIA FLARE users know.
+
+SUBMITTED → DISPATCHED → RUNNING → FINISHED:COMPLETED
+                                 ↘ FINISHED:ABORTED | FINISHED:EXECUTION_EXCEPTION
+                                 | FINISHED:ABANDONED (not enough sites in time)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ABANDONED",
+    "ABORTED",
+    "ACTIVE",
+    "ALL",
+    "COMPLETED",
+    "DISPATCHED",
+    "EXECUTION_EXCEPTION",
+    "FINISHED",
+    "RUNNING",
+    "SUBMITTED",
+    "is_finished",
+]
+
+SUBMITTED = "SUBMITTED"
+DISPATCHED = "DISPATCHED"
+RUNNING = "RUNNING"
+COMPLETED = "FINISHED:COMPLETED"
+ABORTED = "FINISHED:ABORTED"
+EXECUTION_EXCEPTION = "FINISHED:EXECUTION_EXCEPTION"
+ABANDONED = "FINISHED:ABANDONED"
+
+ACTIVE = (SUBMITTED, DISPATCHED, RUNNING)
+FINISHED = (COMPLETED, ABORTED, EXECUTION_EXCEPTION, ABANDONED)
+ALL = ACTIVE + FINISHED
+
+
+def is_finished(status: str) -> bool:
+    return status.startswith("FINISHED:")

@@ -1,0 +1,391 @@
+"""The Admin service: commands from admin users, authorized by certificate role.
+
+Thin like the Fleet service: the servicer decodes, checks identity and role
+(``authz``), calls a handler here, and encodes. Every handler returns plain
+JSON-able data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from shoal import jobstatus
+from shoal._proto import shoal_pb2 as pb
+from shoal._proto import shoal_pb2_grpc as pb_grpc
+from shoal.errors import ConfigError, JobValidationError, NotFoundError
+from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
+from shoal.provision import Identity
+from shoal.server.authz import authorize
+from shoal.server.store import JobRecord
+from shoal.transport import PayloadHeader, frames_from_file, read_header, rpc_errors
+from shoal.transport.frames import receive_to_file
+
+if TYPE_CHECKING:
+    from shoal.server.daemon import ServerDaemon
+
+__all__ = ["AdminService"]
+
+log = logging.getLogger(__name__)
+
+
+class AdminService(pb_grpc.AdminServicer):
+    def __init__(self, daemon: ServerDaemon) -> None:
+        self.d = daemon
+        self._handlers: dict[str, Callable[[Identity, dict[str, Any]], Any]] = {
+            "check_status": self.check_status,
+            "sys_info": self.sys_info,
+            "list_jobs": self.list_jobs,
+            "get_job_meta": self.get_job_meta,
+            "abort_job": self.abort_job,
+            "clone_job": self.clone_job,
+            "delete_job": self.delete_job,
+            "show_stats": self.show_stats,
+            "show_errors": self.show_errors,
+            "get_log": self.get_log,
+            "shutdown": self.shutdown,
+            "restart": self.restart,
+        }
+
+    # -- servicer ---------------------------------------------------------------
+
+    def Call(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.AdminReply:
+        who = self.d.identify(context, expected_type="admin")
+        with rpc_errors(context, f"{request.command} from {who.name}"):
+            handler = self._handlers.get(request.command)
+            if handler is None:
+                raise ConfigError(
+                    f"unknown command {request.command!r}; known: {', '.join(sorted(self._handlers))}"
+                )
+            try:
+                args = json.loads(request.args_json) if request.args_json else {}
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"arguments are not JSON: {exc}") from None
+            if not isinstance(args, dict):
+                raise ConfigError("arguments must be a JSON object")
+            result = handler(who, args)
+            return pb.AdminReply(ok=True, result_json=json.dumps(result))
+        return pb.AdminReply(ok=False)  # unreachable: rpc_errors aborted
+
+    def Submit(
+        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
+    ) -> pb.AdminReply:
+        who = self.d.identify(context, expected_type="admin")
+        with rpc_errors(context, f"submit_job from {who.name}"):
+            authorize(who, "submit_job")
+            header = read_header(request_iterator)
+            if header.kind != "job":
+                raise JobValidationError(f"expected a job archive, got {header.kind!r}")
+            job_id = self.submit(who, header, request_iterator)
+            return pb.AdminReply(ok=True, result_json=json.dumps({"job_id": job_id}))
+        return pb.AdminReply(ok=False)
+
+    def Download(
+        self, request: pb.AdminRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Frame]:
+        who = self.d.identify(context, expected_type="admin")
+        tmp: Path | None = None
+        with rpc_errors(context, f"download_job from {who.name}"):
+            args = json.loads(request.args_json or "{}")
+            rec = self._job(args)
+            authorize(who, "download_job", job=rec)
+            tmp = self._pack_results(rec)
+        assert tmp is not None
+        try:
+            header = PayloadHeader(kind="download", job_id=rec.job_id, meta={"name": rec.name})
+            yield from frames_from_file(header, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- jobs -------------------------------------------------------------------
+
+    def _job(self, args: dict[str, Any]) -> JobRecord:
+        assert self.d.store is not None
+        job_id = args.get("job_id")
+        if not isinstance(job_id, str) or not job_id:
+            raise ConfigError("job_id is required")
+        return self.d.store.find(job_id)
+
+    def submit(self, who: Identity, header: PayloadHeader, frames: Iterator[Any]) -> str:
+        """Receive, check and store a job archive; nothing is stored on refusal."""
+        store = self.d.store
+        assert store is not None
+        staging = store.staging_folder()
+        try:
+            payload = receive_to_file(
+                header, frames, staging / "job.zip", max_size=MAX_ARCHIVE_BYTES
+            )
+            try:
+                safe_extract(payload.path, staging / "job")
+            except zipfile.BadZipFile as exc:
+                raise JobValidationError(f"not a zip archive: {exc}") from None
+            spec = load_job_spec(find_job_root(staging / "job"))
+            spec.check_sites(self.d.project_sites)
+            num_rounds = spec.workflow.params.get("num_rounds")
+            rec = store.create(
+                name=spec.name,
+                spec=spec.to_dict(),
+                staged_folder=staging,
+                submitter=who.name,
+                submitter_org=who.org,
+                package_sha256=payload.sha256,
+                package_size=payload.size,
+                num_rounds=int(num_rounds) if isinstance(num_rounds, int) else None,
+            )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("job %s (%s) submitted by %s", rec.job_id, rec.name, who.name)
+        self.d.wake_scheduler()
+        return rec.job_id
+
+    def list_jobs(self, who: Identity, args: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.d.store is not None
+        limit = args.get("limit")
+        recs = self.d.store.list(
+            status=args.get("status") or None,
+            name=args.get("name") or None,
+            limit=int(limit) if limit else None,
+        )
+        return [r.summary() for r in recs]
+
+    def get_job_meta(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        rec = self._job(args)
+        authorize(who, "get_job_meta", job=rec)
+        out = rec.summary()
+        out["spec"] = rec.spec
+        out["results"] = (
+            sorted(str(p.relative_to(rec.run_dir)) for p in (rec.run_dir / "models").glob("*"))
+            if (rec.run_dir / "models").is_dir()
+            else []
+        )
+        return out
+
+    def abort_job(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        rec = self._job(args)
+        authorize(who, "abort_job", job=rec)
+        assert self.d.store is not None
+        if jobstatus.is_finished(rec.status):
+            raise ConfigError(f"job {rec.job_id} already finished ({rec.status})")
+        with self.d._runs_lock:
+            run = self.d.runs.get(rec.job_id)
+        if run is not None:
+            run.abort(f"aborted by {who.name}")
+            # The watcher records ABORTED once the process group is gone.
+            for _ in range(100):
+                if run.ended and rec.job_id not in self.d.runs:
+                    break
+                threading.Event().wait(0.1)
+        else:
+            self.d.store.update(
+                rec.job_id,
+                status=jobstatus.ABORTED,
+                end_time=_now(),
+                error=f"aborted by {who.name} before it started",
+            )
+        log.info("job %s aborted by %s", rec.job_id, who.name)
+        return self.d.store.get(rec.job_id).summary()
+
+    def clone_job(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        rec = self._job(args)
+        authorize(who, "clone_job", job=rec)
+        store = self.d.store
+        assert store is not None
+        staging = store.staging_folder()
+        try:
+            shutil.copy2(rec.package, staging / "job.zip")
+            shutil.copytree(rec.job_dir, staging / "job", symlinks=True)
+            new = store.create(
+                name=rec.name,
+                spec=rec.spec,
+                staged_folder=staging,
+                submitter=who.name,
+                submitter_org=who.org,
+                package_sha256=rec.package_sha256,
+                package_size=rec.package_size,
+                num_rounds=rec.num_rounds,
+            )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.d.wake_scheduler()
+        return {"job_id": new.job_id}
+
+    def delete_job(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        rec = self._job(args)
+        authorize(who, "delete_job", job=rec)
+        if not jobstatus.is_finished(rec.status):
+            raise ConfigError(f"job {rec.job_id} is {rec.status}; abort it before deleting")
+        assert self.d.store is not None
+        self.d.store.delete(rec.job_id)
+        log.info("job %s deleted by %s", rec.job_id, who.name)
+        return {"job_id": rec.job_id}
+
+    def show_stats(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        rec = self._job(args)
+        authorize(who, "show_stats", job=rec)
+        with self.d._runs_lock:
+            run = self.d.runs.get(rec.job_id)
+        metrics = _read_metrics(rec.run_dir / "metrics.jsonl")
+        return {
+            "job_id": rec.job_id,
+            "status": rec.status,
+            "current_round": (run.progress.get("round") if run else None) or rec.current_round,
+            "num_rounds": rec.num_rounds,
+            "sites": dict(run.site_states) if run else {},
+            "progress": dict(run.progress) if run else {},
+            "metrics": metrics,
+        }
+
+    def show_errors(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        rec = self._job(args)
+        authorize(who, "show_errors", job=rec)
+        out: dict[str, Any] = {}
+        if rec.error:
+            out["job"] = [rec.error]
+        if rec.logs_dir.is_dir():
+            for log_file in sorted(rec.logs_dir.glob("*.log")):
+                lines = _error_lines(log_file)
+                if lines:
+                    out[log_file.stem] = lines
+        return out
+
+    def get_log(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        rec = self._job(args)
+        authorize(who, "get_log", job=rec)
+        target = str(args.get("target") or "server")
+        if "/" in target or target.startswith("."):
+            raise ConfigError(f"bad log target {target!r}")
+        path = rec.logs_dir / f"{target}.log"
+        if not path.is_file():
+            available = (
+                sorted(p.stem for p in rec.logs_dir.glob("*.log")) if rec.logs_dir.is_dir() else []
+            )
+            raise NotFoundError(
+                f"no {target} log for job {rec.job_id} (available: {', '.join(available) or 'none'})"
+            )
+        text = path.read_text(errors="replace")
+        tail = args.get("tail")
+        if tail:
+            text = "\n".join(text.splitlines()[-int(tail) :]) + "\n"
+        return {"job_id": rec.job_id, "target": target, "log": text}
+
+    # -- system -----------------------------------------------------------------
+
+    def check_status(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        return self.d.status()
+
+    def sys_info(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        target = str(args.get("target") or "server")
+        if target == "server":
+            return {"target": "server", **self.d.sys_info()}
+        session = self.d.registry.get(target)
+        if session is None:
+            raise NotFoundError(f"site {target} is not connected")
+        return {"target": target, **session.resources}
+
+    def _targets(self, who: Identity, command: str, target: str) -> list[str]:
+        if target in ("server", "all"):
+            authorize(who, command)
+            return self.d.registry.connected() + (["server"] if target in ("server", "all") else [])
+        session = self.d.registry.get(target)
+        if session is None:
+            raise NotFoundError(f"site {target} is not connected")
+        authorize(who, command, target_org=session.org)
+        return [target]
+
+    def shutdown(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        return self._stop(who, "shutdown", str(args.get("target") or "server"), restart=False)
+
+    def restart(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        return self._stop(who, "restart", str(args.get("target") or "server"), restart=True)
+
+    def _stop(self, who: Identity, command: str, target: str, *, restart: bool) -> dict[str, Any]:
+        targets = self._targets(who, command, target)
+        sites = [t for t in targets if t != "server"] if target != "server" else []
+        event = pb.ServerEvent(
+            shutdown=pb.Shutdown(
+                reason=f"{command} by {who.name}", site_should_exit=not restart, restart=restart
+            )
+        )
+        for site in sites:
+            session = self.d.registry.get(site)
+            if session is not None:
+                session.push(event)
+        if target in ("server", "all"):
+            log.info("%s of the server requested by %s", command, who.name)
+            # Reply first, then stop: the admin gets its answer.
+            threading.Timer(0.3, self.d.request_stop, kwargs={"restart": restart}).start()
+        return {"targets": sites + (["server"] if target in ("server", "all") else [])}
+
+    # -- results ------------------------------------------------------------------
+
+    def _pack_results(self, rec: JobRecord) -> Path:
+        """Zip the job's results: models, metrics, TensorBoard files, logs, definition."""
+        fd, name = tempfile.mkstemp(prefix=".download-", suffix=".zip", dir=rec.folder)
+        path = Path(name)
+        import os
+
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr("meta.json", json.dumps({**rec.summary(), "spec": rec.spec}, indent=2))
+                for sub in ("run", "logs", "job"):
+                    base = rec.folder / sub
+                    if not base.is_dir():
+                        continue
+                    for f in sorted(base.rglob("*")):
+                        rel = f.relative_to(rec.folder)
+                        # Per-site raw results and partial files stay on the server.
+                        if not f.is_file() or f.is_symlink() or rel.parts[:2] == ("run", "results"):
+                            continue
+                        if f.name.startswith("."):
+                            continue
+                        stored = f.suffix in (".safetensors", ".keras", ".zip", ".h5")
+                        zf.write(
+                            f,
+                            rel.as_posix(),
+                            compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
+                        )
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+
+def _now() -> str:
+    from shoal.server.store import utc_now
+
+    return utc_now()
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _error_lines(path: Path, limit: int = 50) -> list[str]:
+    lines = path.read_text(errors="replace").splitlines()
+    picked: list[str] = []
+    for i, line in enumerate(lines):
+        if " - ERROR - " in line or line.startswith("Traceback") or "Error:" in line:
+            picked.append(line)
+        if line.startswith("Traceback"):
+            picked.extend(lines[i + 1 : i + 30])
+    return picked[-limit:]

@@ -1,0 +1,55 @@
+"""The local channel between the server daemon and a job's workflow process.
+
+Small JSON messages, one per line, over a socketpair the daemon creates and
+passes to the child by file descriptor. Weights never cross it: messages name
+files in the job's run folder. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from typing import Any
+
+__all__ = ["IpcChannel"]
+
+#: A message larger than this is a bug or an attack; refuse it.
+MAX_LINE = 4 * 1024 * 1024
+
+
+class IpcChannel:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._send_lock = threading.Lock()
+        self._buf = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next message; None on timeout. Raises EOFError when closed."""
+        while b"\n" not in self._buf:
+            self.sock.settimeout(timeout)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not chunk:
+                raise EOFError("IPC channel closed")
+            self._buf += chunk
+            if len(self._buf) > MAX_LINE:
+                raise EOFError("IPC message too large")
+        line, self._buf = self._buf.split(b"\n", 1)
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise EOFError("IPC message is not an object")
+        return message
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()

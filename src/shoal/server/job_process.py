@@ -1,0 +1,160 @@
+"""The workflow process: runs one job's server-side workflow.
+
+Started by the server daemon, one per running job, so user code (model
+builders, evaluators, custom workflows) never runs inside the daemon. It
+talks to the daemon through ``shoal.server.ipc`` and exits 0 when the
+workflow completes; on an exception it writes the reason to
+``run/error.txt``, the traceback to its log, and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from shoal.server.ipc import IpcChannel
+from shoal.workflows.api import TaskResult, WorkflowContext
+
+log = logging.getLogger("shoal.workflow")
+
+
+class IpcCommunicator:
+    """Communicator over the daemon's IPC channel (see shoal.workflows.api)."""
+
+    def __init__(self, ipc: IpcChannel, sites: Sequence[str]) -> None:
+        self._ipc = ipc
+        self._sites = tuple(sites)
+        self._targets: dict[str, frozenset[str]] = {}
+        self._gone: set[str] = set()
+
+    def sites(self) -> Sequence[str]:
+        return self._sites
+
+    def scatter(
+        self,
+        *,
+        task: str,
+        round: int,
+        weights_path: Path,
+        sites: Sequence[str],
+        meta: Mapping[str, Any] | None = None,
+    ) -> str:
+        task_id = str(uuid.uuid4())
+        self._targets[task_id] = frozenset(sites)
+        self._ipc.send(
+            {
+                "op": "scatter",
+                "task_id": task_id,
+                "task": task,
+                "round": round,
+                "weights_path": str(Path(weights_path).resolve()),
+                "sites": sorted(sites),
+                "meta": dict(meta or {}),
+            }
+        )
+        return task_id
+
+    def gather(self, task_id: str, *, timeout: float) -> Iterator[TaskResult]:
+        targets = self._targets[task_id]
+        answered: set[str] = set()
+        gone = {s for s in self._gone if s in targets}
+        deadline = time.monotonic() + timeout
+        while not targets <= (answered | gone):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning(
+                    "round timed out after %.0f s waiting for %s",
+                    timeout,
+                    ", ".join(sorted(targets - answered - gone)),
+                )
+                return
+            msg = self._ipc.recv(timeout=remaining)
+            if msg is None:
+                continue
+            op = msg.get("op")
+            if op == "site_gone":
+                site = str(msg["site"])
+                self._gone.add(site)
+                if site in targets and site not in answered:
+                    log.warning("site %s left during the round: %s", site, msg.get("reason"))
+                    gone.add(site)
+            elif op == "result" and msg.get("task_id") == task_id:
+                site = str(msg["site"])
+                self._gone.discard(site)
+                gone.discard(site)
+                answered.add(site)
+                yield TaskResult(
+                    site=site,
+                    task_id=task_id,
+                    round=int(msg["round"]),
+                    num_examples=int(msg["num_examples"]),
+                    metrics=dict(msg.get("metrics") or {}),
+                    path=Path(msg["path"]),
+                )
+
+    def finish(self) -> None:
+        self._ipc.send({"op": "finish"})
+
+    def report(self, **progress: Any) -> None:
+        self._ipc.send({"op": "report", **progress})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shoal-job-process")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--job-dir", required=True, type=Path)
+    parser.add_argument("--ipc-fd", required=True, type=int)
+    parser.add_argument("--sites", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+        stream=sys.stderr,
+    )
+    job_dir: Path = args.job_dir
+    run_dir = job_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    ipc = IpcChannel(socket.socket(fileno=args.ipc_fd))
+    try:
+        from shoal.jobs import APP_DIR, find_job_root, load_job_spec
+        from shoal.workflows.registry import get_workflow
+
+        root = find_job_root(job_dir / "job")
+        spec = load_job_spec(root)
+        app_dir = root / APP_DIR
+        sites = [s for s in args.sites.split(",") if s]
+        os.chdir(run_dir)
+        ctx = WorkflowContext(
+            job_id=args.job_id,
+            spec=spec,
+            params=spec.workflow.params,
+            app_dir=app_dir,
+            run_dir=run_dir,
+            comm=IpcCommunicator(ipc, sites),
+            logger=log,
+        )
+        log.info("job %s: running workflow %s on %s", args.job_id, spec.workflow.name, sites)
+        get_workflow(spec.workflow.name)(ctx)
+        log.info("job %s: workflow completed", args.job_id)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - everything is recorded, then reported by exit code
+        traceback.print_exc()
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        (run_dir / "error.txt").write_text(reason + "\n")
+        return 1
+    finally:
+        ipc.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

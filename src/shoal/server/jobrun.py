@@ -1,0 +1,388 @@
+"""A running job as the server daemon sees it.
+
+The daemon never runs the workflow itself: it starts a workflow process
+(``shoal.server.job_process``) and acts as its post office. The workflow says
+"offer this weights file as task T to these sites"; the daemon hands it to
+each site's job worker when the worker asks (``GetTask`` is held until work
+exists), receives each result into a file, checks it, and tells the workflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal import jobstatus
+from shoal.errors import PeerRejectedError
+from shoal.server.ipc import IpcChannel
+from shoal.server.store import JobRecord
+from shoal.transport.frames import PayloadHeader, human_bytes, receive_to_file
+
+__all__ = ["DONE", "JobRun", "Task"]
+
+log = logging.getLogger(__name__)
+
+#: Returned by ``next_task`` when the job has no more work for the site.
+DONE = object()
+
+
+@dataclass
+class Task:
+    task_id: str
+    name: str
+    round: int
+    weights_path: Path
+    meta: dict[str, Any]
+    sites: frozenset[str]
+    answered: set[str] = field(default_factory=set)
+    delivered: set[str] = field(default_factory=set)
+    created: float = field(default_factory=time.monotonic)
+
+
+class JobRun:
+    """Workflow process + task board for one job."""
+
+    def __init__(
+        self,
+        record: JobRecord,
+        *,
+        sites: Sequence[str],
+        on_end: Callable[[JobRun, str, str | None], None],
+        on_progress: Callable[[JobRun], None] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.record = record
+        self.job_id = record.job_id
+        self.sites = tuple(sorted(sites))
+        self._on_end = on_end
+        self._on_progress = on_progress
+        self._sites_done: set[str] = set()
+        self._python = python
+        self._cond = threading.Condition()
+        self._tasks: dict[str, Task] = {}
+        self._current: Task | None = None
+        self._finished = False
+        self._ended = False
+        self._aborting: str | None = None
+        self._failed_sites: dict[str, str] = {}
+        self.site_states: dict[str, dict[str, Any]] = {s: {"state": "starting"} for s in self.sites}
+        self.progress: dict[str, Any] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ipc: IpcChannel | None = None
+        self.started = time.monotonic()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        rec = self.record
+        for d in (rec.run_dir, rec.logs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        parent_sock, child_sock = socket.socketpair()
+        log_file = open(rec.logs_dir / "server.log", "ab")  # noqa: SIM115 - handed to the child
+        cmd = [
+            self._python,
+            "-m",
+            "shoal.server.job_process",
+            "--job-id",
+            rec.job_id,
+            "--job-dir",
+            str(rec.folder),
+            "--ipc-fd",
+            str(child_sock.fileno()),
+            "--sites",
+            ",".join(self.sites),
+        ]
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                pass_fds=(child_sock.fileno(),),
+                cwd=rec.folder,
+                env=env,
+                # Own process group: abort kills the workflow and anything it spawned.
+                start_new_session=True,
+            )
+        finally:
+            child_sock.close()
+            log_file.close()
+        self.ipc = IpcChannel(parent_sock)
+        log.info(
+            "job %s (%s): workflow process %d started for sites %s",
+            rec.job_id,
+            rec.name,
+            self.proc.pid,
+            ", ".join(self.sites),
+        )
+        threading.Thread(
+            target=self._read_ipc, name=f"job-{rec.job_id[:8]}-ipc", daemon=True
+        ).start()
+        threading.Thread(
+            target=self._watch, name=f"job-{rec.job_id[:8]}-watch", daemon=True
+        ).start()
+
+    def abort(self, reason: str) -> None:
+        """Kill the workflow process group; the watcher records ABORTED."""
+        with self._cond:
+            if self._ended or self._aborting:
+                return
+            self._aborting = reason
+            self._cond.notify_all()
+        log.info("job %s: aborting (%s)", self.job_id, reason)
+        self._kill()
+
+    def _kill(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def detach(self) -> None:
+        """Stop the workflow process without ending the job (server shutdown)."""
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+        self._kill()
+
+    def site_job_event(self, site: str, state: str, detail: str) -> None:
+        """A site daemon reports its worker for this job started/finished/failed."""
+        if site not in self.sites:
+            return
+        if state in ("finished", "failed", "aborted"):
+            with self._cond:
+                self._sites_done.add(site)
+                self._cond.notify_all()
+            self.site_states[site] = {"state": f"worker {state}"}
+            if state == "failed" and not self._finished:
+                self.site_failed(site, f"training script failed: {detail}".strip())
+        elif state == "started":
+            self.site_states[site] = {"state": "worker started"}
+
+    def wait_sites_done(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not set(self.sites) <= (self._sites_done | set(self._failed_sites)):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
+    def _watch(self) -> None:
+        assert self.proc is not None
+        code = self.proc.wait()
+        # The workflow's process group may hold children (a TF evaluator, ...).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with self._cond:
+            self._ended = True
+            self._finished = True
+            self._cond.notify_all()
+        if self._aborting:
+            status, error = jobstatus.ABORTED, self._aborting
+        elif code == 0:
+            status, error = jobstatus.COMPLETED, None
+        else:
+            status, error = jobstatus.EXECUTION_EXCEPTION, self._failure_reason(code)
+        if self.ipc:
+            self.ipc.close()
+        log.info("job %s: workflow process exited with %s -> %s", self.job_id, code, status)
+        self._on_end(self, status, error)
+
+    def _failure_reason(self, code: int) -> str:
+        path = self.record.run_dir / "error.txt"
+        reason = path.read_text(errors="replace").strip() if path.exists() else ""
+        if not reason:
+            reason = f"workflow process exited with code {code}"
+        if self._failed_sites:
+            sites = "; ".join(f"{s}: {d}" for s, d in sorted(self._failed_sites.items()))
+            reason = f"{reason} [site failures: {sites}]"
+        return reason
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    # -- from the workflow process -----------------------------------------
+
+    def _read_ipc(self) -> None:
+        assert self.ipc is not None
+        while True:
+            try:
+                msg = self.ipc.recv()
+            except (EOFError, OSError, ValueError):
+                return
+            if msg is None:
+                continue
+            try:
+                self._handle(msg)
+            except Exception:
+                log.exception("job %s: bad message from workflow process: %r", self.job_id, msg)
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "scatter":
+            sites = frozenset(str(s) for s in msg["sites"]) & frozenset(self.sites)
+            task = Task(
+                task_id=str(msg["task_id"]),
+                name=str(msg["task"]),
+                round=int(msg["round"]),
+                weights_path=Path(msg["weights_path"]),
+                meta=dict(msg.get("meta") or {}),
+                sites=sites,
+            )
+            with self._cond:
+                self._tasks = {task.task_id: task}  # a new task supersedes the old one
+                self._current = task
+                self._cond.notify_all()
+            for s in sites:
+                self.site_states[s] = {"state": "task offered", "round": task.round}
+            log.info(
+                "job %s: round %d task %s offered to %s",
+                self.job_id,
+                task.round,
+                task.name,
+                ", ".join(sorted(sites)),
+            )
+            # Sites that are not here now cannot answer: say so at once.
+            for s in sorted(sites):
+                if s in self._failed_sites:
+                    self._tell_gone(s, self._failed_sites[s])
+        elif op == "finish":
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
+        elif op == "report":
+            self.progress = {k: v for k, v in msg.items() if k != "op"}
+            if self._on_progress is not None:
+                self._on_progress(self)
+        else:
+            log.warning("job %s: unknown workflow message %r", self.job_id, op)
+
+    # -- from sites -----------------------------------------------------------
+
+    def next_task(self, site: str, wait_s: float) -> Task | object | None:
+        """The site's open task, DONE, or None when nothing came in ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while True:
+                if self._finished or self._aborting:
+                    return DONE
+                t = self._current
+                if t is not None and site in t.sites and site not in t.answered:
+                    t.delivered.add(site)
+                    return t
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def accept_result(
+        self, site: str, header: PayloadHeader, frames: Iterable[Any], max_size: int
+    ) -> dict[str, Any]:
+        """Receive a site's result into the run folder and hand it to the workflow."""
+        with self._cond:
+            task = self._tasks.get(header.task_id)
+            if task is None:
+                raise PeerRejectedError(
+                    f"result for unknown or superseded task {header.task_id!r} from {site}"
+                )
+            if site not in task.sites:
+                raise PeerRejectedError(f"task {task.task_id} was not given to {site}")
+            if site in task.answered:
+                raise PeerRejectedError(f"duplicate result for task {task.task_id} from {site}")
+        claimed = header.meta.get("site")
+        if claimed is not None and claimed != site:
+            raise PeerRejectedError(f"{site} sent a result claiming to be from {claimed!r}")
+        try:
+            num_examples = int(header.meta.get("num_examples", 0))
+        except (TypeError, ValueError):
+            raise PeerRejectedError("num_examples must be an integer") from None
+        metrics = header.meta.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            raise PeerRejectedError("metrics must be a JSON object")
+        dest = self.record.run_dir / "results" / task.task_id / f"{site}.safetensors"
+        t0 = time.monotonic()
+        payload = receive_to_file(header, frames, dest, max_size=max_size)
+        elapsed = time.monotonic() - t0
+        with self._cond:
+            # Re-check: a duplicate could have raced us while receiving.
+            if site in task.answered or self._tasks.get(task.task_id) is not task:
+                dest.unlink(missing_ok=True)
+                raise PeerRejectedError(f"result for task {task.task_id} from {site} is stale")
+            task.answered.add(site)
+        self.site_states[site] = {
+            "state": "result received",
+            "round": task.round,
+            "metrics": metrics,
+        }
+        log.info(
+            "job %s: received result from %s for round %d: %s in %.3f s",
+            self.job_id,
+            site,
+            task.round,
+            human_bytes(payload.size),
+            elapsed,
+        )
+        self._send(
+            {
+                "op": "result",
+                "task_id": task.task_id,
+                "site": site,
+                "round": task.round,
+                "num_examples": num_examples,
+                "metrics": metrics,
+                "path": str(dest),
+            }
+        )
+        return {"round": task.round, "bytes": payload.size}
+
+    def site_failed(self, site: str, reason: str) -> None:
+        """The site's worker died or the site left: the workflow stops waiting for it."""
+        if site not in self.sites or self._ended:
+            return
+        self._failed_sites[site] = reason
+        self.site_states[site] = {"state": f"gone: {reason}"}
+        self._tell_gone(site, reason)
+
+    def site_back(self, site: str) -> None:
+        self._failed_sites.pop(site, None)
+        self.site_states[site] = {"state": "reconnected"}
+
+    def _tell_gone(self, site: str, reason: str) -> None:
+        self._send({"op": "site_gone", "site": site, "reason": reason})
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self.ipc is None or self._ended:
+            return
+        try:
+            self.ipc.send(msg)
+        except OSError as exc:
+            log.warning("job %s: workflow process unreachable: %s", self.job_id, exc)
+
+    def max_result_bytes(self) -> int:
+        t = self._current
+        base = t.weights_path.stat().st_size if t and t.weights_path.exists() else 0
+        # Results mirror the global model; allow header slack, refuse anything far larger.
+        return 2 * base + 16 * 1024 * 1024

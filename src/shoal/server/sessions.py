@@ -1,0 +1,130 @@
+"""Connected sites: one session per site identity, heartbeats, push queues.
+
+A site's identity is its certificate's CN. A new Connect from a name that
+already has a session replaces the old one (the old stream is closed): after
+a site restart or a network change the stale session is never left holding
+the name.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["SiteRegistry", "SiteSession"]
+
+log = logging.getLogger(__name__)
+
+#: Sentinel pushed into a session's queue to end its stream.
+CLOSE = object()
+
+
+@dataclass
+class SiteSession:
+    name: str
+    org: str
+    peer: str
+    session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    connected_at: float = field(default_factory=time.time)
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    running_jobs: list[str] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)
+    events: queue.Queue[Any] = field(default_factory=queue.Queue)
+    active: bool = True
+
+    def push(self, event: Any) -> None:
+        self.events.put(event)
+
+    def close(self) -> None:
+        self.active = False
+        self.events.put(CLOSE)
+
+
+class SiteRegistry:
+    """Thread-safe map of site name → live session."""
+
+    def __init__(self, *, heartbeat_timeout_s: float) -> None:
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._lock = threading.Lock()
+        self._sessions: dict[str, SiteSession] = {}
+        self._listeners: list[Callable[[str, bool], None]] = []
+
+    def on_change(self, listener: Callable[[str, bool], None]) -> None:
+        """``listener(site, connected)`` is called on connect and on loss."""
+        self._listeners.append(listener)
+
+    def open(self, session: SiteSession) -> None:
+        with self._lock:
+            old = self._sessions.get(session.name)
+            self._sessions[session.name] = session
+        if old is not None:
+            log.info(
+                "site %s reconnected from %s: replacing its previous session %s",
+                session.name,
+                session.peer,
+                old.session_id[:8],
+            )
+            old.close()
+        self._notify(session.name, True)
+
+    def end(self, session: SiteSession, reason: str) -> None:
+        """End ``session`` if it is still the current one for its name."""
+        with self._lock:
+            current = self._sessions.get(session.name)
+            if current is not session:
+                return
+            del self._sessions[session.name]
+        session.close()
+        log.info("site %s disconnected (%s)", session.name, reason)
+        self._notify(session.name, False)
+
+    def beat(self, name: str, session_id: str, running_jobs: list[str]) -> bool:
+        with self._lock:
+            s = self._sessions.get(name)
+            if s is None or s.session_id != session_id:
+                return False
+            s.last_heartbeat = time.monotonic()
+            s.running_jobs = list(running_jobs)
+            return True
+
+    def get(self, name: str) -> SiteSession | None:
+        with self._lock:
+            return self._sessions.get(name)
+
+    def connected(self) -> list[str]:
+        with self._lock:
+            return sorted(self._sessions)
+
+    def sessions(self) -> list[SiteSession]:
+        with self._lock:
+            return sorted(self._sessions.values(), key=lambda s: s.name)
+
+    def expire(self) -> list[str]:
+        """End sessions silent for longer than the heartbeat timeout."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [
+                s
+                for s in self._sessions.values()
+                if now - s.last_heartbeat > self.heartbeat_timeout_s
+            ]
+        for s in stale:
+            self.end(s, f"no heartbeat for {now - s.last_heartbeat:.1f} s")
+        return [s.name for s in stale]
+
+    def broadcast(self, event: Any) -> None:
+        for s in self.sessions():
+            s.push(event)
+
+    def _notify(self, name: str, connected: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener(name, connected)
+            except Exception:  # a listener bug must not break session handling
+                log.exception("site listener failed")

@@ -1,0 +1,350 @@
+"""The job store: SQLite for metadata, files in the workspace.
+
+Written so that a crash never leaves it corrupt: every metadata change is one
+SQLite transaction (WAL, synchronous=FULL); every file becomes visible by an
+atomic rename; a job's folder is created before its row and removed after it,
+and start-up sweeps folders that have no row (a crash between the two).
+
+    WORKSPACE/store.db
+    WORKSPACE/jobs/<job_id>/job.zip       the package as submitted
+    WORKSPACE/jobs/<job_id>/job/          unpacked: job.yml + app/ (the workflow process runs it)
+    WORKSPACE/jobs/<job_id>/run/          models, metrics, checkpoints, results
+    WORKSPACE/jobs/<job_id>/logs/         server.log and one log per site
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from shoal import jobstatus
+from shoal.errors import NotFoundError
+
+__all__ = ["JobRecord", "JobStore", "utc_now"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submit_time TEXT NOT NULL,
+    start_time TEXT,
+    end_time TEXT,
+    submitter TEXT NOT NULL,
+    submitter_org TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    sites_json TEXT NOT NULL DEFAULT '[]',
+    current_round INTEGER,
+    num_rounds INTEGER,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    package_sha256 TEXT NOT NULL,
+    package_size INTEGER NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+"""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of the job store."""
+
+    job_id: str
+    name: str
+    status: str
+    submit_time: str
+    start_time: str | None
+    end_time: str | None
+    submitter: str
+    submitter_org: str
+    spec: Mapping[str, Any]
+    sites: Sequence[str]
+    current_round: int | None
+    num_rounds: int | None
+    error: str | None
+    attempts: int
+    package_sha256: str
+    package_size: int
+    #: The job's folder in the workspace.
+    folder: Path = field(compare=False)
+
+    @property
+    def package(self) -> Path:
+        return self.folder / "job.zip"
+
+    @property
+    def job_dir(self) -> Path:
+        """The unpacked job folder: job.yml and app/."""
+        return self.folder / "job"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.folder / "logs"
+
+    def run_duration_s(self, now: datetime | None = None) -> float | None:
+        if not self.start_time:
+            return None
+        start = datetime.fromisoformat(self.start_time)
+        end = datetime.fromisoformat(self.end_time) if self.end_time else None
+        return ((end or now or datetime.now(timezone.utc)) - start).total_seconds()
+
+    def summary(self) -> dict[str, Any]:
+        """The job as the admin API reports it (JSON-able)."""
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "status": self.status,
+            "submit_time": self.submit_time,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "run_duration_s": self.run_duration_s(),
+            "submitter": self.submitter,
+            "submitter_org": self.submitter_org,
+            "sites": list(self.sites),
+            "current_round": self.current_round,
+            "num_rounds": self.num_rounds,
+            "error": self.error,
+            "attempts": self.attempts,
+        }
+
+
+class JobStore:
+    """Jobs' metadata and folders. Thread-safe; one instance per server."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.root = workspace
+        self.jobs_dir = workspace / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            workspace / "store.db", check_same_thread=False, isolation_level=None
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._sweep()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writes -------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        name: str,
+        spec: Mapping[str, Any],
+        staged_folder: Path,
+        submitter: str,
+        submitter_org: str,
+        package_sha256: str,
+        package_size: int,
+        num_rounds: int | None,
+    ) -> JobRecord:
+        """Adopt a staged job folder (job.zip + job/) under a new id."""
+        job_id = str(uuid.uuid4())
+        folder = self.jobs_dir / job_id
+        staged_folder.rename(folder)
+        try:
+            with self._tx() as db:
+                seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+                db.execute(
+                    "INSERT INTO jobs (job_id, name, status, submit_time, submitter,"
+                    " submitter_org, spec_json, package_sha256, package_size, num_rounds, seq)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        job_id,
+                        name,
+                        jobstatus.SUBMITTED,
+                        utc_now(),
+                        submitter,
+                        submitter_org,
+                        json.dumps(dict(spec)),
+                        package_sha256,
+                        package_size,
+                        num_rounds,
+                        seq,
+                    ),
+                )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self.get(job_id)
+
+    def update(self, job_id: str, **fields: Any) -> JobRecord:
+        allowed = {
+            "status",
+            "start_time",
+            "end_time",
+            "sites",
+            "current_round",
+            "num_rounds",
+            "error",
+            "attempts",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown job fields: {sorted(unknown)}")
+        cols = []
+        values: list[Any] = []
+        for key, value in fields.items():
+            if key == "sites":
+                cols.append("sites_json = ?")
+                values.append(json.dumps(list(value)))
+            else:
+                cols.append(f"{key} = ?")
+                values.append(value)
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET {', '.join(cols)} WHERE job_id = ?", (*values, job_id)
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no job with id {job_id}")
+        return self.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no job with id {job_id}")
+        # Row first, folder after: a crash in between leaves an orphan folder
+        # that the next start-up sweeps, never a row without its files.
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no job with id {job_id}")
+        return self._record(row)
+
+    def find(self, prefix: str) -> JobRecord:
+        """A job by id or unique id prefix (as typed in a console)."""
+        if not prefix:
+            raise NotFoundError("no job id given")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE job_id LIKE ? ORDER BY seq",
+                (prefix.replace("%", "") + "%",),
+            ).fetchall()
+        if not rows:
+            raise NotFoundError(f"no job with id {prefix}")
+        if len(rows) > 1:
+            raise NotFoundError(f"job id prefix {prefix} is ambiguous ({len(rows)} jobs)")
+        return self._record(rows[0])
+
+    def list(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[JobRecord]:
+        query = "SELECT * FROM jobs"
+        where: list[str] = []
+        args: list[Any] = []
+        if status:
+            statuses = [status] if isinstance(status, str) else list(status)
+            clauses = []
+            for s in statuses:
+                if s.upper() == "FINISHED":  # every FINISHED:* state
+                    clauses.append("status LIKE 'FINISHED:%'")
+                else:
+                    clauses.append("status = ?")
+                    args.append(s.upper())
+            where.append("(" + " OR ".join(clauses) + ")")
+        if name:
+            where.append("name LIKE ?")
+            args.append(name.replace("%", "") + "%")
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY seq"
+        if limit:
+            query = f"SELECT * FROM ({query} DESC LIMIT {int(limit)}) ORDER BY seq"
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [self._record(r) for r in rows]
+
+    # -- internals ----------------------------------------------------------
+
+    def staging_folder(self) -> Path:
+        """A fresh folder for a job being received; adopted by create()."""
+        path = self.jobs_dir / f".staging-{uuid.uuid4().hex}"
+        path.mkdir()
+        return path
+
+    def _record(self, row: sqlite3.Row) -> JobRecord:
+        return JobRecord(
+            job_id=row["job_id"],
+            name=row["name"],
+            status=row["status"],
+            submit_time=row["submit_time"],
+            start_time=row["start_time"],
+            end_time=row["end_time"],
+            submitter=row["submitter"],
+            submitter_org=row["submitter_org"],
+            spec=json.loads(row["spec_json"]),
+            sites=json.loads(row["sites_json"]),
+            current_round=row["current_round"],
+            num_rounds=row["num_rounds"],
+            error=row["error"],
+            attempts=row["attempts"],
+            package_sha256=row["package_sha256"],
+            package_size=row["package_size"],
+            folder=self.jobs_dir / row["job_id"],
+        )
+
+    class _Tx:
+        def __init__(self, store: JobStore) -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.store._lock.acquire()
+            self.store._db.execute("BEGIN IMMEDIATE")
+            return self.store._db
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            try:
+                self.store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.store._lock.release()
+
+    def _tx(self) -> JobStore._Tx:
+        return JobStore._Tx(self)
+
+    def _sweep(self) -> None:
+        with self._lock:
+            known = {r[0] for r in self._db.execute("SELECT job_id FROM jobs")}
+        for entry in self._iter_dirs():
+            if entry.name not in known:
+                log.warning(
+                    "removing job folder with no record (interrupted submit/delete): %s", entry
+                )
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _iter_dirs(self) -> Iterator[Path]:
+        yield from (p for p in self.jobs_dir.iterdir() if p.is_dir())
