@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if not logging.getLogger().handlers:
         logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
+            level=logging.DEBUG if args.verbose else logging.WARNING,
             format="%(asctime)s - %(name)s - %(levelname)s - %(message)s",
         )
     try:

@@ -297,9 +297,9 @@ class SiteDaemon:
             config = WorkerConfig(
                 server_address=self.server_address,
                 server_name=self.server_name,
-                ca_path=str(self.kit.startup / "rootCA.pem"),
-                cert_path=str(self.kit.startup / "client.crt"),
-                key_path=str(self.kit.startup / "client.key"),
+                ca_path=str((self.kit.startup / "rootCA.pem").resolve()),
+                cert_path=str((self.kit.startup / "client.crt").resolve()),
+                key_path=str((self.kit.startup / "client.key").resolve()),
                 job_id=start.job_id,
                 site_name=self.name,
                 site_index=int(meta["site_index"]),
