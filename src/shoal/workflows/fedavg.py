@@ -1,16 +1,36 @@
-"""Federated averaging: scatter the global model, gather, weighted-average."""
+"""Federated averaging: scatter the global model, gather, weighted-average.
+
+Each round ``k`` (1-based) offers ``models/global_round_{k-1}.safetensors`` to
+the selected sites as task ``train``, folds every valid result into an
+incremental weighted mean (weight: the site's ``num_examples``) as it arrives,
+and, once the gather is over and at least ``min_clients`` sites answered
+validly, commits the mean as the new global model: model file, metrics line,
+TensorBoard scalars, checkpoint. A result whose arrays differ from the global
+model's names/shapes/dtypes, hold NaN/Inf, or report ``num_examples <= 0`` is
+refused (logged; the site counts as not answered). A run restarted after a
+crash resumes after the last checkpointed round.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.errors import JobValidationError
-from shoal.workflows.api import WorkflowContext
+import numpy as np
 
-__all__ = ["FedAvgParams", "check_spec", "run"]
+from shoal.aggregation import WeightedMean
+from shoal.arrays import array_specs, check_compatible, check_finite
+from shoal.errors import ArrayFormatError, JobFailedError, JobValidationError, ShoalError
+from shoal.tensorboard import ScalarWriter
+from shoal.workflows.api import TaskResult, WorkflowContext
+from shoal.workflows.hooks import load_attr
+from shoal.workflows.store import RoundStore
+
+__all__ = ["FedAvgParams", "check_spec", "run", "select_sites"]
 
 
 def _number(params: Mapping[str, Any], key: str, default: float | None) -> float | None:
@@ -83,5 +103,269 @@ def check_spec(spec: Any) -> None:
         )
 
 
+def select_sites(
+    sites: Sequence[str], round: int, *, fraction: float, min_clients: int, seed: int
+) -> list[str]:
+    """The sites asked in ``round``: all of them, or ``ceil(fraction * n)`` (at
+    least ``min_clients``) drawn with an RNG seeded by ``(seed, round)``, so a
+    resumed run asks the same sites as an uninterrupted one."""
+    ordered = sorted(sites)
+    if fraction >= 1.0:
+        return ordered
+    count = min(len(ordered), max(min_clients, math.ceil(fraction * len(ordered))))
+    rng = np.random.default_rng([seed, round])
+    picked = sorted(int(i) for i in rng.choice(len(ordered), size=count, replace=False))
+    return [ordered[i] for i in picked]
+
+
+def _finite_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            continue
+        f = float(value)
+        if math.isfinite(f):
+            out[str(key)] = f
+    return out
+
+
+def _weighted_metrics(results: Sequence[TaskResult]) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for r in results:
+        for key, value in _finite_metrics(r.metrics).items():
+            sums[key] = sums.get(key, 0.0) + value * r.num_examples
+            weights[key] = weights.get(key, 0.0) + r.num_examples
+    return {key: sums[key] / weights[key] for key in sums}
+
+
+def _call_hook(kind: str, spec: str, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ShoalError:
+        raise
+    except Exception as exc:
+        raise JobFailedError(
+            f"server.{kind} hook {spec!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _initial_params(ctx: WorkflowContext, model: Any, adapter: Any) -> dict[str, np.ndarray]:
+    server = ctx.spec.server
+    if model is not None:
+        raw = adapter.get_weights(model)
+        origin = f"server.model {server.model!r}"
+    elif server.initial_weights:
+        fn = load_attr(ctx.app_dir, server.initial_weights)
+        raw = _call_hook("initial_weights", server.initial_weights, fn)
+        origin = f"server.initial_weights {server.initial_weights!r}"
+    else:
+        raise JobValidationError(
+            "job.yml: server: fedavg needs server.model or server.initial_weights"
+        )
+    if not isinstance(raw, Mapping) or not raw:
+        raise JobFailedError(
+            f"{origin} must give a non-empty dict of arrays, got {type(raw).__name__}"
+        )
+    params = {str(k): np.asarray(v) for k, v in raw.items()}
+    try:
+        check_finite(params)
+    except ArrayFormatError as exc:
+        raise JobFailedError(f"{origin}: initial weights are not finite: {exc}") from None
+    return params
+
+
+def _validate(
+    result: TaskResult, reference: Mapping[str, tuple[str, tuple[int, ...]]]
+) -> dict[str, np.ndarray]:
+    if result.num_examples <= 0:
+        raise ArrayFormatError(f"num_examples is {result.num_examples}, must be > 0")
+    arrays = result.arrays()
+    check_compatible(reference, arrays)
+    check_finite(arrays)
+    return arrays
+
+
 def run(ctx: WorkflowContext) -> None:
-    raise NotImplementedError
+    """Run FedAvg to the end (or resume it); see the module docstring."""
+    params = FedAvgParams.parse(ctx.params)
+    spec = ctx.spec
+    log = ctx.logger
+    min_clients = int(spec.min_clients)
+    total = params.num_rounds
+    store = RoundStore(ctx.run_dir)
+    comm = ctx.comm
+
+    sites = sorted(comm.sites())
+    if len(sites) < min_clients:
+        raise JobFailedError(
+            f"only {len(sites)} site(s) take part ({', '.join(sites) or 'none'}), "
+            f"min_clients={min_clients}"
+        )
+
+    model: Any = None
+    adapter: Any = None
+    if spec.server.model:
+        from shoal.frameworks import adapter_for
+
+        build = load_attr(ctx.app_dir, spec.server.model)
+        model = _call_hook("model", spec.server.model, build)
+        adapter = adapter_for(model)
+
+    ckpt = store.load_checkpoint()
+    if ckpt is not None:
+        global_params = store.load_model(ckpt)
+        start = ckpt.round + 1
+        log.info(
+            "resuming job %s after round %d of %d (%s)", ctx.job_id, ckpt.round, total, ckpt.model
+        )
+    else:
+        global_params = _initial_params(ctx, model, adapter)
+        store.save_checkpoint(0, store.write_model(0, global_params))
+        start = 1
+    store.trim_metrics(start - 1)
+    reference = array_specs(global_params)
+
+    evaluate = load_attr(ctx.app_dir, spec.server.evaluate) if spec.server.evaluate else None
+
+    try:
+        with ScalarWriter(store.tensorboard_dir) as tb:
+            for k in range(start, total + 1):
+                global_params = _round(ctx, params, store, tb, evaluate, sites, k, reference)
+            final = store.write_model(total, global_params, final=True)
+            log.info("job %s: final global model %s", ctx.job_id, final)
+            if adapter is not None and adapter.suffix != ".safetensors":
+                _save_native(store, adapter, model, global_params)
+    finally:
+        comm.finish()
+
+
+def _save_native(
+    store: RoundStore, adapter: Any, model: Any, params: Mapping[str, np.ndarray]
+) -> None:
+    adapter.set_weights(model, params)
+    target = store.final_path(adapter.suffix)
+    tmp = target.with_name(f".global_final.tmp{adapter.suffix}")
+    adapter.save(model, tmp)
+    os.replace(tmp, target)
+
+
+def _round(
+    ctx: WorkflowContext,
+    params: FedAvgParams,
+    store: RoundStore,
+    tb: ScalarWriter,
+    evaluate: Any,
+    sites: Sequence[str],
+    k: int,
+    reference: Mapping[str, tuple[str, tuple[int, ...]]],
+) -> dict[str, np.ndarray]:
+    log = ctx.logger
+    comm = ctx.comm
+    total = params.num_rounds
+    min_clients = int(ctx.spec.min_clients)
+    selected = select_sites(
+        sites, k, fraction=params.sample_fraction, min_clients=min_clients, seed=params.seed
+    )
+    started = time.monotonic()
+    task_id = comm.scatter(
+        task="train",
+        round=k,
+        weights_path=store.model_path(k - 1),
+        sites=selected,
+        meta={"current_round": k, "total_rounds": total},
+    )
+    log.info(
+        "round %d/%d: task %s sent to %d site(s): %s",
+        k,
+        total,
+        task_id,
+        len(selected),
+        ", ".join(selected),
+    )
+    comm.report(round=k, total_rounds=total, status="training", sites=list(selected))
+
+    mean = WeightedMean()
+    accepted: dict[str, TaskResult] = {}
+    refused: dict[str, str] = {}
+    for result in comm.gather(task_id, timeout=params.round_timeout_s):
+        site = result.site
+        if site not in selected or site in accepted or result.round != k:
+            log.warning(
+                "round %d: ignoring unexpected result from %s (round %d)", k, site, result.round
+            )
+            continue
+        try:
+            arrays = _validate(result, reference)
+            mean.add(arrays, weight=result.num_examples)
+        except ArrayFormatError as exc:
+            refused[site] = str(exc)
+            log.warning("round %d: refused the result of %s: %s", k, site, exc)
+            continue
+        accepted[site] = result
+        log.info("round %d: result from %s (%d examples)", k, site, result.num_examples)
+
+    if len(accepted) < min_clients:
+        missing = [
+            f"{s} ({refused[s]})" if s in refused else s for s in selected if s not in accepted
+        ]
+        raise JobFailedError(
+            f"round {k}: only {len(accepted)} of the required min_clients={min_clients} sites "
+            f"returned a valid result (missing: {', '.join(missing) or 'none'})"
+        )
+
+    # The gather is complete: only now does the round's mean become the global model.
+    new_global = mean.result()
+    model_path = store.write_model(k, new_global)
+    results = [accepted[s] for s in sorted(accepted)]
+    num_examples = sum(r.num_examples for r in results)
+    server_metrics: dict[str, float] = {}
+    if evaluate is not None:
+        raw = _call_hook("evaluate", ctx.spec.server.evaluate, evaluate, new_global, k)
+        if raw is not None and not isinstance(raw, Mapping):
+            raise JobFailedError(
+                f"server.evaluate hook {ctx.spec.server.evaluate!r} must return a dict of numbers"
+            )
+        server_metrics = _finite_metrics(raw)
+    site_metrics = {r.site: _finite_metrics(r.metrics) for r in results}
+    aggregated = _weighted_metrics(results)
+    duration = time.monotonic() - started
+    store.append_metrics(
+        {
+            "round": k,
+            "num_examples": num_examples,
+            "sites": site_metrics,
+            "aggregated": aggregated,
+            "server": server_metrics,
+            "duration_s": round(duration, 3),
+            "missing": [s for s in selected if s not in accepted],
+        }
+    )
+    scalars = {f"server/{m}": v for m, v in server_metrics.items()}
+    scalars.update({f"aggregated/{m}": v for m, v in aggregated.items()})
+    for site, metrics in site_metrics.items():
+        scalars.update({f"sites/{site}/{m}": v for m, v in metrics.items()})
+    scalars["round/num_examples"] = float(num_examples)
+    scalars["round/duration_s"] = duration
+    tb.add_scalars(scalars, step=k)
+    store.save_checkpoint(k, model_path)
+    log.info(
+        "round %d/%d done: %d/%d site(s), %d examples, %.2fs%s",
+        k,
+        total,
+        len(accepted),
+        len(selected),
+        num_examples,
+        duration,
+        "".join(f", {m}={v:.4g}" for m, v in server_metrics.items()),
+    )
+    comm.report(
+        round=k,
+        total_rounds=total,
+        status="round_done",
+        num_examples=num_examples,
+        sites={s: ("ok" if s in accepted else "missing") for s in selected},
+        metrics=server_metrics or aggregated,
+        duration_s=duration,
+    )
+    return new_global

@@ -1,0 +1,206 @@
+"""A workflow's files in its run folder, and the round checkpoint.
+
+    run_dir/
+      models/global_round_0000.safetensors   initial global model
+      models/global_round_0003.safetensors   global model after round 3
+      models/global_final.safetensors        (+ global_final.keras with a model hook)
+      checkpoint.json                        {"round": 3, "model": "models/...", "sha256": ...}
+      metrics.jsonl                          one line per completed round
+      tensorboard/                           event files
+
+Every file is written atomically (temporary file, fsync, rename), so after a
+crash each file is either complete or absent. The checkpoint names the last
+completed round; a server restarted mid-job resumes at the next round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shoal.arrays import load_arrays, save_arrays
+from shoal.errors import ArrayFormatError
+
+__all__ = ["Checkpoint", "RoundStore", "atomic_write_bytes", "sha256_file"]
+
+logger = logging.getLogger(__name__)
+
+_ROUND_FILE = re.compile(r"^global_round_(\d{4,})\.safetensors$")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The last completed round and the global model it produced."""
+
+    #: Last completed round (0: only the initial model exists).
+    round: int
+    #: The global model after that round, relative to the run folder.
+    model: str
+    #: Hex SHA-256 of the model file.
+    sha256: str
+
+
+class RoundStore:
+    """Models, metrics and the checkpoint of one workflow run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.models_dir = self.run_dir / "models"
+        self.checkpoint_path = self.run_dir / "checkpoint.json"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.tensorboard_dir = self.run_dir / "tensorboard"
+
+    def model_path(self, round: int) -> Path:
+        """Where the global model after ``round`` lives (round 0: the initial one)."""
+        return self.models_dir / f"global_round_{round:04d}.safetensors"
+
+    def final_path(self, suffix: str = ".safetensors") -> Path:
+        return self.models_dir / f"global_final{suffix}"
+
+    def write_model(
+        self, round: int, params: Mapping[str, np.ndarray], *, final: bool = False
+    ) -> Path:
+        """Save the global model after ``round`` atomically; returns its path."""
+        path = self.final_path() if final else self.model_path(round)
+        return save_arrays(path, params, metadata={"round": str(round)})
+
+    def save_checkpoint(self, round: int, model_path: Path) -> Checkpoint:
+        """Record ``round`` as completed with ``model_path`` as its global model."""
+        ckpt = Checkpoint(
+            round=round,
+            model=model_path.relative_to(self.run_dir).as_posix(),
+            sha256=sha256_file(model_path),
+        )
+        atomic_write_bytes(
+            self.checkpoint_path,
+            json.dumps({"round": ckpt.round, "model": ckpt.model, "sha256": ckpt.sha256}).encode(),
+        )
+        return ckpt
+
+    def _valid_model(self, path: Path) -> bool:
+        try:
+            load_arrays(path)
+        except ArrayFormatError as exc:
+            logger.warning("ignoring unreadable model %s: %s", path, exc)
+            return False
+        return True
+
+    def _read_checkpoint(self) -> Checkpoint:
+        doc = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        rnd, model, digest = doc.get("round"), doc.get("model"), doc.get("sha256")
+        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+            raise ValueError(f"bad round {rnd!r}")
+        if not isinstance(model, str) or not isinstance(digest, str):
+            raise ValueError("model and sha256 must be strings")
+        path = (self.run_dir / model).resolve()
+        if (
+            not path.is_relative_to(self.run_dir.resolve())
+            or path != self.model_path(rnd).resolve()
+        ):
+            raise ValueError(f"model {model!r} is not round {rnd}'s model file")
+        if not path.is_file():
+            raise ValueError(f"model {model!r} is missing")
+        if sha256_file(path) != digest:
+            raise ValueError(f"model {model!r} does not match its sha256")
+        if not self._valid_model(path):
+            raise ValueError(f"model {model!r} is unreadable")
+        return Checkpoint(round=rnd, model=model, sha256=digest)
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint to resume from, or ``None`` to start from scratch.
+
+        A corrupt or inconsistent checkpoint is logged and replaced by the
+        latest readable ``global_round_NNNN`` file (each is written atomically
+        and only after its round completed).
+        """
+        if self.checkpoint_path.exists():
+            try:
+                return self._read_checkpoint()
+            except (OSError, ValueError) as exc:
+                logger.warning(
+                    "checkpoint %s is unusable (%s); falling back to the latest model file",
+                    self.checkpoint_path,
+                    exc,
+                )
+        rounds = []
+        if self.models_dir.is_dir():
+            for p in self.models_dir.iterdir():
+                m = _ROUND_FILE.match(p.name)
+                if m:
+                    rounds.append((int(m.group(1)), p))
+        for rnd, path in sorted(rounds, reverse=True):
+            if self._valid_model(path):
+                if self.checkpoint_path.exists():
+                    logger.warning("resuming from %s (round %d)", path, rnd)
+                return Checkpoint(
+                    round=rnd,
+                    model=path.relative_to(self.run_dir).as_posix(),
+                    sha256=sha256_file(path),
+                )
+        return None
+
+    def load_model(self, ckpt: Checkpoint) -> dict[str, np.ndarray]:
+        """The checkpoint's global model, read into memory."""
+        return load_arrays(self.run_dir / ckpt.model, mmap=False)
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl and fsync it."""
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def trim_metrics(self, after_round: int) -> None:
+        """Drop metrics lines of rounds after ``after_round`` (and torn lines):
+        a round interrupted before its checkpoint is re-run, not counted twice."""
+        if not self.metrics_path.exists():
+            return
+        kept: list[str] = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rnd = json.loads(line).get("round")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(rnd, int) and rnd <= after_round:
+                kept.append(line)
+        atomic_write_bytes(self.metrics_path, "".join(f"{line}\n" for line in kept).encode("utf-8"))

@@ -1,0 +1,84 @@
+"""An in-memory Communicator whose sites are plain functions."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shoal.arrays import load_arrays, save_arrays
+from shoal.workflows.api import TaskResult
+
+#: (global params, round) -> (params, num_examples, metrics), or None for no answer.
+SiteFn = Callable[
+    [dict[str, np.ndarray], int], "tuple[Mapping[str, np.ndarray], int, dict[str, float]] | None"
+]
+
+
+@dataclass
+class FakeComm:
+    site_fns: dict[str, SiteFn]
+    results_dir: Path
+    #: Raise this from gather() in this round (simulates a server crash).
+    crash_in_round: int | None = None
+    scatters: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
+    _ids: Iterator[int] = field(default_factory=itertools.count)
+    _tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def sites(self) -> Sequence[str]:
+        return list(self.site_fns)
+
+    def scatter(
+        self,
+        *,
+        task: str,
+        round: int,
+        weights_path: Path,
+        sites: Sequence[str],
+        meta: Mapping[str, Any] | None = None,
+    ) -> str:
+        task_id = f"t{next(self._ids)}"
+        call = {"task": task, "round": round, "weights_path": weights_path, "sites": list(sites)}
+        call["meta"] = dict(meta or {})
+        self.scatters.append(call)
+        self._tasks[task_id] = call
+        return task_id
+
+    def gather(self, task_id: str, *, timeout: float) -> Iterator[TaskResult]:
+        call = self._tasks[task_id]
+        rnd = call["round"]
+        if self.crash_in_round == rnd:
+            raise RuntimeError("simulated crash")
+        global_params = load_arrays(call["weights_path"], mmap=False)
+        for site in call["sites"]:
+            answer = self.site_fns[site](dict(global_params), rnd)
+            if answer is None:
+                continue
+            params, n, metrics = answer
+            path = save_arrays(self.results_dir / f"{task_id}-{site}.safetensors", params)
+            yield TaskResult(
+                site=site, task_id=task_id, round=rnd, num_examples=n, metrics=metrics, path=path
+            )
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def report(self, **progress: Any) -> None:
+        self.reports.append(progress)
+
+
+def shift(delta: float, n: int, **metrics: float) -> SiteFn:
+    """A site that adds ``delta`` to every float array and reports ``n`` examples."""
+
+    def fn(
+        g: dict[str, np.ndarray], rnd: int
+    ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        return {k: (v + delta).astype(v.dtype) for k, v in g.items()}, n, dict(metrics)
+
+    return fn
