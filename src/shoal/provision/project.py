@@ -360,9 +360,8 @@ def _parse_kubernetes(reader: _Reader, raw: Any) -> KubernetesSettings:
 
 
 def _check_namespaces(reader: _Reader, project: Project) -> None:
-    # A template without {name} puts every site in one namespace on purpose; with
-    # {name}, two sites landing in one namespace is an accident of dns_label().
-    per_site = "{name}" in project.kubernetes.site_namespace
+    # One namespace per participant, so each namespace's Secret holds only its own
+    # key (`shoal deploy k8s` refuses shared namespaces for the same reason).
     seen: dict[str, str] = {}
     for p in project.participants:
         if p.type != "client":
@@ -373,7 +372,7 @@ def _check_namespaces(reader: _Reader, project: Project) -> None:
                 "kubernetes.site_namespace",
                 f"gives {ns!r} for {p.name}, not a DNS label (a-z, 0-9, '-', at most 63)",
             )
-        if per_site and (ns in seen or ns == project.kubernetes.server_namespace):
+        if ns in seen or ns == project.kubernetes.server_namespace:
             other = seen.get(ns, project.server.name)
             raise reader.error(
                 "kubernetes.site_namespace", f"{p.name} and {other} share namespace {ns!r}"
