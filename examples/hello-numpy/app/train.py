@@ -1,0 +1,39 @@
+"""hello-numpy site script: a few steps of gradient descent per round.
+
+Options: ``--steps`` (per round), ``--lr``, ``--samples`` (this site's data size).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from model import make_data, mse
+
+import shoal.client as fl
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--samples", type=int, default=64)
+    args = parser.parse_args()
+
+    fl.init()
+    index = fl.system_info()["site_index"]
+    x, y = make_data(seed=index, n=args.samples)
+    while fl.is_running():
+        task = fl.receive()
+        w = np.array(task.params["w"], dtype=np.float64)
+        b = np.array(task.params["b"], dtype=np.float64)
+        for _ in range(args.steps):
+            err = x @ w + b[0] - y
+            w -= args.lr * 2 * x.T @ err / len(y)
+            b -= args.lr * 2 * err.mean()
+        params = {"w": w, "b": b}
+        fl.send(fl.FLModel(params=params, metrics={"loss": mse(params, x, y)}, num_examples=len(y)))
+
+
+if __name__ == "__main__":
+    main()

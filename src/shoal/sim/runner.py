@@ -1,0 +1,516 @@
+"""``simulate()``: run a job folder with N simulated sites on this machine.
+
+No certificates, no daemons: the workflow runs in this process against a
+:class:`~shoal.sim.comm.SimCommunicator`, and each site runs the job's client
+script unchanged, either as a thread of this process (``mode="threads"``,
+the default: cheap enough for thousands of sites with a small model) or in a
+pool of spawned worker processes (``mode="processes"``: for heavy frameworks).
+
+The run folder looks like a real run's::
+
+    WORKDIR/<job>/
+      app/                 the job's app folder, as the sites and the server saw it
+      models/              written by the workflow (global models, final model)
+      metrics.jsonl        written by the workflow
+      tensorboard/         written by the workflow
+      logs/server.log      the workflow and the simulator
+      logs/sites.log       every site's output, one "site-N: " prefix per line
+      logs/site-N.log      one file per site, when there are at most 32 sites
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from shoal.errors import ConfigError
+from shoal.sim.comm import RoundStats, SimCommunicator
+from shoal.sim.logs import SiteLogRouter
+from shoal.sim.site import SiteInfo, SiteRuntime
+
+__all__ = [
+    "DEFAULT_WORKDIR",
+    "PER_SITE_LOGS_MAX",
+    "SimulationResult",
+    "SimulatorConfig",
+    "simulate",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Where results go unless told otherwise (like NVFlare's /tmp/nvflare/simulation).
+DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "shoal" / "simulate"
+#: Up to this many sites, each also gets its own ``logs/site-N.log``.
+PER_SITE_LOGS_MAX = 32
+# Marks a run folder as the simulator's, so a rerun may replace it.
+_MARKER = ".shoal-simulation"
+# Sites run the script from a shared process: one simulation at a time.
+_ONE_AT_A_TIME = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How to simulate a job."""
+
+    #: The job folder (with job.yml and app/) or a zip of one.
+    job_dir: Path
+    #: Number of simulated sites, named ``site-1`` .. ``site-N``. ``None``: the
+    #: job's ``sites`` list if it has one (those names), else ``min_clients``.
+    num_sites: int | None = None
+    #: Results go to ``workdir/<job name>/`` (replaced if a previous simulation left it).
+    workdir: Path = DEFAULT_WORKDIR
+    #: ``"threads"``: every site is a thread of this process. ``"processes"``:
+    #: sites are spread over worker processes (spawned).
+    mode: Literal["threads", "processes"] = "threads"
+    #: Threads mode: how many sites may work (start up or train) at once;
+    #: ``None``: the number of CPUs.
+    threads: int | None = None
+    #: Processes mode: how many worker processes; ``None``: ``min(N, CPUs)``.
+    processes: int | None = None
+    #: Processes mode: how many of a worker's sites may work at once.
+    active_per_process: int = 1
+    #: Write ``logs/site-N.log`` per site; ``None``: when N <= PER_SITE_LOGS_MAX.
+    per_site_logs: bool | None = None
+    #: Stack size of site threads in KiB; ``None``: the system default for up
+    #: to 64 sites per process, 2 MiB beyond (thousands of idle threads).
+    stack_size_kib: int | None = None
+    #: Seconds to wait for the sites' scripts to end once the workflow is done.
+    join_timeout_s: float = 60.0
+    #: Level of the records written to the log files.
+    log_level: int = logging.INFO
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What a simulation did and where it left its files."""
+
+    #: The job's name (from job.yml).
+    job_name: str
+    #: Names of the simulated sites.
+    sites: tuple[str, ...]
+    #: ``workdir/<job>``.
+    run_dir: Path
+    #: Per finished round: sites asked and answered, time, mean site metrics.
+    rounds: tuple[RoundStats, ...]
+    #: The last global metrics the server computed (its ``evaluate`` hook), if any.
+    final_metrics: Mapping[str, float]
+    #: Wall-clock seconds of the whole simulation.
+    seconds: float
+    #: Why the workflow failed (a traceback), or ``None``.
+    error: str | None = None
+    #: Site -> why its script failed.
+    site_errors: Mapping[str, str] = field(default_factory=dict)
+    #: Sites whose script ended before the job did (not an error by itself).
+    sites_left_early: tuple[str, ...] = ()
+    #: Sites still running when the simulation gave up waiting for them.
+    sites_stuck: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the workflow finished and no site's script failed."""
+        return self.error is None and not self.site_errors
+
+    @property
+    def models_dir(self) -> Path:
+        return self.run_dir / "models"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def failure_summary(self) -> str:
+        """One paragraph saying why the simulation failed ("" when it did not)."""
+        parts: list[str] = []
+        if self.site_errors:
+            site, error = sorted(self.site_errors.items(), key=lambda kv: _site_key(kv[0]))[0]
+            parts.append(
+                f"{len(self.site_errors)} site(s) failed; {site}: {_last_line(error)} "
+                f"(full traceback in {self.log_dir / 'sites.log'})"
+            )
+        if self.error is not None:
+            parts.append(
+                f"the workflow failed: {_last_line(self.error)} (see {self.log_dir / 'server.log'})"
+            )
+        return "; ".join(parts)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
+def _site_key(name: str) -> tuple[str, int]:
+    head, _, tail = name.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (name, 0)
+
+
+def _site_names(spec: Any, num_sites: int | None) -> list[str]:
+    if num_sites is None:
+        if spec.sites:
+            return list(spec.sites)
+        num_sites = spec.min_clients
+    if num_sites < 1:
+        raise ConfigError(f"the number of sites must be >= 1, got {num_sites}")
+    if num_sites < spec.min_clients:
+        raise ConfigError(
+            f"job {spec.name!r} needs at least {spec.min_clients} sites (min_clients); "
+            f"got -n {num_sites}"
+        )
+    if spec.sites:
+        logger.info(
+            "job.yml lists sites %s; the simulation uses site-1..site-%d instead",
+            ", ".join(spec.sites),
+            num_sites,
+        )
+    return [f"site-{i}" for i in range(1, num_sites + 1)]
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    if run_dir.exists():
+        if not (run_dir / _MARKER).exists() and any(run_dir.iterdir()):
+            raise ConfigError(
+                f"{run_dir} exists and was not written by `shoal simulate`; "
+                "choose another workdir (-w) or remove it"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / _MARKER).write_text("written by shoal simulate; replaced on the next run\n")
+
+
+def _job_root(job_dir: Path, run_dir: Path) -> Path:
+    from shoal.jobs.spec import find_job_root
+
+    if job_dir.is_dir():
+        return find_job_root(job_dir)
+    from shoal.jobs.archive import safe_extract
+
+    dest = run_dir / ".job"
+    safe_extract(job_dir, dest)
+    return find_job_root(dest)
+
+
+def _under(path: str | None, folder: Path) -> bool:
+    if not path:
+        return False
+    try:
+        return Path(path).resolve().is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
+
+
+def _forget_modules(app_dir: Path, names: Sequence[str] = ()) -> None:
+    """Drop modules loaded from ``app_dir`` (and cached modules called ``names``
+    loaded from elsewhere), so the next job in this process gets its own."""
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        top = name.split(".")[0]
+        if _under(file, app_dir) or (top in names and not _under(file, app_dir)):
+            del sys.modules[name]
+
+
+def _app_module_names(app_dir: Path) -> list[str]:
+    names = [p.stem for p in app_dir.glob("*.py")]
+    names += [p.parent.name for p in app_dir.glob("*/__init__.py")]
+    return names
+
+
+@contextmanager
+def _process_state(*, argv: list[str], env: Mapping[str, str], paths: list[str]) -> Iterator[None]:
+    """sys.argv, os.environ and sys.path as a site process would see them."""
+    saved_argv = sys.argv
+    saved_env = {k: os.environ.get(k) for k in env}
+    sys.argv = list(argv)
+    os.environ.update(env)
+    for path in reversed(paths):
+        sys.path.insert(0, path)
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        sys.path[:] = [p for p in sys.path if p not in paths]
+
+
+def _final_metrics(run_dir: Path, comm: SimCommunicator) -> dict[str, float]:
+    """The server's last evaluation: from ``metrics.jsonl``, else the last report."""
+    found: dict[str, float] = {}
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            metrics = _global_metrics(record)
+            if metrics:
+                found = metrics
+    if not found:
+        found = _global_metrics(comm.last_report)
+    return found
+
+
+def _numbers(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in value.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def _global_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    # The workflow marks server-side evaluation as a "global"/"server" record or key.
+    if record.get("source") in ("server", "global") or record.get("kind") in ("global", "eval"):
+        return _numbers(record.get("metrics"))
+    for key in ("global_metrics", "global", "server", "eval", "evaluation"):
+        metrics = _numbers(record.get(key))
+        if metrics:
+            return metrics
+    return {}
+
+
+def simulate(
+    config: SimulatorConfig,
+    *,
+    on_round: Callable[[RoundStats], None] | None = None,
+) -> SimulationResult:
+    """Run ``config.job_dir`` with simulated sites; never raises for a failed job
+    (see :attr:`SimulationResult.ok`), only for bad input (ConfigError)."""
+    with _ONE_AT_A_TIME:
+        return _simulate(config, on_round)
+
+
+def _simulate(
+    config: SimulatorConfig, on_round: Callable[[RoundStats], None] | None
+) -> SimulationResult:
+    from shoal.jobs.spec import APP_DIR, load_job_spec
+    from shoal.workflows.api import WorkflowContext
+    from shoal.workflows.registry import get_workflow
+
+    started = time.monotonic()
+    job_dir = Path(config.job_dir).resolve()
+    spec = load_job_spec(job_dir)
+    workflow = get_workflow(spec.workflow.name)
+    sites = _site_names(spec, config.num_sites)
+    if config.mode not in ("threads", "processes"):
+        raise ConfigError(f"mode must be 'threads' or 'processes', got {config.mode!r}")
+    run_dir = Path(config.workdir).resolve() / spec.name
+    _prepare_run_dir(run_dir)
+    app_dir = run_dir / APP_DIR
+    shutil.copytree(
+        _job_root(job_dir, run_dir) / APP_DIR,
+        app_dir,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    script = app_dir / spec.client.script
+    log_dir = run_dir / "logs"
+    results_dir = run_dir / ".sim" / "tasks"
+    per_site = (
+        config.per_site_logs
+        if config.per_site_logs is not None
+        else len(sites) <= PER_SITE_LOGS_MAX
+    )
+    paths = list(dict.fromkeys([str(script.parent), str(app_dir)]))
+    rounds: list[RoundStats] = []
+
+    def round_done(stats: RoundStats) -> None:
+        rounds.append(stats)
+        if on_round is not None:
+            on_round(stats)
+
+    _forget_modules(app_dir, _app_module_names(app_dir))
+    error: str | None = None
+    stuck: list[str] = []
+    with (
+        _process_state(
+            argv=[str(script), *spec.client.args], env=dict(spec.client.env), paths=paths
+        ),
+        SiteLogRouter(
+            log_dir,
+            sites,
+            per_site_logs=per_site,
+            server_log=log_dir / "server.log",
+            level=config.log_level,
+        ),
+    ):
+        route_to: dict[str, Callable[[str, dict[str, Any] | None], None]] = {}
+        comm = SimCommunicator(
+            sites,
+            route=lambda site, message: route_to[site](site, message),
+            tasks_dir=results_dir,
+            on_round=round_done,
+        )
+        cpus = os.cpu_count() or 1
+        infos = [SiteInfo(name=name, index=i) for i, name in enumerate(sites)]
+        runtime: SiteRuntime | None = None
+        hosts: list[Any] = []
+        logger.info(
+            "simulating job %s with %d site(s) in %s mode; results in %s",
+            spec.name,
+            len(sites),
+            config.mode,
+            run_dir,
+        )
+        try:
+            if config.mode == "threads":
+                runtime = SiteRuntime(
+                    script=script,
+                    sites=infos,
+                    num_sites=len(sites),
+                    job_id=spec.name,
+                    results_dir=results_dir,
+                    emit=comm.on_message,
+                    max_active=config.threads or cpus,
+                    stack_size=_stack_size(config, len(sites)),
+                )
+                for name in sites:
+                    route_to[name] = runtime.deliver
+                runtime.start()
+            else:
+                hosts = _start_workers(
+                    config,
+                    infos=infos,
+                    script=script,
+                    job_id=spec.name,
+                    results_dir=results_dir,
+                    log_dir=log_dir,
+                    per_site=per_site,
+                    paths=paths,
+                    env=dict(spec.client.env),
+                    on_message=comm.on_message,
+                    route_to=route_to,
+                    cpus=cpus,
+                )
+            ctx = WorkflowContext(
+                job_id=spec.name,
+                spec=spec,
+                params=spec.workflow.params,
+                app_dir=app_dir,
+                run_dir=run_dir,
+                comm=comm,
+                logger=logging.getLogger("shoal.workflow"),
+            )
+            workflow(ctx)
+        except Exception as exc:
+            error = "".join(traceback.format_exception(exc)).rstrip()
+            logger.error("the workflow failed:\n%s", error)
+        finally:
+            comm.finish()
+            stuck = _wait_for_sites(runtime, hosts, config.join_timeout_s)
+        final = _final_metrics(run_dir, comm)
+        result = SimulationResult(
+            job_name=spec.name,
+            sites=tuple(sites),
+            run_dir=run_dir,
+            rounds=tuple(rounds),
+            final_metrics=final,
+            seconds=time.monotonic() - started,
+            error=error,
+            site_errors=dict(comm.errors),
+            sites_left_early=tuple(comm.left_early),
+            sites_stuck=tuple(stuck),
+        )
+        logger.info(
+            "simulation of %s %s in %.1fs",
+            spec.name,
+            "done" if result.ok else "FAILED",
+            result.seconds,
+        )
+    _forget_modules(app_dir)
+    shutil.rmtree(run_dir / ".sim", ignore_errors=True)
+    return result
+
+
+def _stack_size(config: SimulatorConfig, sites_per_process: int) -> int:
+    if config.stack_size_kib is not None:
+        return config.stack_size_kib * 1024
+    return 0 if sites_per_process <= 64 else 2 * 1024 * 1024
+
+
+def _start_workers(
+    config: SimulatorConfig,
+    *,
+    infos: list[SiteInfo],
+    script: Path,
+    job_id: str,
+    results_dir: Path,
+    log_dir: Path,
+    per_site: bool,
+    paths: list[str],
+    env: dict[str, str],
+    on_message: Callable[[Mapping[str, Any]], None],
+    route_to: dict[str, Callable[[str, dict[str, Any] | None], None]],
+    cpus: int,
+) -> list[Any]:
+    from shoal.sim.worker import WorkerHost
+
+    count = max(1, min(len(infos), config.processes or cpus))
+    hosts = []
+    for k in range(count):
+        share = infos[k::count]
+        host = WorkerHost(
+            index=k,
+            config={
+                "sites": [[s.name, s.index] for s in share],
+                "num_sites": len(infos),
+                "job_id": job_id,
+                "script": str(script),
+                "argv": [str(script), *sys.argv[1:]],
+                "env": env,
+                "sys_path": paths,
+                "results_dir": str(results_dir),
+                "log_dir": str(log_dir),
+                "per_site_logs": per_site,
+                "log_level": config.log_level,
+                "max_active": config.active_per_process,
+                "stack_size": _stack_size(config, len(share)),
+            },
+            on_message=on_message,
+        )
+        for s in share:
+            route_to[s.name] = host.deliver
+        host.start()
+        hosts.append(host)
+    logger.info("started %d worker process(es)", count)
+    return hosts
+
+
+def _wait_for_sites(runtime: SiteRuntime | None, hosts: list[Any], timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    stuck: list[str] = []
+    if runtime is not None:
+        stuck = runtime.join(max(0.0, deadline - time.monotonic()))
+    for host in hosts:
+        if not host.join(max(0.0, deadline - time.monotonic())):
+            stuck.extend(host.sites)
+            host.kill()
+    if stuck:
+        logger.warning(
+            "%d site(s) still running %.0fs after the job ended: %s",
+            len(stuck),
+            timeout,
+            ", ".join(stuck[:10]),
+        )
+    return stuck
