@@ -119,6 +119,12 @@ class AdminService(pb_grpc.AdminServicer):
         """Receive, check and store a job archive; nothing is stored on refusal."""
         store = self.d.store
         assert store is not None
+        if header.size > MAX_ARCHIVE_BYTES:
+            # Refuse on the announced size, before a byte is stored.
+            raise JobValidationError(
+                f"job archive is {header.size} bytes, more than the "
+                f"{MAX_ARCHIVE_BYTES}-byte limit ({MAX_ARCHIVE_BYTES // 2**20} MiB)"
+            )
         staging = store.staging_folder()
         try:
             payload = receive_to_file(
