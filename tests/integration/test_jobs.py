@@ -178,9 +178,7 @@ def test_job_runs_to_completion_with_admin_commands(federation: Federation, tmp_
     out = s.download_job(job_id, tmp_path / "dl")
     assert (out / "run" / "models" / "global_final.safetensors").is_file()
     assert (out / "run" / "metrics.jsonl").read_text().count("\n") == 3
-    assert {"server.log", "site-1.log", "site-2.log"} <= {
-        p.name for p in (out / "logs").iterdir()
-    }
+    assert {"server.log", "site-1.log", "site-2.log"} <= {p.name for p in (out / "logs").iterdir()}
     assert (out / "job" / "job.yml").is_file()
 
     # clone_job: a new id, same definition, runs to completion too.
