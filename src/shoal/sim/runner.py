@@ -416,9 +416,14 @@ def _simulate(
         except Exception as exc:
             error = "".join(traceback.format_exception(exc)).rstrip()
             logger.error("the workflow failed:\n%s", error)
+        except BaseException:
+            # Ctrl-C: tell the sites, give them a moment, do not wait for training.
+            comm.finish()
+            _wait_for_sites(runtime, hosts, 2.0)
+            raise
         finally:
             comm.finish()
-            stuck = _wait_for_sites(runtime, hosts, config.join_timeout_s)
+        stuck = _wait_for_sites(runtime, hosts, config.join_timeout_s)
         final = _final_metrics(run_dir, comm)
         result = SimulationResult(
             job_name=spec.name,
