@@ -87,6 +87,12 @@ class IpcCommunicator:
                 if site in targets and site not in answered:
                     log.warning("site %s left during the round: %s", site, msg.get("reason"))
                     gone.add(site)
+            elif op == "site_back":
+                # Without this a site once gone would be skipped by every later
+                # round: each gather would end as soon as the others answered.
+                site = str(msg["site"])
+                self._gone.discard(site)
+                gone.discard(site)
             elif op == "result" and msg.get("task_id") == task_id:
                 site = str(msg["site"])
                 self._gone.discard(site)

@@ -367,8 +367,12 @@ class JobRun:
         self._tell_gone(site, reason)
 
     def site_back(self, site: str) -> None:
+        """The site reconnected: the workflow waits for its results again."""
+        if site not in self.sites or self._ended:
+            return
         self._failed_sites.pop(site, None)
         self.site_states[site] = {"state": "reconnected"}
+        self._send({"op": "site_back", "site": site})
 
     def _tell_gone(self, site: str, reason: str) -> None:
         self._send({"op": "site_gone", "site": site, "reason": reason})
