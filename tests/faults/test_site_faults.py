@@ -1,0 +1,52 @@
+"""A site SIGKILLed mid-round: the job goes on with the others while
+min_clients holds, and the site takes part again once it is back."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from .harness import wait_for, write_job
+
+pytestmark = pytest.mark.slow
+
+
+def test_site_sigkilled_mid_round_job_continues_and_site_rejoins(fed_factory, tmp_path: Path):
+    fed = fed_factory()
+    fed.start_server(heartbeat_s=6)
+    fed.start_site("site-1")
+    fed.start_site("site-2")
+    admin = fed.admin()
+    fed.wait_connected(admin, ["site-1", "site-2"])
+    # site-2 trains slowly, so killing it once it started round 2 is mid-round.
+    (fed.gate / "config.json").write_text(json.dumps({"sleep": {"site-2": 3}}))
+    job = write_job(tmp_path / "job", num_rounds=4, min_clients=1, round_timeout_s=120)
+    job_id = admin.submit_job(job)
+
+    wait_for(lambda: (fed.gate / "site-2.r2.start").exists(), 120, "site-2 to start round 2")
+    (fed.gate / "hold").touch()  # pause the workflow after round 2 aggregates
+    fed.kill("site-2", signal.SIGKILL)
+
+    wait_for(lambda: (fed.gate / "server.r2.aggregated").exists(), 120,
+             "round 2 to complete without site-2")  # fmt: skip
+    assert not (fed.gate / "site-2.r2.send").exists()
+    assert admin.get_job_meta(job_id)["status"] == "RUNNING"
+
+    # site-2 comes back while the workflow holds after round 2.
+    (fed.gate / "config.json").write_text(json.dumps({"sleep": {}}))
+    fed.start_site("site-2")
+    fed.wait_connected(admin, ["site-2"])
+    (fed.gate / "hold").unlink()
+
+    meta = admin.wait_for_job(job_id, timeout=240)
+    assert meta["status"] == "FINISHED:COMPLETED", meta
+    rounds = {m["round"]: m for m in fed.metrics(job_id)}
+    assert sorted(rounds) == [1, 2, 3, 4]
+    assert sorted(rounds[1]["sites"]) == ["site-1", "site-2"]
+    assert rounds[2]["missing"] == ["site-2"] and sorted(rounds[2]["sites"]) == ["site-1"]
+    # Back after its restart: it answers the later rounds again.
+    assert sorted(rounds[3]["sites"]) == ["site-1", "site-2"], rounds
+    assert sorted(rounds[4]["sites"]) == ["site-1", "site-2"], rounds
