@@ -147,8 +147,9 @@ import time
 
 import shoal.client as fl
 
-logging.basicConfig(level=logging.INFO,
-                    format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+if {log}:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
 fl.init()
 first = True
 while fl.is_running():
@@ -171,6 +172,7 @@ def write_job(
     sample_fraction: float = 1.0,
     round_timeout_s: float = 3600,
     num_examples: int = 10,
+    log: bool = True,
 ) -> Path:
     """Write a numpy FedAvg job (no server evaluate hook) into ``parent/name``."""
     job = parent / name
@@ -200,7 +202,7 @@ def write_job(
     (job / "app" / "model.py").write_text(
         _MODEL_PY.format(total_bytes=model_bytes, num_arrays=num_arrays)
     )
-    (job / "app" / "train.py").write_text(_TRAIN_PY.format(num_examples=num_examples))
+    (job / "app" / "train.py").write_text(_TRAIN_PY.format(num_examples=num_examples, log=log))
     return job
 
 

@@ -1,0 +1,114 @@
+"""Plain grpcio over mutual TLS, streaming bytes: the practical limit of Python
+gRPC on this machine, measured with the same certificates and message size
+(4 MiB chunks) as shoal, but with no files, hashing, protobuf frames or runtime.
+
+    python bench/_grpc_baseline.py serve --kit SERVER_KIT --size BYTES   # prints its port
+    python bench/_grpc_baseline.py client --kit SITE_KIT --port P --size BYTES
+
+The server streams pre-built random chunks (Download) and counts what it
+receives (Upload); the client downloads then uploads ``size`` bytes and prints
+one JSON line with both times. Raw bytes, identity (de)serializers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from shoal.provision import load_kit  # noqa: E402
+from shoal.transport import open_channel, start_server  # noqa: E402
+from shoal.transport.frames import CHUNK_SIZE  # noqa: E402
+
+_ident = lambda b: b  # noqa: E731
+
+
+def _chunks(size: int) -> list[bytes]:
+    # Random and all different: nothing compresses or dedups.
+    out = []
+    left = size
+    while left > 0:
+        n = min(CHUNK_SIZE, left)
+        out.append(os.urandom(n))
+        left -= n
+    return out
+
+
+def serve(kit: Path, size: int) -> None:
+    chunks = _chunks(size)
+
+    def download(request: bytes, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+        yield from chunks
+
+    def upload(it, context):  # type: ignore[no-untyped-def]
+        n = 0
+        for c in it:
+            n += len(c)
+        return str(n).encode()
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bytes",
+        {
+            "Download": grpc.unary_stream_rpc_method_handler(
+                download, request_deserializer=_ident, response_serializer=_ident
+            ),
+            "Upload": grpc.stream_unary_rpc_method_handler(
+                upload, request_deserializer=_ident, response_serializer=_ident
+            ),
+        },
+    )
+    server, port = start_server(
+        host="127.0.0.1",
+        port=0,
+        tls=load_kit(kit, expected_type="server").tls,
+        register=[lambda s: s.add_generic_rpc_handlers((handler,))],
+        max_workers=16,
+    )
+    print(port, flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    server.stop(0)
+
+
+def client(kit: Path, port: int, size: int) -> None:
+    k = load_kit(kit, expected_type="client")
+    chunks = _chunks(size)
+    ch = open_channel(f"127.0.0.1:{port}", k.tls, server_name=str(k.config["server"]["name"]))
+    grpc.channel_ready_future(ch).result(timeout=30)
+    down = ch.unary_stream("/bench.Bytes/Download", request_serializer=_ident,
+                           response_deserializer=_ident)
+    up = ch.stream_unary("/bench.Bytes/Upload", request_serializer=_ident,
+                         response_deserializer=_ident)
+    print("ready", flush=True)
+    sys.stdin.readline()  # start signal: every client starts together
+    t0 = time.monotonic()
+    got = sum(len(c) for c in down(b""))
+    t1 = time.monotonic()
+    sent = int(up(iter(chunks)))
+    t2 = time.monotonic()
+    assert got == size and sent == size, (got, sent, size)
+    print(json.dumps({"down_s": t1 - t0, "up_s": t2 - t1, "total_s": t2 - t0}), flush=True)
+    ch.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["serve", "client"])
+    p.add_argument("--kit", type=Path, required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--port", type=int, default=0)
+    a = p.parse_args()
+    if a.mode == "serve":
+        serve(a.kit, a.size)
+    else:
+        client(a.kit, a.port, a.size)
+
+
+if __name__ == "__main__":
+    main()

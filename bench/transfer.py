@@ -1,0 +1,181 @@
+"""Transfer: FedAvg rounds with a large float32 model (random data), against plain
+grpcio over mutual TLS streaming the same bytes in the same run (workload 2),
+with the peak RSS of the server and of a site (workload 3's 1 GiB target).
+
+    python bench/transfer.py [--quick] [--sizes 100M,1G] [--rounds 3] [--sites 2]
+
+For each size: a POC federation (2 sites) runs a job whose sites echo the
+model back; printed are seconds per round, the effective MB/s of the round
+(2 sites x (down + up) x model size / round time), the per-transfer MB/s from
+the server log (server -> site and site -> server), and then plain grpcio:
+2 client processes with the same site certificates each download and then
+upload the same number of random bytes from a bare gRPC server process with
+the server's certificate; same shape as a round, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    GiB,
+    MiB,
+    PeakSampler,
+    emit,
+    federation,
+    fmt_s,
+    header,
+    mib,
+    run_job,
+    stats,
+    table,
+    transfer_times,
+    write_job,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1024, "M": MiB, "G": GiB}.get(t[-1:], 1)
+    return int(float(t.rstrip("KMG")) * mult)
+
+
+def grpc_baseline(fed, size: int, clients: int) -> dict:  # type: ignore[no-untyped-def]
+    """Plain grpcio mTLS: ``clients`` processes each download then upload ``size`` bytes."""
+    py = sys.executable
+    script = str(HERE / "_grpc_baseline.py")
+    server = subprocess.Popen(
+        [py, script, "serve", "--kit", str(fed.layout.server_kit), "--size", str(size)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    procs = []
+    try:
+        port = int(server.stdout.readline())
+        sites = list(fed.layout.site_kits.values())[:clients]
+        for kit in sites:
+            procs.append(subprocess.Popen(
+                [py, script, "client", "--kit", str(kit), "--port", str(port), "--size", str(size)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            ))
+        for c in procs:
+            assert c.stdout.readline().strip() == "ready"
+        t0 = time.monotonic()
+        for c in procs:
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        results = [json.loads(c.stdout.readline()) for c in procs]
+        wall = time.monotonic() - t0
+        for c in procs:
+            c.wait(timeout=60)
+    finally:
+        for c in procs:
+            if c.poll() is None:
+                c.kill()
+        server.stdin.close()
+        server.wait(timeout=30)
+    return {
+        "wall_s": wall,
+        "down_s": [r["down_s"] for r in results],
+        "up_s": [r["up_s"] for r in results],
+        "mbps": 2 * clients * size / wall / 1e6,
+    }
+
+
+def run_size(size: int, rounds: int, sites: int, tmp: Path) -> dict:
+    with federation(sites) as fed:
+        job = write_job(tmp, name=f"transfer-{size}", num_rounds=rounds, model_bytes=size,
+                        num_arrays=8, min_clients=sites)
+        roots = {"server": fed.pid("server1")}
+        roots.update({s: fed.pid(s) for s in fed.layout.site_kits})
+        with PeakSampler(roots) as peaks:
+            r = run_job(fed, job, timeout=3600)
+        # The model on the wire is the safetensors file: header + data.
+        wire = size + 1024
+        durs = [float(x["duration_s"]) for x in r.rounds]
+        # Round 1 also waits for the sites' job workers to start: leave it out.
+        steady = durs[1:] if len(durs) > 2 else durs
+        xfer = transfer_times(fed, r.job_id)
+        # The plain-grpc baseline runs after the job, on the same kits, same run.
+        base = grpc_baseline(fed, size, sites)
+        server_peak = peaks.total("server")
+        site_peak = max(peaks.total(s) for s in fed.layout.site_kits)
+        return {
+            "size": size,
+            "rounds": durs,
+            "round_median_s": stats(steady)["median"],
+            "round_mbps": 2 * sites * wire / stats(steady)["median"] / 1e6,
+            "down_mbps": [wire / t / 1e6 for t in xfer["down"] if t > 0],
+            "up_mbps": [wire / t / 1e6 for t in xfer["up"] if t > 0],
+            "submit_to_finished_s": r.submit_to_finished_s,
+            "base": base,
+            "server_peak": server_peak,
+            "server_daemon_peak": peaks.peak.get(("server", "self"), 0),
+            "workflow_peak": peaks.peak.get(("server", "child"), 0),
+            "site_peak": site_peak,
+        }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="one 8 MiB size, 2 rounds")
+    p.add_argument("--sizes", default="100M,1G")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sites", type=int, default=2)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.rounds = "8M", 2
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    header("transfer: FedAvg rounds with a large random float32 model vs plain grpcio mTLS")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-jobs-") as tmp:
+        for size in sizes:
+            emit(f"... {mib(size)} model, {args.rounds} rounds, {args.sites} sites")
+            try:
+                res = run_size(size, args.rounds, args.sites, Path(tmp))
+            except Exception as exc:  # report and go on with the next size
+                emit(f"    FAILED: {type(exc).__name__}: {exc}")
+                results.append({"size": size, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            results.append(res)
+            emit(f"    raw round durations (s): {res['rounds']}")
+            emit(f"    raw per-transfer MB/s down {[round(x) for x in res['down_mbps']]} "
+                 f"up {[round(x) for x in res['up_mbps']]}")
+            emit(f"    raw plain grpcio: {json.dumps(res['base'])}")
+    emit()
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([mib(r["size"]), "FAILED", r["error"], "", "", "", "", "", ""])
+            continue
+        d, u = stats(r["down_mbps"]), stats(r["up_mbps"])
+        ratio = r["round_mbps"] / r["base"]["mbps"]
+        rows.append([
+            mib(r["size"]),
+            fmt_s(r["round_median_s"]),
+            f"{r['round_mbps']:.0f}",
+            f"{d.get('median', 0):.0f} / {u.get('median', 0):.0f}",
+            f"{r['base']['mbps']:.0f} ({fmt_s(r['base']['wall_s'])})",
+            f"{ratio:.0%}",
+            f"{mib(r['server_peak'])} ({r['server_peak'] / r['size']:.1f}x)",
+            f"{mib(r['site_peak'])} ({r['site_peak'] / r['size']:.1f}x)",
+        ])
+    table(rows, ["model", "s/round", "round MB/s", "per-transfer MB/s down/up",
+                 "plain grpcio MB/s (same shape)", "shoal/grpcio",
+                 "server peak RSS", "site peak RSS"])
+    emit("round MB/s = 2 sites x (down + up) x model bytes / median round time (round 1 left out when there are 3+); "
+         "peak RSS = daemon + its job process (VmHWM, sampled every 50 ms)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
