@@ -305,6 +305,7 @@ class SiteDaemon:
                 site_index=int(meta["site_index"]),
                 num_sites=int(meta["num_sites"]),
                 job_dir=str(job_dir),
+                parent_pid=os.getpid(),
             )
             config_path = job_dir / "worker.json"
             config_path.write_text(config.to_json())

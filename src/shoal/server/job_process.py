@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shoal._watchdog import exit_with_parent
 from shoal.server.ipc import IpcChannel
 from shoal.workflows.api import TaskResult, WorkflowContext
 
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ipc-fd", required=True, type=int)
     parser.add_argument("--sites", required=True)
     args = parser.parse_args(argv)
+    # If the server daemon dies, this workflow must not run on beside the
+    # restarted server's own copy of the job.
+    exit_with_parent()
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s - %(name)s - %(levelname)s - %(message)s",
