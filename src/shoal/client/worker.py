@@ -21,6 +21,7 @@ import grpc
 
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
+from shoal._watchdog import exit_with_parent
 from shoal.arrays import load_arrays, save_arrays
 from shoal.client.api import FLModel
 from shoal.errors import PeerRejectedError, TransportError
@@ -62,6 +63,8 @@ class WorkerConfig:
     site_index: int
     num_sites: int
     job_dir: str
+    #: The site daemon's pid: the worker exits if the daemon dies.
+    parent_pid: int = 0
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -72,10 +75,28 @@ class WorkerConfig:
         return cls(**data)
 
 
+def _log_to_job_log() -> None:
+    """Send the worker's INFO lines (task sizes and times) to the job's log.
+
+    The worker runs inside the user's script, whose stdout/stderr the site
+    daemon writes to the job log; without a handler Python would drop INFO.
+    The script's own logging setup, if any, is left alone.
+    """
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 class GrpcBackend:
     """ClientBackend over the Fleet service."""
 
     def __init__(self, config: WorkerConfig) -> None:
+        if config.parent_pid:
+            exit_with_parent(config.parent_pid)
         self.config = config
         self.site_name = config.site_name
         self.job_id = config.job_id
@@ -94,6 +115,7 @@ class GrpcBackend:
 
     @classmethod
     def from_config_file(cls, path: str) -> GrpcBackend:
+        _log_to_job_log()
         return cls(WorkerConfig.from_file(path))
 
     def next_task(self) -> FLModel | None:
