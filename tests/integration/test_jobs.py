@@ -170,6 +170,9 @@ def test_job_runs_to_completion_with_admin_commands(federation: Federation, tmp_
     assert "round 3/3 done" in server_log
     site_log = s.get_log(job_id, "site-1")
     assert "round 3 done" in site_log
+    # The worker logs each task's size and transfer time into the job's site log.
+    assert site_log.count("Received from server. getTask: train size:") == 3, site_log
+    assert site_log.count("Sent result to server: round") == 3, site_log
     assert len(s.get_log(job_id, "server", tail=2).splitlines()) == 2
     with pytest.raises(NotFoundError, match="available"):
         s.get_log(job_id, "site-9")
