@@ -58,10 +58,11 @@ class AdminSession:
         self.server_name = str(server["name"])
         import os
 
+        host = os.environ.get("SHOAL_SERVER_HOST") or server.get("host") or server["name"]
         self.server_address = (
             server_address
-            or os.environ.get("SHOAL_SERVER_ADDRESS")
-            or f"{server.get('host') or server['name']}:{server['admin_port']}"
+            or os.environ.get("SHOAL_ADMIN_ADDRESS")
+            or f"{host}:{server['admin_port']}"
         )
         self.timeout = timeout
         self.session_id = str(uuid.uuid4())

@@ -34,7 +34,7 @@ EXIT_OK = 0
 
 #: Environment variables read when the flags are not given.
 ENV_KIT = "SHOAL_ADMIN_KIT"
-ENV_SERVER = "SHOAL_SERVER_ADDRESS"
+ENV_SERVER = "SHOAL_ADMIN_ADDRESS"
 
 
 def register(subparsers: Any) -> None:

@@ -53,7 +53,8 @@ MAX_PACKAGE_BYTES = 1024**3
 class SiteOptions:
     """Run-time settings; None means: from the kit / environment."""
 
-    #: host:port to dial; default SHOAL_SERVER_ADDRESS, else the kit's server host and port.
+    #: host:port to dial; default $SHOAL_SERVER_ADDRESS, else $SHOAL_SERVER_HOST (or the
+    #: kit's server host) with the kit's port. The TLS name checked is always the kit's.
     server_address: str | None = None
     #: Where job folders and logs live (default: the kit's folder).
     workspace: Path | None = None
@@ -80,10 +81,11 @@ class SiteDaemon:
         self.opts = options or SiteOptions()
         server = kit.config["server"]
         self.server_name = str(server["name"])
+        host = os.environ.get("SHOAL_SERVER_HOST") or server.get("host") or server["name"]
         self.server_address = (
             self.opts.server_address
             or os.environ.get("SHOAL_SERVER_ADDRESS")
-            or f"{server.get('host') or server['name']}:{server['fed_learn_port']}"
+            or f"{host}:{server['fed_learn_port']}"
         )
         self.workspace = (self.opts.workspace or kit.root).resolve()
         self.name = kit.name
