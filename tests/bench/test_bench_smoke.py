@@ -1,0 +1,63 @@
+"""Each benchmark runs in its smallest mode and prints its header and figures.
+
+No timing is asserted: the figures are for bench/results/, not for CI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _run(name: str, *args: str, timeout: float = 240) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent,
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = proc.stdout
+    for key in ("command: python bench/", "machine:", "versions:"):
+        assert key in out, f"{name}: header line {key!r} missing:\n{out[:2000]}"
+    return out
+
+
+@pytest.mark.slow
+def test_round_overhead_quick() -> None:
+    out = _run("round_overhead", "--quick")
+    assert "pure runtime cost" in out and "submit -> FINISHED" in out
+
+
+@pytest.mark.slow
+def test_transfer_quick() -> None:
+    out = _run("transfer", "--quick")
+    assert "shoal/grpcio" in out and "FAILED" not in out
+
+
+@pytest.mark.slow
+def test_memory_quick() -> None:
+    out = _run("memory", "--quick")
+    assert "server peak RSS" in out and "FAILED" not in out
+
+
+def test_simulator_quick() -> None:
+    out = _run("simulator", "--quick", "--sites", "5")
+    assert "s/round (median)" in out and "FAILED" not in out
+
+
+@pytest.mark.slow
+def test_scale_quick() -> None:
+    out = _run("scale", "--quick")
+    assert "registration" in out and "FAILED" not in out
+
+
+@pytest.mark.slow
+def test_run_all_quick_writes_results(tmp_path: Path) -> None:
+    out_file = tmp_path / "quick.md"
+    _run("run_all", "--quick", "--only", "simulator", "--out", str(out_file))
+    text = out_file.read_text()
+    assert "## simulator" in text and "exit code 0" in text
