@@ -57,6 +57,16 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
 
 
+def _like_prefix(text: str) -> str:
+    """A LIKE pattern matching values that start with ``text`` taken literally.
+
+    ``%`` and ``_`` typed by a user are characters, not wildcards: ``find("_")``
+    must not pick an arbitrary job.
+    """
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -248,8 +258,8 @@ class JobStore:
             raise NotFoundError("no job id given")
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM jobs WHERE job_id LIKE ? ORDER BY seq",
-                (prefix.replace("%", "") + "%",),
+                "SELECT * FROM jobs WHERE job_id LIKE ? ESCAPE '\\' ORDER BY seq",
+                (_like_prefix(prefix),),
             ).fetchall()
         if not rows:
             raise NotFoundError(f"no job with id {prefix}")
@@ -278,8 +288,8 @@ class JobStore:
                     args.append(s.upper())
             where.append("(" + " OR ".join(clauses) + ")")
         if name:
-            where.append("name LIKE ?")
-            args.append(name.replace("%", "") + "%")
+            where.append("name LIKE ? ESCAPE '\\'")
+            args.append(_like_prefix(name))
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY seq"
