@@ -1,0 +1,78 @@
+"""The server's workspace fills up while a job saves models: the job fails
+with a clear reason; earlier jobs and models are intact and the server goes on.
+
+The workspace is a small tmpfs the test mounts (root only) and always unmounts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import wait_for, write_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    if shutil.which("mount") is None:
+        pytest.skip("needs `mount`")
+    mnt = tmp_path / "ws"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_workspace_full_while_saving_models_fails_job_clearly(
+    small_tmpfs: Path, fed_factory, tmp_path: Path
+):
+    fed = fed_factory()
+    fed.start_server(workspace=small_tmpfs, heartbeat_s=6)
+    fed.start_site("site-1")
+    fed.start_site("site-2")
+    admin = fed.admin()
+    fed.wait_connected(admin, ["site-1", "site-2"])
+
+    ok_id = admin.submit_job(write_job(tmp_path / "small", name="small", num_rounds=2))
+    assert admin.wait_for_job(ok_id, timeout=120)["status"] == "FINISHED:COMPLETED"
+    ok_files = _hashes(small_tmpfs / "jobs" / ok_id / "run")
+
+    # 2.4 MB models: the initial model and two results already take most of
+    # the 8 MB; the round-1 model (or a result) cannot be written.
+    big = write_job(tmp_path / "big", name="big", size=600_000, num_rounds=3, min_clients=2)
+    big_id = admin.submit_job(big)
+    meta = admin.wait_for_job(big_id, timeout=180)
+    assert meta["status"] == "FINISHED:EXECUTION_EXCEPTION", meta
+    error = (meta.get("error") or "") + admin.show_errors(big_id).__repr__()
+    assert "No space left on device" in error or "disk" in error.lower(), error
+
+    # No half-written model became visible as a round's global model.
+    models = fed.run_dir(big_id) / "models"
+    assert [p.name for p in models.iterdir() if p.name.startswith("global_")] == [
+        "global_round_0000.safetensors"
+    ]
+    # The earlier job is untouched and still listed; the server still answers.
+    assert _hashes(small_tmpfs / "jobs" / ok_id / "run") == ok_files
+    assert admin.get_job_meta(ok_id)["status"] == "FINISHED:COMPLETED"
+    assert {j["job_id"] for j in admin.list_jobs()} == {ok_id, big_id}
+    wait_for(lambda: admin.check_status()["server"]["status"] == "started", 10, "status")
