@@ -120,11 +120,14 @@ class GrpcBackend:
 
     def next_task(self) -> FLModel | None:
         delay = 0.2
+        waited_from = time.monotonic()
         while True:
-            t0 = time.monotonic()
             try:
                 frames = self._stub.GetTask(pb.TaskRequest(job_id=self.job_id, wait_s=30.0))
                 header = read_header(frames)
+                # The call is held until work exists: time the transfer from
+                # its first frame, and report the wait separately.
+                t0 = time.monotonic()
                 if header.kind == "none":
                     continue
                 if header.kind == "done":
@@ -144,11 +147,14 @@ class GrpcBackend:
             elapsed = time.monotonic() - t0
             meta = dict(header.meta)
             log.info(
-                "Received from server. getTask: %s size: %s (%d Bytes) time: %.6f seconds",
+                "Received from server. getTask: %s size: %s (%d Bytes) time: %.6f seconds "
+                "(round %s, waited %.3f s for it)",
                 meta.get("task", "train"),
                 human_bytes(payload.size),
                 payload.size,
                 elapsed,
+                meta.get("round"),
+                t0 - waited_from,
             )
             if self._task_file is not None and self._task_file != dest:
                 self._task_file.unlink(missing_ok=True)
