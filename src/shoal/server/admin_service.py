@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -26,7 +27,7 @@ from shoal.errors import ConfigError, JobValidationError, NotFoundError
 from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
 from shoal.provision import Identity
 from shoal.server.authz import authorize
-from shoal.server.store import JobRecord
+from shoal.server.store import JobRecord, utc_now
 from shoal.transport import PayloadHeader, frames_from_file, read_header, rpc_errors
 from shoal.transport.frames import receive_to_file
 
@@ -195,7 +196,7 @@ class AdminService(pb_grpc.AdminServicer):
             self.d.store.update(
                 rec.job_id,
                 status=jobstatus.ABORTED,
-                end_time=_now(),
+                end_time=utc_now(),
                 error=f"aborted by {who.name} before it started",
             )
         log.info("job %s aborted by %s", rec.job_id, who.name)
@@ -299,16 +300,6 @@ class AdminService(pb_grpc.AdminServicer):
             raise NotFoundError(f"site {target} is not connected")
         return {"target": target, **session.resources}
 
-    def _targets(self, who: Identity, command: str, target: str) -> list[str]:
-        if target in ("server", "all"):
-            authorize(who, command)
-            return self.d.registry.connected() + (["server"] if target in ("server", "all") else [])
-        session = self.d.registry.get(target)
-        if session is None:
-            raise NotFoundError(f"site {target} is not connected")
-        authorize(who, command, target_org=session.org)
-        return [target]
-
     def shutdown(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         return self._stop(who, "shutdown", str(args.get("target") or "server"), restart=False)
 
@@ -316,8 +307,16 @@ class AdminService(pb_grpc.AdminServicer):
         return self._stop(who, "restart", str(args.get("target") or "server"), restart=True)
 
     def _stop(self, who: Identity, command: str, target: str, *, restart: bool) -> dict[str, Any]:
-        targets = self._targets(who, command, target)
-        sites = [t for t in targets if t != "server"] if target != "server" else []
+        """Stop or restart the server, one site, or ``all`` (every site, then the server)."""
+        if target in ("server", "all"):
+            authorize(who, command)
+            sites = self.d.registry.connected() if target == "all" else []
+        else:
+            session = self.d.registry.get(target)
+            if session is None:
+                raise NotFoundError(f"site {target} is not connected")
+            authorize(who, command, target_org=session.org)
+            sites = [target]
         event = pb.ServerEvent(
             shutdown=pb.Shutdown(
                 reason=f"{command} by {who.name}", site_should_exit=not restart, restart=restart
@@ -327,11 +326,12 @@ class AdminService(pb_grpc.AdminServicer):
             session = self.d.registry.get(site)
             if session is not None:
                 session.push(event)
-        if target in ("server", "all"):
+        with_server = target in ("server", "all")
+        if with_server:
             log.info("%s of the server requested by %s", command, who.name)
             # Reply first, then stop: the admin gets its answer.
             threading.Timer(0.3, self.d.request_stop, kwargs={"restart": restart}).start()
-        return {"targets": sites + (["server"] if target in ("server", "all") else [])}
+        return {"targets": sites + (["server"] if with_server else [])}
 
     # -- results ------------------------------------------------------------------
 
@@ -339,8 +339,6 @@ class AdminService(pb_grpc.AdminServicer):
         """Zip the job's results: models, metrics, TensorBoard files, logs, definition."""
         fd, name = tempfile.mkstemp(prefix=".download-", suffix=".zip", dir=rec.folder)
         path = Path(name)
-        import os
-
         os.close(fd)
         try:
             with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -366,12 +364,6 @@ class AdminService(pb_grpc.AdminServicer):
             path.unlink(missing_ok=True)
             raise
         return path
-
-
-def _now() -> str:
-    from shoal.server.store import utc_now
-
-    return utc_now()
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
