@@ -93,5 +93,4 @@ def test_simulate_hello_tf2_reaches_96_percent(tmp_path: Path) -> None:
     assert last["server"]["accuracy"] >= 0.96, last
     assert (run / "models" / "global_final.keras").is_file()
     for site in ("site-1", "site-2"):
-        log = (run / "logs" / f"{site}.log").read_text()
-        assert f"{site}: round 3/3" in log
+        assert "round 3/3" in (run / "logs" / f"{site}.log").read_text()

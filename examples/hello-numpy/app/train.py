@@ -21,8 +21,10 @@ def main() -> None:
     args = parser.parse_args()
 
     fl.init()
-    index = fl.system_info()["site_index"]
+    info = fl.system_info()
+    index = info["site_index"]
     x, y = make_data(seed=index, n=args.samples)
+    print(f"{len(y)} samples, {args.steps} steps per round", flush=True)
     while fl.is_running():
         task = fl.receive()
         w = np.array(task.params["w"], dtype=np.float64)

@@ -35,10 +35,10 @@ def main() -> None:
     args = parse_args()
     fl.init()
     info = fl.system_info()
-    site, index, count = info["site_name"], info["site_index"], info["num_sites"]
+    index, count = info["site_index"], info["num_sites"]
     keras.utils.set_random_seed(args.seed + index)
     (x_train, y_train), (x_test, y_test) = site_shard(index, count, args.split, args.seed)
-    print(f"{site}: {len(x_train)} training and {len(x_test)} test images", flush=True)
+    print(f"{len(x_train)} training and {len(x_test)} test images", flush=True)
     model = build_model()
 
     while fl.is_running():
@@ -56,7 +56,7 @@ def main() -> None:
             "val_accuracy": float(val_accuracy),
         }
         print(
-            f"{site}: round {task.current_round}/{task.total_rounds} "
+            f"round {task.current_round}/{task.total_rounds} "
             f"loss={metrics['loss']:.4f} accuracy={metrics['accuracy']:.4f} "
             f"val_accuracy={metrics['val_accuracy']:.4f} "
             f"({time.perf_counter() - started:.1f}s)",

@@ -201,7 +201,7 @@ def _job_root(job_dir: Path, run_dir: Path) -> Path:
         return find_job_root(job_dir)
     from shoal.jobs.archive import safe_extract
 
-    dest = run_dir / ".job"
+    dest = run_dir / ".sim" / "job"
     safe_extract(job_dir, dest)
     return find_job_root(dest)
 
