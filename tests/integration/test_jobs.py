@@ -335,3 +335,25 @@ def test_server_restart_keeps_jobs(federation: Federation, tmp_path: Path) -> No
     )
     again = s2.submit_job(numpy_job(tmp_path, name="after-restart", rounds=1))
     assert s2.wait_for_job(again, timeout=JOB_TIMEOUT)["status"] == jobstatus.COMPLETED
+
+
+def test_server_restart_mid_job_resumes_it(federation: Federation, tmp_path: Path) -> None:
+    s = federation.admin()
+    job_id = s.submit_job(numpy_job(tmp_path, name="resumed", rounds=5, sleep=1.0))
+    wait_for(lambda: (s.get_job_meta(job_id)["current_round"] or 0) >= 2, "round 2")
+    s.close()
+
+    _restart_server(federation)
+
+    s2 = federation.admin()
+    listed = {j["job_id"]: j for j in s2.list_jobs()}
+    assert job_id in listed
+    assert not jobstatus.is_finished(listed[job_id]["status"]), listed[job_id]
+    meta = s2.wait_for_job(job_id, timeout=JOB_TIMEOUT)
+    assert meta["status"] == jobstatus.COMPLETED, meta
+    assert meta["attempts"] == 2
+    # Every round ran and was recorded once: the run resumed, it did not restart.
+    rounds = [m["round"] for m in s2.show_stats(job_id)["metrics"]]
+    assert rounds == [1, 2, 3, 4, 5]
+    assert "resuming job" in s2.get_log(job_id, "server")
+    wait_for(lambda: not job_processes(job_id) or None, "the job's processes to end", 30)
