@@ -1,0 +1,150 @@
+"""Chunked payload frames without a network: round trips and every way a stream can lie."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal._proto import shoal_pb2 as pb
+from shoal.errors import IntegrityError, TransportError
+from shoal.transport import (
+    PayloadHeader,
+    frames_from_bytes,
+    frames_from_file,
+    read_header,
+    receive_bytes,
+    receive_to_file,
+)
+
+DATA = bytes(range(256)) * 1000  # 256,000 bytes: several chunks of 64 KiB
+
+
+def _stream(frames: Iterator[pb.Frame]) -> tuple[PayloadHeader, Iterator[pb.Frame]]:
+    it = iter(frames)
+    return read_header(it), it
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_file_round_trip(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(DATA)
+    header = PayloadHeader(kind="task", job_id="j1", task_id="t1", meta={"round": 3})
+    got_header, frames = _stream(frames_from_file(header, src, chunk_size=65536))
+    assert got_header.size == len(DATA)
+    assert got_header.meta == {"round": 3}
+    assert (got_header.kind, got_header.job_id, got_header.task_id) == ("task", "j1", "t1")
+    got = receive_to_file(got_header, frames, tmp_path / "out" / "dst.bin", max_size=len(DATA))
+    assert (tmp_path / "out" / "dst.bin").read_bytes() == DATA
+    assert got.size == len(DATA)
+    assert got.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert _leftovers(tmp_path / "out") == ["dst.bin"]
+
+
+def test_bytes_round_trip_and_empty_payload() -> None:
+    for data in (DATA, b""):
+        header, frames = _stream(
+            frames_from_bytes(PayloadHeader(kind="blob"), data, chunk_size=4096)
+        )
+        assert receive_bytes(header, frames, max_size=len(DATA)) == data
+
+
+def test_file_and_bytes_frames_agree(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(DATA)
+    header = PayloadHeader(kind="blob")
+    a = list(frames_from_file(header, src, chunk_size=10_000))
+    b = list(frames_from_bytes(header, DATA, chunk_size=10_000))
+    assert a == b
+
+
+def _frames(
+    data: bytes, *, announce: int, sha: str | None = None, trailer: bool = True
+) -> Iterator[pb.Frame]:
+    yield pb.Frame(header=PayloadHeader(kind="blob", size=announce).to_pb())
+    for i in range(0, len(data), 4096):
+        yield pb.Frame(data=data[i : i + 4096])
+    if trailer:
+        yield pb.Frame(trailer=pb.Trailer(sha256=sha or hashlib.sha256(data).hexdigest()))
+
+
+#: case -> (a fresh bad stream, what the error says)
+BAD_STREAMS = {
+    "truncated: no trailer": (
+        lambda: _frames(DATA, announce=len(DATA), trailer=False),
+        "truncated",
+    ),
+    "shorter than announced": (lambda: _frames(DATA[:-1], announce=len(DATA)), "announced"),
+    "longer than announced": (lambda: _frames(DATA + b"x", announce=len(DATA)), "longer"),
+    "hash mismatch": (lambda: _frames(DATA, announce=len(DATA), sha="0" * 64), "SHA-256"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STREAMS))
+def test_bad_stream_raises_and_leaves_no_file(tmp_path: Path, case: str) -> None:
+    make, message = BAD_STREAMS[case]
+    header, frames = _stream(make())
+    with pytest.raises(IntegrityError, match=message):
+        receive_to_file(header, frames, tmp_path / "dst.bin", max_size=10 * len(DATA))
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STREAMS))
+def test_bad_stream_in_memory(case: str) -> None:
+    make, message = BAD_STREAMS[case]
+    header, frames = _stream(make())
+    with pytest.raises(IntegrityError, match=message):
+        receive_bytes(header, frames, max_size=10 * len(DATA))
+
+
+def test_over_the_limit_refused_before_reading(tmp_path: Path) -> None:
+    header, frames = _stream(_frames(DATA, announce=len(DATA)))
+    with pytest.raises(IntegrityError, match="exceeds the limit"):
+        receive_to_file(header, frames, tmp_path / "dst.bin", max_size=len(DATA) - 1)
+    assert _leftovers(tmp_path) == []
+
+
+def test_unknown_size_refused(tmp_path: Path) -> None:
+    header, frames = _stream(_frames(DATA, announce=-1))
+    with pytest.raises(IntegrityError, match="announce its size"):
+        receive_to_file(header, frames, tmp_path / "dst.bin", max_size=len(DATA))
+
+
+def test_second_header_inside_payload_refused(tmp_path: Path) -> None:
+    def frames() -> Iterator[pb.Frame]:
+        yield pb.Frame(header=PayloadHeader(kind="blob", size=4).to_pb())
+        yield pb.Frame(header=PayloadHeader(kind="blob", size=4).to_pb())
+
+    header, it = _stream(frames())
+    with pytest.raises(IntegrityError, match="unexpected 'header'"):
+        receive_to_file(header, it, tmp_path / "dst.bin", max_size=4)
+    assert _leftovers(tmp_path) == []
+
+
+def test_existing_file_untouched_by_a_failed_receive(tmp_path: Path) -> None:
+    dest = tmp_path / "dst.bin"
+    dest.write_bytes(b"previous")
+    header, frames = _stream(_frames(DATA, announce=len(DATA), sha="f" * 64))
+    with pytest.raises(IntegrityError):
+        receive_to_file(header, frames, dest, max_size=len(DATA))
+    assert dest.read_bytes() == b"previous"
+    assert _leftovers(tmp_path) == ["dst.bin"]
+
+
+def test_stream_must_start_with_a_header() -> None:
+    with pytest.raises(TransportError, match="no header"):
+        read_header(iter([]))
+    with pytest.raises(TransportError, match="start with a header"):
+        read_header(iter([pb.Frame(data=b"x")]))
+
+
+def test_header_meta_must_be_a_json_object() -> None:
+    with pytest.raises(TransportError, match="not JSON"):
+        PayloadHeader.from_pb(pb.Header(kind="blob", meta_json="{nope"))
+    with pytest.raises(TransportError, match="JSON object"):
+        PayloadHeader.from_pb(pb.Header(kind="blob", meta_json="[1]"))
