@@ -76,7 +76,12 @@ class Fed:
         for s in sites:
             lines += [f"  - name: {s}", "    type: client", "    org: nvidia"]
         for name, org, role in admins:
-            lines += [f"  - name: {name}", "    type: admin", f"    org: {org}", f"    role: {role}"]
+            lines += [
+                f"  - name: {name}",
+                "    type: admin",
+                f"    org: {org}",
+                f"    role: {role}",
+            ]
         self.project_file = root / "project.yml"
         root.mkdir(parents=True, exist_ok=True)
         self.project_file.write_text("\n".join(lines) + "\n")
@@ -127,9 +132,7 @@ class Fed:
             args += ["--workspace", str(workspace)]
         self._spawn("server1", args)
         proc = self.procs["server1"]
-        wait_for(
-            lambda: ready.exists() or proc.poll() is not None, 60, "the server to listen"
-        )
+        wait_for(lambda: ready.exists() or proc.poll() is not None, 60, "the server to listen")
         assert proc.poll() is None, f"server exited: {self.tail('server1')}"
 
     def start_site(self, site: str, *, server: str | None = None, netns: str | None = None) -> None:
@@ -155,10 +158,8 @@ class Fed:
                 os.killpg(proc.pid, signal.SIGTERM if proc.poll() is None else signal.SIGKILL)
         for name in names:
             proc = self.procs[name]
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -178,7 +179,9 @@ class Fed:
         self._sessions.append(s)
         return s
 
-    def wait_connected(self, admin: AdminSession, sites: Sequence[str], timeout: float = 60) -> None:
+    def wait_connected(
+        self, admin: AdminSession, sites: Sequence[str], timeout: float = 60
+    ) -> None:
         def up() -> bool:
             st = admin.check_status()
             return set(sites) <= {s["name"] for s in st["sites"] if s["connected"]}
@@ -244,7 +247,7 @@ def evaluate(params, round):
     return {{"w0": float(np.asarray(params["w"])[-1]), "b0": float(np.asarray(params["b"])[0])}}
 '''
 
-TRAIN_PY = '''
+TRAIN_PY = """
 import json
 import os
 import time
@@ -283,7 +286,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 
 def write_job(
@@ -333,8 +336,10 @@ def expected_final(folder: Path, num_rounds: int, num_sites: int) -> dict[str, n
         weights = [ns["num_examples"](i) for i in range(num_sites)]
         total = float(sum(weights))
         params = {
-            key: (sum(u[key].astype(np.float64) * n for u, n in zip(updates, weights)) / total)
-            .astype(params[key].dtype)
+            key: (
+                sum(u[key].astype(np.float64) * n for u, n in zip(updates, weights, strict=True))
+                / total
+            ).astype(params[key].dtype)
             for key in params
         }
     return params

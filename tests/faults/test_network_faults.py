@@ -68,9 +68,7 @@ def test_site_throttled_to_1mbit_round_goes_on_without_it_and_it_rejoins(
     assert not _partials(fed.run_dir(job_id))
 
 
-def test_link_cut_mid_upload_no_partial_result_and_site_rejoins(
-    fed_factory, netns, tmp_path: Path
-):
+def test_link_cut_mid_upload_no_partial_result_and_site_rejoins(fed_factory, netns, tmp_path: Path):
     ns = netns()
     fed = fed_factory()
     admin = _start(fed, ns)

@@ -4,6 +4,7 @@ is the one an uninterrupted run gives."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,10 +39,8 @@ def _kill_workflow_process(job_id: str) -> None:
         except OSError:
             continue
         if b"shoal.server.job_process" in cmd and job_id.encode() in cmd:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_server_sigkilled_mid_job_resumes_to_the_same_final_model(fed_factory, tmp_path: Path):

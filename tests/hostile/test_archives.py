@@ -7,6 +7,7 @@ import stat
 import zipfile
 from pathlib import Path
 
+import grpc  # noqa: I001
 import pytest
 
 from shoal._proto import shoal_pb2 as pb
@@ -15,8 +16,6 @@ from shoal.jobs.archive import MAX_ARCHIVE_BYTES
 from shoal.transport import PayloadHeader, from_rpc_error
 
 from .conftest import admin_stub, kit_tls
-
-import grpc  # noqa: I001
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +40,10 @@ def _symlink(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
     return info, target.encode()
 
 
-APP = [("evil/app/train.py", b"print('hi')\n"), ("evil/app/model.py", b"def initial_weights(): ...\n")]
+APP = [
+    ("evil/app/train.py", b"print('hi')\n"),
+    ("evil/app/model.py", b"def initial_weights(): ...\n"),
+]
 BASE = [("evil/job.yml", JOB_YML), *APP]
 CASES = {
     "dotdot": (BASE + [("evil/../../escape.py", b"x")], "'..'"),
@@ -49,8 +51,10 @@ CASES = {
     "symlink": (BASE + [_symlink("evil/app/link.py", "/etc/passwd")], "link"),
     "zip_bomb": (BASE + [("evil/app/data.bin", b"\0" * (64 * 1024 * 1024))], "ratio"),
     "not_yaml": ([("evil/job.yml", b"name: [unclosed\n"), *APP], "job.yml"),
-    "bad_field": ([("evil/job.yml", JOB_YML.replace(b"min_clients: 1", b"min_clients: lots")),
-                   *APP], "min_clients"),  # fmt: skip
+    "bad_field": (
+        [("evil/job.yml", JOB_YML.replace(b"min_clients: 1", b"min_clients: lots")), *APP],
+        "min_clients",
+    ),  # fmt: skip
     "no_job_yml": (APP, "job.yml"),
     "unknown_site": ([("evil/job.yml", JOB_YML + b"sites: [site-9]\n"), *APP], "site-9"),
 }

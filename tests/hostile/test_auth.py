@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from faults.harness import wait_for, write_job  # noqa: I001
 
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
@@ -23,7 +24,6 @@ from shoal.provision.state import load_ca
 from shoal.transport import TLSConfig
 
 from .conftest import admin_stub, fleet_stub, kit_tls, raw_channel
-from faults.harness import wait_for, write_job  # noqa: I001
 
 pytestmark = pytest.mark.slow
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from faults.harness import wait_for, write_job  # noqa: I001
 
 from shoal._proto import shoal_pb2 as pb
 from shoal.arrays import load_arrays, save_arrays
@@ -25,7 +26,6 @@ from shoal.transport import PayloadHeader, read_header
 from shoal.transport.frames import receive_bytes
 
 from .conftest import fleet_stub
-from faults.harness import wait_for, write_job  # noqa: I001
 
 pytestmark = pytest.mark.slow
 
