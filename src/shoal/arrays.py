@@ -179,12 +179,17 @@ def save_arrays(
     path: str | os.PathLike[str],
     arrays: Mapping[str, Any],
     metadata: Mapping[str, str] | None = None,
+    *,
+    durable: bool = True,
 ) -> Path:
     """Write ``arrays`` to ``path`` atomically; returns the path.
 
     Each array is streamed to a temporary file beside ``path`` (no
     concatenated copy of the model is built), which is fsynced and renamed
     into place: readers see the old file or the new one, never a torn one.
+    ``durable=False`` skips the fsyncs (still atomic against readers) for
+    files that need not survive a power cut: a site's upload staging, the
+    simulator's per-site results.
     """
     path = Path(path)
     checked = {name: _as_array(name, value) for name, value in arrays.items()}
@@ -198,14 +203,16 @@ def save_arrays(
             f.write(header)
             for name in order:
                 _write_array(f, checked[name])
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
 
 

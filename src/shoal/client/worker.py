@@ -171,7 +171,8 @@ class GrpcBackend:
         if task is None:
             raise TransportError("send() without a task")
         path = self._dir / "results" / f"{task.task_id}.safetensors"
-        save_arrays(path, model.params)
+        # Staging for the upload only: the server's copy is the durable one.
+        save_arrays(path, model.params, durable=False)
         header = PayloadHeader(
             kind="result",
             job_id=self.job_id,

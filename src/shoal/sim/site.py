@@ -28,13 +28,12 @@ from pathlib import Path
 from types import CodeType
 from typing import Any
 
-import numpy as np
-
+from shoal.arrays import save_arrays
 from shoal.client.api import FLModel, use_backend
-from shoal.errors import ArrayFormatError, ShoalError
+from shoal.errors import ShoalError
 from shoal.sim.logs import site_context
 
-__all__ = ["SimBackend", "SiteInfo", "SiteRuntime", "task_message", "write_arrays_fast"]
+__all__ = ["SimBackend", "SiteInfo", "SiteRuntime", "task_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,32 +63,6 @@ def task_message(
         "weights_path": str(weights_path),
         "meta": dict(meta),
     }
-
-
-def write_arrays_fast(path: Path, arrays: Mapping[str, Any]) -> None:
-    """Write ``arrays`` in the safetensors layout without fsync.
-
-    ``shoal.arrays.save_arrays`` makes every file durable (fsync of the file
-    and its folder), which a real upload needs and a simulation does not:
-    with 1,000 sites it would double a round's time. The file is announced to
-    the workflow only after this returns, so no reader sees it half-written.
-    """
-    from shoal.arrays import encode_header
-
-    checked: dict[str, np.ndarray] = {}
-    for name, value in arrays.items():
-        if not isinstance(name, str) or not name or name == "__metadata__":
-            raise ArrayFormatError(f"array names must be non-empty strings, got {name!r}")
-        arr = np.asarray(value)
-        checked[name] = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    header, order = encode_header(checked)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(len(header).to_bytes(8, "little"))
-        f.write(header)
-        for name in order:
-            if checked[name].nbytes:
-                f.write(checked[name].reshape(-1).data.cast("B"))
 
 
 class SimBackend:
@@ -156,7 +129,9 @@ class SimBackend:
         if task is None:
             raise ShoalError(f"{self.site_name}: send() without a task")
         path = self._results_dir / task["task_id"] / f"{self.site_name}.safetensors"
-        write_arrays_fast(path, model.params)
+        # No fsync: a simulation need not survive a power cut, and 1,000
+        # sites' fsyncs would double a round's time.
+        save_arrays(path, model.params, durable=False)
         self._current = None
         self._emit(
             {
