@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 from pathlib import Path
-from types import FrameType
 
-from shoal.cli.logs import install_file_log
+from shoal.cli._daemon import install_file_log, serve
 
 __all__ = ["register"]
 
@@ -46,12 +43,4 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger(__name__).info("received %s", signal.Signals(signum).name)
-        daemon.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    with daemon:
-        daemon.wait()
-    return daemon.exit_code
+    return serve(daemon)
