@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 PROJECT = "poc_project"
 STATE_FILE = "poc.json"
 
+#: Daemons this process started, by pid: kept so ``stop`` can reap them (no
+#: zombies, no "subprocess still running" warnings in the starting process).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 @dataclass(frozen=True)
 class PocLayout:
@@ -180,6 +184,9 @@ def _pid_file(layout: PocLayout, name: str) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -223,6 +230,7 @@ def _spawn(
             start_new_session=True,
         )
     pid_file.write_text(f"{proc.pid}\n")
+    _children[proc.pid] = proc
     return proc.pid
 
 
@@ -314,6 +322,9 @@ def stop(workspace: Path, *, timeout: float = 10.0) -> list[str]:
         # The group also holds job workers a daemon started; none may survive.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
+        child = _children.pop(pid, None)
+        if child is not None:
+            child.wait()
         path.unlink(missing_ok=True)
     return stopped
 

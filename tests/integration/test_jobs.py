@@ -26,10 +26,6 @@ from .conftest import HELLO_NUMPY, Federation
 
 pytestmark = [
     pytest.mark.slow,
-    # shoal.poc.start() drops the Popen objects of the daemons it leaves
-    # running (they are tracked by pid files), which Python reports from
-    # Popen.__del__; poc.py should keep them (reported to its owner).
-    pytest.mark.filterwarnings(r"ignore:subprocess \d+ is still running:ResourceWarning"),
 ]
 
 #: Generous: two shared cores, several engineers' tests at once.

@@ -26,8 +26,6 @@ from .conftest import HELLO_NUMPY
 
 pytestmark = [
     pytest.mark.slow,
-    # See test_jobs.py: poc.start() drops the Popen objects of running daemons.
-    pytest.mark.filterwarnings(r"ignore:subprocess \d+ is still running:ResourceWarning"),
 ]
 
 
