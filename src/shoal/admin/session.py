@@ -28,7 +28,7 @@ from shoal import jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.errors import ConfigError, JobValidationError, TransportError
-from shoal.jobs import pack_job
+from shoal.jobs import check_archive_size, pack_job
 from shoal.provision import Kit, load_kit
 from shoal.transport import (
     PayloadHeader,
@@ -146,6 +146,8 @@ class AdminSession:
                 if not zipfile.is_zipfile(source):
                     raise JobValidationError(f"{source}: not a job folder or a zip archive")
                 archive = source
+            # Refuse here what the server would refuse after the upload.
+            check_archive_size(archive)
             header = PayloadHeader(kind="job", meta={"source": source.name})
             try:
                 reply = self._stub.Submit(
