@@ -174,7 +174,16 @@ class SiteDaemon:
                 if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                     log.error("server refused this site: %s", exc.details())
                 else:
-                    log.info("not connected to server (%s); retrying", code.name if code else exc)
+                    # The details say why (refused handshake, wrong server
+                    # certificate name, connection refused): without them a
+                    # misconfigured site only ever logs "UNAVAILABLE".
+                    log.info(
+                        "not connected to server %s at %s (%s: %s); retrying",
+                        self.server_name,
+                        self.server_address,
+                        code.name if code else "?",
+                        exc.details(),
+                    )
             except ShoalError as exc:
                 log.error("session failed: %s", exc)
             self._set_connected(False)
