@@ -227,9 +227,10 @@ class ServerDaemon:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"certificate of {who.name} is revoked")
         if who.type != expected_type:
             log.warning(
-                "refused %s (%s): a %s certificate on the %s port",
+                "refused %s (%s): %s %s certificate on the %s port",
                 who.name,
                 context.peer(),
+                "an" if who.type[:1] in "aeiou" else "a",
                 who.type,
                 "admin" if expected_type == "admin" else "site",
             )
