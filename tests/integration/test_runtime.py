@@ -47,8 +47,14 @@ def connected(fed: Federation) -> set[str]:
     return {x["name"] for x in st["sites"] if x["connected"]}
 
 
-def count(path: Path, text: str) -> int:
-    return path.read_text(errors="replace").count(text) if path.exists() else 0
+def going_away(log: Path, times: int) -> Callable[[], bool]:
+    """The site's log says the server is going away at least ``times`` times."""
+
+    def check() -> bool:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return text.count("server is going away") >= times
+
+    return check
 
 
 @pytest.fixture
@@ -146,7 +152,7 @@ def test_server_restart_and_sigterm(
         "the server to exit",
     )
     for log in site_logs:
-        wait_for(lambda log=log: count(log, "server is going away") >= 1, f"{log} to say so")
+        wait_for(going_away(log, 1), f"{log} to say the server is going away")
     assert poc.status(fed.workspace)["processes"]["site-1"]["running"]
     assert poc.status(fed.workspace)["processes"]["site-2"]["running"]
 
@@ -158,7 +164,7 @@ def test_server_restart_and_sigterm(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     for log in site_logs:
-        wait_for(lambda log=log: count(log, "server is going away") >= 2, f"{log} to say so")
+        wait_for(going_away(log, 2), f"{log} to say the server is going away")
     spawn(*server)
     wait_for(lambda: connected(fed) == {"site-1", "site-2"}, "the sites to reconnect again")
     assert poc.status(fed.workspace)["processes"]["site-1"]["running"]
