@@ -249,6 +249,10 @@ class ServerDaemon:
             self._revoked = load_revoked_serials(self._crl_path, self.kit.tls.ca_pem)
             self._crl_mtime = mtime
             log.info("loaded revocation list: %d revoked certificate(s)", len(self._revoked))
+            # Sessions opened before the revocation end now, not at their next call.
+            for session in self.registry.sessions():
+                if session.serial in self._revoked:
+                    self.registry.end(session, "certificate revoked")
         return self._revoked
 
     # -- jobs -----------------------------------------------------------------
@@ -418,6 +422,10 @@ class ServerDaemon:
     def _expire_loop(self) -> None:
         while not self._stop.wait(min(1.0, self.heartbeat_timeout_s / 4)):
             self.registry.expire()
+            try:
+                self._revoked_serials()  # picks up a new CRL within a second
+            except Exception:
+                log.exception("could not read the revocation list %s", self._crl_path)
 
     # -- status ---------------------------------------------------------------
 

@@ -56,7 +56,9 @@ class FleetService(pb_grpc.FleetServicer):
             resources = json.loads(request.resources_json) if request.resources_json else {}
         except json.JSONDecodeError:
             resources = {}
-        session = SiteSession(name=who.name, org=who.org, peer=context.peer(), resources=resources)
+        session = SiteSession(
+            name=who.name, org=who.org, peer=context.peer(), resources=resources, serial=who.serial
+        )
         session.running_jobs = list(request.running_jobs)
         self.d.registry.open(session)
         log.info(

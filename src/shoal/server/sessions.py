@@ -30,6 +30,8 @@ class SiteSession:
     name: str
     org: str
     peer: str
+    #: Serial of the certificate the session was opened with (for revocation).
+    serial: int = 0
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     connected_at: float = field(default_factory=time.time)
     last_heartbeat: float = field(default_factory=time.monotonic)
