@@ -20,6 +20,7 @@ Only numpy is needed. Nothing is ever unpickled.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import mmap as _mmap
@@ -45,7 +46,9 @@ __all__ = [
     "encode_header",
     "load_arrays",
     "read_header",
+    "WrittenArrays",
     "save_arrays",
+    "write_arrays",
 ]
 
 #: The largest JSON header accepted (the safetensors package uses the same cap).
@@ -159,20 +162,81 @@ def encode_header(
     return raw, order
 
 
-def _write_array(f: BinaryIO, arr: np.ndarray) -> None:
+def _write_array(f: BinaryIO, arr: np.ndarray, hasher: Any) -> None:
+    def put(data: Any) -> None:
+        hasher.update(data)
+        f.write(data)
+
     little = arr.dtype.newbyteorder("<")
     if arr.flags.c_contiguous and little == arr.dtype:
         if arr.nbytes:
-            f.write(arr.reshape(-1).data.cast("B"))
+            put(arr.reshape(-1).data.cast("B"))
         return
     if arr.ndim == 0:
-        f.write(arr.astype(little).tobytes())
+        put(arr.astype(little).tobytes())
         return
     # Convert slab by slab along the first axis (C order follows it), so a
     # Fortran-ordered or big-endian layer is never copied whole.
     step = max(1, _CHUNK_BYTES // max(1, arr[0:1].nbytes))
     for i in range(0, arr.shape[0], step):
-        f.write(np.ascontiguousarray(arr[i : i + step], dtype=little).tobytes())
+        put(np.ascontiguousarray(arr[i : i + step], dtype=little).tobytes())
+
+
+@dataclass(frozen=True)
+class WrittenArrays:
+    """What :func:`write_arrays` wrote."""
+
+    path: Path
+    #: File size in bytes.
+    size: int
+    #: Hex SHA-256 of the whole file, computed while writing (no second read).
+    sha256: str
+
+
+def write_arrays(
+    path: str | os.PathLike[str],
+    arrays: Mapping[str, Any],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    durable: bool = True,
+) -> WrittenArrays:
+    """Write ``arrays`` to ``path`` atomically and return its size and SHA-256.
+
+    Each array is streamed to a temporary file beside ``path`` (no
+    concatenated copy of the model is built), which is fsynced and renamed
+    into place: readers see the old file or the new one, never a torn one.
+    The hash is computed over the bytes as they are written, so a caller
+    that needs it (a checkpoint, a transfer's trailer) never reads the file
+    again. ``durable=False`` skips the fsyncs (still atomic against readers)
+    for files that need not survive a power cut: a site's upload staging,
+    the simulator's per-site results.
+    """
+    path = Path(path)
+    checked = {name: _as_array(name, value) for name, value in arrays.items()}
+    header, order = encode_header(checked, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    hasher = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            prefix = len(header).to_bytes(8, "little") + header
+            hasher.update(prefix)
+            f.write(prefix)
+            for name in order:
+                _write_array(f, checked[name], hasher)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+            size = f.tell()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+    return WrittenArrays(path=path, size=size, sha256=hasher.hexdigest())
 
 
 def save_arrays(
@@ -182,38 +246,8 @@ def save_arrays(
     *,
     durable: bool = True,
 ) -> Path:
-    """Write ``arrays`` to ``path`` atomically; returns the path.
-
-    Each array is streamed to a temporary file beside ``path`` (no
-    concatenated copy of the model is built), which is fsynced and renamed
-    into place: readers see the old file or the new one, never a torn one.
-    ``durable=False`` skips the fsyncs (still atomic against readers) for
-    files that need not survive a power cut: a site's upload staging, the
-    simulator's per-site results.
-    """
-    path = Path(path)
-    checked = {name: _as_array(name, value) for name, value in arrays.items()}
-    header, order = encode_header(checked, metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(header).to_bytes(8, "little"))
-            f.write(header)
-            for name in order:
-                _write_array(f, checked[name])
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-    return path
+    """Write ``arrays`` to ``path`` atomically; returns the path (see :func:`write_arrays`)."""
+    return write_arrays(path, arrays, metadata, durable=durable).path
 
 
 def _fsync_dir(folder: Path) -> None:

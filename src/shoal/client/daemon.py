@@ -377,7 +377,7 @@ class SiteDaemon:
         try:
             frames = self._stub.FetchJob(pb.FetchJobRequest(job_id=start.job_id))
             header = read_header(frames)
-            receive_to_file(header, frames, package, max_size=MAX_PACKAGE_BYTES)
+            receive_to_file(header, frames, package, max_size=MAX_PACKAGE_BYTES, durable=False)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, "FetchJob") from None
         if start.package_sha256 and header.meta.get("name") is None:

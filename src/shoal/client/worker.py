@@ -19,10 +19,11 @@ from typing import Any
 
 import grpc
 
+from shoal._memory import tune_allocator
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal._watchdog import exit_with_parent
-from shoal.arrays import load_arrays, save_arrays
+from shoal.arrays import load_arrays, write_arrays
 from shoal.client.api import FLModel
 from shoal.errors import PeerRejectedError, TransportError
 from shoal.transport import (
@@ -97,6 +98,7 @@ class GrpcBackend:
     def __init__(self, config: WorkerConfig) -> None:
         if config.parent_pid:
             exit_with_parent(config.parent_pid)
+        tune_allocator()
         self.config = config
         self.site_name = config.site_name
         self.job_id = config.job_id
@@ -136,7 +138,9 @@ class GrpcBackend:
                 if header.kind != "task":
                     raise TransportError(f"unexpected reply {header.kind!r} to GetTask")
                 dest = self._dir / "tasks" / f"{header.task_id}.safetensors"
-                payload = receive_to_file(header, frames, dest, max_size=MAX_TASK_BYTES)
+                payload = receive_to_file(
+                    header, frames, dest, max_size=MAX_TASK_BYTES, durable=False
+                )
             except grpc.RpcError as exc:
                 if exc.code() in _RETRYABLE:
                     log.info("server not ready (%s); retrying in %.1f s", exc.code().name, delay)
@@ -172,7 +176,7 @@ class GrpcBackend:
             raise TransportError("send() without a task")
         path = self._dir / "results" / f"{task.task_id}.safetensors"
         # Staging for the upload only: the server's copy is the durable one.
-        save_arrays(path, model.params, durable=False)
+        written = write_arrays(path, model.params, durable=False)
         header = PayloadHeader(
             kind="result",
             job_id=self.job_id,
@@ -187,7 +191,7 @@ class GrpcBackend:
         size = path.stat().st_size
         for attempt in range(5):
             try:
-                self._stub.PutResult(frames_from_file(header, path))
+                self._stub.PutResult(frames_from_file(header, path, sha256=written.sha256))
                 break
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc, "PutResult")

@@ -135,8 +135,9 @@ class FleetService(pb_grpc.FleetServicer):
         meta = dict(task.meta)
         meta.update({"task": task.name, "round": task.round, "site": who.name})
         header = PayloadHeader(kind="task", job_id=run.job_id, task_id=task.task_id, meta=meta)
-        t0 = time.monotonic()
-        yield from frames_from_file(header, task.weights_path)
+        with self.d.transfer_slots:
+            t0 = time.monotonic()
+            yield from frames_from_file(header, task.weights_path, sha256=task.sha256)
         log.info(
             "job %s: sent %s task of round %d to %s: %s in %.3f s",
             run.job_id,
@@ -156,7 +157,8 @@ class FleetService(pb_grpc.FleetServicer):
             if header.kind != "result":
                 raise PeerRejectedError(f"expected a result, got {header.kind!r}")
             run = self._run_for(who.name, header.job_id)
-            info = run.accept_result(who.name, header, request_iterator, run.max_result_bytes())
+            with self.d.transfer_slots:
+                info = run.accept_result(who.name, header, request_iterator, run.max_result_bytes())
             return pb.Ack(ok=True, meta_json=json.dumps(info))
         return pb.Ack(ok=False)  # unreachable: rpc_errors aborted
 

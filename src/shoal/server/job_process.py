@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shoal._memory import tune_allocator
 from shoal._watchdog import exit_with_parent
 from shoal.server.ipc import IpcChannel
 from shoal.workflows.api import TaskResult, WorkflowContext
@@ -48,6 +49,7 @@ class IpcCommunicator:
         weights_path: Path,
         sites: Sequence[str],
         meta: Mapping[str, Any] | None = None,
+        weights_sha256: str | None = None,
     ) -> str:
         task_id = str(uuid.uuid4())
         self._targets[task_id] = frozenset(sites)
@@ -60,6 +62,7 @@ class IpcCommunicator:
                 "weights_path": str(Path(weights_path).resolve()),
                 "sites": sorted(sites),
                 "meta": dict(meta or {}),
+                "sha256": weights_sha256,
             }
         )
         return task_id
@@ -125,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # If the server daemon dies, this workflow must not run on beside the
     # restarted server's own copy of the job.
     exit_with_parent()
+    tune_allocator()
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s - %(name)s - %(levelname)s - %(message)s",

@@ -45,6 +45,8 @@ class Task:
     weights_path: Path
     meta: dict[str, Any]
     sites: frozenset[str]
+    #: SHA-256 of the weights file, when the workflow computed it while writing.
+    sha256: str | None = None
     answered: set[str] = field(default_factory=set)
     delivered: set[str] = field(default_factory=set)
     created: float = field(default_factory=time.monotonic)
@@ -251,6 +253,7 @@ class JobRun:
                 weights_path=Path(msg["weights_path"]),
                 meta=dict(msg.get("meta") or {}),
                 sites=sites,
+                sha256=str(msg["sha256"]) if msg.get("sha256") else None,
             )
             with self._cond:
                 self._tasks = {task.task_id: task}  # a new task supersedes the old one
@@ -324,7 +327,8 @@ class JobRun:
             raise PeerRejectedError("metrics must be a JSON object")
         dest = self.record.run_dir / "results" / task.task_id / f"{site}.safetensors"
         t0 = time.monotonic()
-        payload = receive_to_file(header, frames, dest, max_size=max_size)
+        # Not fsynced: after a crash the round is re-run from the checkpoint.
+        payload = receive_to_file(header, frames, dest, max_size=max_size, durable=False)
         elapsed = time.monotonic() - t0
         with self._cond:
             # Re-check: a duplicate could have raced us while receiving.

@@ -35,7 +35,7 @@ __all__ = [
 
 #: Bytes per data frame. Large enough to amortise per-message cost, small
 #: enough that a transfer holds a few MiB at most.
-CHUNK_SIZE = 4 * 1024 * 1024
+CHUNK_SIZE = 1 * 1024 * 1024
 #: Largest frame a peer may send us (gRPC refuses bigger messages).
 MAX_CHUNK_SIZE = 8 * 1024 * 1024
 #: gRPC message cap: a chunk plus protobuf overhead.
@@ -81,21 +81,31 @@ class ReceivedPayload:
 
 
 def frames_from_file(
-    header: PayloadHeader, path: Path, *, chunk_size: int = CHUNK_SIZE
+    header: PayloadHeader,
+    path: Path,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    sha256: str | None = None,
 ) -> Iterator[pb.Frame]:
-    """Stream ``path`` as frames; the header's size is filled in from the file."""
+    """Stream ``path`` as frames; the header's size is filled in from the file.
+
+    ``sha256``: the file's hash when the caller already has it (computed
+    while the file was written); the receiver checks the bytes against it, so
+    the check stays end to end while the sender skips a pass over the data.
+    """
     size = path.stat().st_size
     h = PayloadHeader(header.kind, header.job_id, header.task_id, size, header.meta)
     yield pb.Frame(header=h.to_pb())
-    digest = hashlib.sha256()
+    digest = None if sha256 else hashlib.sha256()
     with open(path, "rb") as f:
         while True:
             chunk = f.read(chunk_size)
             if not chunk:
                 break
-            digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             yield pb.Frame(data=chunk)
-    yield pb.Frame(trailer=pb.Trailer(sha256=digest.hexdigest()))
+    yield pb.Frame(trailer=pb.Trailer(sha256=sha256 or digest.hexdigest()))  # type: ignore[union-attr]
 
 
 def frames_from_bytes(
@@ -126,11 +136,14 @@ def receive_to_file(
     dest: Path,
     *,
     max_size: int,
+    durable: bool = True,
 ) -> ReceivedPayload:
     """Write the data frames after ``header`` to ``dest``, atomically.
 
     Raises IntegrityError (and leaves nothing at ``dest``) when the stream is
     truncated, longer than announced or than ``max_size``, or its hash differs.
+    ``durable=False`` skips the fsync for files consumed at once and never
+    relied on after a crash (a task's weights at a site, a round's results).
     """
     if header.size < 0:
         raise IntegrityError("payload header must announce its size")
@@ -158,8 +171,9 @@ def receive_to_file(
                     break
                 else:
                     raise IntegrityError(f"unexpected {which!r} frame inside a payload")
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         _check_end(header, received, digest.hexdigest(), trailer)
         os.replace(tmp, dest)
     except BaseException:

@@ -231,6 +231,9 @@ def run(ctx: WorkflowContext) -> None:
     try:
         with ScalarWriter(store.tensorboard_dir) as tb:
             for k in range(start, total + 1):
+                # The previous global model is on disk: drop it so a round holds
+                # one model (the running mean), not two.
+                del global_params
                 global_params = _round(ctx, params, store, tb, evaluate, sites, k, reference)
             final = store.write_model(total, global_params, final=True)
             log.info("job %s: final global model %s", ctx.job_id, final)
@@ -268,12 +271,14 @@ def _round(
         sites, k, fraction=params.sample_fraction, min_clients=min_clients, seed=params.seed
     )
     started = time.monotonic()
+    weights_path = store.model_path(k - 1)
     task_id = comm.scatter(
         task="train",
         round=k,
-        weights_path=store.model_path(k - 1),
+        weights_path=weights_path,
         sites=selected,
         meta={"current_round": k, "total_rounds": total},
+        weights_sha256=store.model_sha256(weights_path),
     )
     log.info(
         "round %d/%d: task %s sent to %d site(s): %s",

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from shoal.arrays import load_arrays, save_arrays
+from shoal.arrays import load_arrays, write_arrays
 from shoal.errors import ArrayFormatError
 
 __all__ = ["Checkpoint", "RoundStore", "atomic_write_bytes", "sha256_file"]
@@ -85,6 +85,7 @@ class RoundStore:
         self.checkpoint_path = self.run_dir / "checkpoint.json"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.tensorboard_dir = self.run_dir / "tensorboard"
+        self._digests: dict[Path, str] = {}
 
     def model_path(self, round: int) -> Path:
         """Where the global model after ``round`` lives (round 0: the initial one)."""
@@ -98,14 +99,24 @@ class RoundStore:
     ) -> Path:
         """Save the global model after ``round`` atomically; returns its path."""
         path = self.final_path() if final else self.model_path(round)
-        return save_arrays(path, params, metadata={"round": str(round)})
+        written = write_arrays(path, params, metadata={"round": str(round)})
+        # Hashed while writing: the checkpoint and every transfer reuse it.
+        self._digests[path] = written.sha256
+        return path
+
+    def model_sha256(self, path: Path) -> str:
+        """The SHA-256 of a model file this store wrote (read back only if unknown)."""
+        digest = self._digests.get(path)
+        if digest is None:
+            digest = self._digests[path] = sha256_file(path)
+        return digest
 
     def save_checkpoint(self, round: int, model_path: Path) -> Checkpoint:
         """Record ``round`` as completed with ``model_path`` as its global model."""
         ckpt = Checkpoint(
             round=round,
             model=model_path.relative_to(self.run_dir).as_posix(),
-            sha256=sha256_file(model_path),
+            sha256=self.model_sha256(model_path),
         )
         atomic_write_bytes(
             self.checkpoint_path,
