@@ -10,6 +10,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+from shoal._memory import tune_allocator
+
 FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
@@ -37,6 +39,7 @@ class _Daemon(Protocol):
 
 def serve(daemon: _Daemon) -> int:
     """Run ``daemon`` until SIGTERM/SIGINT or its own stop; return its exit code."""
+    tune_allocator()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         logging.getLogger(__name__).info("received %s", signal.Signals(signum).name)

@@ -21,6 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--heartbeat-timeout", type=float, help="seconds of silence before a site is gone"
     )
     p.add_argument("--workspace", type=Path, help="where jobs and logs live (default: the kit)")
+    p.add_argument(
+        "--max-transfers",
+        type=int,
+        default=4,
+        help="model transfers streamed at once; bounds memory (default 4)",
+    )
     p.set_defaults(func=run)
 
 
@@ -40,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
             health_port=args.health_port,
             heartbeat_timeout_s=args.heartbeat_timeout,
             workspace=args.workspace,
+            max_transfers=args.max_transfers,
         ),
     )
 

@@ -62,6 +62,10 @@ class ServerOptions:
     heartbeat_interval_s: float | None = None
     #: Where jobs, the store and logs live (default: the kit's folder).
     workspace: Path | None = None
+    #: Model transfers (to or from sites) streamed at once; the others wait
+    #: their turn. Bounds the daemon's memory whatever the number of sites
+    #: (each stream holds gRPC buffers); more does not help on a few cores.
+    max_transfers: int = 4
 
 
 class ServerDaemon:
@@ -95,6 +99,7 @@ class ServerDaemon:
             p["name"] for p in cfg.get("participants", []) if p.get("type") == "client"
         )
         self.ports: dict[str, int] = {}
+        self.transfer_slots = threading.BoundedSemaphore(max(1, opts.max_transfers))
         self.start_time = time.time()
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.store: JobStore | None = None

@@ -1,0 +1,40 @@
+"""Keep a long-running process's memory from growing with concurrency.
+
+glibc gives each thread that allocates its own arena (up to 8 per core) and
+raises its mmap threshold after large blocks are freed, after which 1–8 MiB
+transfer chunks come from arenas and are kept, not returned to the system: a
+server streaming a model to N sites at once then holds N sets of chunks long
+after the transfers end. Fixing the threshold makes large blocks always
+mmap'd (returned on free) and capping arenas bounds the rest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+__all__ = ["tune_allocator"]
+
+log = logging.getLogger(__name__)
+
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def tune_allocator(*, mmap_threshold: int = 256 * 1024, arena_max: int = 2) -> bool:
+    """Apply the settings above; False (and nothing done) where libc is not glibc."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_ARENA_MAX, arena_max))
+    if not ok:
+        log.debug("mallopt refused the allocator settings")
+    return ok
