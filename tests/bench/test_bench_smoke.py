@@ -61,3 +61,9 @@ def test_run_all_quick_writes_results(tmp_path: Path) -> None:
     _run("run_all", "--quick", "--only", "simulator", "--out", str(out_file))
     text = out_file.read_text()
     assert "## simulator" in text and "exit code 0" in text
+
+
+@pytest.mark.slow
+def test_poc_startup_quick() -> None:
+    out = _run("poc_startup", "--quick")
+    assert "start until ready" in out and "shoal" in out
