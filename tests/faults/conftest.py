@@ -9,25 +9,8 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-
-from .harness import Fed
-
-
-@pytest.fixture
-def fed_factory(tmp_path: Path) -> Iterator:
-    made: list[Fed] = []
-
-    def make(**kw: object) -> Fed:
-        fed = Fed(tmp_path / f"fed{len(made)}", **kw)  # type: ignore[arg-type]
-        made.append(fed)
-        return fed
-
-    yield make
-    for fed in made:
-        fed.close()
 
 
 def _netns_unavailable() -> str | None:

@@ -3,34 +3,15 @@ and raw gRPC stubs holding a participant's real key."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import pytest
+from faults.harness import Fed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from faults.harness import Fed  # noqa: E402
-
-from shoal._proto import shoal_pb2_grpc as pb_grpc  # noqa: E402
-from shoal.provision import load_kit  # noqa: E402
-from shoal.transport import TLSConfig  # noqa: E402
-from shoal.transport.tls import channel_credentials  # noqa: E402
-
-
-@pytest.fixture
-def fed_factory(tmp_path: Path) -> Iterator:
-    made: list[Fed] = []
-
-    def make(**kw: object) -> Fed:
-        fed = Fed(tmp_path / f"fed{len(made)}", **kw)  # type: ignore[arg-type]
-        made.append(fed)
-        return fed
-
-    yield make
-    for fed in made:
-        fed.close()
+from shoal._proto import shoal_pb2_grpc as pb_grpc
+from shoal.provision import load_kit
+from shoal.transport import TLSConfig
+from shoal.transport.tls import channel_credentials
 
 
 def raw_channel(tls: TLSConfig, port: int, *, unlimited: bool = False) -> grpc.Channel:

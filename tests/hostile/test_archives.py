@@ -62,9 +62,6 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):  # type: ignore[no-untyped-def]
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from faults.harness import Fed
 
     fed = Fed(tmp_path_factory.mktemp("archives"))
