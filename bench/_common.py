@@ -68,7 +68,9 @@ def header(title: str) -> str:
     """Print and return the header: command, date, machine, versions."""
     m = machine()
     v = versions()
-    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    cmd = "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]
+    )
     lines = [
         f"# {title}",
         f"command: {cmd}",
@@ -91,7 +93,7 @@ def table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> str:
     """A markdown table (printed and returned)."""
     cells = [[str(c) for c in head], *[[str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
     out = [fmt(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [fmt(r) for r in cells[1:]]
     text = "\n".join(out)
@@ -237,7 +239,9 @@ class Fed:
 
 
 @contextlib.contextmanager
-def federation(num_sites: int = 2, *, tmp: Path | None = None, timeout: float = 120) -> Iterator[Fed]:
+def federation(
+    num_sites: int = 2, *, tmp: Path | None = None, timeout: float = 120
+) -> Iterator[Fed]:
     """A real POC federation (server + N site daemons, mTLS on loopback)."""
     from shoal import poc
 

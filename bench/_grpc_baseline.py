@@ -81,10 +81,12 @@ def client(kit: Path, port: int, size: int) -> None:
     chunks = _chunks(size)
     ch = open_channel(f"127.0.0.1:{port}", k.tls, server_name=str(k.config["server"]["name"]))
     grpc.channel_ready_future(ch).result(timeout=30)
-    down = ch.unary_stream("/bench.Bytes/Download", request_serializer=_ident,
-                           response_deserializer=_ident)
-    up = ch.stream_unary("/bench.Bytes/Upload", request_serializer=_ident,
-                         response_deserializer=_ident)
+    down = ch.unary_stream(
+        "/bench.Bytes/Download", request_serializer=_ident, response_deserializer=_ident
+    )
+    up = ch.stream_unary(
+        "/bench.Bytes/Upload", request_serializer=_ident, response_deserializer=_ident
+    )
     print("ready", flush=True)
     sys.stdin.readline()  # start signal: every client starts together
     t0 = time.monotonic()

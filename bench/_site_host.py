@@ -22,8 +22,9 @@ def main() -> None:
     address, kits = sys.argv[1], sys.argv[2:]
     daemons = []
     for k in kits:
-        d = SiteDaemon(load_kit(Path(k), expected_type="client"),
-                       SiteOptions(server_address=address))
+        d = SiteDaemon(
+            load_kit(Path(k), expected_type="client"), SiteOptions(server_address=address)
+        )
         d.start()
         daemons.append(d)
     print("started", len(daemons), flush=True)

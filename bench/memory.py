@@ -36,8 +36,14 @@ from transfer import parse_size  # noqa: E402
 
 def measure(size: int, sites: int, rounds: int, tmp: Path) -> dict:
     with federation(sites, timeout=300) as fed:
-        job = write_job(tmp, name=f"mem-{sites}", num_rounds=rounds, model_bytes=size,
-                        num_arrays=8, min_clients=sites)
+        job = write_job(
+            tmp,
+            name=f"mem-{sites}",
+            num_rounds=rounds,
+            model_bytes=size,
+            num_arrays=8,
+            min_clients=sites,
+        )
         roots = {"server": fed.pid("server1")}
         roots.update({s: fed.pid(s) for s in fed.layout.site_kits})
         with PeakSampler(roots) as peaks:
@@ -85,16 +91,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "error" in r:
             rows.append([r["sites"], "FAILED", r["error"], "", "", ""])
             continue
-        rows.append([
-            r["sites"],
-            f"{mib(r['server'])} ({r['server'] / size:.2f}x)",
-            f"{mib(r['server_daemon'])} + {mib(r['workflow'])}",
-            f"{mib(r['site'])} ({r['site'] / size:.2f}x)",
-            f"{mib(r['site_daemon'])} + {mib(r['site_worker'])}",
-            ", ".join(fmt_s(float(x)) for x in r["round_s"]),
-        ])
-    table(rows, ["sites", "server peak RSS", "daemon + workflow", "site peak RSS (worst)",
-                 "site daemon + worker", "round times"])
+        rows.append(
+            [
+                r["sites"],
+                f"{mib(r['server'])} ({r['server'] / size:.2f}x)",
+                f"{mib(r['server_daemon'])} + {mib(r['workflow'])}",
+                f"{mib(r['site'])} ({r['site'] / size:.2f}x)",
+                f"{mib(r['site_daemon'])} + {mib(r['site_worker'])}",
+                ", ".join(fmt_s(float(x)) for x in r["round_s"]),
+            ]
+        )
+    table(
+        rows,
+        [
+            "sites",
+            "server peak RSS",
+            "daemon + workflow",
+            "site peak RSS (worst)",
+            "site daemon + worker",
+            "round times",
+        ],
+    )
     return results
 
 

@@ -41,15 +41,20 @@ def peer_versions() -> dict[str, str]:
         if not py.exists():
             out[peer] = "not installed (run bench/peers/setup.sh)"
             continue
-        r = subprocess.run([str(py), "-c", f"import importlib.metadata as m; print(m.version('{pkg}'))"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [str(py), "-c", f"import importlib.metadata as m; print(m.version('{pkg}'))"],
+            capture_output=True,
+            text=True,
+        )
         out[peer] = r.stdout.strip() or f"broken venv: {r.stderr.strip()[-200:]}"
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="shoal's smallest runs (ratios not meaningful)")
+    p.add_argument(
+        "--quick", action="store_true", help="shoal's smallest runs (ratios not meaningful)"
+    )
     args = p.parse_args(argv)
     header("side by side: shoal (measured) vs NVIDIA FLARE and Flower")
     for peer, v in peer_versions().items():
@@ -68,11 +73,26 @@ def main(argv: list[str] | None = None) -> dict:
     big_label = f"{big['size'] // MiB} MiB round" if big else "100 MiB round"
     rows = []
     for name, q in QUOTED.items():
-        rows.append([f"tiny round (FedAvg, 2 sites)", fmt_s(tiny), name, f"{fmt_s(q['tiny'])} (quoted)",
-                     f"{q['tiny'] / tiny:.1f}x faster"])
+        rows.append(
+            [
+                "tiny round (FedAvg, 2 sites)",
+                fmt_s(tiny),
+                name,
+                f"{fmt_s(q['tiny'])} (quoted)",
+                f"{q['tiny'] / tiny:.1f}x faster",
+            ]
+        )
         if big_s is not None:
-            rows.append([big_label, fmt_s(big_s), name, f"{fmt_s(q['100MiB'])} (quoted, 100 MiB)",
-                         f"{q['100MiB'] / big_s:.1f}x" + (" (sizes differ: --quick)" if args.quick else "")])
+            rows.append(
+                [
+                    big_label,
+                    fmt_s(big_s),
+                    name,
+                    f"{fmt_s(q['100MiB'])} (quoted, 100 MiB)",
+                    f"{q['100MiB'] / big_s:.1f}x"
+                    + (" (sizes differ: --quick)" if args.quick else ""),
+                ]
+            )
         rows.append(["1 GiB round", "see transfer.py", name, "did not fit in 24 GB (quoted)", "-"])
     emit()
     table(rows, ["workload", "shoal (measured now)", "peer", "peer", "peer time / shoal time"])

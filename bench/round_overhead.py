@@ -61,16 +61,23 @@ def main(argv: list[str] | None = None) -> dict:
         args.rounds, args.short_rounds = 3, 2
     header("round overhead: FedAvg, tiny model, near-zero local work, mTLS on loopback")
     out: dict = {}
-    with tempfile.TemporaryDirectory(prefix="shoal-bench-jobs-") as tmp, federation(
-        args.sites
-    ) as fed:
+    with (
+        tempfile.TemporaryDirectory(prefix="shoal-bench-jobs-") as tmp,
+        federation(args.sites) as fed,
+    ):
         emit(f"federation: {args.sites} sites up in {fed.started_s:.2f} s")
         long_job = write_job(
-            Path(tmp), name="overhead", num_rounds=args.rounds, model_bytes=64,
+            Path(tmp),
+            name="overhead",
+            num_rounds=args.rounds,
+            model_bytes=64,
             min_clients=args.sites,
         )
         short_job = write_job(
-            Path(tmp), name="overhead5", num_rounds=args.short_rounds, model_bytes=64,
+            Path(tmp),
+            name="overhead5",
+            num_rounds=args.short_rounds,
+            model_bytes=64,
             min_clients=args.sites,
         )
         # Warm-up job: first use of the page cache, the job store, etc.
@@ -78,9 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         r = run_job(fed, long_job)
         durs = [float(x["duration_s"]) for x in r.rounds]
         steady = stats(durs[1:]) if len(durs) > 1 else stats(durs)
-        firsts = {
-            s: first_task_wall(fed, s, r.job_id) for s in fed.layout.site_kits
-        }
+        firsts = {s: first_task_wall(fed, s, r.job_id) for s in fed.layout.site_kits}
         first_lat = [t - r.submit_wall for t in firsts.values() if t is not None]
         shorts = [run_job(fed, short_job) for _ in range(3)]
         short_fin = stats([j.submit_to_finished_s for j in shorts])
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
             ts = [first_task_wall(fed, s, j.job_id) for s in fed.layout.site_kits]
             short_first.append(max(t for t in ts if t is not None) - j.submit_wall)
         short_first_st = stats(short_first)
-        tail = stats([j.submit_to_finished_s - f for j, f in zip(shorts, short_first)])
+        tail = stats([j.submit_to_finished_s - f for j, f in zip(shorts, short_first, strict=True)])
     worker_import = import_time("import numpy, grpc, shoal.client, shoal.client.worker")
     workflow_import = import_time(
         "import numpy, shoal.server.job_process, shoal.workflows.fedavg, shoal.jobs"
@@ -116,12 +121,24 @@ def main(argv: list[str] | None = None) -> dict:
     emit()
     emit(f"## {args.short_rounds}-round job, submit -> FINISHED (3 runs)")
     rows = [
-        ["submit -> FINISHED", fmt_s(short_fin["median"]), fmt_s(short_fin["min"]),
-         fmt_s(short_fin["max"])],
-        ["  of which submit -> last site's first task", fmt_s(short_first_st["median"]),
-         fmt_s(short_first_st["min"]), fmt_s(short_first_st["max"])],
-        ["  of which first task -> FINISHED", fmt_s(tail["median"]), fmt_s(tail["min"]),
-         fmt_s(tail["max"])],
+        [
+            "submit -> FINISHED",
+            fmt_s(short_fin["median"]),
+            fmt_s(short_fin["min"]),
+            fmt_s(short_fin["max"]),
+        ],
+        [
+            "  of which submit -> last site's first task",
+            fmt_s(short_first_st["median"]),
+            fmt_s(short_first_st["min"]),
+            fmt_s(short_first_st["max"]),
+        ],
+        [
+            "  of which first task -> FINISHED",
+            fmt_s(tail["median"]),
+            fmt_s(tail["min"]),
+            fmt_s(tail["max"]),
+        ],
         ["job start-up reference: worker imports (python -c)", fmt_s(worker_import), "", ""],
         ["job start-up reference: workflow imports (python -c)", fmt_s(workflow_import), "", ""],
     ]
@@ -136,8 +153,10 @@ def main(argv: list[str] | None = None) -> dict:
         worker_import_s=worker_import,
         workflow_import_s=workflow_import,
     )
-    emit(f"target: tiny round <= 20 ms: {'MET' if steady['median'] <= 0.02 else 'NOT MET'} "
-         f"({fmt_s(steady['median'])})")
+    emit(
+        f"target: tiny round <= 20 ms: {'MET' if steady['median'] <= 0.02 else 'NOT MET'} "
+        f"({fmt_s(steady['median'])})"
+    )
     return out
 
 

@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write here instead of bench/results/")
     p.add_argument("--timeout", type=float, default=3600.0, help="per script, seconds")
     args = p.parse_args(argv)
-    head = header("shoal benchmarks" + (" (quick mode: smoke sizes, not figures)" if args.quick else ""))
+    head = header(
+        "shoal benchmarks" + (" (quick mode: smoke sizes, not figures)" if args.quick else "")
+    )
     parts = [head, ""]
     failed = 0
     for name in [s for s in args.only.split(",") if s]:
@@ -44,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n=== {name}", flush=True)
         t0 = time.monotonic()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                                  cwd=ROOT)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT
+            )
             out, code = proc.stdout, proc.returncode
             if code != 0:
                 out += "\n--- stderr (tail)\n" + "\n".join(proc.stderr.splitlines()[-30:])
@@ -56,10 +59,24 @@ def main(argv: list[str] | None = None) -> int:
         took = time.monotonic() - t0
         failed += code != 0
         print(out, flush=True)
-        parts += [f"## {name}", "", f"exit code {code}, {took:.0f} s", "", "```", out.rstrip(),
-                  "```", ""]
+        parts += [
+            f"## {name}",
+            "",
+            f"exit code {code}, {took:.0f} s",
+            "",
+            "```",
+            out.rstrip(),
+            "```",
+            "",
+        ]
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    path = args.out or ROOT / "bench" / "results" / f"{day}-{args.name or ('quick' if args.quick else 'all')}.md"
+    path = (
+        args.out
+        or ROOT
+        / "bench"
+        / "results"
+        / f"{day}-{args.name or ('quick' if args.quick else 'all')}.md"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts) + "\n")
     print(f"\nwrote {path}", flush=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, fmt_s, header, run_job, table, write_job, Fed  # noqa: E402
+from _common import Fed, emit, fmt_s, header, run_job, table, write_job  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -59,8 +59,18 @@ def measure(n: int, hosts: int, idle_s: float, round_max: int, tmp: Path) -> dic
     out["provision_s"] = time.monotonic() - t0
     log = open(ws / "server.out", "wb")  # noqa: SIM115
     server = subprocess.Popen(
-        [sys.executable, "-m", "shoal", "server", "--kit", str(layout.server_kit),
-         "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "shoal",
+            "server",
+            "--kit",
+            str(layout.server_kit),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     procs: list[subprocess.Popen] = []
     try:
@@ -74,10 +84,14 @@ def measure(n: int, hosts: int, idle_s: float, round_max: int, tmp: Path) -> dic
         groups = [kits[i::hosts] for i in range(hosts)]
         t0 = time.monotonic()
         for g in groups:
-            procs.append(subprocess.Popen(
-                [sys.executable, str(HERE / "_site_host.py"), layout.fed_address, *g],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(HERE / "_site_host.py"), layout.fed_address, *g],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
         deadline = t0 + 300
         up = 0
         while time.monotonic() < deadline:
@@ -85,9 +99,14 @@ def measure(n: int, hosts: int, idle_s: float, round_max: int, tmp: Path) -> dic
             if up >= n:
                 break
             if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a site host exited: "
-                                   + (procs[0].stderr.read(2000).decode(errors="replace")
-                                      if procs[0].poll() is not None else ""))
+                raise RuntimeError(
+                    "a site host exited: "
+                    + (
+                        procs[0].stderr.read(2000).decode(errors="replace")
+                        if procs[0].poll() is not None
+                        else ""
+                    )
+                )
             time.sleep(0.2)
         out["register_s"] = time.monotonic() - t0
         out["registered"] = up
@@ -101,12 +120,15 @@ def measure(n: int, hosts: int, idle_s: float, round_max: int, tmp: Path) -> dic
         time.sleep(idle_s)
         after = [cpu_seconds(p) for p in pids]
         out["idle_server_pct"] = 100 * (after[0] - before[0]) / idle_s
-        out["idle_hosts_pct"] = 100 * sum(a - b for a, b in zip(after[1:], before[1:])) / idle_s
+        out["idle_hosts_pct"] = (
+            100 * sum(a - b for a, b in zip(after[1:], before[1:], strict=True)) / idle_s
+        )
         out["server_rss_mib"] = _rss(server.pid) / 2**20
         out["hosts_rss_mib"] = sum(_rss(p.pid) for p in procs) / 2**20
         if n <= round_max:
-            job = write_job(tmp, name=f"scale{n}", num_rounds=2, model_bytes=64, min_clients=n,
-                            log=False)
+            job = write_job(
+                tmp, name=f"scale{n}", num_rounds=2, model_bytes=64, min_clients=n, log=False
+            )
             fed = Fed(ws, layout, session)
             r = run_job(fed, job, timeout=1800)
             out["round_s"] = [float(x["duration_s"]) for x in r.rounds]
@@ -168,17 +190,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append([r["sites"], "FAILED", r["error"], "", "", "", ""])
             continue
         rnd = r.get("round_s")
-        rows.append([
-            r["sites"],
-            fmt_s(r["provision_s"]),
-            f"{fmt_s(r['register_s'])} ({r['registered']}/{r['sites']})",
-            f"{r.get('idle_server_pct', float('nan')):.1f}% / {r.get('idle_hosts_pct', float('nan')):.1f}%",
-            f"{r.get('server_rss_mib', 0):.0f} / {r.get('hosts_rss_mib', 0):.0f} MiB",
-            fmt_s(rnd[-1]) if rnd else "not run (N job-worker processes)",
-            r.get("note", ""),
-        ])
-    table(rows, ["sites", "provision", "registration", "idle CPU server / site hosts",
-                 "RSS server / site hosts", "tiny round (round 2)", "note"])
+        rows.append(
+            [
+                r["sites"],
+                fmt_s(r["provision_s"]),
+                f"{fmt_s(r['register_s'])} ({r['registered']}/{r['sites']})",
+                f"{r.get('idle_server_pct', float('nan')):.1f}% / {r.get('idle_hosts_pct', float('nan')):.1f}%",
+                f"{r.get('server_rss_mib', 0):.0f} / {r.get('hosts_rss_mib', 0):.0f} MiB",
+                fmt_s(rnd[-1]) if rnd else "not run (N job-worker processes)",
+                r.get("note", ""),
+            ]
+        )
+    table(
+        rows,
+        [
+            "sites",
+            "provision",
+            "registration",
+            "idle CPU server / site hosts",
+            "RSS server / site hosts",
+            "tiny round (round 2)",
+            "note",
+        ],
+    )
     return results
 
 

@@ -34,8 +34,14 @@ def one(sites: int, fraction: float, rounds: int) -> dict:
 
     logging.getLogger().setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="shoal-bench-sim-") as tmp:
-        job = write_job(Path(tmp), name="simbench", num_rounds=rounds, model_bytes=64,
-                        sample_fraction=fraction, log=False)
+        job = write_job(
+            Path(tmp),
+            name="simbench",
+            num_rounds=rounds,
+            model_bytes=64,
+            sample_fraction=fraction,
+            log=False,
+        )
         t0 = time.monotonic()
         res = simulate(SimulatorConfig(job_dir=job, num_sites=sites, workdir=Path(tmp) / "out"))
         wall = time.monotonic() - t0
@@ -58,7 +64,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--sites", default="100,1000,10000")
     p.add_argument("--fractions", default="1.0,0.1")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--one", nargs=3, metavar=("SITES", "FRACTION", "ROUNDS"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--one", nargs=3, metavar=("SITES", "FRACTION", "ROUNDS"), help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(one(int(args.one[0]), float(args.one[1]), int(args.one[2]))))
@@ -72,7 +80,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             emit(f"... {n} sites, sample_fraction {f}")
             proc = subprocess.run(
                 [sys.executable, __file__, "--one", str(n), str(f), str(args.rounds)],
-                capture_output=True, text=True, timeout=3600,
+                capture_output=True,
+                text=True,
+                timeout=3600,
             )
             if proc.returncode != 0:
                 err = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
@@ -86,14 +96,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for r in results:
         if "failed" in r or not r.get("ok"):
-            rows.append([r["sites"], r["fraction"], "FAILED", r.get("failed") or r.get("error"),
-                         "", ""])
+            rows.append(
+                [r["sites"], r["fraction"], "FAILED", r.get("failed") or r.get("error"), "", ""]
+            )
             continue
         st = stats(r["round_s"])
-        rows.append([r["sites"], f"{r['fraction']:.0%}", fmt_s(st["median"]),
-                     fmt_s(st["max"]), fmt_s(r["wall_s"]), mib(r["peak_rss"])])
-    table(rows, ["sites", "sampled", "s/round (median)", "s/round (max)",
-                 "whole simulation", "peak RSS"])
+        rows.append(
+            [
+                r["sites"],
+                f"{r['fraction']:.0%}",
+                fmt_s(st["median"]),
+                fmt_s(st["max"]),
+                fmt_s(r["wall_s"]),
+                mib(r["peak_rss"]),
+            ]
+        )
+    table(
+        rows,
+        ["sites", "sampled", "s/round (median)", "s/round (max)", "whole simulation", "peak RSS"],
+    )
     return results
 
 

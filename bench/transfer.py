@@ -56,17 +56,33 @@ def grpc_baseline(fed, size: int, clients: int) -> dict:  # type: ignore[no-unty
     script = str(HERE / "_grpc_baseline.py")
     server = subprocess.Popen(
         [py, script, "serve", "--kit", str(fed.layout.server_kit), "--size", str(size)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     procs = []
     try:
         port = int(server.stdout.readline())
         sites = list(fed.layout.site_kits.values())[:clients]
         for kit in sites:
-            procs.append(subprocess.Popen(
-                [py, script, "client", "--kit", str(kit), "--port", str(port), "--size", str(size)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        py,
+                        script,
+                        "client",
+                        "--kit",
+                        str(kit),
+                        "--port",
+                        str(port),
+                        "--size",
+                        str(size),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
         for c in procs:
             assert c.stdout.readline().strip() == "ready"
         t0 = time.monotonic()
@@ -93,8 +109,14 @@ def grpc_baseline(fed, size: int, clients: int) -> dict:  # type: ignore[no-unty
 
 def run_size(size: int, rounds: int, sites: int, tmp: Path) -> dict:
     with federation(sites) as fed:
-        job = write_job(tmp, name=f"transfer-{size}", num_rounds=rounds, model_bytes=size,
-                        num_arrays=8, min_clients=sites)
+        job = write_job(
+            tmp,
+            name=f"transfer-{size}",
+            num_rounds=rounds,
+            model_bytes=size,
+            num_arrays=8,
+            min_clients=sites,
+        )
         roots = {"server": fed.pid("server1")}
         roots.update({s: fed.pid(s) for s in fed.layout.site_kits})
         with PeakSampler(roots) as peaks:
@@ -148,8 +170,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 continue
             results.append(res)
             emit(f"    raw round durations (s): {res['rounds']}")
-            emit(f"    raw per-transfer MB/s down {[round(x) for x in res['down_mbps']]} "
-                 f"up {[round(x) for x in res['up_mbps']]}")
+            emit(
+                f"    raw per-transfer MB/s down {[round(x) for x in res['down_mbps']]} "
+                f"up {[round(x) for x in res['up_mbps']]}"
+            )
             emit(f"    raw plain grpcio: {json.dumps(res['base'])}")
     emit()
     rows = []
@@ -159,21 +183,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         d, u = stats(r["down_mbps"]), stats(r["up_mbps"])
         ratio = r["round_mbps"] / r["base"]["mbps"]
-        rows.append([
-            mib(r["size"]),
-            fmt_s(r["round_median_s"]),
-            f"{r['round_mbps']:.0f}",
-            f"{d.get('median', 0):.0f} / {u.get('median', 0):.0f}",
-            f"{r['base']['mbps']:.0f} ({fmt_s(r['base']['wall_s'])})",
-            f"{ratio:.0%}",
-            f"{mib(r['server_peak'])} ({r['server_peak'] / r['size']:.1f}x)",
-            f"{mib(r['site_peak'])} ({r['site_peak'] / r['size']:.1f}x)",
-        ])
-    table(rows, ["model", "s/round", "round MB/s", "per-transfer MB/s down/up",
-                 "plain grpcio MB/s (same shape)", "shoal/grpcio",
-                 "server peak RSS", "site peak RSS"])
-    emit("round MB/s = 2 sites x (down + up) x model bytes / median round time (round 1 left out when there are 3+); "
-         "peak RSS = daemon + its job process (VmHWM, sampled every 50 ms)")
+        rows.append(
+            [
+                mib(r["size"]),
+                fmt_s(r["round_median_s"]),
+                f"{r['round_mbps']:.0f}",
+                f"{d.get('median', 0):.0f} / {u.get('median', 0):.0f}",
+                f"{r['base']['mbps']:.0f} ({fmt_s(r['base']['wall_s'])})",
+                f"{ratio:.0%}",
+                f"{mib(r['server_peak'])} ({r['server_peak'] / r['size']:.1f}x)",
+                f"{mib(r['site_peak'])} ({r['site_peak'] / r['size']:.1f}x)",
+            ]
+        )
+    table(
+        rows,
+        [
+            "model",
+            "s/round",
+            "round MB/s",
+            "per-transfer MB/s down/up",
+            "plain grpcio MB/s (same shape)",
+            "shoal/grpcio",
+            "server peak RSS",
+            "site peak RSS",
+        ],
+    )
+    emit(
+        "round MB/s = 2 sites x (down + up) x model bytes / median round time (round 1 left out when there are 3+); "
+        "peak RSS = daemon + its job process (VmHWM, sampled every 50 ms)"
+    )
     return results
 
 

@@ -17,7 +17,10 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 def _run(name: str, *args: str, timeout: float = 240) -> str:
     proc = subprocess.run(
         [sys.executable, str(BENCH / f"{name}.py"), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=BENCH.parent,
     )
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = proc.stdout

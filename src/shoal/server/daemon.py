@@ -92,9 +92,7 @@ class ServerDaemon:
             or os.environ.get("SHOAL_HEARTBEAT_TIMEOUT_S")
             or cfg.get("heartbeat_timeout_s", 30)
         )
-        self.heartbeat_interval_s = float(
-            opts.heartbeat_interval_s or self.heartbeat_timeout_s / 3
-        )
+        self.heartbeat_interval_s = float(opts.heartbeat_interval_s or self.heartbeat_timeout_s / 3)
         self.project_sites = tuple(
             p["name"] for p in cfg.get("participants", []) if p.get("type") == "client"
         )
