@@ -300,6 +300,7 @@ def _round(
                 "round %d: ignoring unexpected result from %s (round %d)", k, site, result.round
             )
             continue
+        arrays: dict[str, np.ndarray] | None = None
         try:
             arrays = _validate(result, reference)
             mean.add(arrays, weight=result.num_examples)
@@ -307,6 +308,10 @@ def _round(
             refused[site] = str(exc)
             log.warning("round %d: refused the result of %s: %s", k, site, exc)
             continue
+        finally:
+            # Unmap this result now, not when the next one is already mapped:
+            # memory stays at the running mean plus one result.
+            arrays = None
         accepted[site] = result
         log.info("round %d: result from %s (%d examples)", k, site, result.num_examples)
 
