@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shoal import __version__
 from shoal._proto import shoal_pb2 as pb
@@ -38,8 +37,9 @@ from shoal.client.worker import WorkerConfig
 from shoal.errors import ConfigError, ShoalError
 from shoal.provision import Kit
 from shoal.server.daemon import EXIT_RESTART, local_sys_info
-from shoal.transport import PayloadHeader, from_rpc_error, open_channel, read_header, start_server
+from shoal.transport import PayloadHeader, from_rpc_error, open_channel, read_header
 from shoal.transport.frames import frames_from_file, receive_to_file
+from shoal.transport.health import HealthEndpoint, start_health
 
 __all__ = ["SiteDaemon", "SiteOptions"]
 
@@ -96,8 +96,7 @@ class SiteDaemon:
         self._workers: dict[str, _Worker] = {}
         self._lock = threading.Lock()
         self._call: Any = None
-        self._health_server: grpc.Server | None = None
-        self._health: health.HealthServicer | None = None
+        self._health: HealthEndpoint | None = None
         self.health_port: int | None = None
         self._channel = open_channel(self.server_address, kit.tls, server_name=self.server_name)
         self._stub = pb_grpc.FleetStub(self._channel)
@@ -115,16 +114,11 @@ class SiteDaemon:
     def start(self) -> None:
         (self.workspace / "jobs").mkdir(parents=True, exist_ok=True)
         if self.opts.health_port is not None:
-            self._health = health.HealthServicer()
-            self._health_server, self.health_port = start_server(
-                host="0.0.0.0",
-                port=self.opts.health_port,
-                tls=None,
-                register=[lambda s: health_pb2_grpc.add_HealthServicer_to_server(self._health, s)],
-                max_workers=4,
+            # "" is the daemon's liveness; shoal.v1.Site whether it is connected.
+            self._health = start_health(
+                "0.0.0.0", self.opts.health_port, {"": True, "shoal.v1.Site": False}
             )
-            self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-            self._health.set("shoal.v1.Site", health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.health_port = self._health.port
         self._thread = threading.Thread(target=self._run, name="site-session", daemon=True)
         self._thread.start()
         log.info(
@@ -154,8 +148,8 @@ class SiteDaemon:
             self._kill(w, "site daemon stopping")
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._health_server is not None:
-            self._health_server.stop(grace=0.5)
+        if self._health is not None:
+            self._health.stop()
         self._channel.close()
         log.info("site %s stopped", self.name)
 
@@ -200,12 +194,7 @@ class SiteDaemon:
             self.connected.clear()
             self.session_id = None
         if self._health is not None:
-            self._health.set(
-                "shoal.v1.Site",
-                health_pb2.HealthCheckResponse.SERVING
-                if up
-                else health_pb2.HealthCheckResponse.NOT_SERVING,
-            )
+            self._health.set("shoal.v1.Site", up)
 
     def _session(self) -> None:
         hello = pb.Hello(

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shoal import __version__, jobstatus
 from shoal._proto import shoal_pb2 as pb
@@ -35,6 +34,7 @@ from shoal.server.jobrun import JobRun
 from shoal.server.sessions import SiteRegistry
 from shoal.server.store import JobRecord, JobStore, utc_now
 from shoal.transport import peer_cert_pem, start_server
+from shoal.transport.health import HealthEndpoint, start_health
 
 __all__ = ["EXIT_RESTART", "ServerDaemon", "ServerOptions"]
 
@@ -106,7 +106,7 @@ class ServerDaemon:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._servers: list[grpc.Server] = []
-        self._health: health.HealthServicer | None = None
+        self._health: HealthEndpoint | None = None
         self._crl_path = kit.local / "crl.pem"
         self._crl_mtime: float | None = None
         self._revoked: frozenset[int] = frozenset()
@@ -133,7 +133,6 @@ class ServerDaemon:
         self.registry.on_change(self._site_changed)
         fleet = FleetService(self)
         admin = AdminService(self)
-        self._health = health.HealthServicer()
         tls = self.kit.tls
         fed_server, self.ports["fed"] = start_server(
             host=self.host,
@@ -151,16 +150,13 @@ class ServerDaemon:
         )
         self._servers.append(admin_server)
         if self._want_ports["health"] >= 0:
-            health_server, self.ports["health"] = start_server(
-                host=self.host,
-                port=self._want_ports["health"],
-                tls=None,
-                register=[lambda s: health_pb2_grpc.add_HealthServicer_to_server(self._health, s)],
-                max_workers=4,
+            self._health = start_health(
+                self.host,
+                self._want_ports["health"],
+                {"": True, "shoal.v1.Fleet": True, "shoal.v1.Admin": True},
             )
-            self._servers.append(health_server)
-        for service in ("", "shoal.v1.Fleet", "shoal.v1.Admin"):
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self.ports["health"] = self._health.port
+            self._servers.append(self._health.server)
         threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True).start()
         threading.Thread(target=self._expire_loop, name="heartbeats", daemon=True).start()
         self._write_ready()
@@ -186,7 +182,7 @@ class ServerDaemon:
 
     def stop(self, reason: str = "shutting down") -> None:
         if self._health is not None:
-            self._health.enter_graceful_shutdown()
+            self._health.draining()
         self._stop.set()
         self._wake.set()
         # Tell sites first: they reconnect with backoff when we are back.

@@ -1,0 +1,51 @@
+"""The standard gRPC health service, in plaintext, for probes (Kubernetes,
+docker-compose). It says whether a daemon is alive; it carries no data."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from shoal.transport.channels import start_server
+
+__all__ = ["HealthEndpoint", "start_health"]
+
+
+class HealthEndpoint:
+    """A running health server; ``set(service, serving)`` flips a status."""
+
+    def __init__(self, server: grpc.Server, port: int, servicer: health.HealthServicer) -> None:
+        self.server = server
+        self.port = port
+        self._servicer = servicer
+
+    def set(self, service: str, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self._servicer.set(service, status)
+
+    def draining(self) -> None:
+        """Every service NOT_SERVING from now on (a daemon shutting down)."""
+        self._servicer.enter_graceful_shutdown()
+
+    def stop(self, grace: float = 0.5) -> None:
+        self.server.stop(grace)
+
+
+def start_health(host: str, port: int, serving: dict[str, bool]) -> HealthEndpoint:
+    """Serve grpc.health.v1 on ``host:port`` (0: any free port) with initial statuses."""
+    servicer = health.HealthServicer()
+    server, bound = start_server(
+        host=host,
+        port=port,
+        tls=None,
+        register=[lambda s: health_pb2_grpc.add_HealthServicer_to_server(servicer, s)],
+        max_workers=4,
+    )
+    endpoint = HealthEndpoint(server, bound, servicer)
+    for service, up in serving.items():
+        endpoint.set(service, up)
+    return endpoint
