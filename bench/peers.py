@@ -4,12 +4,12 @@ table of ratios (workload 6).
     bash bench/peers/setup.sh            # once: the peers' own venvs (gitignored)
     python bench/peers.py [--quick]
 
-shoal's figures are measured now, in this process's run. The peers' figures
-are, for now, QUOTED from issue 7 ("measured on this 2-core class of
-machine": NVIDIA FLARE 2.9.0 POC mode with its provisioned mTLS, Flower
-1.42.0 with a SuperLink and two SuperNodes), not measured here: this script
-does not yet drive the peers' federations (see bench/README.md). Every quoted
-figure is labelled so in the table.
+shoal's figures are measured now, in this process's run, and so is NVIDIA
+FLARE's tiny round (``peers_nvflare.py`` drives its POC federation with the
+same workload) when its venv exists. The other peer figures are QUOTED from
+issue 7 ("measured on this 2-core class of machine": NVIDIA FLARE 2.9.0 POC
+mode, Flower 1.42.0 with a SuperLink and two SuperNodes); every figure says
+in the table whether it was measured or quoted.
 """
 
 from __future__ import annotations
@@ -68,18 +68,28 @@ def main(argv: list[str] | None = None) -> dict:
         ro = round_overhead.main(["--quick"] if args.quick else ["--rounds", "10"])
         tr = transfer.main(["--quick"] if args.quick else ["--sizes", "100M", "--rounds", "3"])
     tiny = ro["round_median_s"]
+    measured: dict[str, float] = {}
+    if not args.quick:
+        import peers_nvflare
+
+        with contextlib.redirect_stdout(raw):
+            nv = peers_nvflare.main(["--rounds", "10"])
+        if nv.get("round_median_s"):
+            measured["NVIDIA FLARE 2.9.0"] = float(nv["round_median_s"])
     big = next((r for r in tr if "error" not in r), None)
     big_s = big["round_median_s"] if big else None
     big_label = f"{big['size'] // MiB} MiB round" if big else "100 MiB round"
     rows = []
     for name, q in QUOTED.items():
+        peer_tiny = measured.get(name, q["tiny"])
+        how = "measured now" if name in measured else "quoted"
         rows.append(
             [
                 "tiny round (FedAvg, 2 sites)",
                 fmt_s(tiny),
                 name,
-                f"{fmt_s(q['tiny'])} (quoted)",
-                f"{q['tiny'] / tiny:.1f}x faster",
+                f"{fmt_s(peer_tiny)} ({how})",
+                f"{peer_tiny / tiny:.1f}x faster",
             ]
         )
         if big_s is not None:
@@ -96,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(["1 GiB round", "see transfer.py", name, "did not fit in 24 GB (quoted)", "-"])
     emit()
     table(rows, ["workload", "shoal (measured now)", "peer", "peer", "peer time / shoal time"])
-    emit("peer figures: QUOTED from issue 7, not measured in this run")
+    emit("peer figures marked 'quoted' come from issue 7 and were not measured in this run")
     emit()
     emit("## raw shoal output")
     emit(raw.getvalue())
