@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shoal.errors import ConfigError
 from shoal.sim.site import task_message
 from shoal.workflows.api import TaskResult
@@ -69,6 +71,16 @@ class _Task:
     started: float
     inbox: queue.SimpleQueue[TaskResult | str] = field(default_factory=queue.SimpleQueue)
     closed: bool = False
+
+
+@dataclass(frozen=True)
+class InMemoryResult(TaskResult):
+    """A result handed over by a site thread of this process: no file."""
+
+    params: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.params)
 
 
 class SimCommunicator:
@@ -262,19 +274,21 @@ class SimCommunicator:
             late = state is None or state.closed or site not in state.pending
         if late or state is None:
             logger.info("%s: late result for %s dropped", site, task_id)
-            with contextlib.suppress(OSError):
-                Path(str(message["path"])).unlink()
+            if "path" in message:
+                with contextlib.suppress(OSError):
+                    Path(str(message["path"])).unlink()
             return
-        state.inbox.put(
-            TaskResult(
-                site=site,
-                task_id=task_id,
-                round=int(message["round"]),
-                num_examples=int(message["num_examples"]),
-                metrics=dict(message.get("metrics") or {}),
-                path=Path(str(message["path"])),
-            )
-        )
+        fields: dict[str, Any] = {
+            "site": site,
+            "task_id": task_id,
+            "round": int(message["round"]),
+            "num_examples": int(message["num_examples"]),
+            "metrics": dict(message.get("metrics") or {}),
+        }
+        if "arrays" in message:
+            state.inbox.put(InMemoryResult(**fields, path=Path(), params=message["arrays"]))
+        else:
+            state.inbox.put(TaskResult(**fields, path=Path(str(message["path"]))))
 
     def on_exit(self, site: str, error: str | None, *, left_early: bool = False) -> None:
         """``site``'s script ended (``error``: why it failed, if it did)."""

@@ -384,6 +384,7 @@ def _simulate(
                     emit=comm.on_message,
                     max_active=config.threads or cpus,
                     stack_size=_stack_size(config, len(sites)),
+                    in_memory=True,
                 )
                 for name in sites:
                     route_to[name] = runtime.deliver

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import CodeType
 from typing import Any
 
+import numpy as np
+
 from shoal.arrays import save_arrays
 from shoal.client.api import FLModel, use_backend
 from shoal.errors import ShoalError
@@ -65,6 +67,25 @@ def task_message(
     }
 
 
+class _WeightsCache:
+    """The current global model, read from its file once for all sites."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._path: str | None = None
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def copy_of(self, path: str) -> dict[str, np.ndarray]:
+        from shoal.arrays import load_arrays
+
+        with self._lock:
+            if path != self._path:
+                self._arrays = load_arrays(path, mmap=False)
+                self._path = path
+            arrays = self._arrays
+        return {k: v.copy() for k, v in arrays.items()}
+
+
 class SimBackend:
     """The Client API backend of one simulated site (``shoal.client.ClientBackend``)."""
 
@@ -77,6 +98,7 @@ class SimBackend:
         results_dir: Path,
         emit: Emit,
         slots: threading.Semaphore,
+        weights: _WeightsCache | None = None,
     ) -> None:
         self.site_name = site.name
         self.job_id = job_id
@@ -86,6 +108,9 @@ class SimBackend:
         self._results_dir = results_dir
         self._emit = emit
         self._slots = slots
+        # Threads of the simulator's own process share the global model and
+        # hand results over in memory; worker processes use files.
+        self._weights = weights
         self._holding = False
         self._current: dict[str, Any] | None = None
         self.finished = False
@@ -116,7 +141,10 @@ class SimBackend:
         meta = dict(message.get("meta") or {})
         total = meta.get("total_rounds", meta.get("num_rounds"))
         # Writable copies: a script may update the arrays it receives in place.
-        params = load_arrays(message["weights_path"], mmap=False)
+        if self._weights is not None:
+            params = self._weights.copy_of(message["weights_path"])
+        else:
+            params = load_arrays(message["weights_path"], mmap=False)
         return FLModel(
             params=params,
             current_round=int(message["round"]),
@@ -128,22 +156,26 @@ class SimBackend:
         task = self._current
         if task is None:
             raise ShoalError(f"{self.site_name}: send() without a task")
-        path = self._results_dir / task["task_id"] / f"{self.site_name}.safetensors"
-        # No fsync: a simulation need not survive a power cut, and 1,000
-        # sites' fsyncs would double a round's time.
-        save_arrays(path, model.params, durable=False)
+        message: dict[str, Any] = {
+            "type": "result",
+            "site": self.site_name,
+            "task_id": task["task_id"],
+            "round": task["round"],
+            "num_examples": int(model.num_examples),
+            "metrics": {k: float(v) for k, v in model.metrics.items()},
+        }
+        if self._weights is not None:
+            # Same process: the arrays themselves (copied: the script may
+            # reuse its buffers), no file written and read back per site.
+            message["arrays"] = {k: np.array(v, copy=True) for k, v in model.params.items()}
+        else:
+            path = self._results_dir / task["task_id"] / f"{self.site_name}.safetensors"
+            # No fsync: a simulation need not survive a power cut, and 1,000
+            # sites' fsyncs would double a round's time.
+            save_arrays(path, model.params, durable=False)
+            message["path"] = str(path)
         self._current = None
-        self._emit(
-            {
-                "type": "result",
-                "site": self.site_name,
-                "task_id": task["task_id"],
-                "round": task["round"],
-                "num_examples": int(model.num_examples),
-                "metrics": {k: float(v) for k, v in model.metrics.items()},
-                "path": str(path),
-            }
-        )
+        self._emit(message)
         self.release()
 
     def close(self) -> None:
@@ -168,12 +200,14 @@ class SiteRuntime:
         emit: Emit,
         max_active: int,
         stack_size: int = 0,
+        in_memory: bool = False,
     ) -> None:
         self._script = script
         self._code: CodeType = compile(script.read_bytes(), str(script), "exec")
         self._emit = emit
         self._stack_size = stack_size
         slots = threading.Semaphore(max(1, max_active))
+        weights = _WeightsCache() if in_memory else None
         self.backends = {
             s.name: SimBackend(
                 s,
@@ -182,6 +216,7 @@ class SiteRuntime:
                 results_dir=results_dir,
                 emit=emit,
                 slots=slots,
+                weights=weights,
             )
             for s in sites
         }
