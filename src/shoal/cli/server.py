@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-transfers",
         type=int,
-        default=4,
-        help="model transfers streamed at once; bounds memory (default 4)",
+        default=8,
+        help="model transfers streamed at once; bounds memory (default 8)",
     )
     p.set_defaults(func=run)
 

@@ -65,7 +65,7 @@ class ServerOptions:
     #: Model transfers (to or from sites) streamed at once; the others wait
     #: their turn. Bounds the daemon's memory whatever the number of sites
     #: (each stream holds gRPC buffers); more does not help on a few cores.
-    max_transfers: int = 4
+    max_transfers: int = 8
 
 
 class ServerDaemon:
