@@ -7,7 +7,9 @@ free ports); each fixture stops everything it started, even when a test fails.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,31 @@ def federation(federation_factory) -> Federation:  # type: ignore[no-untyped-def
     """server1 + site-1 + site-2, all connected."""
     fed: Federation = federation_factory(2)
     return fed
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``python -m shoal ...`` processes; each is stopped at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"proc{len(procs)}.out", "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "shoal", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -101,37 +101,6 @@ def _beat(channel: grpc.Channel) -> grpc.RpcError:
     return info.value
 
 
-@pytest.fixture
-def client_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start ``shoal client`` processes; each is stopped at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(kit: Path, server: str) -> subprocess.Popen[bytes]:
-        out = open(tmp_path / f"client{len(procs)}.out", "wb")  # noqa: SIM115
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal", "client", "--kit", str(kit), "--server", server],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            out.close()
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # -- refused in the TLS handshake -------------------------------------------------
 
 
@@ -151,7 +120,7 @@ def test_no_client_certificate(fed: Fed) -> None:
 
 @pytest.mark.usefixtures("unchanged")
 def test_certificate_from_another_ca(
-    fed: Fed, tmp_path: Path, client_process: Callable[..., subprocess.Popen[bytes]]
+    fed: Fed, tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     other = poc.prepare(tmp_path / "other", num_sites=1)
     stranger = load_kit(other.site_kits["site-1"])
@@ -169,7 +138,9 @@ def test_certificate_from_another_ca(
         "the server to log the unverifiable client certificate",
     )
     # The other project's site daemon, run for real: it never connects, and says why.
-    proc = client_process(other.site_kits["site-1"], fed.layout.fed_address)
+    proc = spawn(
+        "client", "--kit", str(other.site_kits["site-1"]), "--server", fed.layout.fed_address
+    )
     wait_for(
         lambda: log_has(other.site_kits["site-1"] / "log.txt", "CERTIFICATE_VERIFY_FAILED"),
         "the stranger site to log the failed handshake",
@@ -261,9 +232,7 @@ def test_tampered_kit_does_not_start(fed: Fed, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("unchanged")
-def test_server_with_another_name(
-    fed: Fed, client_process: Callable[..., subprocess.Popen[bytes]]
-) -> None:
+def test_server_with_another_name(fed: Fed, spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
     # Same project, same CA, but this provision run names the server server2:
     # its site-1 must refuse server1's certificate even though the CA matches.
     project = fed.workspace / "project.yml"
@@ -271,7 +240,7 @@ def test_server_with_another_name(
     renamed.write_text(project.read_text().replace("name: server1", "name: server2"))
     kit = provision(renamed, fed.workspace / "kits").kits["site-1"]
     assert load_kit(kit).tls.ca_pem == fed.site_kit().tls.ca_pem
-    proc = client_process(kit, fed.layout.fed_address)
+    proc = spawn("client", "--kit", str(kit), "--server", fed.layout.fed_address)
     wait_for(
         lambda: log_has(kit / "log.txt", "Hostname Verification Check failed"),
         "the site to log that the server's certificate does not name server2",
