@@ -428,3 +428,13 @@ class Tee:
 
     def text(self) -> str:
         return "".join(self.parts)
+
+
+def run_job_sampled(fed: Fed, job: Path, *, timeout: float = 3600) -> tuple[JobRun, PeakSampler]:
+    """Run ``job`` while sampling the peak RSS of the server and every site
+    (each with its children: workflow process, job workers)."""
+    roots = {"server": fed.pid("server1")}
+    roots.update({s: fed.pid(s) for s in fed.layout.site_kits})
+    with PeakSampler(roots) as peaks:
+        run = run_job(fed, job, timeout=timeout)
+    return run, peaks

@@ -21,13 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    PeakSampler,
     emit,
     federation,
     fmt_s,
     header,
     mib,
-    run_job,
+    run_job_sampled,
     table,
     write_job,
 )
@@ -44,10 +43,7 @@ def measure(size: int, sites: int, rounds: int, tmp: Path) -> dict:
             num_arrays=8,
             min_clients=sites,
         )
-        roots = {"server": fed.pid("server1")}
-        roots.update({s: fed.pid(s) for s in fed.layout.site_kits})
-        with PeakSampler(roots) as peaks:
-            r = run_job(fed, job, timeout=3600)
+        r, peaks = run_job_sampled(fed, job)
         site_totals = {s: peaks.total(s) for s in fed.layout.site_kits}
         worst = max(site_totals, key=site_totals.__getitem__)
         return {

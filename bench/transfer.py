@@ -28,13 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     GiB,
     MiB,
-    PeakSampler,
     emit,
     federation,
     fmt_s,
     header,
     mib,
-    run_job,
+    run_job_sampled,
     stats,
     table,
     transfer_times,
@@ -117,10 +116,7 @@ def run_size(size: int, rounds: int, sites: int, tmp: Path) -> dict:
             num_arrays=8,
             min_clients=sites,
         )
-        roots = {"server": fed.pid("server1")}
-        roots.update({s: fed.pid(s) for s in fed.layout.site_kits})
-        with PeakSampler(roots) as peaks:
-            r = run_job(fed, job, timeout=3600)
+        r, peaks = run_job_sampled(fed, job)
         # The model on the wire is the safetensors file: header + data.
         wire = size + 1024
         durs = [float(x["duration_s"]) for x in r.rounds]
