@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -183,15 +184,14 @@ class AdminService(pb_grpc.AdminServicer):
         assert self.d.store is not None
         if jobstatus.is_finished(rec.status):
             raise ConfigError(f"job {rec.job_id} already finished ({rec.status})")
-        with self.d._runs_lock:
-            run = self.d.runs.get(rec.job_id)
+        run = self.d.run_of(rec.job_id)
         if run is not None:
             run.abort(f"aborted by {who.name}")
             # The watcher records ABORTED once the process group is gone.
             for _ in range(100):
                 if run.ended and rec.job_id not in self.d.runs:
                     break
-                threading.Event().wait(0.1)
+                time.sleep(0.1)
         else:
             self.d.store.update(
                 rec.job_id,
@@ -240,8 +240,7 @@ class AdminService(pb_grpc.AdminServicer):
     def show_stats(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._job(args)
         authorize(who, "show_stats", job=rec)
-        with self.d._runs_lock:
-            run = self.d.runs.get(rec.job_id)
+        run = self.d.run_of(rec.job_id)
         metrics = _read_metrics(rec.run_dir / "metrics.jsonl")
         return {
             "job_id": rec.job_id,

@@ -285,6 +285,11 @@ class ServerDaemon:
     def wake_scheduler(self) -> None:
         self._wake.set()
 
+    def run_of(self, job_id: str) -> JobRun | None:
+        """The running job ``job_id``, if it is running."""
+        with self._runs_lock:
+            return self.runs.get(job_id)
+
     def busy_sites(self) -> set[str]:
         with self._runs_lock:
             return {s for r in self.runs.values() for s in r.sites}

@@ -95,8 +95,7 @@ class FleetService(pb_grpc.FleetServicer):
 
     def ReportJob(self, request: pb.JobEvent, context: grpc.ServicerContext) -> pb.Ack:
         who = self.d.identify(context, expected_type="client")
-        with self.d._runs_lock:
-            run = self.d.runs.get(request.job_id)
+        run = self.d.run_of(request.job_id)
         log.info(
             "site %s: job %s worker %s%s",
             who.name,
@@ -111,8 +110,7 @@ class FleetService(pb_grpc.FleetServicer):
     # -- the job worker ---------------------------------------------------------
 
     def _run_for(self, site: str, job_id: str) -> JobRun:
-        with self.d._runs_lock:
-            run = self.d.runs.get(job_id)
+        run = self.d.run_of(job_id)
         if run is None:
             raise NotFoundError(f"job {job_id} is not running")
         if site not in run.sites:
