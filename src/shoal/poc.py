@@ -88,10 +88,17 @@ class PocLayout:
         }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 now (all bound at once, so the
+    OS cannot hand the same one out twice)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def prepare(
@@ -119,11 +126,11 @@ def prepare(
             )
         stop(workspace)
     workspace.mkdir(parents=True, exist_ok=True)
-    fed = fed_port or _free_port()
-    adm = admin_port or _free_port()
-    while adm == fed:
-        adm = _free_port()
-    health = _free_port()
+    taken = {p for p in (fed_port, admin_port) if p}
+    spare = [p for p in free_ports(3 + len(taken)) if p not in taken]
+    fed = fed_port or spare.pop()
+    adm = admin_port or spare.pop()
+    health = spare.pop()
     sites = [f"site-{i}" for i in range(1, num_sites + 1)]
     lines = [
         "# A local proof-of-concept project written by `shoal poc prepare`.",

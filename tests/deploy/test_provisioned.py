@@ -9,7 +9,6 @@ import base64
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,21 +27,11 @@ if not hasattr(provision_mod, "provision"):  # pragma: no cover - provisioning n
 from cryptography import x509  # noqa: E402
 
 from shoal.deploy.healthcheck import check  # noqa: E402
+from shoal.poc import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
 KUBECTL = shutil.which("kubectl")
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _provision(tmp_path: Path, fed: int = 8002, admin: int = 8003, health: int = 8004) -> Path:
@@ -167,7 +156,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
 def test_pods_start_from_secret_mounted_kits(tmp_path: Path) -> None:
-    fed, admin, health, site_health = _free_ports(4)
+    fed, admin, health, site_health = free_ports(4)
     prod_dir = _provision(tmp_path, fed, admin, health)
     write_manifests(prod_dir, tmp_path / "k8s", K8sOptions(site_health_port=site_health))
     docs = _render(tmp_path / "k8s")

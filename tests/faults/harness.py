@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,15 +23,10 @@ from typing import Any
 import numpy as np
 
 from shoal.admin.session import AdminSession
+from shoal.poc import free_ports
 from shoal.provision import provision
 
 PROJECT = "fault_project"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, *, poll: float = 0.2) -> Any:
@@ -58,10 +52,7 @@ class Fed:
         admins: Sequence[tuple[str, str, str]] = (("admin@nvidia.com", "nvidia", "project_admin"),),
     ) -> None:
         self.root = root
-        self.fed_port = free_port()
-        self.admin_port = free_port()
-        while self.admin_port == self.fed_port:
-            self.admin_port = free_port()
+        self.fed_port, self.admin_port, health_port = free_ports(3)
         lines = [
             "api_version: 3",
             f"name: {PROJECT}",
@@ -71,6 +62,7 @@ class Fed:
             "    org: nvidia",
             f"    fed_learn_port: {self.fed_port}",
             f"    admin_port: {self.admin_port}",
+            f"    health_port: {health_port}",
             "    host_names: [127.0.0.1, localhost]",
         ]
         for s in sites:

@@ -8,7 +8,6 @@ submitted jobs stay SUBMITTED, which is all these checks need.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from shoal.admin.session import AdminSession
 from shoal.errors import NotAuthorizedError
+from shoal.poc import free_ports
 from shoal.provision import provision
 
 HELLO_NUMPY = Path(__file__).resolve().parents[2] / "examples" / "hello-numpy"
@@ -28,12 +28,6 @@ ADMINS = {
     "lead@nvidia.com": "lead",
     "member@nvidia.com": "member",
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -57,7 +51,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("roles")
-    fed, adm, health = _free_port(), _free_port(), _free_port()
+    fed, adm, health = free_ports(3)
     lines = [
         "api_version: 3",
         "name: roles_project",
