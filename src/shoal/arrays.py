@@ -26,7 +26,7 @@ import math
 import mmap as _mmap
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -38,11 +38,13 @@ from shoal.errors import ArrayFormatError
 __all__ = [
     "MAX_HEADER_BYTES",
     "ArraySpec",
+    "EncodedArrays",
     "Header",
     "array_specs",
     "check_compatible",
     "check_finite",
     "decode_header",
+    "encode_arrays",
     "encode_header",
     "load_arrays",
     "read_header",
@@ -162,24 +164,54 @@ def encode_header(
     return raw, order
 
 
-def _write_array(f: BinaryIO, arr: np.ndarray, hasher: Any) -> None:
-    def put(data: Any) -> None:
-        hasher.update(data)
-        f.write(data)
-
+def _array_pieces(arr: np.ndarray) -> Iterator[memoryview | bytes]:
+    """The little-endian C-order bytes of ``arr``: its own buffer when it has
+    that layout already, else converted slab by slab."""
     little = arr.dtype.newbyteorder("<")
     if arr.flags.c_contiguous and little == arr.dtype:
         if arr.nbytes:
-            put(arr.reshape(-1).data.cast("B"))
+            yield arr.reshape(-1).data.cast("B")
         return
     if arr.ndim == 0:
-        put(arr.astype(little).tobytes())
+        yield arr.astype(little).tobytes()
         return
     # Convert slab by slab along the first axis (C order follows it), so a
     # Fortran-ordered or big-endian layer is never copied whole.
     step = max(1, _CHUNK_BYTES // max(1, arr[0:1].nbytes))
     for i in range(0, arr.shape[0], step):
-        put(np.ascontiguousarray(arr[i : i + step], dtype=little).tobytes())
+        yield np.ascontiguousarray(arr[i : i + step], dtype=little).tobytes()
+
+
+@dataclass(frozen=True)
+class EncodedArrays:
+    """The file :func:`write_arrays` would write, as a stream (see :func:`encode_arrays`)."""
+
+    #: Total bytes the pieces add up to.
+    size: int
+    #: The bytes in order: the length prefix and header, then each array.
+    pieces: Iterator[memoryview | bytes]
+
+
+def encode_arrays(
+    arrays: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+) -> EncodedArrays:
+    """The safetensors bytes of ``arrays`` without building them: the size now,
+    the bytes piece by piece (arrays' own buffers where possible).
+
+    Names, dtypes and metadata are checked here, before the first piece, so a
+    bad model fails before anything is written or sent.
+    """
+    checked = {name: _as_array(name, value) for name, value in arrays.items()}
+    header, order = encode_header(checked, metadata)
+    prefix = len(header).to_bytes(8, "little") + header
+    size = len(prefix) + sum(checked[name].nbytes for name in order)
+
+    def pieces() -> Iterator[memoryview | bytes]:
+        yield prefix
+        for name in order:
+            yield from _array_pieces(checked[name])
+
+    return EncodedArrays(size=size, pieces=pieces())
 
 
 @dataclass(frozen=True)
@@ -212,19 +244,16 @@ def write_arrays(
     the simulator's per-site results.
     """
     path = Path(path)
-    checked = {name: _as_array(name, value) for name, value in arrays.items()}
-    header, order = encode_header(checked, metadata)
+    encoded = encode_arrays(arrays, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     hasher = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as f:
-            prefix = len(header).to_bytes(8, "little") + header
-            hasher.update(prefix)
-            f.write(prefix)
-            for name in order:
-                _write_array(f, checked[name], hasher)
+            for piece in encoded.pieces:
+                hasher.update(piece)
+                f.write(piece)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())

@@ -17,13 +17,14 @@ import grpc
 from shoal._proto import shoal_pb2 as pb
 from shoal.provision import identity_from_cert
 from shoal.transport import peer_cert_pem, read_header, receive_to_file, rpc_errors
+from shoal.transport.frames import WireFrame, decode_frame, encode_frame
 
 #: Largest payload the test service accepts unless told otherwise.
 MAX_PUT = 64 * 1024 * 1024
 
 
 def transfer_handler(dest_dir: Path, *, max_size: int = MAX_PUT) -> grpc.GenericRpcHandler:
-    def put(frames: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Ack:
+    def put(frames: Iterator[WireFrame], context: grpc.ServicerContext) -> pb.Ack:
         with rpc_errors(context, "test put"):
             header = read_header(frames)
             got = receive_to_file(header, frames, dest_dir / header.kind, max_size=max_size)
@@ -40,7 +41,7 @@ def transfer_handler(dest_dir: Path, *, max_size: int = MAX_PUT) -> grpc.Generic
         {
             "Put": grpc.stream_unary_rpc_method_handler(
                 put,
-                request_deserializer=pb.Frame.FromString,
+                request_deserializer=decode_frame,
                 response_serializer=pb.Ack.SerializeToString,
             ),
             "WhoAmI": grpc.unary_unary_rpc_method_handler(
@@ -55,7 +56,7 @@ def transfer_handler(dest_dir: Path, *, max_size: int = MAX_PUT) -> grpc.Generic
 def put_call(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
     return channel.stream_unary(
         "/test.Transfer/Put",
-        request_serializer=pb.Frame.SerializeToString,
+        request_serializer=encode_frame,
         response_deserializer=pb.Ack.FromString,
     )
 

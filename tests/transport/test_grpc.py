@@ -23,7 +23,7 @@ from shoal.transport import (
     from_rpc_error,
     open_channel,
 )
-from shoal.transport.frames import MAX_CHUNK_SIZE, MAX_MESSAGE_BYTES
+from shoal.transport.frames import MAX_CHUNK_SIZE, MAX_MESSAGE_BYTES, Frame
 
 from .conftest import TransferServer, put_call, who_am_i_call
 
@@ -112,9 +112,9 @@ def test_file_crosses_with_hash_checked(
     assert (transfer_server.dest_dir / "result").read_bytes() == data
 
 
-def _corrupted(data: bytes) -> Iterator[pb.Frame]:
+def _corrupted(data: bytes) -> Iterator[Frame]:
     for frame in frames_from_bytes(PayloadHeader(kind="result"), data, chunk_size=4096):
-        if frame.WhichOneof("body") == "trailer":
+        if isinstance(frame, pb.Frame) and frame.WhichOneof("body") == "trailer":
             frame = pb.Frame(trailer=pb.Trailer(sha256=hashlib.sha256(b"other").hexdigest()))
         yield frame
 

@@ -26,7 +26,6 @@ import grpc
 
 from shoal import jobstatus
 from shoal._proto import shoal_pb2 as pb
-from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.errors import ConfigError, JobValidationError, TransportError
 from shoal.jobs import check_archive_size, pack_job
 from shoal.provision import Kit, load_kit
@@ -38,6 +37,7 @@ from shoal.transport import (
     read_header,
     receive_to_file,
 )
+from shoal.transport.services import ServiceStub
 
 __all__ = ["AdminSession"]
 
@@ -67,7 +67,7 @@ class AdminSession:
         self.timeout = timeout
         self.session_id = str(uuid.uuid4())
         self._channel = open_channel(self.server_address, kit.tls, server_name=self.server_name)
-        self._stub = pb_grpc.AdminStub(self._channel)
+        self._stub = ServiceStub(self._channel, "Admin")
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:

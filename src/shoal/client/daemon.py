@@ -31,7 +31,6 @@ import grpc
 
 from shoal import __version__
 from shoal._proto import shoal_pb2 as pb
-from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.client.api import WORKER_CONFIG_ENV
 from shoal.client.worker import WorkerConfig
 from shoal.errors import ConfigError, ShoalError
@@ -40,6 +39,7 @@ from shoal.server.daemon import EXIT_RESTART, local_sys_info
 from shoal.transport import PayloadHeader, from_rpc_error, open_channel, read_header
 from shoal.transport.frames import frames_from_file, receive_to_file
 from shoal.transport.health import HealthEndpoint, start_health
+from shoal.transport.services import ServiceStub
 
 __all__ = ["SiteDaemon", "SiteOptions"]
 
@@ -99,7 +99,7 @@ class SiteDaemon:
         self._health: HealthEndpoint | None = None
         self.health_port: int | None = None
         self._channel = open_channel(self.server_address, kit.tls, server_name=self.server_name)
-        self._stub = pb_grpc.FleetStub(self._channel)
+        self._stub = ServiceStub(self._channel, "Fleet")
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------
@@ -294,19 +294,7 @@ class SiteDaemon:
         state, detail = "failed", ""
         try:
             script, args, env_extra, meta = self._prepare(start, job_dir)
-            config = WorkerConfig(
-                server_address=self.server_address,
-                server_name=self.server_name,
-                ca_path=str((self.kit.startup / "rootCA.pem").resolve()),
-                cert_path=str((self.kit.startup / "client.crt").resolve()),
-                key_path=str((self.kit.startup / "client.key").resolve()),
-                job_id=start.job_id,
-                site_name=self.name,
-                site_index=int(meta["site_index"]),
-                num_sites=int(meta["num_sites"]),
-                job_dir=str(job_dir),
-                parent_pid=os.getpid(),
-            )
+            config = self._worker_config(start.job_id, job_dir, meta)
             config_path = job_dir / "worker.json"
             config_path.write_text(config.to_json())
             env = dict(os.environ)
@@ -355,6 +343,22 @@ class SiteDaemon:
         finally:
             self._upload_log(start.job_id, log_path)
             self._report(start.job_id, state, detail)
+
+    def _worker_config(self, job_id: str, job_dir: Path, meta: dict[str, Any]) -> WorkerConfig:
+        """What this site's worker for ``job_id`` needs (``meta``: from the job package)."""
+        return WorkerConfig(
+            server_address=self.server_address,
+            server_name=self.server_name,
+            ca_path=str((self.kit.startup / "rootCA.pem").resolve()),
+            cert_path=str((self.kit.startup / "client.crt").resolve()),
+            key_path=str((self.kit.startup / "client.key").resolve()),
+            job_id=job_id,
+            site_name=self.name,
+            site_index=int(meta["site_index"]),
+            num_sites=int(meta["num_sites"]),
+            job_dir=str(job_dir),
+            parent_pid=os.getpid(),
+        )
 
     def _prepare(
         self, start: pb.StartJob, job_dir: Path

@@ -21,21 +21,20 @@ import grpc
 
 from shoal._memory import tune_allocator
 from shoal._proto import shoal_pb2 as pb
-from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal._watchdog import exit_with_parent
-from shoal.arrays import load_arrays, write_arrays
+from shoal.arrays import encode_arrays, load_arrays
 from shoal.client.api import FLModel
 from shoal.errors import PeerRejectedError, TransportError
 from shoal.transport import (
     PayloadHeader,
     TLSConfig,
-    frames_from_file,
     from_rpc_error,
     open_channel,
     read_header,
     receive_to_file,
 )
-from shoal.transport.frames import human_bytes
+from shoal.transport.frames import frames_from_pieces, human_bytes
+from shoal.transport.services import ServiceStub
 
 __all__ = ["GrpcBackend", "WorkerConfig"]
 
@@ -110,7 +109,7 @@ class GrpcBackend:
             key_pem=Path(config.key_path).read_bytes(),
         )
         self._channel = open_channel(config.server_address, tls, server_name=config.server_name)
-        self._stub = pb_grpc.FleetStub(self._channel)
+        self._stub = ServiceStub(self._channel, "Fleet")
         self._dir = Path(config.job_dir)
         self._task: PayloadHeader | None = None
         self._task_file: Path | None = None
@@ -174,9 +173,9 @@ class GrpcBackend:
         task = self._task
         if task is None:
             raise TransportError("send() without a task")
-        path = self._dir / "results" / f"{task.task_id}.safetensors"
-        # Staging for the upload only: the server's copy is the durable one.
-        written = write_arrays(path, model.params, durable=False)
+        # Checked now, before the upload starts; streamed from the arrays'
+        # own memory, hashed on the way (no staging file).
+        encoded = encode_arrays(model.params)
         header = PayloadHeader(
             kind="result",
             job_id=self.job_id,
@@ -188,10 +187,10 @@ class GrpcBackend:
             },
         )
         t0 = time.monotonic()
-        size = path.stat().st_size
+        size = encoded.size
         for attempt in range(5):
             try:
-                self._stub.PutResult(frames_from_file(header, path, sha256=written.sha256))
+                self._stub.PutResult(frames_from_pieces(header, size, encoded.pieces))
                 break
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc, "PutResult")
@@ -206,7 +205,7 @@ class GrpcBackend:
                 if exc.code() not in _RETRYABLE or attempt == 4:
                     raise err from None
                 time.sleep(0.5 * 2**attempt)
-        path.unlink(missing_ok=True)
+                encoded = encode_arrays(model.params)
         log.info(
             "Sent result to server: round %s size: %s time: %.6f seconds",
             task.meta.get("round"),

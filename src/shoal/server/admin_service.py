@@ -30,7 +30,7 @@ from shoal.provision import Identity
 from shoal.server.authz import authorize
 from shoal.server.store import JobRecord, utc_now
 from shoal.transport import PayloadHeader, frames_from_file, read_header, rpc_errors
-from shoal.transport.frames import receive_to_file
+from shoal.transport.frames import Frame, WireFrame, receive_to_file
 
 if TYPE_CHECKING:
     from shoal.server.daemon import ServerDaemon
@@ -79,7 +79,7 @@ class AdminService(pb_grpc.AdminServicer):
         return pb.AdminReply(ok=False)  # unreachable: rpc_errors aborted
 
     def Submit(
-        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
+        self, request_iterator: Iterator[WireFrame], context: grpc.ServicerContext
     ) -> pb.AdminReply:
         who = self.d.identify(context, expected_type="admin")
         with rpc_errors(context, f"submit_job from {who.name}"):
@@ -91,9 +91,7 @@ class AdminService(pb_grpc.AdminServicer):
             return pb.AdminReply(ok=True, result_json=json.dumps({"job_id": job_id}))
         return pb.AdminReply(ok=False)
 
-    def Download(
-        self, request: pb.AdminRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Frame]:
+    def Download(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> Iterator[Frame]:
         who = self.d.identify(context, expected_type="admin")
         tmp: Path | None = None
         with rpc_errors(context, f"download_job from {who.name}"):

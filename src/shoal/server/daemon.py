@@ -27,7 +27,6 @@ import grpc
 
 from shoal import __version__, jobstatus
 from shoal._proto import shoal_pb2 as pb
-from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.errors import ConfigError
 from shoal.provision import Identity, Kit, identity_from_cert, load_revoked_serials
 from shoal.server.jobrun import JobRun
@@ -35,6 +34,7 @@ from shoal.server.sessions import SiteRegistry
 from shoal.server.store import JobRecord, JobStore, utc_now
 from shoal.transport import peer_cert_pem, start_server
 from shoal.transport.health import HealthEndpoint, start_health
+from shoal.transport.services import add_service
 
 __all__ = ["EXIT_RESTART", "ServerDaemon", "ServerOptions"]
 
@@ -138,14 +138,14 @@ class ServerDaemon:
             host=self.host,
             port=self._want_ports["fed"],
             tls=tls,
-            register=[lambda s: pb_grpc.add_FleetServicer_to_server(fleet, s)],
+            register=[lambda s: add_service(s, fleet, "Fleet")],
         )
         self._servers.append(fed_server)
         admin_server, self.ports["admin"] = start_server(
             host=self.host,
             port=self._want_ports["admin"],
             tls=tls,
-            register=[lambda s: pb_grpc.add_AdminServicer_to_server(admin, s)],
+            register=[lambda s: add_service(s, admin, "Admin")],
             max_workers=64,
         )
         self._servers.append(admin_server)

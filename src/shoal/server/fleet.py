@@ -18,7 +18,7 @@ from shoal.errors import NotFoundError, PeerRejectedError
 from shoal.server.jobrun import DONE, JobRun, Task
 from shoal.server.sessions import CLOSE, SiteSession
 from shoal.transport import PayloadHeader, frames_from_file, read_header, rpc_errors
-from shoal.transport.frames import human_bytes, receive_to_file
+from shoal.transport.frames import Frame, WireFrame, human_bytes, receive_to_file
 
 if TYPE_CHECKING:
     from shoal.server.daemon import ServerDaemon
@@ -117,7 +117,7 @@ class FleetService(pb_grpc.FleetServicer):
             raise PeerRejectedError(f"{site} is not a site of job {job_id}")
         return run
 
-    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.Frame]:
+    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[Frame]:
         who = self.d.identify(context, expected_type="client")
         with rpc_errors(context, f"GetTask from {who.name}"):
             run = self._run_for(who.name, request.job_id)
@@ -147,7 +147,7 @@ class FleetService(pb_grpc.FleetServicer):
         )
 
     def PutResult(
-        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
+        self, request_iterator: Iterator[WireFrame], context: grpc.ServicerContext
     ) -> pb.Ack:
         who = self.d.identify(context, expected_type="client")
         with rpc_errors(context, f"result from {who.name}"):
@@ -162,7 +162,7 @@ class FleetService(pb_grpc.FleetServicer):
 
     def FetchJob(
         self, request: pb.FetchJobRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Frame]:
+    ) -> Iterator[Frame]:
         who = self.d.identify(context, expected_type="client")
         with rpc_errors(context, f"FetchJob from {who.name}"):
             run = self._run_for(who.name, request.job_id)
@@ -179,7 +179,7 @@ class FleetService(pb_grpc.FleetServicer):
         )
 
     def PutBlob(
-        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
+        self, request_iterator: Iterator[WireFrame], context: grpc.ServicerContext
     ) -> pb.Ack:
         who = self.d.identify(context, expected_type="client")
         with rpc_errors(context, f"log upload from {who.name}"):

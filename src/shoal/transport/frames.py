@@ -5,6 +5,15 @@ so gRPC's message cap does not limit model size and memory per transfer is one
 chunk. The receiver writes chunks straight to a temporary file, hashing as it
 goes, and only renames it into place once size and hash match: a partial or
 corrupted upload never becomes visible.
+
+Data frames skip protobuf's object layer. A sender builds the wire bytes of
+``Frame{data}`` itself (tag, length, chunk: one copy, straight from the file's
+pages) and a receiver gets the chunk as a memoryview into the message gRPC
+handed over (no copy), where going through ``pb.Frame`` cost two copies on
+send and one per ``frame.data`` access on receipt. The bytes on the wire are
+the same ``Frame`` messages the .proto defines, so any protobuf peer
+interoperates; :func:`encode_frame` and :func:`decode_frame` are the gRPC
+(de)serializers that make this work, wired in by ``transport.services``.
 """
 
 from __future__ import annotations
@@ -23,10 +32,16 @@ from shoal.errors import IntegrityError, TransportError
 __all__ = [
     "CHUNK_SIZE",
     "MAX_CHUNK_SIZE",
+    "Frame",
     "PayloadHeader",
     "ReceivedPayload",
+    "WireFrame",
+    "data_frame",
+    "decode_frame",
+    "encode_frame",
     "frames_from_bytes",
     "frames_from_file",
+    "frames_from_pieces",
     "human_bytes",
     "read_header",
     "receive_bytes",
@@ -40,6 +55,70 @@ CHUNK_SIZE = 1 * 1024 * 1024
 MAX_CHUNK_SIZE = 8 * 1024 * 1024
 #: gRPC message cap: a chunk plus protobuf overhead.
 MAX_MESSAGE_BYTES = MAX_CHUNK_SIZE + 64 * 1024
+
+#: What a payload stream carries, as a sender yields it: a ``pb.Frame``, or
+#: the wire bytes of a data frame built by :func:`data_frame`.
+Frame = pb.Frame | bytes
+#: What a receiver iterates: a ``pb.Frame``, or a data frame's chunk as a
+#: memoryview (from :func:`decode_frame`).
+WireFrame = pb.Frame | memoryview
+
+_DATA_TAG = bytes([(pb.Frame.DESCRIPTOR.fields_by_name["data"].number << 3) | 2])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def data_frame(chunk: bytes | memoryview) -> bytes:
+    """The wire bytes of ``Frame(data=chunk)``, built with one copy of ``chunk``."""
+    return b"".join((_DATA_TAG, _varint(len(chunk)), chunk))
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """gRPC serializer for Frame streams: pre-built data frames pass through."""
+    if isinstance(frame, bytes):
+        return frame
+    return frame.SerializeToString()
+
+
+def decode_frame(raw: bytes) -> WireFrame:
+    """gRPC deserializer for Frame streams.
+
+    A message holding nothing but a data field comes back as a memoryview of
+    the chunk inside ``raw``; anything else (header, trailer, or a data frame
+    another encoder laid out differently) is parsed by protobuf as usual.
+    """
+    if raw[:1] == _DATA_TAG:
+        n = shift = 0
+        i = 1
+        while i < len(raw) and i <= 10:
+            b = raw[i]
+            n |= (b & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not b & 0x80:
+                if i + n == len(raw):
+                    return memoryview(raw)[i:]
+                break
+    return pb.Frame.FromString(raw)
+
+
+def _body(frame: WireFrame | bytes) -> tuple[str, Any]:
+    """(kind, value) of a received frame: ("data", chunk) | ("header", h) | ("trailer", t)."""
+    if isinstance(frame, memoryview):
+        return "data", frame
+    if isinstance(frame, bytes):  # a sender's pre-built frame fed straight back in
+        return _body(decode_frame(frame))
+    which = frame.WhichOneof("body")
+    if which == "data":
+        return "data", frame.data  # one access: each one copies
+    return str(which), getattr(frame, which) if which else None
 
 
 @dataclass(frozen=True)
@@ -86,53 +165,87 @@ def frames_from_file(
     *,
     chunk_size: int = CHUNK_SIZE,
     sha256: str | None = None,
-) -> Iterator[pb.Frame]:
+) -> Iterator[Frame]:
     """Stream ``path`` as frames; the header's size is filled in from the file.
 
     ``sha256``: the file's hash when the caller already has it (computed
     while the file was written); the receiver checks the bytes against it, so
     the check stays end to end while the sender skips a pass over the data.
     """
-    size = path.stat().st_size
-    h = PayloadHeader(header.kind, header.job_id, header.task_id, size, header.meta)
-    yield pb.Frame(header=h.to_pb())
-    digest = None if sha256 else hashlib.sha256()
     with open(path, "rb") as f:
-        while True:
-            chunk = f.read(chunk_size)
-            if not chunk:
-                break
+        size = os.fstat(f.fileno()).st_size
+        h = PayloadHeader(header.kind, header.job_id, header.task_id, size, header.meta)
+        yield pb.Frame(header=h.to_pb())
+        digest = None if sha256 else hashlib.sha256()
+        # One reused buffer: the file's bytes are copied into it, then once
+        # more into the frame gRPC sends; nothing model-sized is held.
+        buf = bytearray(min(chunk_size, size))
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            chunk = view[:n]
             if digest is not None:
                 digest.update(chunk)
-            yield pb.Frame(data=chunk)
+            frame = data_frame(chunk)
+            chunk.release()
+            yield frame
     yield pb.Frame(trailer=pb.Trailer(sha256=sha256 or digest.hexdigest()))  # type: ignore[union-attr]
+
+
+def frames_from_pieces(
+    header: PayloadHeader,
+    size: int,
+    pieces: Iterable[bytes | memoryview],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+) -> Iterator[Frame]:
+    """Stream ``size`` bytes produced piece by piece (e.g. ``arrays.encode_arrays``),
+    hashing them on the way: no staging file, no whole-payload buffer.
+
+    Raises TransportError, before the trailer, if the pieces do not add up to
+    ``size`` (the receiver then sees a truncated stream and keeps nothing).
+    """
+    h = PayloadHeader(header.kind, header.job_id, header.task_id, size, header.meta)
+    yield pb.Frame(header=h.to_pb())
+    digest = hashlib.sha256()
+    sent = 0
+    for piece in pieces:
+        view = memoryview(piece)
+        for i in range(0, len(view), chunk_size):
+            chunk = view[i : i + chunk_size]
+            sent += len(chunk)
+            digest.update(chunk)
+            yield data_frame(chunk)
+    if sent != size:
+        raise TransportError(f"payload produced {sent} bytes, {size} were announced")
+    yield pb.Frame(trailer=pb.Trailer(sha256=digest.hexdigest()))
 
 
 def frames_from_bytes(
     header: PayloadHeader, data: bytes, *, chunk_size: int = CHUNK_SIZE
-) -> Iterator[pb.Frame]:
+) -> Iterator[Frame]:
     h = PayloadHeader(header.kind, header.job_id, header.task_id, len(data), header.meta)
     yield pb.Frame(header=h.to_pb())
     view = memoryview(data)
     for i in range(0, len(data), chunk_size):
-        yield pb.Frame(data=bytes(view[i : i + chunk_size]))
+        yield data_frame(view[i : i + chunk_size])
     yield pb.Frame(trailer=pb.Trailer(sha256=hashlib.sha256(data).hexdigest()))
 
 
-def read_header(frames: Iterator[pb.Frame]) -> PayloadHeader:
+def read_header(frames: Iterator[WireFrame]) -> PayloadHeader:
     """Consume and decode the first frame, which must be a header."""
     try:
         first = next(frames)
     except StopIteration:
         raise TransportError("empty payload stream: no header") from None
-    if first.WhichOneof("body") != "header":
+    which, body = _body(first)
+    if which != "header":
         raise TransportError("payload stream must start with a header")
-    return PayloadHeader.from_pb(first.header)
+    return PayloadHeader.from_pb(body)
 
 
 def receive_to_file(
     header: PayloadHeader,
-    frames: Iterable[pb.Frame],
+    frames: Iterable[WireFrame],
     dest: Path,
     *,
     max_size: int,
@@ -157,17 +270,17 @@ def receive_to_file(
     try:
         with open(tmp, "wb") as f:
             for frame in frames:
-                which = frame.WhichOneof("body")
+                which, body = _body(frame)
                 if which == "data":
-                    received += len(frame.data)
+                    received += len(body)
                     if received > header.size:
                         raise IntegrityError(
                             f"payload longer than the {header.size} bytes announced"
                         )
-                    digest.update(frame.data)
-                    f.write(frame.data)
+                    digest.update(body)
+                    f.write(body)
                 elif which == "trailer":
-                    trailer = frame.trailer
+                    trailer = body
                     break
                 else:
                     raise IntegrityError(f"unexpected {which!r} frame inside a payload")
@@ -182,7 +295,7 @@ def receive_to_file(
     return ReceivedPayload(header=header, path=dest, size=received, sha256=digest.hexdigest())
 
 
-def receive_bytes(header: PayloadHeader, frames: Iterable[pb.Frame], *, max_size: int) -> bytes:
+def receive_bytes(header: PayloadHeader, frames: Iterable[WireFrame], *, max_size: int) -> bytes:
     """Like receive_to_file, into memory: only for small payloads."""
     if header.size < 0 or header.size > max_size:
         raise IntegrityError(f"payload size {header.size} outside 0..{max_size}")
@@ -190,14 +303,14 @@ def receive_bytes(header: PayloadHeader, frames: Iterable[pb.Frame], *, max_size
     received = 0
     trailer: pb.Trailer | None = None
     for frame in frames:
-        which = frame.WhichOneof("body")
+        which, body = _body(frame)
         if which == "data":
-            received += len(frame.data)
+            received += len(body)
             if received > header.size:
                 raise IntegrityError(f"payload longer than the {header.size} bytes announced")
-            parts.append(frame.data)
+            parts.append(body)
         elif which == "trailer":
-            trailer = frame.trailer
+            trailer = body
             break
         else:
             raise IntegrityError(f"unexpected {which!r} frame inside a payload")
