@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import mmap as _mmap
@@ -41,6 +42,7 @@ __all__ = [
     "EncodedArrays",
     "Header",
     "array_specs",
+    "arrays_from_bytes",
     "check_compatible",
     "check_finite",
     "decode_header",
@@ -448,7 +450,12 @@ def load_arrays(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str,
                 out[name] = arr
             return out
         mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
-    out = {}
+    return _views(mm, header, start)
+
+
+def _views(buffer: Any, header: Header, start: int) -> dict[str, np.ndarray]:
+    """Read-only arrays over ``buffer`` (a file's bytes from offset 0)."""
+    out: dict[str, np.ndarray] = {}
     for name, spec in header.arrays.items():
         dtype = np.dtype(spec.dtype).newbyteorder("<")
         count = math.prod(spec.shape)
@@ -456,9 +463,16 @@ def load_arrays(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str,
             arr = np.empty(spec.shape, dtype=dtype)
             arr.flags.writeable = False
         else:
-            arr = np.frombuffer(mm, dtype=dtype, count=count, offset=start + spec.begin)
+            arr = np.frombuffer(buffer, dtype=dtype, count=count, offset=start + spec.begin)
         out[name] = arr.reshape(spec.shape)
     return out
+
+
+def arrays_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    """Decode a whole array file held in memory; the arrays are read-only views
+    of ``data`` (no copy)."""
+    header, start = read_header(io.BytesIO(data), len(data))
+    return _views(data, header, start)
 
 
 def array_specs(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:

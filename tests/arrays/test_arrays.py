@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 
 from shoal.arrays import (
     array_specs,
+    arrays_from_bytes,
     check_compatible,
     check_finite,
     decode_header,
+    encode_arrays,
     load_arrays,
     save_arrays,
+    write_arrays,
 )
 from shoal.errors import ArrayFormatError
 
@@ -93,6 +96,25 @@ def test_non_contiguous_and_big_endian(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded["big"], base)
     assert loaded["big"].dtype == np.dtype("<f4")
     assert int(loaded["big_scalar"]) == 7
+
+
+def test_encoded_stream_is_the_file_and_decodes_from_memory(tmp_path: Path) -> None:
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    arrays = {**_sample(), "fortran": np.asfortranarray(base), "big": base.astype(">f4")}
+    written = write_arrays(tmp_path / "x.st", arrays, {"round": "3"})
+    encoded = encode_arrays(arrays, {"round": "3"})
+    data = b"".join(bytes(p) for p in encoded.pieces)
+    assert data == (tmp_path / "x.st").read_bytes()
+    assert encoded.size == written.size == len(data)
+    from_file, from_bytes = load_arrays(written.path), arrays_from_bytes(data)
+    assert list(from_bytes) == list(from_file)
+    for name, arr in from_file.items():
+        np.testing.assert_array_equal(from_bytes[name], arr)
+        assert not from_bytes[name].flags.writeable
+    with pytest.raises(ArrayFormatError):
+        arrays_from_bytes(data[: len(data) - 1])
+    with pytest.raises(ArrayFormatError, match="not supported"):
+        encode_arrays({"c": np.zeros(2, dtype=np.complex64)})  # refused before any piece
 
 
 def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:

@@ -18,7 +18,13 @@ from shoal.transport import (
     receive_bytes,
     receive_to_file,
 )
-from shoal.transport.frames import data_frame, decode_frame, encode_frame
+from shoal.transport.frames import (
+    INLINE_MAX,
+    data_frame,
+    decode_frame,
+    encode_frame,
+    frames_from_pieces,
+)
 
 DATA = bytes(range(256)) * 1000  # 256,000 bytes: several chunks of 64 KiB
 
@@ -36,7 +42,7 @@ def test_file_round_trip(tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(DATA)
     header = PayloadHeader(kind="task", job_id="j1", task_id="t1", meta={"round": 3})
-    got_header, frames = _stream(frames_from_file(header, src, chunk_size=65536))
+    got_header, frames = _stream(frames_from_file(header, src, chunk_size=65536, inline_max=0))
     assert got_header.size == len(DATA)
     assert got_header.meta == {"round": 3}
     assert (got_header.kind, got_header.job_id, got_header.task_id) == ("task", "j1", "t1")
@@ -184,3 +190,70 @@ def test_senders_yield_wire_bytes_receivers_accept_both(tmp_path: Path) -> None:
     for frames in (ours, theirs):
         it = iter(frames)
         assert receive_bytes(read_header(it), it, max_size=len(DATA)) == DATA
+
+
+# -- small payloads ride in their header ---------------------------------------
+
+
+def test_small_payloads_are_one_inline_frame_and_large_ones_are_chunked(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(DATA)
+    small = list(frames_from_file(PayloadHeader(kind="t"), src))
+    assert len(small) == 1 and isinstance(small[0], pb.Frame)
+    assert small[0].header.inline_data == DATA and small[0].header.size == len(DATA)
+    chunked = list(frames_from_file(PayloadHeader(kind="t"), src, chunk_size=65536, inline_max=0))
+    assert len(chunked) == 2 + 4  # header, 4 chunks, trailer
+    for frames in (small, chunked):
+        header, it = _stream(iter(frames))
+        got = receive_to_file(header, it, tmp_path / "out.bin", max_size=len(DATA))
+        assert (tmp_path / "out.bin").read_bytes() == DATA
+        assert got.sha256 == hashlib.sha256(DATA).hexdigest()
+
+
+def _inline_header(
+    data: bytes, *, size: int | None = None, sha: str | None = None
+) -> PayloadHeader:
+    h = PayloadHeader(kind="blob").with_payload(len(data), data)
+    return PayloadHeader(
+        h.kind,
+        size=len(data) if size is None else size,
+        inline=data,
+        inline_sha256=sha or h.inline_sha256,
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (_inline_header(b"abc", sha=hashlib.sha256(b"abd").hexdigest()), "SHA-256 mismatch"),
+        (_inline_header(b"abc", size=4), "3 bytes, 4 were announced"),
+        (_inline_header(b"x" * 100), "exceeds the limit"),
+    ],
+)
+def test_a_lying_inline_payload_is_refused_and_leaves_nothing(
+    tmp_path: Path, header: PayloadHeader, message: str
+) -> None:
+    # Through the wire encoding, as a receiver sees it.
+    header = PayloadHeader.from_pb(
+        pb.Frame.FromString(encode_frame(pb.Frame(header=header.to_pb()))).header
+    )
+    with pytest.raises(IntegrityError, match=message):
+        receive_to_file(header, iter(()), tmp_path / "out" / "x.bin", max_size=50)
+    with pytest.raises(IntegrityError):
+        receive_bytes(header, iter(()), max_size=50)
+    assert not (tmp_path / "out").exists() or _leftovers(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("inline_max", [0, INLINE_MAX])
+def test_frames_from_pieces_hash_on_the_way_and_refuse_a_wrong_size(inline_max: int) -> None:
+    pieces = [DATA[:1000], memoryview(DATA)[1000:200_000], DATA[200_000:]]
+    frames = frames_from_pieces(
+        PayloadHeader(kind="result"), len(DATA), pieces, chunk_size=65536, inline_max=inline_max
+    )
+    header, it = _stream(frames)
+    assert receive_bytes(header, it, max_size=len(DATA)) == DATA
+    short = frames_from_pieces(
+        PayloadHeader(kind="result"), len(DATA) + 1, [DATA], inline_max=inline_max
+    )
+    with pytest.raises(TransportError, match="were announced"):
+        list(short)

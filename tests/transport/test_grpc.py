@@ -113,7 +113,9 @@ def test_file_crosses_with_hash_checked(
 
 
 def _corrupted(data: bytes) -> Iterator[Frame]:
-    for frame in frames_from_bytes(PayloadHeader(kind="result"), data, chunk_size=4096):
+    for frame in frames_from_bytes(
+        PayloadHeader(kind="result"), data, chunk_size=4096, inline_max=0
+    ):
         if isinstance(frame, pb.Frame) and frame.WhichOneof("body") == "trailer":
             frame = pb.Frame(trailer=pb.Trailer(sha256=hashlib.sha256(b"other").hexdigest()))
         yield frame

@@ -22,7 +22,7 @@ import grpc
 from shoal._memory import tune_allocator
 from shoal._proto import shoal_pb2 as pb
 from shoal._watchdog import exit_with_parent
-from shoal.arrays import encode_arrays, load_arrays
+from shoal.arrays import arrays_from_bytes, encode_arrays, load_arrays
 from shoal.client.api import FLModel
 from shoal.errors import PeerRejectedError, TransportError
 from shoal.transport import (
@@ -31,6 +31,7 @@ from shoal.transport import (
     from_rpc_error,
     open_channel,
     read_header,
+    receive_bytes,
     receive_to_file,
 )
 from shoal.transport.frames import frames_from_pieces, human_bytes
@@ -136,10 +137,16 @@ class GrpcBackend:
                     return None
                 if header.kind != "task":
                     raise TransportError(f"unexpected reply {header.kind!r} to GetTask")
-                dest = self._dir / "tasks" / f"{header.task_id}.safetensors"
-                payload = receive_to_file(
-                    header, frames, dest, max_size=MAX_TASK_BYTES, durable=False
-                )
+                dest: Path | None = None
+                if header.inline is not None:
+                    # A small model: decoded from the message, no file.
+                    data = receive_bytes(header, frames, max_size=MAX_TASK_BYTES)
+                    size = len(data)
+                else:
+                    dest = self._dir / "tasks" / f"{header.task_id}.safetensors"
+                    size = receive_to_file(
+                        header, frames, dest, max_size=MAX_TASK_BYTES, durable=False
+                    ).size
             except grpc.RpcError as exc:
                 if exc.code() in _RETRYABLE:
                     log.info("server not ready (%s); retrying in %.1f s", exc.code().name, delay)
@@ -153,8 +160,8 @@ class GrpcBackend:
                 "Received from server. getTask: %s size: %s (%d Bytes) time: %.6f seconds "
                 "(round %s, waited %.3f s for it)",
                 meta.get("task", "train"),
-                human_bytes(payload.size),
-                payload.size,
+                human_bytes(size),
+                size,
                 elapsed,
                 meta.get("round"),
                 t0 - waited_from,
@@ -163,7 +170,7 @@ class GrpcBackend:
                 self._task_file.unlink(missing_ok=True)
             self._task, self._task_file = header, dest
             return FLModel(
-                params=load_arrays(dest, mmap=True),
+                params=arrays_from_bytes(data) if dest is None else load_arrays(dest, mmap=True),
                 current_round=meta.get("current_round", meta.get("round")),
                 total_rounds=meta.get("total_rounds"),
                 meta=meta,

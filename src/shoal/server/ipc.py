@@ -1,8 +1,10 @@
 """The local channel between the server daemon and a job's workflow process.
 
 Small JSON messages, one per line, over a socketpair the daemon creates and
-passes to the child by file descriptor. Weights never cross it: messages name
-files in the job's run folder. Nothing is pickled.
+passes to the child by file descriptor. Weights cross it only when they are
+small (a result of at most IPC_INLINE_MAX bytes, base64 in the message);
+larger ones stay in files of the job's run folder, which messages name.
+Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import socket
 import threading
 from typing import Any
 
-__all__ = ["IpcChannel"]
+__all__ = ["IPC_INLINE_MAX", "IpcChannel"]
+
+#: Largest result handed to the workflow inside its message (base64).
+IPC_INLINE_MAX = 64 * 1024
 
 #: A message larger than this is a bug or an attack; refuse it.
 MAX_LINE = 4 * 1024 * 1024

@@ -10,6 +10,7 @@ workflow completes; on an exception it writes the reason to
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import os
 import socket
@@ -18,15 +19,27 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shoal._memory import tune_allocator
 from shoal._watchdog import exit_with_parent
+from shoal.arrays import arrays_from_bytes
 from shoal.server.ipc import IpcChannel
 from shoal.workflows.api import TaskResult, WorkflowContext
 
 log = logging.getLogger("shoal.workflow")
+
+
+@dataclass(frozen=True)
+class InlineResult(TaskResult):
+    """A small result that came inside its IPC message (no file)."""
+
+    data: bytes = field(default=b"", repr=False, compare=False)
+
+    def arrays(self) -> dict[str, Any]:
+        return arrays_from_bytes(self.data)
 
 
 class IpcCommunicator:
@@ -102,14 +115,19 @@ class IpcCommunicator:
                 self._gone.discard(site)
                 gone.discard(site)
                 answered.add(site)
-                yield TaskResult(
-                    site=site,
-                    task_id=task_id,
-                    round=int(msg["round"]),
-                    num_examples=int(msg["num_examples"]),
-                    metrics=dict(msg.get("metrics") or {}),
-                    path=Path(msg["path"]),
-                )
+                fields: dict[str, Any] = {
+                    "site": site,
+                    "task_id": task_id,
+                    "round": int(msg["round"]),
+                    "num_examples": int(msg["num_examples"]),
+                    "metrics": dict(msg.get("metrics") or {}),
+                }
+                if "data_b64" in msg:
+                    yield InlineResult(
+                        **fields, path=Path(), data=base64.b64decode(msg["data_b64"])
+                    )
+                else:
+                    yield TaskResult(**fields, path=Path(msg["path"]))
 
     def finish(self) -> None:
         self._ipc.send({"op": "finish"})

@@ -9,6 +9,7 @@ exists), receives each result into a file, checks it, and tells the workflow.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -25,9 +26,9 @@ from typing import Any
 
 from shoal import jobstatus
 from shoal.errors import PeerRejectedError
-from shoal.server.ipc import IpcChannel
+from shoal.server.ipc import IPC_INLINE_MAX, IpcChannel
 from shoal.server.store import JobRecord
-from shoal.transport.frames import PayloadHeader, human_bytes, receive_to_file
+from shoal.transport.frames import PayloadHeader, human_bytes, receive_bytes, receive_to_file
 
 __all__ = ["DONE", "JobRun", "Task"]
 
@@ -325,15 +326,24 @@ class JobRun:
         metrics = header.meta.get("metrics") or {}
         if not isinstance(metrics, dict):
             raise PeerRejectedError("metrics must be a JSON object")
-        dest = self.record.run_dir / "results" / task.task_id / f"{site}.safetensors"
         t0 = time.monotonic()
-        # Not fsynced: after a crash the round is re-run from the checkpoint.
-        payload = receive_to_file(header, frames, dest, max_size=max_size, durable=False)
+        dest: Path | None = None
+        inline: bytes | None = None
+        if header.inline is not None and header.size <= IPC_INLINE_MAX:
+            # A small model: handed to the workflow in the message, no file
+            # (creating a file per site and round dominated a round at scale).
+            inline = receive_bytes(header, frames, max_size=max_size)
+            size = len(inline)
+        else:
+            dest = self.record.run_dir / "results" / task.task_id / f"{site}.safetensors"
+            # Not fsynced: after a crash the round is re-run from the checkpoint.
+            size = receive_to_file(header, frames, dest, max_size=max_size, durable=False).size
         elapsed = time.monotonic() - t0
         with self._cond:
             # Re-check: a duplicate could have raced us while receiving.
             if site in task.answered or self._tasks.get(task.task_id) is not task:
-                dest.unlink(missing_ok=True)
+                if dest is not None:
+                    dest.unlink(missing_ok=True)
                 raise PeerRejectedError(f"result for task {task.task_id} from {site} is stale")
             task.answered.add(site)
         self.site_states[site] = {
@@ -346,21 +356,23 @@ class JobRun:
             self.job_id,
             site,
             task.round,
-            human_bytes(payload.size),
+            human_bytes(size),
             elapsed,
         )
-        self._send(
-            {
-                "op": "result",
-                "task_id": task.task_id,
-                "site": site,
-                "round": task.round,
-                "num_examples": num_examples,
-                "metrics": metrics,
-                "path": str(dest),
-            }
-        )
-        return {"round": task.round, "bytes": payload.size}
+        msg: dict[str, Any] = {
+            "op": "result",
+            "task_id": task.task_id,
+            "site": site,
+            "round": task.round,
+            "num_examples": num_examples,
+            "metrics": metrics,
+        }
+        if inline is not None:
+            msg["data_b64"] = base64.b64encode(inline).decode("ascii")
+        else:
+            msg["path"] = str(dest)
+        self._send(msg)
+        return {"round": task.round, "bytes": size}
 
     def site_failed(self, site: str, reason: str) -> None:
         """The site's worker died or the site left: the workflow stops waiting for it."""

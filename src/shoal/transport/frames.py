@@ -31,6 +31,7 @@ from shoal.errors import IntegrityError, TransportError
 
 __all__ = [
     "CHUNK_SIZE",
+    "INLINE_MAX",
     "MAX_CHUNK_SIZE",
     "Frame",
     "PayloadHeader",
@@ -55,6 +56,10 @@ CHUNK_SIZE = 1 * 1024 * 1024
 MAX_CHUNK_SIZE = 8 * 1024 * 1024
 #: gRPC message cap: a chunk plus protobuf overhead.
 MAX_MESSAGE_BYTES = MAX_CHUNK_SIZE + 64 * 1024
+#: Payloads up to this size ride inside their header frame: one message per
+#: transfer instead of header + data + trailer (each a gRPC round of its own,
+#: which dominates a round's cost with a small model and many sites).
+INLINE_MAX = 256 * 1024
 
 #: What a payload stream carries, as a sender yields it: a ``pb.Frame``, or
 #: the wire bytes of a data frame built by :func:`data_frame`.
@@ -130,15 +135,23 @@ class PayloadHeader:
     task_id: str = ""
     size: int = -1
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: The whole payload when it travelled inside the header (see INLINE_MAX).
+    inline: bytes | None = field(default=None, repr=False)
+    #: Hex SHA-256 of ``inline``, as the sender computed it.
+    inline_sha256: str = ""
 
     def to_pb(self) -> pb.Header:
-        return pb.Header(
+        h = pb.Header(
             kind=self.kind,
             job_id=self.job_id,
             task_id=self.task_id,
             size=self.size,
             meta_json=json.dumps(dict(self.meta)),
         )
+        if self.inline is not None:
+            h.inline_data = self.inline
+            h.inline_sha256 = self.inline_sha256
+        return h
 
     @classmethod
     def from_pb(cls, h: pb.Header) -> PayloadHeader:
@@ -148,7 +161,38 @@ class PayloadHeader:
             raise TransportError(f"payload header: meta_json is not JSON: {exc}") from exc
         if not isinstance(meta, dict):
             raise TransportError("payload header: meta_json must be a JSON object")
-        return cls(kind=h.kind, job_id=h.job_id, task_id=h.task_id, size=h.size, meta=meta)
+        inline = bytes(h.inline_data) if h.inline_sha256 else None
+        return cls(
+            kind=h.kind,
+            job_id=h.job_id,
+            task_id=h.task_id,
+            size=h.size,
+            meta=meta,
+            inline=inline,
+            inline_sha256=h.inline_sha256,
+        )
+
+    def with_payload(self, size: int, inline: bytes | None = None) -> PayloadHeader:
+        """This header announcing ``size`` bytes, carrying them when ``inline`` is given."""
+        digest = hashlib.sha256(inline).hexdigest() if inline is not None else ""
+        return PayloadHeader(self.kind, self.job_id, self.task_id, size, self.meta, inline, digest)
+
+
+def _inline(header: PayloadHeader, data: bytes) -> pb.Frame:
+    return pb.Frame(header=header.with_payload(len(data), data).to_pb())
+
+
+def _check_inline(header: PayloadHeader, max_size: int) -> bytes:
+    """The verified bytes of an inline payload."""
+    data = header.inline
+    assert data is not None
+    if header.size > max_size:
+        raise IntegrityError(f"payload of {header.size} bytes exceeds the limit of {max_size}")
+    if len(data) != header.size:
+        raise IntegrityError(f"payload has {len(data)} bytes, {header.size} were announced")
+    if hashlib.sha256(data).hexdigest() != header.inline_sha256:
+        raise IntegrityError("payload SHA-256 mismatch")
+    return data
 
 
 @dataclass(frozen=True)
@@ -165,6 +209,7 @@ def frames_from_file(
     *,
     chunk_size: int = CHUNK_SIZE,
     sha256: str | None = None,
+    inline_max: int = INLINE_MAX,
 ) -> Iterator[Frame]:
     """Stream ``path`` as frames; the header's size is filled in from the file.
 
@@ -174,8 +219,10 @@ def frames_from_file(
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        h = PayloadHeader(header.kind, header.job_id, header.task_id, size, header.meta)
-        yield pb.Frame(header=h.to_pb())
+        if size <= inline_max:
+            yield _inline(header, f.read())
+            return
+        yield pb.Frame(header=header.with_payload(size).to_pb())
         digest = None if sha256 else hashlib.sha256()
         # One reused buffer: the file's bytes are copied into it, then once
         # more into the frame gRPC sends; nothing model-sized is held.
@@ -197,6 +244,7 @@ def frames_from_pieces(
     pieces: Iterable[bytes | memoryview],
     *,
     chunk_size: int = CHUNK_SIZE,
+    inline_max: int = INLINE_MAX,
 ) -> Iterator[Frame]:
     """Stream ``size`` bytes produced piece by piece (e.g. ``arrays.encode_arrays``),
     hashing them on the way: no staging file, no whole-payload buffer.
@@ -204,8 +252,13 @@ def frames_from_pieces(
     Raises TransportError, before the trailer, if the pieces do not add up to
     ``size`` (the receiver then sees a truncated stream and keeps nothing).
     """
-    h = PayloadHeader(header.kind, header.job_id, header.task_id, size, header.meta)
-    yield pb.Frame(header=h.to_pb())
+    if size <= inline_max:
+        data = b"".join(pieces)
+        if len(data) != size:
+            raise TransportError(f"payload produced {len(data)} bytes, {size} were announced")
+        yield _inline(header, data)
+        return
+    yield pb.Frame(header=header.with_payload(size).to_pb())
     digest = hashlib.sha256()
     sent = 0
     for piece in pieces:
@@ -221,10 +274,16 @@ def frames_from_pieces(
 
 
 def frames_from_bytes(
-    header: PayloadHeader, data: bytes, *, chunk_size: int = CHUNK_SIZE
+    header: PayloadHeader,
+    data: bytes,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    inline_max: int = INLINE_MAX,
 ) -> Iterator[Frame]:
-    h = PayloadHeader(header.kind, header.job_id, header.task_id, len(data), header.meta)
-    yield pb.Frame(header=h.to_pb())
+    if len(data) <= inline_max:
+        yield _inline(header, bytes(data))
+        return
+    yield pb.Frame(header=header.with_payload(len(data)).to_pb())
     view = memoryview(data)
     for i in range(0, len(data), chunk_size):
         yield data_frame(view[i : i + chunk_size])
@@ -262,8 +321,23 @@ def receive_to_file(
         raise IntegrityError("payload header must announce its size")
     if header.size > max_size:
         raise IntegrityError(f"payload of {header.size} bytes exceeds the limit of {max_size}")
+    inline = _check_inline(header, max_size) if header.inline is not None else None
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    if inline is not None:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(inline)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return ReceivedPayload(
+            header=header, path=dest, size=len(inline), sha256=header.inline_sha256
+        )
     digest = hashlib.sha256()
     received = 0
     trailer: pb.Trailer | None = None
@@ -299,6 +373,8 @@ def receive_bytes(header: PayloadHeader, frames: Iterable[WireFrame], *, max_siz
     """Like receive_to_file, into memory: only for small payloads."""
     if header.size < 0 or header.size > max_size:
         raise IntegrityError(f"payload size {header.size} outside 0..{max_size}")
+    if header.inline is not None:
+        return _check_inline(header, max_size)
     parts: list[bytes] = []
     received = 0
     trailer: pb.Trailer | None = None

@@ -37,7 +37,9 @@ class TaskResult:
     round: int
     num_examples: int
     metrics: Mapping[str, float]
-    #: The site's weights, a file in the safetensors layout (already hash-checked).
+    #: The site's weights, a file in the safetensors layout (already hash-checked);
+    #: ``Path()`` when a small result was handed over in memory. Read the
+    #: weights with :meth:`arrays`, which covers both.
     path: Path
 
     def arrays(self) -> dict[str, np.ndarray]:
