@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from concurrent import futures
+from typing import Any
 
 import grpc
 
@@ -28,6 +29,7 @@ from shoal.transport.frames import MAX_MESSAGE_BYTES
 from shoal.transport.tls import TLSSource, channel_credentials, server_credentials
 
 __all__ = [
+    "channel_options",
     "from_rpc_error",
     "open_channel",
     "peer_cert_pem",
@@ -73,12 +75,18 @@ def open_channel(address: str, tls: TLSSource, *, server_name: str) -> grpc.Chan
     The name check is independent of the address dialled, so a site can reach
     the server through a load balancer, a port-forward or 127.0.0.1.
     """
-    options = [
+    return grpc.secure_channel(
+        address, channel_credentials(tls), options=channel_options(server_name)
+    )
+
+
+def channel_options(server_name: str) -> list[tuple[str, Any]]:
+    """The options of :func:`open_channel` (for a ``grpc.aio`` channel, say)."""
+    return [
         *_CLIENT_OPTIONS,
         ("grpc.ssl_target_name_override", server_name),
         ("grpc.default_authority", server_name),
     ]
-    return grpc.secure_channel(address, channel_credentials(tls), options=options)
 
 
 def start_server(
