@@ -4,12 +4,13 @@ table of ratios (workload 6).
     bash bench/peers/setup.sh            # once: the peers' own venvs (gitignored)
     python bench/peers.py [--quick]
 
-shoal's figures are measured now, in this process's run, and so is NVIDIA
-FLARE's tiny round (``peers_nvflare.py`` drives its POC federation with the
-same workload) when its venv exists. The other peer figures are QUOTED from
-issue 7 ("measured on this 2-core class of machine": NVIDIA FLARE 2.9.0 POC
-mode, Flower 1.42.0 with a SuperLink and two SuperNodes); every figure says
-in the table whether it was measured or quoted.
+Everything is measured in this run, one system after another on the same
+machine: shoal's POC federation (``round_overhead.py``, ``transfer.py``),
+NVIDIA FLARE's own POC federation (``peers_nvflare.py``) and a Flower
+SuperLink with two SuperNodes (``peers_flower.py``), each with its own mutual
+TLS, FedAvg over 2 sites that echo the model back. A peer whose venv is
+missing falls back to the figure quoted in issue 7, and the table says so.
+``--quick`` runs only shoal's smallest workloads (ratios not meaningful).
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ import contextlib
 import io
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MiB, emit, fmt_s, header, table  # noqa: E402
+from _common import MiB, emit, fmt_s, header, mib, table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
-#: Issue 7's figures for the peers (seconds; None: did not fit in 24 GB).
+#: Issue 7's figures for the peers (seconds; None: did not fit in 24 GB),
+#: used only where a peer cannot be run here.
 QUOTED = {
-    "NVIDIA FLARE 2.9.0": {"tiny": 2.0, "100MiB": 5.0, "1GiB": None},
-    "Flower 1.42.0": {"tiny": 6.1, "100MiB": 8.0, "1GiB": None},
+    "NVIDIA FLARE 2.9.0": {"tiny": 2.0, "100MiB": 5.0},
+    "Flower 1.42.0": {"tiny": 6.1, "100MiB": 8.0},
 }
 
 
@@ -50,67 +54,118 @@ def peer_versions() -> dict[str, str]:
     return out
 
 
+def _quietly(raw: io.StringIO, fn: Callable[[list[str]], Any], argv: list[str]) -> Any:
+    """Run a bench's main() with its output kept for the raw section; failures are reported."""
+    with contextlib.redirect_stdout(raw):
+        try:
+            return fn(argv)
+        except Exception as exc:  # one peer failing must not lose the others' figures
+            print(f"FAILED {fn.__module__} {argv}: {type(exc).__name__}: {exc}")
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _peaks(res: dict[str, Any]) -> tuple[int, int] | None:
+    """(server side, worst site) peak RSS from a peer's ``peak_rss`` (server first)."""
+    peaks = list((res.get("peak_rss") or {}).values())
+    if len(peaks) < 2:
+        return None
+    return peaks[0], max(peaks[1:])
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
-        "--quick", action="store_true", help="shoal's smallest runs (ratios not meaningful)"
+        "--quick", action="store_true", help="shoal's smallest runs only (ratios not meaningful)"
     )
     args = p.parse_args(argv)
-    header("side by side: shoal (measured) vs NVIDIA FLARE and Flower")
-    for peer, v in peer_versions().items():
+    header("side by side: shoal, NVIDIA FLARE and Flower, measured in one run")
+    versions = peer_versions()
+    for peer, v in versions.items():
         emit(f"peer venv {peer}: {v}")
+    import peers_flower
+    import peers_nvflare
     import round_overhead
     import transfer
 
-    # Run shoal's workloads quietly; their own output goes to the raw section.
     raw = io.StringIO()
-    with contextlib.redirect_stdout(raw):
-        ro = round_overhead.main(["--quick"] if args.quick else ["--rounds", "10"])
-        tr = transfer.main(["--quick"] if args.quick else ["--sizes", "100M", "--rounds", "3"])
-    tiny = ro["round_median_s"]
-    measured: dict[str, float] = {}
-    if not args.quick:
-        import peers_nvflare
+    ro = _quietly(raw, round_overhead.main, ["--quick"] if args.quick else ["--rounds", "10"])
+    tr = _quietly(
+        raw, transfer.main, ["--quick"] if args.quick else ["--sizes", "100M", "--rounds", "5"]
+    )
+    big = next((r for r in tr if "error" not in r), None) if isinstance(tr, list) else None
+    shoal = {
+        "tiny": ro.get("round_median_s") if isinstance(ro, dict) else None,
+        "100MiB": big["round_median_s"] if big else None,
+        "peaks": (big["server_peak"], big["site_peak"]) if big else None,
+    }
+    peers: dict[str, dict[str, Any]] = {}
+    runners = {
+        "NVIDIA FLARE": (
+            "nvflare",
+            peers_nvflare.main,
+            ["--rounds", "10"],
+            ["--size", "100M", "--rounds", "5"],
+        ),
+        "Flower": (
+            "flwr",
+            peers_flower.main,
+            ["--size", "4x4", "--rounds", "10"],
+            ["--size", "100M", "--rounds", "4"],
+        ),
+    }
+    for name, (venv, fn, tiny_argv, big_argv) in runners.items():
+        version = versions[venv]
+        label = f"{name} {version}" if version[:1].isdigit() else name
+        quoted = next(q for k, q in QUOTED.items() if k.startswith(name))
+        tiny = big_res = {}
+        if not args.quick and version[:1].isdigit():
+            tiny = _quietly(raw, fn, tiny_argv)
+            big_res = _quietly(raw, fn, big_argv)
+        peers[label] = {
+            "tiny": (tiny.get("round_median_s"), "measured now")
+            if tiny.get("round_median_s")
+            else (quoted["tiny"], "quoted from issue 7"),
+            "100MiB": (big_res.get("round_median_s"), "measured now")
+            if big_res.get("round_median_s")
+            else (quoted["100MiB"], "quoted from issue 7"),
+            "peaks": _peaks(big_res),
+        }
 
-        with contextlib.redirect_stdout(raw):
-            nv = peers_nvflare.main(["--rounds", "10"])
-        if nv.get("round_median_s"):
-            measured["NVIDIA FLARE 2.9.0"] = float(nv["round_median_s"])
-    big = next((r for r in tr if "error" not in r), None)
-    big_s = big["round_median_s"] if big else None
-    big_label = f"{big['size'] // MiB} MiB round" if big else "100 MiB round"
     rows = []
-    for name, q in QUOTED.items():
-        peer_tiny = measured.get(name, q["tiny"])
-        how = "measured now" if name in measured else "quoted"
-        rows.append(
-            [
-                "tiny round (FedAvg, 2 sites)",
-                fmt_s(tiny),
-                name,
-                f"{fmt_s(peer_tiny)} ({how})",
-                f"{peer_tiny / tiny:.1f}x faster",
-            ]
-        )
-        if big_s is not None:
+    for label, peer in peers.items():
+        for key, what in (("tiny", "tiny round (FedAvg, 2 sites)"), ("100MiB", "100 MiB round")):
+            ours = shoal[key]
+            theirs, how = peer[key]
             rows.append(
                 [
-                    big_label,
-                    fmt_s(big_s),
-                    name,
-                    f"{fmt_s(q['100MiB'])} (quoted, 100 MiB)",
-                    f"{q['100MiB'] / big_s:.1f}x"
-                    + (" (sizes differ: --quick)" if args.quick else ""),
+                    what,
+                    fmt_s(ours) if ours else "n/a",
+                    label,
+                    f"{fmt_s(theirs)} ({how})",
+                    f"{theirs / ours:.1f}x" if ours else "-",
                 ]
             )
-        rows.append(["1 GiB round", "see transfer.py", name, "did not fit in 24 GB (quoted)", "-"])
+        if shoal["peaks"] and peer["peaks"]:
+            (s_srv, s_site), (p_srv, p_site) = shoal["peaks"], peer["peaks"]
+            rows.append(
+                [
+                    "100 MiB: peak RSS server / worst site",
+                    f"{mib(s_srv)} / {mib(s_site)}",
+                    label,
+                    f"{mib(p_srv)} / {mib(p_site)} (measured now)",
+                    f"{p_srv / s_srv:.1f}x / {p_site / s_site:.1f}x",
+                ]
+            )
     emit()
-    table(rows, ["workload", "shoal (measured now)", "peer", "peer", "peer time / shoal time"])
-    emit("peer figures marked 'quoted' come from issue 7 and were not measured in this run")
+    table(rows, ["workload", "shoal", "peer", "peer", "peer / shoal"])
+    emit(
+        "s/round: median of rounds 2..N; peak RSS: VmHWM of each daemon plus its job "
+        f"processes; the model is {100 * MiB} bytes of random float32 in 8 arrays everywhere"
+    )
     emit()
-    emit("## raw shoal output")
+    emit("## raw output of each run")
     emit(raw.getvalue())
-    return {"tiny_s": tiny, "big_s": big_s}
+    return {"shoal": shoal, "peers": peers}
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
-def tune_allocator(*, mmap_threshold: int = 256 * 1024, arena_max: int = 2) -> bool:
+def tune_allocator(*, mmap_threshold: int = 4 * 1024 * 1024, arena_max: int = 2) -> bool:
     """Apply the settings above; False (and nothing done) where libc is not glibc."""
     name = ctypes.util.find_library("c")
     if not name:

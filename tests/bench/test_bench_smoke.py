@@ -56,6 +56,7 @@ def test_simulator_quick() -> None:
 def test_scale_quick() -> None:
     out = _run("scale", "--quick")
     assert "registration" in out and "FAILED" not in out
+    assert "light: coroutines" in out  # a round ran, with the light workers
 
 
 @pytest.mark.slow
@@ -70,3 +71,12 @@ def test_run_all_quick_writes_results(tmp_path: Path) -> None:
 def test_poc_startup_quick() -> None:
     out = _run("poc_startup", "--quick")
     assert "start until ready" in out and "shoal" in out
+
+
+@pytest.mark.slow
+def test_peers_quick_prints_one_table_of_ratios() -> None:
+    # --quick runs shoal's smallest workloads only; the peers' figures are the
+    # issue's, labelled as quoted (their venvs are not part of CI).
+    out = _run("peers", "--quick")
+    assert "peer / shoal" in out and "FAILED" not in out
+    assert "NVIDIA FLARE" in out and "Flower" in out and "quoted from issue 7" in out
