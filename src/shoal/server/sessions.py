@@ -75,16 +75,21 @@ class SiteRegistry:
             old.close()
         self._notify(session.name, True)
 
-    def end(self, session: SiteSession, reason: str) -> None:
-        """End ``session`` if it is still the current one for its name."""
+    def end(self, session: SiteSession, reason: str, *, silent_since: float | None = None) -> bool:
+        """End ``session`` if it is still the current one for its name and, with
+        ``silent_since`` (a monotonic time), only if no heartbeat came after it.
+        True when it was ended here."""
         with self._lock:
             current = self._sessions.get(session.name)
             if current is not session:
-                return
+                return False
+            if silent_since is not None and session.last_heartbeat > silent_since:
+                return False  # a beat landed after the expiry check: still alive
             del self._sessions[session.name]
         session.close()
         log.info("site %s disconnected (%s)", session.name, reason)
         self._notify(session.name, False)
+        return True
 
     def beat(self, name: str, session_id: str, running_jobs: list[str]) -> bool:
         with self._lock:
@@ -109,16 +114,19 @@ class SiteRegistry:
 
     def expire(self) -> list[str]:
         """End sessions silent for longer than the heartbeat timeout."""
-        now = time.monotonic()
         with self._lock:
+            now = time.monotonic()
+            cutoff = now - self.heartbeat_timeout_s
             stale = [
-                s
-                for s in self._sessions.values()
-                if now - s.last_heartbeat > self.heartbeat_timeout_s
+                (s, s.last_heartbeat) for s in self._sessions.values() if s.last_heartbeat < cutoff
             ]
-        for s in stale:
-            self.end(s, f"no heartbeat for {now - s.last_heartbeat:.1f} s")
-        return [s.name for s in stale]
+        # A heartbeat can land between the check and the end: the end is then
+        # skipped (checked again under the lock), not logged with a negative age.
+        return [
+            s.name
+            for s, last in stale
+            if self.end(s, f"no heartbeat for {now - last:.1f} s", silent_since=last)
+        ]
 
     def broadcast(self, event: Any) -> None:
         for s in self.sessions():
