@@ -3,8 +3,8 @@ shoal's bench workloads: the tiny round and the 100 MiB round.
 
 Runs with this repository's Python; Flower runs from its own venv
 (``bash bench/peers/setup.sh flwr``). Everything lives in a temp dir: a
-throwaway CA and a server certificate for 127.0.0.1/localhost (made here with
-``cryptography``), ``flower-superlink`` with ``--ssl-*`` on a free loopback
+throwaway CA and a server certificate for 127.0.0.1/localhost (a one-site shoal
+POC project's), ``flower-superlink`` with ``--ssl-*`` on a free loopback
 port, two ``flower-supernode``s with ``--root-certificates``, and ``flwr run``
 with the CA as the connection's ``root-certificates``. The app is
 ``bench/peers/flwr/app`` (written by hand: ``flwr new`` needs the Flower hub):
@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import http.client
-import ipaddress
 import json
 import os
 import re
@@ -53,7 +51,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, MiB, children, emit, fmt_s, header, mib, proc_status  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    MiB,
+    PeakSampler,
+    children,
+    emit,
+    fmt_s,
+    header,
+    mib,
+    proc_status,
+)
 
 VENV = ROOT / "bench" / "peers" / "flwr" / "venv" / "bin"
 APP = ROOT / "bench" / "peers" / "flwr" / "app"
@@ -79,75 +87,18 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def write_certs(folder: Path) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 / localhost."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    """A CA and a server certificate for 127.0.0.1 / localhost: those of a
+    throwaway shoal POC project (``shoal.poc.prepare``), which the SuperLink
+    serves with and the SuperNodes and ``flwr`` trust."""
+    from shoal import poc
 
-    now = dt.datetime.now(dt.timezone.utc)
-
-    def build(
-        subject: str, key: Any, issuer: x509.Name | None, issuer_key: Any, ca: bool
-    ) -> x509.Certificate:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(issuer or name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=not ca,
-                    key_cert_sign=ca,
-                    crl_sign=ca,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                False,
-            )
-        )
-        if not ca:
-            b = b.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.DNSName("localhost"),
-                    ]
-                ),
-                critical=False,
-            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        return b.sign(issuer_key, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = build("shoal-bench-flower-ca", ca_key, None, ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = build("127.0.0.1", key, ca_cert.subject, ca_key, ca=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
-    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
+    layout = poc.prepare(folder / "poc", num_sites=1)
+    startup = Path(layout.server_kit) / "startup"
+    return {
+        "ca": startup / "rootCA.pem",
+        "cert": startup / "server.crt",
+        "key": startup / "server.key",
+    }
 
 
 # -- processes --------------------------------------------------------------------
@@ -180,30 +131,19 @@ def kind(pid: int) -> str:
     return "?"
 
 
-class TreePeaks:
+class TreePeaks(PeakSampler):
     """VmHWM of some root processes and all their descendants, every ``interval`` s.
 
     Child processes of a Flower daemon come and go (a ClientApp process per run,
     a ServerApp process per run), so descendants are grouped by the command they
-    run and each group keeps its largest peak.
+    run and each group keeps its largest peak (``_common.PeakSampler`` looks at
+    direct children only; the ServerApp is two levels down).
     """
 
     def __init__(self, roots: dict[str, int], interval: float = 0.05) -> None:
-        self.roots = roots
-        self.interval = interval
-        self.peak: dict[str, dict[str, int]] = {name: {} for name in roots}
-        self._stop = threading.Event()
+        super().__init__(roots, interval)
+        self.tree: dict[str, dict[str, int]] = {name: {} for name in roots}
         self._kinds: dict[int, str] = {}
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> TreePeaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
     def _sample(self) -> None:
         for name, root in self.roots.items():
@@ -213,14 +153,10 @@ class TreePeaks:
                     continue
                 k = "self" if pid == root else self._kinds.setdefault(pid, kind(pid))
                 if k.startswith(("self", "flwr", "flower")):  # not helpers such as uname
-                    self.peak[name][k] = max(self.peak[name].get(k, 0), hwm)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
+                    self.tree[name][k] = max(self.tree[name].get(k, 0), hwm)
 
     def total(self, name: str) -> int:
-        return sum(self.peak[name].values())
+        return sum(self.tree[name].values())
 
 
 def stop_tree(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
@@ -436,7 +372,7 @@ def measure(size: str, rounds: int, timeout: float = 1800.0) -> dict[str, Any]:
         "submit_to_finished_s": finished_s,
         "deployment_start_s": started_s,
         "peak_rss": {name: peaks.total(name) for name in roots},
-        "peak_rss_by_process": {name: dict(peaks.peak[name]) for name in roots},
+        "peak_rss_by_process": {name: dict(peaks.tree[name]) for name in roots},
         "run_status": run_info.get("status"),
         # Flower's own count of Fleet API bytes (SuperNodes' pushes in, pulls out).
         "bytes_in": run_info.get("network-traffic", {}).get("inbound-bytes"),
