@@ -180,6 +180,17 @@ class Fed:
 
         wait_for(up, timeout, f"{', '.join(sites)} to connect")
 
+    def start_all(
+        self, sites: Sequence[str] = ("site-1", "site-2"), **server_kw: Any
+    ) -> AdminSession:
+        """Server and ``sites`` started, all connected; an admin session to it."""
+        self.start_server(**server_kw)
+        for site in sites:
+            self.start_site(site)
+        admin = self.admin()
+        self.wait_connected(admin, list(sites))
+        return admin
+
     # -- a job's files on the server -----------------------------------------
 
     def run_dir(self, job_id: str) -> Path:

@@ -47,11 +47,7 @@ def test_workspace_full_while_saving_models_fails_job_clearly(
     small_tmpfs: Path, fed_factory, tmp_path: Path
 ):
     fed = fed_factory()
-    fed.start_server(workspace=small_tmpfs, heartbeat_s=6)
-    fed.start_site("site-1")
-    fed.start_site("site-2")
-    admin = fed.admin()
-    fed.wait_connected(admin, ["site-1", "site-2"])
+    admin = fed.start_all(workspace=small_tmpfs, heartbeat_s=6)
 
     ok_id = admin.submit_job(write_job(tmp_path / "small", name="small", num_rounds=2))
     assert admin.wait_for_job(ok_id, timeout=120)["status"] == "FINISHED:COMPLETED"

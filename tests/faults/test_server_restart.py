@@ -45,11 +45,7 @@ def _kill_workflow_process(job_id: str) -> None:
 
 def test_server_sigkilled_mid_job_resumes_to_the_same_final_model(fed_factory, tmp_path: Path):
     fed = fed_factory()
-    fed.start_server(heartbeat_s=6)
-    fed.start_site("site-1")
-    fed.start_site("site-2")
-    admin = fed.admin()
-    fed.wait_connected(admin, ["site-1", "site-2"])
+    admin = fed.start_all(heartbeat_s=6)
 
     # A finished job whose files must come through the crash untouched.
     done_id = admin.submit_job(write_job(tmp_path / "small", name="small", num_rounds=1))

@@ -16,11 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_site_sigkilled_mid_round_job_continues_and_site_rejoins(fed_factory, tmp_path: Path):
     fed = fed_factory()
-    fed.start_server(heartbeat_s=6)
-    fed.start_site("site-1")
-    fed.start_site("site-2")
-    admin = fed.admin()
-    fed.wait_connected(admin, ["site-1", "site-2"])
+    admin = fed.start_all(heartbeat_s=6)
     # site-2 trains slowly, so killing it once it started round 2 is mid-round.
     (fed.gate / "config.json").write_text(json.dumps({"sleep": {"site-2": 3}}))
     job = write_job(tmp_path / "job", num_rounds=4, min_clients=1, round_timeout_s=120)

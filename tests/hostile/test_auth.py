@@ -144,11 +144,7 @@ def _tree_hash(folder: Path) -> str:
 
 def test_revoked_site_is_refused_and_other_sites_work(fed_factory, tmp_path: Path):
     fed = fed_factory()
-    fed.start_server(heartbeat_s=6)
-    fed.start_site("site-1")
-    fed.start_site("site-2")
-    admin = fed.admin()
-    fed.wait_connected(admin, ["site-1", "site-2"])
+    admin = fed.start_all(heartbeat_s=6)
     before = {n: _tree_hash(fed.kits[n] / "startup") for n in ("server1", "site-2", "site-1")}
 
     subprocess.run(
