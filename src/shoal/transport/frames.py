@@ -182,17 +182,11 @@ def _inline(header: PayloadHeader, data: bytes) -> pb.Frame:
     return pb.Frame(header=header.with_payload(len(data), data).to_pb())
 
 
-def _check_inline(header: PayloadHeader, max_size: int) -> bytes:
-    """The verified bytes of an inline payload."""
-    data = header.inline
-    assert data is not None
-    if header.size > max_size:
-        raise IntegrityError(f"payload of {header.size} bytes exceeds the limit of {max_size}")
-    if len(data) != header.size:
-        raise IntegrityError(f"payload has {len(data)} bytes, {header.size} were announced")
-    if hashlib.sha256(data).hexdigest() != header.inline_sha256:
-        raise IntegrityError("payload SHA-256 mismatch")
-    return data
+def _payload_frames(header: PayloadHeader, frames: Iterable[WireFrame]) -> Iterable[WireFrame]:
+    """The data and trailer frames of a payload: an inline one's are in its header."""
+    if header.inline is None:
+        return frames
+    return (memoryview(header.inline), pb.Frame(trailer=pb.Trailer(sha256=header.inline_sha256)))
 
 
 @dataclass(frozen=True)
@@ -280,14 +274,9 @@ def frames_from_bytes(
     chunk_size: int = CHUNK_SIZE,
     inline_max: int = INLINE_MAX,
 ) -> Iterator[Frame]:
-    if len(data) <= inline_max:
-        yield _inline(header, bytes(data))
-        return
-    yield pb.Frame(header=header.with_payload(len(data)).to_pb())
-    view = memoryview(data)
-    for i in range(0, len(data), chunk_size):
-        yield data_frame(view[i : i + chunk_size])
-    yield pb.Frame(trailer=pb.Trailer(sha256=hashlib.sha256(data).hexdigest()))
+    return frames_from_pieces(
+        header, len(data), [data], chunk_size=chunk_size, inline_max=inline_max
+    )
 
 
 def read_header(frames: Iterator[WireFrame]) -> PayloadHeader:
@@ -321,29 +310,14 @@ def receive_to_file(
         raise IntegrityError("payload header must announce its size")
     if header.size > max_size:
         raise IntegrityError(f"payload of {header.size} bytes exceeds the limit of {max_size}")
-    inline = _check_inline(header, max_size) if header.inline is not None else None
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    if inline is not None:
-        try:
-            with open(tmp, "wb") as f:
-                f.write(inline)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return ReceivedPayload(
-            header=header, path=dest, size=len(inline), sha256=header.inline_sha256
-        )
     digest = hashlib.sha256()
     received = 0
     trailer: pb.Trailer | None = None
     try:
         with open(tmp, "wb") as f:
-            for frame in frames:
+            for frame in _payload_frames(header, frames):
                 which, body = _body(frame)
                 if which == "data":
                     received += len(body)
@@ -373,12 +347,10 @@ def receive_bytes(header: PayloadHeader, frames: Iterable[WireFrame], *, max_siz
     """Like receive_to_file, into memory: only for small payloads."""
     if header.size < 0 or header.size > max_size:
         raise IntegrityError(f"payload size {header.size} outside 0..{max_size}")
-    if header.inline is not None:
-        return _check_inline(header, max_size)
     parts: list[bytes] = []
     received = 0
     trailer: pb.Trailer | None = None
-    for frame in frames:
+    for frame in _payload_frames(header, frames):
         which, body = _body(frame)
         if which == "data":
             received += len(body)
