@@ -8,6 +8,7 @@ command, machine and versions that made it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -114,6 +115,16 @@ def stats(xs: Sequence[float]) -> dict[str, float]:
         "p90": p90,
         "max": s[-1],
     }
+
+
+def round_times(rounds: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Seconds per round from a job's metrics.jsonl: from one round's task
+    going out (``started``) to the next one's, which is what the job's wall
+    clock sees (a round's ``duration_s`` ends when its model is written; the
+    flush to disk, the checkpoint and the metrics overlap the next round's
+    downloads). The last round has no next: ``len(rounds) - 1`` figures."""
+    starts = [float(r["started"]) for r in rounds]
+    return [b - a for a, b in itertools.pairwise(starts)]
 
 
 def fmt_s(x: float) -> str:

@@ -26,6 +26,7 @@ from _common import (  # noqa: E402
     fmt_s,
     header,
     mib,
+    round_times,
     run_job_sampled,
     table,
     write_job,
@@ -54,7 +55,7 @@ def measure(size: int, sites: int, rounds: int, tmp: Path) -> dict:
             "site": site_totals[worst],
             "site_daemon": peaks.peak.get((worst, "self"), 0),
             "site_worker": peaks.peak.get((worst, "child"), 0),
-            "round_s": [x["duration_s"] for x in r.rounds],
+            "round_s": round_times(r.rounds),
         }
 
 

@@ -33,6 +33,7 @@ from _common import (  # noqa: E402
     first_task_wall,
     fmt_s,
     header,
+    round_times,
     run_job,
     stats,
     table,
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         # Warm-up job: first use of the page cache, the job store, etc.
         run_job(fed, short_job)
         r = run_job(fed, long_job)
-        durs = [float(x["duration_s"]) for x in r.rounds]
+        durs = round_times(r.rounds)
         steady = stats(durs[1:]) if len(durs) > 1 else stats(durs)
         firsts = {s: first_task_wall(fed, s, r.job_id) for s in fed.layout.site_kits}
         first_lat = [t - r.submit_wall for t in firsts.values() if t is not None]

@@ -6,9 +6,10 @@ memory (workload 5).
 
 Each configuration runs ``shoal.sim.simulate`` (threads mode, the default) in
 its own process, so its peak RSS (VmHWM, read by the process itself at the
-end) is its own. Seconds per round: the workflow's ``duration_s`` (scatter ->
-new global model written) from metrics.jsonl; the whole simulation's wall
-time is printed too (it includes starting every site thread).
+end) is its own. Seconds per round: from one round's task going out to the
+next one's (metrics.jsonl ``started``; so 3 rounds give 2 figures); the whole
+simulation's wall time is printed too (it includes starting every site
+thread).
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, fmt_s, header, mib, proc_status, stats, table, write_job  # noqa: E402
+from _common import (  # noqa: E402
+    emit,
+    fmt_s,
+    header,
+    mib,
+    proc_status,
+    round_times,
+    stats,
+    table,
+    write_job,
+)
 
 
 def one(sites: int, fraction: float, rounds: int) -> dict:
@@ -51,7 +62,7 @@ def one(sites: int, fraction: float, rounds: int) -> dict:
             "fraction": fraction,
             "ok": res.ok,
             "error": (res.error or "")[-300:] or None,
-            "round_s": [float(m["duration_s"]) for m in metrics],
+            "round_s": round_times(metrics),
             "asked": [r.asked for r in res.rounds],
             "wall_s": wall,
             "peak_rss": proc_status(__import__("os").getpid()).get("VmHWM", 0),

@@ -33,6 +33,7 @@ from _common import (  # noqa: E402
     fmt_s,
     header,
     mib,
+    round_times,
     run_job_sampled,
     stats,
     table,
@@ -119,7 +120,7 @@ def run_size(size: int, rounds: int, sites: int, tmp: Path) -> dict:
         r, peaks = run_job_sampled(fed, job)
         # The model on the wire is the safetensors file: header + data.
         wire = size + 1024
-        durs = [float(x["duration_s"]) for x in r.rounds]
+        durs = round_times(r.rounds)
         # Round 1 also waits for the sites' job workers to start: leave it out.
         steady = durs[1:] if len(durs) > 2 else durs
         xfer = transfer_times(fed, r.job_id)
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([mib(r["size"]), "FAILED", r["error"], "", "", "", "", "", ""])
+            rows.append([mib(r["size"]), "FAILED", r["error"], "", "", "", "", ""])
             continue
         d, u = stats(r["down_mbps"]), stats(r["up_mbps"])
         ratio = r["round_mbps"] / r["base"]["mbps"]

@@ -52,6 +52,7 @@ __all__ = [
     "read_header",
     "WrittenArrays",
     "save_arrays",
+    "sync_file",
     "write_arrays",
 ]
 
@@ -281,6 +282,18 @@ def save_arrays(
     return write_arrays(path, arrays, metadata, durable=durable).path
 
 
+def sync_file(path: str | os.PathLike[str]) -> None:
+    """Make a file written with ``durable=False`` durable: its bytes, then the
+    rename that put it in place."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not possible on every platform.
     try:
@@ -468,10 +481,12 @@ def _views(buffer: Any, header: Header, start: int) -> dict[str, np.ndarray]:
     return out
 
 
-def arrays_from_bytes(data: bytes) -> dict[str, np.ndarray]:
-    """Decode a whole array file held in memory; the arrays are read-only views
-    of ``data`` (no copy)."""
-    header, start = read_header(io.BytesIO(data), len(data))
+def arrays_from_bytes(data: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
+    """Decode a whole array file held in memory; the arrays are views of
+    ``data`` (no copy), writable only if ``data`` is."""
+    # BytesIO copies a memoryview it is given: hand it the header's bytes only.
+    head = memoryview(data)[: 8 + MAX_HEADER_BYTES]
+    header, start = read_header(io.BytesIO(head), len(data))
     return _views(data, header, start)
 
 

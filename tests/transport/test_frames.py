@@ -17,6 +17,7 @@ from shoal.transport import (
     read_header,
     receive_bytes,
     receive_to_file,
+    receive_to_memory,
 )
 from shoal.transport.frames import (
     INLINE_MAX,
@@ -53,12 +54,20 @@ def test_file_round_trip(tmp_path: Path) -> None:
     assert _leftovers(tmp_path / "out") == ["dst.bin"]
 
 
-def test_bytes_round_trip_and_empty_payload() -> None:
-    for data in (DATA, b""):
+@pytest.mark.parametrize("receive", [receive_bytes, receive_to_memory])
+def test_memory_round_trip_and_empty_payload(receive: object) -> None:
+    for data in (DATA, b"", DATA[:100]):  # chunked, empty, inline
         header, frames = _stream(
             frames_from_bytes(PayloadHeader(kind="blob"), data, chunk_size=4096)
         )
-        assert receive_bytes(header, frames, max_size=len(DATA)) == data
+        assert bytes(receive(header, frames, max_size=len(DATA))) == data  # type: ignore[operator]
+
+
+def test_receive_to_memory_gives_writable_memory_of_the_exact_size() -> None:
+    header, frames = _stream(frames_from_bytes(PayloadHeader(kind="blob"), DATA, inline_max=0))
+    got = receive_to_memory(header, frames, max_size=len(DATA))
+    assert (len(got), got.readonly) == (len(DATA), False)
+    got[0] = 7  # the arrays decoded from a task may be trained in place
 
 
 def test_file_and_bytes_frames_agree(tmp_path: Path) -> None:
@@ -101,12 +110,13 @@ def test_bad_stream_raises_and_leaves_no_file(tmp_path: Path, case: str) -> None
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("receive", [receive_bytes, receive_to_memory])
 @pytest.mark.parametrize("case", sorted(BAD_STREAMS))
-def test_bad_stream_in_memory(case: str) -> None:
+def test_bad_stream_in_memory(case: str, receive: object) -> None:
     make, message = BAD_STREAMS[case]
     header, frames = _stream(make())
     with pytest.raises(IntegrityError, match=message):
-        receive_bytes(header, frames, max_size=10 * len(DATA))
+        receive(header, frames, max_size=10 * len(DATA))  # type: ignore[operator]
 
 
 def test_over_the_limit_refused_before_reading(tmp_path: Path) -> None:
@@ -114,6 +124,12 @@ def test_over_the_limit_refused_before_reading(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="exceeds the limit"):
         receive_to_file(header, frames, tmp_path / "dst.bin", max_size=len(DATA) - 1)
     assert _leftovers(tmp_path) == []
+    for receive in (receive_bytes, receive_to_memory):
+        header, frames = _stream(_frames(DATA, announce=len(DATA)))
+        with pytest.raises(IntegrityError, match="outside|exceeds the limit"):
+            receive(header, frames, max_size=len(DATA) - 1)
+        # Refused on the header alone: no frame after it was read.
+        assert next(frames).data == DATA[:4096]
 
 
 def test_unknown_size_refused(tmp_path: Path) -> None:

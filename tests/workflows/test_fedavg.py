@@ -371,3 +371,61 @@ def test_native_final_model_saved_by_the_adapter(
     native = json.loads((models / "global_final.fake").read_text())
     assert native["b"] == [1.0, 1.0, 1.0]
     assert not any(p.name.startswith(".") for p in models.iterdir())
+
+
+def test_a_round_is_committed_while_the_next_one_is_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round k's model is offered as round k+1's task as soon as it is written;
+    its flush to disk, metrics and checkpoint follow, in that order, and the
+    checkpoint never names a model before it is durable."""
+    from shoal.workflows.store import RoundStore
+
+    events: list[tuple[str, int]] = []
+    sync, save = RoundStore.sync_model, RoundStore.save_checkpoint
+
+    def traced_sync(self: RoundStore, path: Path) -> None:
+        events.append(("sync", int(path.stem.rsplit("_", 1)[1])))
+        sync(self, path)
+
+    def traced_save(self: RoundStore, rnd: int, path: Path) -> Any:
+        events.append(("checkpoint", rnd))
+        return save(self, rnd, path)
+
+    monkeypatch.setattr(RoundStore, "sync_model", traced_sync)
+    monkeypatch.setattr(RoundStore, "save_checkpoint", traced_save)
+
+    class TracedComm(FakeComm):
+        def scatter(self, **kw: Any) -> str:
+            events.append(("scatter", kw["round"]))
+            return super().scatter(**kw)
+
+    (tmp_path / "results").mkdir()
+    comm = TracedComm(site_fns=_sites(), results_dir=tmp_path / "results")
+    get_workflow("fedavg")(_ctx(tmp_path, comm, spec=_spec(evaluate=True), num_rounds=3))
+    assert events == [
+        ("checkpoint", 0),
+        ("scatter", 1),
+        ("scatter", 2),
+        ("sync", 1),
+        ("checkpoint", 1),
+        ("scatter", 3),
+        ("sync", 2),
+        ("checkpoint", 2),
+        ("sync", 3),
+        ("checkpoint", 3),
+    ]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3]
+    starts = [r["started"] for r in records]
+    assert starts == sorted(starts)
+    # Each round's report says it is done before the next says it is training.
+    statuses = [(r["round"], r["status"]) for r in comm.reports]
+    assert statuses == [
+        (1, "training"),
+        (1, "round_done"),
+        (2, "training"),
+        (2, "round_done"),
+        (3, "training"),
+        (3, "round_done"),
+    ]

@@ -133,7 +133,8 @@ class SimCommunicator:
         unknown = [s for s in sites if s not in self._sites]
         if unknown:
             raise ConfigError(f"scatter: unknown site(s) {', '.join(unknown[:5])}")
-        self._announce()
+        # The previous round is announced by its own "round_done" report,
+        # which FedAvg sends once this task is out (see _round_done).
         self._drop_closed_tasks()
         task_id = f"{task}-{round}-{next(self._counter)}"
         folder = self._tasks_dir / task_id
@@ -320,6 +321,7 @@ class SimCommunicator:
             shutil.rmtree(t.folder, ignore_errors=True)
 
     def _round_done(self, state: _Task, results: list[TaskResult]) -> None:
+        self._announce()  # the previous round, if its report never came
         weights = sum(max(r.num_examples, 0) for r in results)
         totals: dict[str, float] = {}
         for r in results:

@@ -18,6 +18,7 @@ from shoal.transport.frames import (
     read_header,
     receive_bytes,
     receive_to_file,
+    receive_to_memory,
 )
 from shoal.transport.tls import TLSConfig, channel_credentials, server_credentials
 
@@ -35,6 +36,7 @@ __all__ = [
     "read_header",
     "receive_bytes",
     "receive_to_file",
+    "receive_to_memory",
     "rpc_errors",
     "server_credentials",
     "start_server",

@@ -2,9 +2,9 @@
 
 Payloads (weights, job packages, results, logs) never travel as one message,
 so gRPC's message cap does not limit model size and memory per transfer is one
-chunk. The receiver writes chunks straight to a temporary file, hashing as it
-goes, and only renames it into place once size and hash match: a partial or
-corrupted upload never becomes visible.
+chunk. The receiver writes chunks straight to a temporary file (or memory of
+its own), hashing as it goes, and only renames it into place once size and
+hash match: a partial or corrupted upload never becomes visible.
 
 Data frames skip protobuf's object layer. A sender builds the wire bytes of
 ``Frame{data}`` itself (tag, length, chunk: one copy, straight from the file's
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "read_header",
     "receive_bytes",
     "receive_to_file",
+    "receive_to_memory",
 ]
 
 #: Bytes per data frame. Large enough to amortise per-message cost, small
@@ -291,6 +293,38 @@ def read_header(frames: Iterator[WireFrame]) -> PayloadHeader:
     return PayloadHeader.from_pb(body)
 
 
+def _receive_into(
+    header: PayloadHeader, frames: Iterable[WireFrame], write: Callable[[Any], object]
+) -> str:
+    """Pass the payload's data chunks to ``write``, hashing them; returns the
+    SHA-256 once size and trailer check out (IntegrityError otherwise)."""
+    digest = hashlib.sha256()
+    received = 0
+    trailer: pb.Trailer | None = None
+    for frame in _payload_frames(header, frames):
+        which, body = _body(frame)
+        if which == "data":
+            received += len(body)
+            if received > header.size:
+                raise IntegrityError(f"payload longer than the {header.size} bytes announced")
+            digest.update(body)
+            write(body)
+        elif which == "trailer":
+            trailer = body
+            break
+        else:
+            raise IntegrityError(f"unexpected {which!r} frame inside a payload")
+    _check_end(header, received, digest.hexdigest(), trailer)
+    return digest.hexdigest()
+
+
+def _check_size(header: PayloadHeader, max_size: int) -> None:
+    if header.size < 0:
+        raise IntegrityError("payload header must announce its size")
+    if header.size > max_size:
+        raise IntegrityError(f"payload of {header.size} bytes exceeds the limit of {max_size}")
+
+
 def receive_to_file(
     header: PayloadHeader,
     frames: Iterable[WireFrame],
@@ -304,67 +338,52 @@ def receive_to_file(
     Raises IntegrityError (and leaves nothing at ``dest``) when the stream is
     truncated, longer than announced or than ``max_size``, or its hash differs.
     ``durable=False`` skips the fsync for files consumed at once and never
-    relied on after a crash (a task's weights at a site, a round's results).
+    relied on after a crash (a round's results).
     """
-    if header.size < 0:
-        raise IntegrityError("payload header must announce its size")
-    if header.size > max_size:
-        raise IntegrityError(f"payload of {header.size} bytes exceeds the limit of {max_size}")
+    _check_size(header, max_size)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    digest = hashlib.sha256()
-    received = 0
-    trailer: pb.Trailer | None = None
     try:
         with open(tmp, "wb") as f:
-            for frame in _payload_frames(header, frames):
-                which, body = _body(frame)
-                if which == "data":
-                    received += len(body)
-                    if received > header.size:
-                        raise IntegrityError(
-                            f"payload longer than the {header.size} bytes announced"
-                        )
-                    digest.update(body)
-                    f.write(body)
-                elif which == "trailer":
-                    trailer = body
-                    break
-                else:
-                    raise IntegrityError(f"unexpected {which!r} frame inside a payload")
+            sha256 = _receive_into(header, frames, f.write)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        _check_end(header, received, digest.hexdigest(), trailer)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return ReceivedPayload(header=header, path=dest, size=received, sha256=digest.hexdigest())
+    return ReceivedPayload(header=header, path=dest, size=header.size, sha256=sha256)
+
+
+def receive_to_memory(
+    header: PayloadHeader, frames: Iterable[WireFrame], *, max_size: int
+) -> memoryview:
+    """Receive a payload of any size into memory of its own, checked like
+    :func:`receive_to_file`, and return it.
+
+    The memory is an anonymous mapping of exactly the announced size: filled
+    chunk by chunk (no list of parts joined at the end, no file in the page
+    cache to write and read back), untouched pages cost nothing if a peer
+    announces more than it sends, and it goes back to the system as soon as
+    the last view of it (e.g. arrays decoded from it) is dropped.
+    """
+    _check_size(header, max_size)
+    if header.size == 0:  # mmap cannot map nothing; any data is refused unwritten
+        _receive_into(header, frames, lambda body: None)
+        return memoryview(b"")
+    buf = mmap.mmap(-1, header.size)
+    _receive_into(header, frames, buf.write)
+    return memoryview(buf)
 
 
 def receive_bytes(header: PayloadHeader, frames: Iterable[WireFrame], *, max_size: int) -> bytes:
-    """Like receive_to_file, into memory: only for small payloads."""
+    """Like :func:`receive_to_memory`, as bytes: for small payloads."""
     if header.size < 0 or header.size > max_size:
         raise IntegrityError(f"payload size {header.size} outside 0..{max_size}")
     parts: list[bytes] = []
-    received = 0
-    trailer: pb.Trailer | None = None
-    for frame in _payload_frames(header, frames):
-        which, body = _body(frame)
-        if which == "data":
-            received += len(body)
-            if received > header.size:
-                raise IntegrityError(f"payload longer than the {header.size} bytes announced")
-            parts.append(body)
-        elif which == "trailer":
-            trailer = body
-            break
-        else:
-            raise IntegrityError(f"unexpected {which!r} frame inside a payload")
-    data = b"".join(parts)
-    _check_end(header, received, hashlib.sha256(data).hexdigest(), trailer)
-    return data
+    _receive_into(header, frames, parts.append)
+    return b"".join(parts)
 
 
 def _check_end(

@@ -4,8 +4,13 @@ Each round ``k`` (1-based) offers ``models/global_round_{k-1}.safetensors`` to
 the selected sites as task ``train``, folds every valid result into an
 incremental weighted mean (weight: the site's ``num_examples``) as it arrives,
 and, once the gather is over and at least ``min_clients`` sites answered
-validly, commits the mean as the new global model: model file, metrics line,
-TensorBoard scalars, checkpoint. A result whose arrays differ from the global
+validly, writes the mean as the new global model and offers it at once as the
+next round's task. Round ``k`` is then committed while the sites download
+round ``k+1``: the model file is fsynced, the server's ``evaluate`` hook runs,
+then the metrics line, TensorBoard scalars and the checkpoint are written, in
+that order. The disk's flush is off the rounds' critical path, and nothing is
+claimed before it is durable: a crash before the checkpoint re-runs round
+``k`` from round ``k-1``'s checkpoint. A result whose arrays differ from the global
 model's names/shapes/dtypes, hold NaN/Inf, or report ``num_examples <= 0`` is
 refused (logged; the site counts as not answered). A run restarted after a
 crash resumes after the last checkpointed round.
@@ -16,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,19 +233,34 @@ def run(ctx: WorkflowContext) -> None:
 
     evaluate = load_attr(ctx.app_dir, spec.server.evaluate) if spec.server.evaluate else None
 
+    # The last round's commit, run by the next round once its task is out.
+    # A list it pops from, so no reference to that round's model outlives it.
+    pending: list[Callable[[], None]] = []
     try:
         with ScalarWriter(store.tensorboard_dir) as tb:
-            for k in range(start, total + 1):
-                # The previous global model is on disk: drop it so a round holds
-                # one model (the running mean), not two.
-                del global_params
-                global_params = _round(ctx, params, store, tb, evaluate, sites, k, reference)
+            try:
+                for k in range(start, total + 1):
+                    # The previous global model is on disk: drop it so a round
+                    # holds one model (the running mean), not two.
+                    del global_params
+                    global_params = _round(
+                        ctx, params, store, tb, evaluate, sites, k, reference, pending
+                    )
+            finally:
+                # The last round's commit, or a completed round's whose
+                # successor failed: what finished is recorded.
+                _commit_pending(pending)
             final = store.write_model(total, global_params, final=True)
             log.info("job %s: final global model %s", ctx.job_id, final)
             if adapter is not None and adapter.suffix != ".safetensors":
                 _save_native(store, adapter, model, global_params)
     finally:
         comm.finish()
+
+
+def _commit_pending(pending: list[Callable[[], None]]) -> None:
+    while pending:
+        pending.pop()()
 
 
 def _save_native(
@@ -262,6 +282,7 @@ def _round(
     sites: Sequence[str],
     k: int,
     reference: Mapping[str, tuple[str, tuple[int, ...]]],
+    pending: list[Callable[[], None]],
 ) -> dict[str, np.ndarray]:
     log = ctx.logger
     comm = ctx.comm
@@ -271,6 +292,7 @@ def _round(
         sites, k, fraction=params.sample_fraction, min_clients=min_clients, seed=params.seed
     )
     started = time.monotonic()
+    started_wall = time.time()
     weights_path = store.model_path(k - 1)
     task_id = comm.scatter(
         task="train",
@@ -288,6 +310,8 @@ def _round(
         len(selected),
         ", ".join(selected),
     )
+    # The sites are downloading: commit the previous round meanwhile.
+    _commit_pending(pending)
     comm.report(round=k, total_rounds=total, status="training", sites=list(selected))
 
     mean = WeightedMean()
@@ -324,58 +348,68 @@ def _round(
             f"returned a valid result (missing: {', '.join(missing) or 'none'})"
         )
 
-    # The gather is complete: only now does the round's mean become the global model.
+    # The gather is complete: only now does the round's mean become the global
+    # model. Written (and hashed) now, so the next round can offer it; made
+    # durable and recorded by commit(), which the next round runs once its
+    # task is out.
     new_global = mean.result()
-    model_path = store.write_model(k, new_global)
-    results = [accepted[s] for s in sorted(accepted)]
-    num_examples = sum(r.num_examples for r in results)
-    server_metrics: dict[str, float] = {}
-    if evaluate is not None:
-        raw = _call_hook("evaluate", ctx.spec.server.evaluate, evaluate, new_global, k)
-        if raw is not None and not isinstance(raw, Mapping):
-            raise JobFailedError(
-                f"server.evaluate hook {ctx.spec.server.evaluate!r} must return a dict of numbers"
-            )
-        server_metrics = _finite_metrics(raw)
-    site_metrics = {r.site: _finite_metrics(r.metrics) for r in results}
-    aggregated = _weighted_metrics(results)
+    model_path = store.write_model(k, new_global, durable=False)
     duration = time.monotonic() - started
-    store.append_metrics(
-        {
-            "round": k,
-            "num_examples": num_examples,
-            "sites": site_metrics,
-            "aggregated": aggregated,
-            "server": server_metrics,
-            "duration_s": round(duration, 3),
-            "missing": [s for s in selected if s not in accepted],
-        }
-    )
-    scalars = {f"server/{m}": v for m, v in server_metrics.items()}
-    scalars.update({f"aggregated/{m}": v for m, v in aggregated.items()})
-    for site, metrics in site_metrics.items():
-        scalars.update({f"sites/{site}/{m}": v for m, v in metrics.items()})
-    scalars["round/num_examples"] = float(num_examples)
-    scalars["round/duration_s"] = duration
-    tb.add_scalars(scalars, step=k)
-    store.save_checkpoint(k, model_path)
-    log.info(
-        "round %d/%d done: %d/%d site(s), %d examples, %.2fs%s",
-        k,
-        total,
-        len(accepted),
-        len(selected),
-        num_examples,
-        duration,
-        "".join(f", {m}={v:.4g}" for m, v in server_metrics.items()),
-    )
-    comm.report(
-        round=k,
-        total_rounds=total,
-        status="round_done",
-        num_examples=num_examples,
-        sites={s: ("ok" if s in accepted else "missing") for s in selected},
-        metrics=server_metrics or aggregated,
-        duration_s=duration,
-    )
+    results = [accepted[s] for s in sorted(accepted)]
+
+    def commit() -> None:
+        store.sync_model(model_path)
+        num_examples = sum(r.num_examples for r in results)
+        server_metrics: dict[str, float] = {}
+        if evaluate is not None:
+            raw = _call_hook("evaluate", ctx.spec.server.evaluate, evaluate, new_global, k)
+            if raw is not None and not isinstance(raw, Mapping):
+                raise JobFailedError(
+                    f"server.evaluate hook {ctx.spec.server.evaluate!r} must return a dict "
+                    "of numbers"
+                )
+            server_metrics = _finite_metrics(raw)
+        site_metrics = {r.site: _finite_metrics(r.metrics) for r in results}
+        aggregated = _weighted_metrics(results)
+        store.append_metrics(
+            {
+                "round": k,
+                "started": round(started_wall, 3),
+                "num_examples": num_examples,
+                "sites": site_metrics,
+                "aggregated": aggregated,
+                "server": server_metrics,
+                "duration_s": round(duration, 3),
+                "missing": [s for s in selected if s not in accepted],
+            }
+        )
+        scalars = {f"server/{m}": v for m, v in server_metrics.items()}
+        scalars.update({f"aggregated/{m}": v for m, v in aggregated.items()})
+        for site, metrics in site_metrics.items():
+            scalars.update({f"sites/{site}/{m}": v for m, v in metrics.items()})
+        scalars["round/num_examples"] = float(num_examples)
+        scalars["round/duration_s"] = duration
+        tb.add_scalars(scalars, step=k)
+        store.save_checkpoint(k, model_path)
+        log.info(
+            "round %d/%d done: %d/%d site(s), %d examples, %.2fs%s",
+            k,
+            total,
+            len(accepted),
+            len(selected),
+            num_examples,
+            duration,
+            "".join(f", {m}={v:.4g}" for m, v in server_metrics.items()),
+        )
+        comm.report(
+            round=k,
+            total_rounds=total,
+            status="round_done",
+            num_examples=num_examples,
+            sites={s: ("ok" if s in accepted else "missing") for s in selected},
+            metrics=server_metrics or aggregated,
+            duration_s=duration,
+        )
+
+    pending.append(commit)
     return new_global

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from shoal.arrays import load_arrays, write_arrays
+from shoal.arrays import load_arrays, sync_file, write_arrays
 from shoal.errors import ArrayFormatError
 
 __all__ = ["Checkpoint", "RoundStore", "atomic_write_bytes", "sha256_file"]
@@ -95,14 +95,27 @@ class RoundStore:
         return self.models_dir / f"global_final{suffix}"
 
     def write_model(
-        self, round: int, params: Mapping[str, np.ndarray], *, final: bool = False
+        self,
+        round: int,
+        params: Mapping[str, np.ndarray],
+        *,
+        final: bool = False,
+        durable: bool = True,
     ) -> Path:
-        """Save the global model after ``round`` atomically; returns its path."""
+        """Save the global model after ``round`` atomically; returns its path.
+
+        ``durable=False`` leaves the flush to disk to :meth:`sync_model`, which
+        must run before a checkpoint names the file.
+        """
         path = self.final_path() if final else self.model_path(round)
-        written = write_arrays(path, params, metadata={"round": str(round)})
+        written = write_arrays(path, params, metadata={"round": str(round)}, durable=durable)
         # Hashed while writing: the checkpoint and every transfer reuse it.
         self._digests[path] = written.sha256
         return path
+
+    def sync_model(self, path: Path) -> None:
+        """Flush a model written with ``durable=False`` to disk."""
+        sync_file(path)
 
     def model_sha256(self, path: Path) -> str:
         """The SHA-256 of a model file this store wrote (read back only if unknown)."""
