@@ -190,8 +190,9 @@ class GrpcBackend:
         t0 = time.monotonic()
         size = encoded.size
         for attempt in range(5):
+            frames = frames_from_pieces(header, size, encoded.pieces)
             try:
-                self._stub.PutResult(frames_from_pieces(header, size, encoded.pieces))
+                self._stub.PutResult(frames)
                 break
             except grpc.RpcError as exc:
                 err = from_rpc_error(exc, "PutResult")
@@ -207,6 +208,11 @@ class GrpcBackend:
                     raise err from None
                 time.sleep(0.5 * 2**attempt)
                 encoded = encode_arrays(model.params)
+            finally:
+                # gRPC keeps the request iterator until a garbage collection
+                # finds it: closed, it no longer holds the arrays (with the
+                # task's memory) into the next round.
+                frames.close()
         log.info(
             "Sent result to server: round %s size: %s time: %.6f seconds",
             task.meta.get("round"),

@@ -22,7 +22,7 @@ import hashlib
 import json
 import mmap
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,7 +241,7 @@ def frames_from_pieces(
     *,
     chunk_size: int = CHUNK_SIZE,
     inline_max: int = INLINE_MAX,
-) -> Iterator[Frame]:
+) -> Generator[Frame, None, None]:
     """Stream ``size`` bytes produced piece by piece (e.g. ``arrays.encode_arrays``),
     hashing them on the way: no staging file, no whole-payload buffer.
 
