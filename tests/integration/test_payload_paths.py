@@ -93,3 +93,6 @@ def test_fedavg_is_exact_whichever_way_the_model_travels(
     np.testing.assert_array_equal(final["w"], np.full(floats, 2.5 * rounds, np.float32))
     np.testing.assert_array_equal(final["b"], np.arange(3) + 2.5 * rounds)
     assert final["w"].dtype == np.float32 and final["b"].dtype == np.float64
+    # Every result was folded in and its file removed: nothing piles up.
+    run_dir = Path(federation.layout.server_kit) / "jobs" / job_id / "run"
+    assert [p for p in (run_dir / "results").rglob("*") if p.is_file()] == []

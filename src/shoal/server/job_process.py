@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import logging
 import os
 import socket
@@ -81,6 +82,19 @@ class IpcCommunicator:
         return task_id
 
     def gather(self, task_id: str, *, timeout: float) -> Iterator[TaskResult]:
+        files: list[Path] = []
+        try:
+            yield from self._gather(task_id, timeout, files)
+        finally:
+            # Folded in by now: a round's results never need to reach the
+            # disk (deleted before writeback, they never do) or fill it up.
+            for path in files:
+                path.unlink(missing_ok=True)
+            for folder in {path.parent for path in files}:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+    def _gather(self, task_id: str, timeout: float, files: list[Path]) -> Iterator[TaskResult]:
         targets = self._targets[task_id]
         answered: set[str] = set()
         gone = {s for s in self._gone if s in targets}
@@ -110,7 +124,11 @@ class IpcCommunicator:
                 site = str(msg["site"])
                 self._gone.discard(site)
                 gone.discard(site)
-            elif op == "result" and msg.get("task_id") == task_id:
+            elif op == "result" and msg.get("task_id") != task_id:
+                # A late answer to a round that is over: nothing will read it.
+                if msg.get("path"):
+                    files.append(Path(msg["path"]))
+            elif op == "result":
                 site = str(msg["site"])
                 self._gone.discard(site)
                 gone.discard(site)
@@ -127,7 +145,8 @@ class IpcCommunicator:
                         **fields, path=Path(), data=base64.b64decode(msg["data_b64"])
                     )
                 else:
-                    yield TaskResult(**fields, path=Path(msg["path"]))
+                    files.append(Path(msg["path"]))
+                    yield TaskResult(**fields, path=files[-1])
 
     def finish(self) -> None:
         self._ipc.send({"op": "finish"})

@@ -77,7 +77,9 @@ class Communicator(Protocol):
 
         Ends when every targeted site has answered, or has left the
         federation, or ``timeout`` seconds passed. Results are complete and
-        verified files: a partial upload is never yielded.
+        verified files: a partial upload is never yielded. A result's file
+        belongs to the runtime and is removed once the gather is over: fold
+        in (or copy) what you need while iterating.
         """
 
     def finish(self) -> None:
