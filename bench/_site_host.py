@@ -1,130 +1,270 @@
-"""Runs many real SiteDaemon objects in one process, each from its own site kit
-(identity = certificate CN, so every site needs its own kit). For bench/scale.py.
+"""Hosts many sites in one process for bench/scale.py, each from its own kit
+(identity is the certificate's CN, so every site needs its own kit).
 
-    python bench/_site_host.py [--light] SERVER_ADDRESS KIT_DIR [KIT_DIR ...]   # until stdin closes
+    python bench/_site_host.py [--daemons] SERVER_ADDRESS KIT_DIR [KIT_DIR ...]   # until stdin closes
 
-``--light``: each site runs a job's worker as a coroutine on one asyncio loop
-of this process instead of a worker process. The coroutine speaks the worker
-side of the Fleet protocol with the site's own mTLS channel (``grpc.aio``):
-GetTask long-polls, the task's frames checked and decoded with shoal's own
-transport and array code, the model echoed back by PutResult. It does not run
-the job's script: this is the bench's stand-in for 1000 sites' worth of worker
-processes (about 60 MiB and 0.3 s of start-up each), which would not fit on
-one machine; production site daemons always start a process.
+By default every site is a :class:`LightSite`: a few coroutines on this
+process's one asyncio loop, with its own ``grpc.aio`` mTLS channel, speaking
+the site side of the Fleet protocol as ``SiteDaemon`` does: Connect (Welcome,
+job starts and aborts, shutdown), Beat at the interval the Welcome asks with
+the running jobs, FetchJob (size and SHA-256 checked by shoal's transport
+code), ReportJob started / finished / failed / aborted, the job log by
+PutBlob, and reconnection with the daemon's backoff and jitter. Its job
+worker opens a second channel, as a worker process would, and echoes each
+task's model back (GetTask long-poll, arrays decoded and re-encoded,
+PutResult); it does not unpack the job or run its script. A real site daemon
+costs threads per site and a worker process (about 60 MiB and 0.3 s of
+start-up) per job: a thousand of them do not fit on one machine next to the
+server they are meant to load.
+
+``--daemons``: real ``SiteDaemon`` objects instead (threads, worker processes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import grpc
 
+from shoal import __version__
 from shoal._proto import shoal_pb2 as pb
 from shoal.arrays import arrays_from_bytes, encode_arrays
-from shoal.client.daemon import SiteDaemon, SiteOptions
-from shoal.client.worker import MAX_TASK_BYTES, WorkerConfig
-from shoal.provision import load_kit
-from shoal.transport import PayloadHeader, TLSConfig, channel_credentials, read_header
+from shoal.client.daemon import MAX_PACKAGE_BYTES, SiteDaemon, SiteOptions
+from shoal.client.worker import _RETRYABLE, MAX_TASK_BYTES
+from shoal.errors import ShoalError, TransportError
+from shoal.provision import Kit, load_kit
+from shoal.server.daemon import local_sys_info
+from shoal.transport import PayloadHeader, channel_credentials, from_rpc_error, read_header
 from shoal.transport.channels import channel_options
-from shoal.transport.frames import decode_frame, encode_frame, frames_from_pieces, receive_bytes
+from shoal.transport.frames import WireFrame, frames_from_bytes, frames_from_pieces, receive_bytes
+from shoal.transport.services import ServiceStub
 
-_FLEET = "/shoal.v1.Fleet/"
-
-
-class AsyncWorkers:
-    """One asyncio loop (a thread of this process) running every light worker."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="light-workers", daemon=True).start()
-
-    def run(self, config: WorkerConfig) -> None:
-        """Run one site's worker for one job to its end (blocks the calling thread)."""
-        asyncio.run_coroutine_threadsafe(_echo_worker(config), self.loop).result()
+log = logging.getLogger("site_host")
 
 
-async def _echo_worker(config: WorkerConfig) -> None:
-    tls = TLSConfig(
-        ca_pem=Path(config.ca_path).read_bytes(),
-        cert_pem=Path(config.cert_path).read_bytes(),
-        key_pem=Path(config.key_path).read_bytes(),
-    )
-    async with grpc.aio.secure_channel(
-        config.server_address,
-        channel_credentials(tls),
-        options=channel_options(config.server_name),
-    ) as ch:
-        get_task = ch.unary_stream(
-            _FLEET + "GetTask",
-            request_serializer=pb.TaskRequest.SerializeToString,
-            response_deserializer=decode_frame,
+async def _frames(call: grpc.aio.UnaryStreamCall) -> list[WireFrame]:
+    """A whole (small) payload stream: the transport's readers take plain iterators."""
+    return [f async for f in call]
+
+
+class LightSite:
+    """One site as coroutines: ``SiteDaemon``'s protocol, an echoing job worker."""
+
+    def __init__(self, kit: Kit, address: str) -> None:
+        self.kit = kit
+        self.name = kit.name
+        self.address = address
+        self.server_name = str(kit.config["server"]["name"])
+        self.session_id = ""
+        self.running: set[str] = set()  # jobs whose worker has started and not ended
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._aborted: dict[str, str] = {}
+        self._lost = False  # the server forgot our session: reconnect
+        self._stopping = False
+        self._channel = self._open()
+        self._stub = ServiceStub(self._channel, "Fleet")  # type: ignore[arg-type]
+
+    def _open(self) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            self.address,
+            channel_credentials(self.kit.tls),
+            options=channel_options(self.server_name),
         )
-        put_result = ch.stream_unary(
-            _FLEET + "PutResult",
-            request_serializer=encode_frame,
-            response_deserializer=pb.Ack.FromString,
-        )
+
+    async def run(self) -> None:
+        """Stay connected until cancelled or told to exit, as ``SiteDaemon._run``."""
+        delay = 0.2
         while True:
-            call = get_task(pb.TaskRequest(job_id=config.job_id, wait_s=30.0))
-            frames = iter([f async for f in call])
-            header = read_header(frames)
-            if header.kind == "none":
-                continue
-            if header.kind == "done":
-                return
-            params = arrays_from_bytes(receive_bytes(header, frames, max_size=MAX_TASK_BYTES))
-            encoded = encode_arrays(params)
-            result = PayloadHeader(
-                kind="result",
-                job_id=config.job_id,
-                task_id=header.task_id,
-                meta={"site": config.site_name, "num_examples": 10, "metrics": {"loss": 0.0}},
-            )
-            await put_result(iter(list(frames_from_pieces(result, encoded.size, encoded.pieces))))
+            try:
+                if await self._session():
+                    return
+                delay = 0.2
+            except grpc.aio.AioRpcError as exc:
+                log.info("%s: not connected (%s: %s)", self.name, exc.code().name, exc.details())
+            # The daemon's jitter, which spreads a fleet's reconnections.
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, SiteOptions.max_backoff_s)
 
-
-class LightSite(SiteDaemon):
-    """A real site daemon whose job workers are coroutines of ``workers``."""
-
-    workers: AsyncWorkers
-
-    def _run_job(self, start: Any, worker: Any) -> None:
-        job_dir = self.workspace / "jobs" / start.job_id
-        state, detail = "failed", ""
+    async def _session(self) -> bool:
+        """One Connect stream; True when the server asks this site to exit."""
+        hello = pb.Hello(
+            site=self.name,
+            shoal_version=__version__,
+            resources_json=json.dumps(local_sys_info()),  # POC kits have no resources.json
+            running_jobs=sorted(self.running),
+        )
+        call = self._stub.Connect(hello)
+        self._lost = False
+        beats: asyncio.Task[None] | None = None
         try:
-            _, _, _, meta = self._prepare(start, job_dir)
-            config = self._worker_config(start.job_id, job_dir, meta)
-            self._report(start.job_id, "started", "bench coroutine")
-            self.workers.run(config)
-            state = "finished"
+            async for event in call:
+                which = event.WhichOneof("body")
+                if which == "welcome":
+                    self.session_id = event.welcome.session_id
+                    interval = event.welcome.heartbeat_interval_s or 5.0
+                    beats = asyncio.create_task(self._beat(interval, call))
+                elif which == "start_job":
+                    self._start_job(event.start_job)
+                elif which == "abort_job":
+                    self._abort_job(event.abort_job.job_id, event.abort_job.reason)
+                elif which == "shutdown":
+                    return event.shutdown.site_should_exit or event.shutdown.restart
+        except asyncio.CancelledError:
+            if not self._lost:  # cancelled from outside: stopping
+                raise
+        finally:
+            if beats is not None:
+                beats.cancel()
+            self.session_id = ""
+        return False
+
+    async def _beat(self, interval: float, call: grpc.aio.UnaryStreamCall) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._stub.Beat(
+                    pb.Heartbeat(session_id=self.session_id, running_jobs=sorted(self.running)),
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    log.info("%s: server no longer knows this session; reconnecting", self.name)
+                    self._lost = True
+                    call.cancel()
+                    return
+
+    # -- jobs -----------------------------------------------------------------
+
+    def _start_job(self, start: pb.StartJob) -> None:
+        job = self._jobs.get(start.job_id)
+        if job is not None and not job.done():
+            return  # worker already running; carrying on
+        self._jobs[start.job_id] = asyncio.create_task(self._run_job(start))
+
+    def _abort_job(self, job_id: str, reason: str) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None and not job.done():
+            self._aborted[job_id] = reason
+            job.cancel()
+
+    async def _run_job(self, start: pb.StartJob) -> None:
+        job_id = start.job_id
+        state, detail, what = "failed", "", "FetchJob"
+        try:
+            await self._fetch_job(start)
+            self.running.add(job_id)
+            await self._report(job_id, "started", "bench coroutine")
+            what = "worker"
+            tasks = await self._echo_worker(job_id)
+            state, detail = "finished", f"{tasks} tasks echoed"
+        except asyncio.CancelledError:
+            if self._stopping:
+                raise
+            state, detail = "aborted", self._aborted.pop(job_id, "")
         except grpc.aio.AioRpcError as exc:
-            detail = f"worker RPC {exc.code().name}: {exc.details()}"
-        except Exception as exc:  # report it like a failed worker would
+            detail = str(from_rpc_error(exc, what))
+        except Exception as exc:  # report it, as the daemon does a failed worker
             detail = f"{type(exc).__name__}: {exc}"
         finally:
-            self._report(start.job_id, state, detail)
+            self.running.discard(job_id)
+        log_text = f"bench light worker: {state} {detail}\n".encode()
+        await self._upload_log(job_id, log_text)
+        await self._report(job_id, state, detail)
+
+    async def _fetch_job(self, start: pb.StartJob) -> None:
+        """Fetch and check the job package (size, SHA-256); the light worker needs no unpacking."""
+        frames = iter(await _frames(self._stub.FetchJob(pb.FetchJobRequest(job_id=start.job_id))))
+        header = read_header(frames)
+        receive_bytes(header, frames, max_size=MAX_PACKAGE_BYTES)
+        if start.package_sha256 and header.meta.get("name") is None:
+            raise ShoalError("job package header lacks the job name")
+
+    async def _echo_worker(self, job_id: str) -> int:
+        """The job worker: its own channel, GetTask long-polls, each model echoed by PutResult."""
+        tasks, delay = 0, 0.2
+        async with self._open() as channel:
+            stub = ServiceStub(channel, "Fleet")  # type: ignore[arg-type]
+            while True:
+                try:
+                    call = stub.GetTask(pb.TaskRequest(job_id=job_id, wait_s=30.0))
+                    frames = iter(await _frames(call))
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in _RETRYABLE:
+                        raise
+                    # GrpcBackend's retry: the server is restarting or busy.
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 5.0)
+                    continue
+                header = read_header(frames)
+                if header.kind == "none":
+                    continue
+                if header.kind == "done":
+                    return tasks
+                if header.kind != "task":
+                    raise TransportError(f"unexpected reply {header.kind!r} to GetTask")
+                params = arrays_from_bytes(receive_bytes(header, frames, max_size=MAX_TASK_BYTES))
+                encoded = encode_arrays(params)
+                result = PayloadHeader(
+                    kind="result",
+                    job_id=job_id,
+                    task_id=header.task_id,
+                    meta={"site": self.name, "num_examples": 10, "metrics": {"loss": 0.0}},
+                )
+                try:
+                    await stub.PutResult(
+                        iter(list(frames_from_pieces(result, encoded.size, encoded.pieces)))
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    # A stale task (the server moved on) is dropped, as GrpcBackend does.
+                    if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+                        raise
+                tasks += 1
+
+    async def _report(self, job_id: str, state: str, detail: str) -> None:
+        event = pb.JobEvent(session_id=self.session_id, job_id=job_id, state=state, detail=detail)
+        try:
+            await self._stub.ReportJob(event, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("%s: job %s: could not report %s: %s", self.name, job_id, state, exc)
+
+    async def _upload_log(self, job_id: str, text: bytes) -> None:
+        header = PayloadHeader(kind="blob", job_id=job_id, meta={"name": "log"})
+        try:
+            await self._stub.PutBlob(iter(list(frames_from_bytes(header, text))), timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("%s: job %s: could not upload the job log: %s", self.name, job_id, exc)
+
+    async def stop(self, session: asyncio.Task[None]) -> None:
+        self._stopping = True
+        tasks = [session, *self._jobs.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._channel.close()
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
-    # Thousands of threads per process: keep their stacks small.
+async def _serve_light(address: str, kits: list[str]) -> None:
+    sites = [LightSite(load_kit(Path(k), expected_type="client"), address) for k in kits]
+    sessions = [asyncio.create_task(s.run()) for s in sites]
+    print("started", len(sites), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await asyncio.gather(*(s.stop(t) for s, t in zip(sites, sessions, strict=True)))
+
+
+def _serve_daemons(address: str, kits: list[str]) -> None:
+    # Hundreds of threads per process: keep their stacks small.
     threading.stack_size(512 * 1024)
-    args = sys.argv[1:]
-    light = args[:1] == ["--light"]
-    if light:
-        args = args[1:]
-    address, kits = args[0], args[1:]
-    cls = LightSite if light else SiteDaemon
-    if light:
-        LightSite.workers = AsyncWorkers()
     daemons = []
     for k in kits:
-        d = cls(load_kit(Path(k), expected_type="client"), SiteOptions(server_address=address))
+        d = SiteDaemon(
+            load_kit(Path(k), expected_type="client"), SiteOptions(server_address=address)
+        )
         d.start()
         daemons.append(d)
     print("started", len(daemons), flush=True)
@@ -133,6 +273,15 @@ def main() -> None:
         d.request_stop()
     for d in daemons:
         d.stop()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    args = sys.argv[1:]
+    if args[:1] == ["--daemons"]:
+        _serve_daemons(args[1], args[2:])
+    else:
+        asyncio.run(_serve_light(args[0], args[1:]))
 
 
 if __name__ == "__main__":

@@ -1,62 +1,115 @@
 """Scale: one server with 100, 500 and 1000 connected sites on loopback (workload 4):
-registration time, idle CPU of heartbeats, time of one round with a tiny model;
-where it breaks and why.
+registration time, idle CPU of heartbeats, time and CPU of one round with a tiny
+model; where it breaks and why.
 
-    python bench/scale.py [--quick] [--sites 100,500,1000] [--hosts 4] [--round-max 100]
+    python bench/scale.py [--quick] [--sites 100,500,1000] [--hosts 8] [--daemons]
 
 Every site has its own provisioned kit (``shoal.poc.prepare(num_sites=N)``:
-identity is the certificate's CN). The server is a real daemon process; the
-sites are real ``SiteDaemon`` objects, many per process over ``--hosts``
-processes (``bench/_site_host.py``), each with its own mTLS channel, Connect
-stream and heartbeats.
+identity is the certificate's CN). The server is a real daemon process. The
+sites are light asyncio clients started by the bench, many per process over
+``--hosts`` processes (``bench/_site_host.py``): each with its own mTLS
+channel, Connect stream, heartbeats, job fetch and reports, and a job worker
+(own channel, real GetTask / PutResult) that echoes the model instead of
+running the job's script. A production site is a ``SiteDaemon`` (threads)
+that starts a worker process per job: a thousand of those would use more of
+the machine than the server they load. ``--daemons`` runs real
+``SiteDaemon``s with worker processes instead (rounds only for N <=
+``--round-max``).
 
 * registration: hosts started -> the server lists all N sites connected;
 * idle CPU: CPU seconds used by the server and by all site hosts over
   ``--idle`` seconds of heartbeats only, as % of one core;
 * round: a 3-round tiny job with min_clients = N; rounds 2..3 (round 1 also
-  waits for N job workers to start). A production site starts one job worker
-  *process* per job (user code never runs in a daemon): N Python processes,
-  which do not fit on one machine for N in the hundreds. So by default the
-  site hosts are ``--light``: each site's worker is a thread of its host that
-  echoes the model through the real ``GrpcBackend`` (own mTLS channel, real
-  GetTask/PutResult), and the figure is the server's cost of a round with N
-  sites. ``--processes`` uses real worker processes instead (only for N <=
-  ``--round-max``).
+  waits for N job workers to start): median time, and CPU seconds per round
+  of the server (daemon + workflow process) and of the site hosts, apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Fed, emit, fmt_s, header, run_job, table, write_job  # noqa: E402
+from _common import Fed, children, emit, fmt_s, header, run_job, table, write_job  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid``, of its children it has reaped, and of its live descendants."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+    own = sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
+    return own + sum(cpu_seconds(kid) for kid in children(pid))
+
+
+#: rounds ended -> (server, site hosts) CPU seconds when that was first seen
+Marks = dict[int, tuple[float, float]]
+
+
+@contextlib.contextmanager
+def round_marks(jobs_dir: Path, server: int, hosts: list[int]) -> Iterator[Marks]:
+    """Sample the CPU of the server and of the site hosts each time a round
+    ends (a line lands in the job's metrics.jsonl), from a thread, while the
+    caller waits for the job."""
+    marks: Marks = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.01):
+            ended = 0
+            for m in jobs_dir.glob("*/run/metrics.jsonl"):
+                with contextlib.suppress(OSError):
+                    ended = m.read_bytes().count(b"\n")
+            if ended and ended not in marks:
+                marks[ended] = (cpu_seconds(server), sum(cpu_seconds(p) for p in hosts))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield marks
+    finally:
+        stop.set()
+        thread.join()
+
+
+def cpu_per_round(marks: Marks, first: int) -> tuple[float, float] | None:
+    """Mean (server, hosts) CPU seconds per round, between the first and the
+    last round ends seen from round ``first`` on."""
+    seen = sorted(r for r in marks if r >= first)
+    if len(seen) < 2:
+        return None
+    (s0, h0), (s1, h1) = marks[seen[0]], marks[seen[-1]]
+    n = seen[-1] - seen[0]
+    return (s1 - s0) / n, (h1 - h0) / n
 
 
 def connected(session) -> int:  # type: ignore[no-untyped-def]
     return sum(1 for s in session.check_status()["sites"] if s["connected"])
 
 
+def _tail(path: Path, n: int = 600) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:].strip()
+    except OSError:
+        return ""
+
+
 def measure(
-    n: int, hosts: int, idle_s: float, round_max: int, tmp: Path, light: bool, hb_timeout: float
+    n: int, hosts: int, idle_s: float, round_max: int, tmp: Path, daemons: bool, hb_timeout: float
 ) -> dict:
     from shoal import poc
 
@@ -83,6 +136,7 @@ def measure(
         stderr=subprocess.STDOUT,
     )
     procs: list[subprocess.Popen] = []
+    errs = [ws / f"site-host-{i}.err" for i in range(hosts)]
     try:
         ready = layout.server_kit / "server_ready.json"
         while not ready.exists():
@@ -91,38 +145,33 @@ def measure(
             time.sleep(0.05)
         session = poc.admin_session(ws, timeout=60)
         kits = [str(k) for k in layout.site_kits.values()]
-        groups = [kits[i::hosts] for i in range(hosts)]
         t0 = time.monotonic()
-        for g in groups:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(HERE / "_site_host.py"),
-                        *(["--light"] if light else []),
-                        layout.fed_address,
-                        *g,
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
+        for i, err in enumerate(errs):
+            # stderr to a file: a pipe nobody reads would block a host that logs a lot.
+            with open(err, "wb") as f:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(HERE / "_site_host.py"),
+                            *(["--daemons"] if daemons else []),
+                            layout.fed_address,
+                            *kits[i::hosts],
+                        ],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL,
+                        stderr=f,
+                    )
                 )
-            )
         deadline = t0 + 300
         up = 0
         while time.monotonic() < deadline:
             up = connected(session)
             if up >= n:
                 break
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError(
-                    "a site host exited: "
-                    + (
-                        procs[0].stderr.read(2000).decode(errors="replace")
-                        if procs[0].poll() is not None
-                        else ""
-                    )
-                )
+            for p, err in zip(procs, errs, strict=True):
+                if p.poll() is not None:
+                    raise RuntimeError(f"a site host exited: {_tail(err)}")
             time.sleep(0.2)
         out["register_s"] = time.monotonic() - t0
         out["registered"] = up
@@ -141,7 +190,7 @@ def measure(
         )
         out["server_rss_mib"] = _rss(server.pid) / 2**20
         out["hosts_rss_mib"] = sum(_rss(p.pid) for p in procs) / 2**20
-        if light or n <= round_max:
+        if not daemons or n <= round_max:
             job = write_job(
                 tmp,
                 name=f"tiny-job-{n}",
@@ -152,16 +201,24 @@ def measure(
                 round_timeout_s=180,
             )
             fed = Fed(ws, layout, session)
-            out["workers"] = "light: coroutines" if light else "processes"
+            out["workers"] = "SiteDaemons, worker processes" if daemons else "asyncio sites"
+            hosts_pids = [p.pid for p in procs]
             try:
                 # Poll gently: at 1000 sites the admin calls compete with the round.
-                r = run_job(fed, job, timeout=1800, poll_s=0.2)
+                with round_marks(fed.server_dir / "jobs", server.pid, hosts_pids) as marks:
+                    r = run_job(fed, job, timeout=1800, poll_s=0.2)
             except (RuntimeError, TimeoutError) as exc:
                 out["note"] = f"round failed: {exc}"[:300]
                 out["worker_failures"] = _worker_failures(layout.server_kit / "log.txt")
+                host_errors = [t for t in (_tail(e, 300) for e in errs) if t]
+                if host_errors:
+                    out["site_host_stderr"] = host_errors[:2]
             else:
                 out["round_s"] = [float(x["duration_s"]) for x in r.rounds]
                 out["job_s"] = r.submit_to_finished_s
+                per_round = cpu_per_round(marks, first=1)
+                if per_round is not None:
+                    out["round_cpu_server_s"], out["round_cpu_hosts_s"] = per_round
         session.close()
     finally:
         for p in procs:
@@ -207,32 +264,38 @@ def _rss(pid: int) -> int:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="10 sites, 2 hosts, 5 s idle")
-    p.add_argument("--sites", default="100,500,1000")
-    p.add_argument("--hosts", type=int, default=8)
-    p.add_argument("--idle", type=float, default=20.0)
+    p.add_argument("--quick", action="store_true", help="defaults 10 sites, 2 hosts, 5 s idle")
+    p.add_argument("--sites", help="comma-separated N (default 100,500,1000)")
+    p.add_argument("--hosts", type=int, help="site-host processes (default 8)")
+    p.add_argument("--idle", type=float, help="seconds of idle CPU measured (default 20)")
     p.add_argument(
         "--round-max",
         type=int,
         default=100,
-        help="with --processes: largest N a round is run for",
+        help="with --daemons: largest N a round is run for",
     )
     p.add_argument(
         "--heartbeat-timeout",
         type=float,
         default=120.0,
-        help="the server's, seconds (shoal's default is 30): here the server and all N "
-        "sites share one machine's cores, and a site host's heartbeat thread can starve",
+        help="the server's, seconds; sites beat every third of it. shoal's default is 30 "
+        "(a beat every 10 s); 120 keeps the figures comparable with earlier runs, where "
+        "starved SiteDaemon hosts missed 30 s heartbeats during a 1000-site job start",
     )
     p.add_argument(
-        "--processes",
+        "--daemons",
         action="store_true",
-        help="job workers as processes (as in production) instead of threads of the site hosts",
+        help="real SiteDaemons with job worker processes (as in production) "
+        "instead of asyncio sites",
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.sites, args.hosts, args.idle, args.round_max = "10", 2, 5.0, 10
-    header(f"scale: one server, N connected sites ({args.hosts} site-host processes)")
+        args.round_max = 10
+    args.sites = args.sites or ("10" if args.quick else "100,500,1000")
+    args.hosts = args.hosts or (2 if args.quick else 8)
+    args.idle = args.idle if args.idle is not None else (5.0 if args.quick else 20.0)
+    kind = "SiteDaemons" if args.daemons else "asyncio sites"
+    header(f"scale: one server, N connected sites ({kind} in {args.hosts} site-host processes)")
     results = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-scale-") as tmp:
         for n in [int(x) for x in args.sites.split(",")]:
@@ -244,7 +307,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     args.idle,
                     args.round_max,
                     Path(tmp),
-                    not args.processes,
+                    args.daemons,
                     args.heartbeat_timeout,
                 )
             except Exception as exc:
@@ -255,9 +318,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["sites"], "FAILED", r["error"], "", "", "", ""])
+            rows.append([r["sites"], "FAILED", r["error"], "", "", "", "", ""])
             continue
         rnd = r.get("round_s")
+        cpu = (
+            f"{r['round_cpu_server_s']:.2f} / {r['round_cpu_hosts_s']:.2f} s"
+            if "round_cpu_server_s" in r
+            else ""
+        )
         rows.append(
             [
                 r["sites"],
@@ -267,7 +335,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{r.get('server_rss_mib', 0):.0f} / {r.get('hosts_rss_mib', 0):.0f} MiB",
                 f"{fmt_s(statistics.median(rnd[1:]))} ({r['workers']})"
                 if rnd
-                else "not run (N job-worker processes)",
+                else "not run (N job-worker processes)"
+                if "workers" not in r
+                else "failed",
+                cpu,
                 r.get("note", ""),
             ]
         )
@@ -280,6 +351,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "idle CPU server / site hosts",
             "RSS server / site hosts",
             "tiny round (rounds 2..3, median)",
+            "CPU per round server / site hosts",
             "note",
         ],
     )

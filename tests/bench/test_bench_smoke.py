@@ -5,6 +5,7 @@ No timing is asserted: the figures are for bench/results/, not for CI.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,9 +55,14 @@ def test_simulator_quick() -> None:
 
 @pytest.mark.slow
 def test_scale_quick() -> None:
-    out = _run("scale", "--quick")
+    out = _run("scale", "--quick", "--sites", "4", "--idle", "1")
     assert "registration" in out and "FAILED" not in out
-    assert "light: coroutines" in out  # a round ran, with the light workers
+    # A round ran with the asyncio sites, and its CPU was split server / site hosts.
+    assert "CPU per round server / site hosts" in out
+    assert re.search(r"\(asyncio sites\) *\| [\d.]+ / [\d.]+ s", out), out[-2000:]
+    # The production-like mode: real SiteDaemons, job workers as processes.
+    out = _run("scale", "--quick", "--daemons", "--sites", "2", "--idle", "1")
+    assert "(SiteDaemons, worker processes)" in out and "FAILED" not in out
 
 
 @pytest.mark.slow
