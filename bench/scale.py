@@ -19,9 +19,11 @@ the machine than the server they load. ``--daemons`` runs real
 * registration: hosts started -> the server lists all N sites connected;
 * idle CPU: CPU seconds used by the server and by all site hosts over
   ``--idle`` seconds of heartbeats only, as % of one core;
-* round: a 3-round tiny job with min_clients = N; rounds 2..3 (round 1 also
-  waits for N job workers to start): median time, and CPU seconds per round
-  of the server (daemon + workflow process) and of the site hosts, apart.
+* round: a 4-round tiny job with min_clients = N; a round from its task
+  going out to the next one's (metrics.jsonl ``started``), rounds 2..3
+  (round 1 also waits for N job workers to start): median time, and CPU
+  seconds per round of the server (daemon + workflow process) and of the
+  site hosts, apart.
 """
 
 from __future__ import annotations
@@ -40,7 +42,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Fed, children, emit, fmt_s, header, run_job, table, write_job  # noqa: E402
+from _common import (  # noqa: E402
+    Fed,
+    children,
+    emit,
+    fmt_s,
+    header,
+    round_times,
+    run_job,
+    table,
+    write_job,
+)
 
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -194,7 +206,7 @@ def measure(
             job = write_job(
                 tmp,
                 name=f"tiny-job-{n}",
-                num_rounds=3,
+                num_rounds=4,  # start to start: rounds 1..3, of which 2..3 steady
                 model_bytes=64,
                 min_clients=n,
                 log=False,
@@ -214,7 +226,7 @@ def measure(
                 if host_errors:
                     out["site_host_stderr"] = host_errors[:2]
             else:
-                out["round_s"] = [float(x["duration_s"]) for x in r.rounds]
+                out["round_s"] = round_times(r.rounds)
                 out["job_s"] = r.submit_to_finished_s
                 per_round = cpu_per_round(marks, first=1)
                 if per_round is not None:
