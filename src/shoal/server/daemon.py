@@ -8,6 +8,12 @@ A daemon is a context manager: ``start()`` binds every port before it returns
 (ports 0 pick free ones, reported in ``ports`` and in ``server_ready.json``);
 ``stop()`` stops accepting, tells connected sites, leaves running jobs
 resumable, and returns.
+
+Threads: the Fleet port (sites and their job workers) is a ``grpc.aio``
+server on an event loop of its own thread, where a held stream costs a
+coroutine; the Admin and health ports are synchronous gRPC servers (few
+callers); the scheduler and heartbeat expiry are a thread each, and each
+running job has its own (``JobRun``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from shoal.server.jobrun import JobRun
 from shoal.server.sessions import SiteRegistry
 from shoal.server.store import JobRecord, JobStore, utc_now
 from shoal.transport import peer_cert_pem, start_server
+from shoal.transport.aio import AioServer
 from shoal.transport.health import HealthEndpoint, start_health
 from shoal.transport.services import add_service
 
@@ -97,7 +104,7 @@ class ServerDaemon:
             p["name"] for p in cfg.get("participants", []) if p.get("type") == "client"
         )
         self.ports: dict[str, int] = {}
-        self.transfer_slots = threading.BoundedSemaphore(max(1, opts.max_transfers))
+        self.max_transfers = max(1, opts.max_transfers)
         self.start_time = time.time()
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.store: JobStore | None = None
@@ -105,6 +112,7 @@ class ServerDaemon:
         self._runs_lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._fleet_server: AioServer | None = None
         self._servers: list[grpc.Server] = []
         self._health: HealthEndpoint | None = None
         self._crl_path = kit.local / "crl.pem"
@@ -131,32 +139,40 @@ class ServerDaemon:
         self.store = JobStore(self.workspace)
         self._recover_jobs()
         self.registry.on_change(self._site_changed)
-        fleet = FleetService(self)
+        fleet = FleetService(self, max_transfers=self.max_transfers)
         admin = AdminService(self)
         tls = self.kit.tls
-        fed_server, self.ports["fed"] = start_server(
-            host=self.host,
-            port=self._want_ports["fed"],
-            tls=tls,
-            register=[lambda s: add_service(s, fleet, "Fleet")],
-        )
-        self._servers.append(fed_server)
-        admin_server, self.ports["admin"] = start_server(
-            host=self.host,
-            port=self._want_ports["admin"],
-            tls=tls,
-            register=[lambda s: add_service(s, admin, "Admin")],
-            max_workers=64,
-        )
-        self._servers.append(admin_server)
-        if self._want_ports["health"] >= 0:
-            self._health = start_health(
-                self.host,
-                self._want_ports["health"],
-                {"": True, "shoal.v1.Fleet": True, "shoal.v1.Admin": True},
+        try:
+            self._fleet_server = AioServer.start(
+                host=self.host,
+                port=self._want_ports["fed"],
+                tls=tls,
+                register=[lambda s: add_service(s, fleet, "Fleet")],
+                name="fleet-loop",
             )
-            self.ports["health"] = self._health.port
-            self._servers.append(self._health.server)
+            self.ports["fed"] = self._fleet_server.port
+            admin_server, self.ports["admin"] = start_server(
+                host=self.host,
+                port=self._want_ports["admin"],
+                tls=tls,
+                register=[lambda s: add_service(s, admin, "Admin")],
+                max_workers=64,
+            )
+            self._servers.append(admin_server)
+            if self._want_ports["health"] >= 0:
+                self._health = start_health(
+                    self.host,
+                    self._want_ports["health"],
+                    {"": True, "shoal.v1.Fleet": True, "shoal.v1.Admin": True},
+                )
+                self.ports["health"] = self._health.port
+                self._servers.append(self._health.server)
+        except BaseException:
+            self._stop_servers(grace=0)
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            raise
         threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True).start()
         threading.Thread(target=self._expire_loop, name="heartbeats", daemon=True).start()
         self._write_ready()
@@ -194,9 +210,7 @@ class ServerDaemon:
             # Not aborted: the job stays RUNNING in the store and resumes from
             # its last completed round when the server starts again.
             run.detach()
-        for s in self._servers:
-            s.stop(grace=1.0).wait(2.0)
-        self._servers.clear()
+        self._stop_servers(grace=1.0)
         for session in self.registry.sessions():
             self.registry.end(session, "server stopped")
         ready = self.workspace / "server_ready.json"
@@ -205,6 +219,14 @@ class ServerDaemon:
             self.store.close()
             self.store = None
         log.info("server %s stopped (%s)", self.name, reason)
+
+    def _stop_servers(self, grace: float) -> None:
+        if self._fleet_server is not None:
+            self._fleet_server.stop(grace)
+            self._fleet_server = None
+        for s in self._servers:
+            s.stop(grace=grace).wait(grace + 1.0)
+        self._servers.clear()
 
     def _write_ready(self) -> None:
         info = {"pid": os.getpid(), "name": self.name, "ports": self.ports, "host": self.host}
@@ -216,15 +238,32 @@ class ServerDaemon:
 
     def identify(self, context: grpc.ServicerContext, *, expected_type: str) -> Identity:
         """The caller's identity from its verified certificate, or abort the call."""
+        try:
+            return self._check_peer(context, expected_type)
+        except _Refused as refused:
+            context.abort(refused.code, refused.details)
+            raise AssertionError("unreachable: abort raises") from None
+
+    async def identify_aio(
+        self, context: grpc.aio.ServicerContext, *, expected_type: str
+    ) -> Identity:
+        """:meth:`identify` for a call of the ``grpc.aio`` Fleet server."""
+        try:
+            return self._check_peer(context, expected_type)
+        except _Refused as refused:
+            await context.abort(refused.code, refused.details)
+            raise AssertionError("unreachable: abort raises") from None
+
+    def _check_peer(self, context: Any, expected_type: str) -> Identity:
+        """The checks of both ``identify`` methods; raises _Refused."""
         pem = peer_cert_pem(context)
         if pem is None:
             log.warning("refused %s: no client certificate", context.peer())
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
-            raise AssertionError("unreachable: abort raises")
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
         who = self._identity(pem)
         if who.serial in self._revoked_serials():
             log.warning("refused %s (%s): certificate revoked", who.name, context.peer())
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"certificate of {who.name} is revoked")
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, f"certificate of {who.name} is revoked")
         if who.type != expected_type:
             log.warning(
                 "refused %s (%s): %s %s certificate on the %s port",
@@ -234,7 +273,7 @@ class ServerDaemon:
                 who.type,
                 "admin" if expected_type == "admin" else "site",
             )
-            context.abort(
+            raise _Refused(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{who.name} is a {who.type}; this port serves {expected_type}s only",
             )
@@ -494,6 +533,15 @@ class ServerDaemon:
 
     def sys_info(self) -> dict[str, Any]:
         return local_sys_info()
+
+
+class _Refused(Exception):
+    """A call refused before it is served: the status the caller gets."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
 
 
 def local_sys_info() -> dict[str, Any]:

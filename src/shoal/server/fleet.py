@@ -1,24 +1,40 @@
 """The Fleet service: what sites and their job workers call. Thin: decode,
-check identity, call the daemon, encode."""
+check identity, call the daemon, encode.
+
+Served by ``grpc.aio`` on the daemon's Fleet loop (``transport.aio``): every
+method is a coroutine, a held call (a site's ``Connect`` stream, a worker's
+``GetTask`` long-poll) is a suspended coroutine, not a thread. The threads
+that change what such a call waits for (the scheduler, a job's IPC reader,
+heartbeat expiry) wake it with a :class:`~shoal.transport.aio.Wakeup`.
+Nothing here may block for long: it would hold up every site at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 
 from shoal._proto import shoal_pb2 as pb
-from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.errors import NotFoundError, PeerRejectedError
 from shoal.server.jobrun import DONE, JobRun, Task
 from shoal.server.sessions import CLOSE, SiteSession
-from shoal.transport import PayloadHeader, frames_from_file, read_header, rpc_errors
-from shoal.transport.frames import Frame, WireFrame, human_bytes, receive_to_file
+from shoal.transport import PayloadHeader, frames_from_file
+from shoal.transport.aio import Wakeup
+from shoal.transport.channels import aio_rpc_errors
+from shoal.transport.frames import (
+    WireFrame,
+    human_bytes,
+    read_header_async,
+    receive_to_file_async,
+)
 
 if TYPE_CHECKING:
     from shoal.server.daemon import ServerDaemon
@@ -33,14 +49,22 @@ MAX_TASK_WAIT_S = 60.0
 MAX_LOG_BYTES = 256 * 1024 * 1024
 
 
-class FleetService(pb_grpc.FleetServicer):
-    def __init__(self, daemon: ServerDaemon) -> None:
+class FleetService:
+    """``shoal.v1.Fleet`` for a ``grpc.aio`` server (bound by ``transport.services``)."""
+
+    def __init__(self, daemon: ServerDaemon, *, max_transfers: int) -> None:
         self.d = daemon
+        # Model transfers streamed at once; the others wait their turn. Bounds
+        # the daemon's memory whatever the number of sites.
+        self._transfer_slots = asyncio.Semaphore(max(1, max_transfers))
+        # One per running job, made by the first GetTask for it: a new task
+        # wakes every call waiting for one with a single hop onto the loop.
+        self._board_wakeups: weakref.WeakKeyDictionary[JobRun, Wakeup] = weakref.WeakKeyDictionary()
 
     # -- the site daemon's session --------------------------------------------
 
-    def Connect(self, request: pb.Hello, context: grpc.ServicerContext) -> Iterator[pb.ServerEvent]:
-        who = self.d.identify(context, expected_type="client")
+    async def Connect(self, request: pb.Hello, context: grpc.aio.ServicerContext) -> None:
+        who = await self.d.identify_aio(context, expected_type="client")
         if request.site != who.name:
             log.warning(
                 "refused %s: certificate of %s tried to register as %r",
@@ -48,7 +72,7 @@ class FleetService(pb_grpc.FleetServicer):
                 who.name,
                 request.site,
             )
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"certificate is for {who.name}; cannot register as {request.site!r}",
             )
@@ -60,6 +84,8 @@ class FleetService(pb_grpc.FleetServicer):
             name=who.name, org=who.org, peer=context.peer(), resources=resources, serial=who.serial
         )
         session.running_jobs = list(request.running_jobs)
+        wakeup = Wakeup()
+        session.on_event = wakeup.fire
         self.d.registry.open(session)
         log.info(
             "site %s (org %s) connected from %s, session %s, shoal %s",
@@ -69,32 +95,39 @@ class FleetService(pb_grpc.FleetServicer):
             session.session_id[:8],
             request.shoal_version or "?",
         )
-        context.add_callback(lambda: self.d.registry.end(session, "connection closed"))
-        yield pb.ServerEvent(
-            welcome=pb.Welcome(
-                session_id=session.session_id,
-                server=self.d.name,
-                heartbeat_interval_s=self.d.heartbeat_interval_s,
+        try:
+            await context.write(
+                pb.ServerEvent(
+                    welcome=pb.Welcome(
+                        session_id=session.session_id,
+                        server=self.d.name,
+                        heartbeat_interval_s=self.d.heartbeat_interval_s,
+                    )
+                )
             )
-        )
-        while context.is_active():
-            try:
-                event = session.events.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if event is CLOSE:
-                return
-            yield event
+            while True:
+                try:
+                    event = session.events.get_nowait()
+                except queue.Empty:
+                    await wakeup.wait()
+                    continue
+                if event is CLOSE:
+                    return
+                await context.write(event)
+        finally:
+            # However the stream ended: closed by the site, cut, replaced, or
+            # cancelled by the server stopping (a no-op if already ended).
+            self.d.registry.end(session, "connection closed")
 
-    def Beat(self, request: pb.Heartbeat, context: grpc.ServicerContext) -> pb.Ack:
-        who = self.d.identify(context, expected_type="client")
+    async def Beat(self, request: pb.Heartbeat, context: grpc.aio.ServicerContext) -> pb.Ack:
+        who = await self.d.identify_aio(context, expected_type="client")
         if not self.d.registry.beat(who.name, request.session_id, list(request.running_jobs)):
             # Unknown session (e.g. the server restarted): the site reconnects.
-            context.abort(grpc.StatusCode.NOT_FOUND, "no such session; connect again")
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such session; connect again")
         return pb.Ack(ok=True)
 
-    def ReportJob(self, request: pb.JobEvent, context: grpc.ServicerContext) -> pb.Ack:
-        who = self.d.identify(context, expected_type="client")
+    async def ReportJob(self, request: pb.JobEvent, context: grpc.aio.ServicerContext) -> pb.Ack:
+        who = await self.d.identify_aio(context, expected_type="client")
         run = self.d.run_of(request.job_id)
         log.info(
             "site %s: job %s worker %s%s",
@@ -117,25 +150,40 @@ class FleetService(pb_grpc.FleetServicer):
             raise PeerRejectedError(f"{site} is not a site of job {job_id}")
         return run
 
-    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[Frame]:
-        who = self.d.identify(context, expected_type="client")
-        with rpc_errors(context, f"GetTask from {who.name}"):
+    async def _next_task(self, run: JobRun, site: str, wait_s: float) -> Task | object | None:
+        """``run.next_task`` without a thread: wait on the board's Wakeup."""
+        wakeup = self._board_wakeups.get(run)
+        if wakeup is None:
+            wakeup = self._board_wakeups[run] = Wakeup()
+            run.on_change(wakeup.fire)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while (task := run.take_task(site)) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            await wakeup.wait(remaining)
+        return task
+
+    async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> None:
+        who = await self.d.identify_aio(context, expected_type="client")
+        async with aio_rpc_errors(context, f"GetTask from {who.name}"):
             run = self._run_for(who.name, request.job_id)
         wait = min(max(request.wait_s, 0.0), MAX_TASK_WAIT_S)
-        task = run.next_task(who.name, wait)
-        if task is None:
-            yield pb.Frame(header=PayloadHeader(kind="none", job_id=run.job_id, size=0).to_pb())
-            return
-        if task is DONE:
-            yield pb.Frame(header=PayloadHeader(kind="done", job_id=run.job_id, size=0).to_pb())
+        task = await self._next_task(run, who.name, wait)
+        if task is None or task is DONE:
+            kind = "none" if task is None else "done"
+            header = PayloadHeader(kind=kind, job_id=run.job_id, size=0)
+            await context.write(pb.Frame(header=header.to_pb()))
             return
         assert isinstance(task, Task)
         meta = dict(task.meta)
         meta.update({"task": task.name, "round": task.round, "site": who.name})
         header = PayloadHeader(kind="task", job_id=run.job_id, task_id=task.task_id, meta=meta)
-        with self.d.transfer_slots:
+        async with self._transfer_slots:
             t0 = time.monotonic()
-            yield from frames_from_file(header, task.weights_path, sha256=task.sha256)
+            for frame in frames_from_file(header, task.weights_path, sha256=task.sha256):
+                await context.write(frame)
         log.info(
             "job %s: sent %s task of round %d to %s: %s in %.3f s",
             run.job_id,
@@ -146,25 +194,27 @@ class FleetService(pb_grpc.FleetServicer):
             time.monotonic() - t0,
         )
 
-    def PutResult(
-        self, request_iterator: Iterator[WireFrame], context: grpc.ServicerContext
+    async def PutResult(
+        self, request_iterator: AsyncIterator[WireFrame], context: grpc.aio.ServicerContext
     ) -> pb.Ack:
-        who = self.d.identify(context, expected_type="client")
-        with rpc_errors(context, f"result from {who.name}"):
-            header = read_header(request_iterator)
+        who = await self.d.identify_aio(context, expected_type="client")
+        async with aio_rpc_errors(context, f"result from {who.name}"):
+            header = await read_header_async(request_iterator)
             if header.kind != "result":
                 raise PeerRejectedError(f"expected a result, got {header.kind!r}")
             run = self._run_for(who.name, header.job_id)
-            with self.d.transfer_slots:
-                info = run.accept_result(who.name, header, request_iterator, run.max_result_bytes())
+            async with self._transfer_slots:
+                info = await run.accept_result(
+                    who.name, header, request_iterator, run.max_result_bytes()
+                )
             return pb.Ack(ok=True, meta_json=json.dumps(info))
-        return pb.Ack(ok=False)  # unreachable: rpc_errors aborted
+        return pb.Ack(ok=False)  # unreachable: aio_rpc_errors aborted
 
-    def FetchJob(
-        self, request: pb.FetchJobRequest, context: grpc.ServicerContext
-    ) -> Iterator[Frame]:
-        who = self.d.identify(context, expected_type="client")
-        with rpc_errors(context, f"FetchJob from {who.name}"):
+    async def FetchJob(
+        self, request: pb.FetchJobRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        who = await self.d.identify_aio(context, expected_type="client")
+        async with aio_rpc_errors(context, f"FetchJob from {who.name}"):
             run = self._run_for(who.name, request.job_id)
             rec = run.record
             site_index = run.sites.index(who.name)
@@ -174,16 +224,16 @@ class FleetService(pb_grpc.FleetServicer):
                 "site_index": site_index,
                 "num_sites": len(run.sites),
             }
-        yield from frames_from_file(
-            PayloadHeader(kind="job", job_id=rec.job_id, meta=meta), rec.package
-        )
+        header = PayloadHeader(kind="job", job_id=rec.job_id, meta=meta)
+        for frame in frames_from_file(header, rec.package):
+            await context.write(frame)
 
-    def PutBlob(
-        self, request_iterator: Iterator[WireFrame], context: grpc.ServicerContext
+    async def PutBlob(
+        self, request_iterator: AsyncIterator[WireFrame], context: grpc.aio.ServicerContext
     ) -> pb.Ack:
-        who = self.d.identify(context, expected_type="client")
-        with rpc_errors(context, f"log upload from {who.name}"):
-            header = read_header(request_iterator)
+        who = await self.d.identify_aio(context, expected_type="client")
+        async with aio_rpc_errors(context, f"log upload from {who.name}"):
+            header = await read_header_async(request_iterator)
             if header.kind != "blob":
                 raise PeerRejectedError(f"expected a blob, got {header.kind!r}")
             assert self.d.store is not None
@@ -191,6 +241,6 @@ class FleetService(pb_grpc.FleetServicer):
             if who.name not in rec.sites:
                 raise PeerRejectedError(f"{who.name} is not a site of job {rec.job_id}")
             dest = rec.logs_dir / f"{who.name}.log"
-            receive_to_file(header, request_iterator, dest, max_size=MAX_LOG_BYTES)
+            await receive_to_file_async(header, request_iterator, dest, max_size=MAX_LOG_BYTES)
             return pb.Ack(ok=True)
         return pb.Ack(ok=False)  # unreachable

@@ -5,6 +5,11 @@ The daemon never runs the workflow itself: it starts a workflow process
 "offer this weights file as task T to these sites"; the daemon hands it to
 each site's job worker when the worker asks (``GetTask`` is held until work
 exists), receives each result into a file, checks it, and tells the workflow.
+
+The task board is read from threads (``next_task``) and from the Fleet
+server's event loop (``take_task`` plus an ``on_change`` listener that wakes
+the waiting calls); messages to the workflow go through a thread of the run,
+so no caller ever waits on a busy workflow process.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import base64
 import contextlib
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,13 @@ from shoal import jobstatus
 from shoal.errors import PeerRejectedError
 from shoal.server.ipc import IPC_INLINE_MAX, IpcChannel
 from shoal.server.store import JobRecord
-from shoal.transport.frames import PayloadHeader, human_bytes, receive_bytes, receive_to_file
+from shoal.transport.frames import (
+    PayloadHeader,
+    WireFrame,
+    human_bytes,
+    receive_bytes_async,
+    receive_to_file_async,
+)
 
 __all__ = ["DONE", "JobRun", "Task"]
 
@@ -36,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Returned by ``next_task`` when the job has no more work for the site.
 DONE = object()
+#: Ends the thread that writes to the workflow process.
+_STOP_SENDING = object()
 
 
 @dataclass
@@ -50,6 +64,8 @@ class Task:
     sha256: str | None = None
     answered: set[str] = field(default_factory=set)
     delivered: set[str] = field(default_factory=set)
+    #: Sites whose result is being received (a second upload at once is refused).
+    receiving: set[str] = field(default_factory=set)
     created: float = field(default_factory=time.monotonic)
 
 
@@ -73,6 +89,8 @@ class JobRun:
         self._sites_done: set[str] = set()
         self._python = python
         self._cond = threading.Condition()
+        self._listeners: list[Callable[[], None]] = []
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._tasks: dict[str, Task] = {}
         self._current: Task | None = None
         self._finished = False
@@ -124,6 +142,9 @@ class JobRun:
             child_sock.close()
             log_file.close()
         self.ipc = IpcChannel(parent_sock)
+        threading.Thread(
+            target=self._write_ipc, name=f"job-{rec.job_id[:8]}-send", daemon=True
+        ).start()
         log.info(
             "job %s (%s): workflow process %d started for sites %s",
             rec.job_id,
@@ -144,7 +165,7 @@ class JobRun:
             if self._ended or self._aborting:
                 return
             self._aborting = reason
-            self._cond.notify_all()
+            self._board_changed()
         log.info("job %s: aborting (%s)", self.job_id, reason)
         self._kill()
 
@@ -166,7 +187,7 @@ class JobRun:
         """Stop the workflow process without ending the job (server shutdown)."""
         with self._cond:
             self._finished = True
-            self._cond.notify_all()
+            self._board_changed()
         self._kill()
 
     def site_job_event(self, site: str, state: str, detail: str) -> None:
@@ -201,7 +222,8 @@ class JobRun:
         with self._cond:
             self._ended = True
             self._finished = True
-            self._cond.notify_all()
+            self._board_changed()
+        self._outbox.put(_STOP_SENDING)
         if self._aborting:
             status, error = jobstatus.ABORTED, self._aborting
         elif code == 0:
@@ -259,7 +281,7 @@ class JobRun:
             with self._cond:
                 self._tasks = {task.task_id: task}  # a new task supersedes the old one
                 self._current = task
-                self._cond.notify_all()
+                self._board_changed()
             for s in sites:
                 self.site_states[s] = {"state": "task offered", "round": task.round}
             log.info(
@@ -276,7 +298,7 @@ class JobRun:
         elif op == "finish":
             with self._cond:
                 self._finished = True
-                self._cond.notify_all()
+                self._board_changed()
         elif op == "report":
             self.progress = {k: v for k, v in msg.items() if k != "op"}
             if self._on_progress is not None:
@@ -286,36 +308,46 @@ class JobRun:
 
     # -- from sites -----------------------------------------------------------
 
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """``listener()`` is called whenever the task board changes (a new task,
+        the job finishing or aborting), from the thread that changed it and
+        under the board's lock: it must return at once (e.g. ``Wakeup.fire``)."""
+        with self._cond:
+            self._listeners.append(listener)
+
+    def _board_changed(self) -> None:
+        # Called with self._cond held.
+        self._cond.notify_all()
+        for listener in self._listeners:
+            listener()
+
+    def take_task(self, site: str) -> Task | object | None:
+        """The site's open task, DONE, or None when there is none yet (no wait)."""
+        with self._cond:
+            if self._finished or self._aborting:
+                return DONE
+            t = self._current
+            if t is not None and site in t.sites and site not in t.answered:
+                t.delivered.add(site)
+                return t
+            return None
+
     def next_task(self, site: str, wait_s: float) -> Task | object | None:
         """The site's open task, DONE, or None when nothing came in ``wait_s``."""
         deadline = time.monotonic() + wait_s
         with self._cond:
-            while True:
-                if self._finished or self._aborting:
-                    return DONE
-                t = self._current
-                if t is not None and site in t.sites and site not in t.answered:
-                    t.delivered.add(site)
-                    return t
+            while (task := self.take_task(site)) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+            return task
 
-    def accept_result(
-        self, site: str, header: PayloadHeader, frames: Iterable[Any], max_size: int
+    async def accept_result(
+        self, site: str, header: PayloadHeader, frames: AsyncIterator[WireFrame], max_size: int
     ) -> dict[str, Any]:
-        """Receive a site's result into the run folder and hand it to the workflow."""
-        with self._cond:
-            task = self._tasks.get(header.task_id)
-            if task is None:
-                raise PeerRejectedError(
-                    f"result for unknown or superseded task {header.task_id!r} from {site}"
-                )
-            if site not in task.sites:
-                raise PeerRejectedError(f"task {task.task_id} was not given to {site}")
-            if site in task.answered:
-                raise PeerRejectedError(f"duplicate result for task {task.task_id} from {site}")
+        """Receive a site's result (the rest of a ``grpc.aio`` request stream)
+        into the run folder and hand it to the workflow."""
         claimed = header.meta.get("site")
         if claimed is not None and claimed != site:
             raise PeerRejectedError(f"{site} sent a result claiming to be from {claimed!r}")
@@ -326,26 +358,49 @@ class JobRun:
         metrics = header.meta.get("metrics") or {}
         if not isinstance(metrics, dict):
             raise PeerRejectedError("metrics must be a JSON object")
-        t0 = time.monotonic()
-        dest: Path | None = None
-        inline: bytes | None = None
-        if header.inline is not None and header.size <= IPC_INLINE_MAX:
-            # A small model: handed to the workflow in the message, no file
-            # (creating a file per site and round dominated a round at scale).
-            inline = receive_bytes(header, frames, max_size=max_size)
-            size = len(inline)
-        else:
-            dest = self.record.run_dir / "results" / task.task_id / f"{site}.safetensors"
-            # Not fsynced: after a crash the round is re-run from the checkpoint.
-            size = receive_to_file(header, frames, dest, max_size=max_size, durable=False).size
-        elapsed = time.monotonic() - t0
         with self._cond:
-            # Re-check: a duplicate could have raced us while receiving.
-            if site in task.answered or self._tasks.get(task.task_id) is not task:
-                if dest is not None:
-                    dest.unlink(missing_ok=True)
-                raise PeerRejectedError(f"result for task {task.task_id} from {site} is stale")
-            task.answered.add(site)
+            task = self._tasks.get(header.task_id)
+            if task is None:
+                raise PeerRejectedError(
+                    f"result for unknown or superseded task {header.task_id!r} from {site}"
+                )
+            if site not in task.sites:
+                raise PeerRejectedError(f"task {task.task_id} was not given to {site}")
+            if site in task.answered:
+                raise PeerRejectedError(f"duplicate result for task {task.task_id} from {site}")
+            if site in task.receiving:
+                # Both would land in the same file: the loser would delete the winner's.
+                raise PeerRejectedError(
+                    f"a result for task {task.task_id} from {site} is already arriving"
+                )
+            task.receiving.add(site)
+        try:
+            t0 = time.monotonic()
+            dest: Path | None = None
+            inline: bytes | None = None
+            if header.inline is not None and header.size <= IPC_INLINE_MAX:
+                # A small model: handed to the workflow in the message, no file
+                # (creating a file per site and round dominated a round at scale).
+                inline = await receive_bytes_async(header, frames, max_size=max_size)
+                size = len(inline)
+            else:
+                dest = self.record.run_dir / "results" / task.task_id / f"{site}.safetensors"
+                # Not fsynced: after a crash the round is re-run from the checkpoint.
+                received = await receive_to_file_async(
+                    header, frames, dest, max_size=max_size, durable=False
+                )
+                size = received.size
+            elapsed = time.monotonic() - t0
+            with self._cond:
+                # Re-check: the workflow may have moved on while we received.
+                if site in task.answered or self._tasks.get(task.task_id) is not task:
+                    if dest is not None:
+                        dest.unlink(missing_ok=True)
+                    raise PeerRejectedError(f"result for task {task.task_id} from {site} is stale")
+                task.answered.add(site)
+        finally:
+            with self._cond:
+                task.receiving.discard(site)
         self.site_states[site] = {
             "state": "result received",
             "round": task.round,
@@ -394,12 +449,23 @@ class JobRun:
         self._send({"op": "site_gone", "site": site, "reason": reason})
 
     def _send(self, msg: dict[str, Any]) -> None:
+        """Queue ``msg`` for the workflow process; never waits. A workflow busy
+        aggregating lets the socket fill up: only the run's sender thread waits
+        then, not the Fleet server's loop or the scheduler."""
         if self.ipc is None or self._ended:
             return
-        try:
-            self.ipc.send(msg)
-        except OSError as exc:
-            log.warning("job %s: workflow process unreachable: %s", self.job_id, exc)
+        self._outbox.put(msg)
+
+    def _write_ipc(self) -> None:
+        assert self.ipc is not None
+        while (msg := self._outbox.get()) is not _STOP_SENDING:
+            if self._ended:
+                continue
+            try:
+                self.ipc.send(msg)
+            except OSError as exc:
+                if not self._ended:
+                    log.warning("job %s: workflow process unreachable: %s", self.job_id, exc)
 
     def max_result_bytes(self) -> int:
         t = self._current

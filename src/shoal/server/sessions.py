@@ -39,13 +39,25 @@ class SiteSession:
     resources: dict[str, Any] = field(default_factory=dict)
     events: queue.Queue[Any] = field(default_factory=queue.Queue)
     active: bool = True
+    #: Called after every push, from the pushing thread; it must not block.
+    #: The Connect call holding this session's stream (a coroutine on the
+    #: Fleet server's loop) sets it to learn there is something to send,
+    #: instead of polling ``events``.
+    on_event: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def push(self, event: Any) -> None:
         self.events.put(event)
+        self._notify()
 
     def close(self) -> None:
         self.active = False
         self.events.put(CLOSE)
+        self._notify()
+
+    def _notify(self) -> None:
+        listener = self.on_event
+        if listener is not None:
+            listener()
 
 
 class SiteRegistry:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -29,11 +29,14 @@ from shoal.transport.frames import MAX_MESSAGE_BYTES
 from shoal.transport.tls import TLSSource, channel_credentials, server_credentials
 
 __all__ = [
+    "aio_rpc_errors",
+    "bind_port",
     "channel_options",
     "from_rpc_error",
     "open_channel",
     "peer_cert_pem",
     "rpc_errors",
+    "server_options",
     "start_server",
 ]
 
@@ -105,18 +108,32 @@ def start_server(
     """Start a gRPC server with our options; returns it and the bound port.
 
     ``tls=None`` makes a plaintext server: only for the health service.
-    ``register`` holds callables ``f(server)`` adding servicers.
+    ``register`` holds callables ``f(server)`` adding servicers. (The server
+    daemon's Fleet port is a ``grpc.aio`` server instead: ``transport.aio``.)
     """
-    # Held streams (one per connected site, one per waiting job worker) each
-    # occupy a worker thread; threads are created lazily, so a large cap costs
-    # nothing until sites connect.
+    # Held streams each occupy a worker thread; threads are created lazily,
+    # so a large cap costs nothing until calls come.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=_SERVER_OPTIONS,
+        options=server_options(),
         maximum_concurrent_rpcs=None,
     )
     for add in register:
         add(server)
+    bound = bind_port(server, host, port, tls)
+    server.start()
+    return server, bound
+
+
+def server_options() -> list[tuple[str, Any]]:
+    """The options every shoal server is made with (sync or ``grpc.aio``)."""
+    return list(_SERVER_OPTIONS)
+
+
+def bind_port(
+    server: grpc.Server | grpc.aio.Server, host: str, port: int, tls: TLSSource | None
+) -> int:
+    """Listen on ``host:port`` (mutual TLS unless ``tls`` is None); the port bound."""
     address = f"{host}:{port}"
     try:
         if tls is None:
@@ -127,8 +144,7 @@ def start_server(
         raise TransportError(f"cannot listen on {address}: {exc}") from exc
     if bound == 0:
         raise TransportError(f"cannot listen on {address} (in use or not permitted)")
-    server.start()
-    return server, bound
+    return bound
 
 
 def peer_cert_pem(context: grpc.ServicerContext) -> bytes | None:
@@ -162,9 +178,21 @@ def rpc_errors(context: grpc.ServicerContext, what: str) -> Iterator[None]:
     try:
         yield
     except ShoalError as exc:
-        code = next(c for t, c in _TO_STATUS if isinstance(exc, t))
-        log.warning("%s refused: %s", what, exc)
-        context.abort(code, str(exc))
+        context.abort(_refusal(exc, what), str(exc))
+
+
+@contextlib.asynccontextmanager
+async def aio_rpc_errors(context: grpc.aio.ServicerContext, what: str) -> AsyncIterator[None]:
+    """:func:`rpc_errors` for the coroutine methods of a ``grpc.aio`` servicer."""
+    try:
+        yield
+    except ShoalError as exc:
+        await context.abort(_refusal(exc, what), str(exc))
+
+
+def _refusal(exc: ShoalError, what: str) -> grpc.StatusCode:
+    log.warning("%s refused: %s", what, exc)
+    return next(c for t, c in _TO_STATUS if isinstance(exc, t))
 
 
 def from_rpc_error(exc: grpc.RpcError, what: str) -> ShoalError:

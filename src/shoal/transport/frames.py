@@ -18,14 +18,16 @@ interoperates; :func:`encode_frame` and :func:`decode_frame` are the gRPC
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import mmap
 import os
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from shoal._proto import shoal_pb2 as pb
 from shoal.errors import IntegrityError, TransportError
@@ -36,6 +38,7 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "Frame",
     "PayloadHeader",
+    "PayloadReceiver",
     "ReceivedPayload",
     "WireFrame",
     "data_frame",
@@ -46,8 +49,11 @@ __all__ = [
     "frames_from_pieces",
     "human_bytes",
     "read_header",
+    "read_header_async",
     "receive_bytes",
+    "receive_bytes_async",
     "receive_to_file",
+    "receive_to_file_async",
     "receive_to_memory",
 ]
 
@@ -298,24 +304,12 @@ def _receive_into(
 ) -> str:
     """Pass the payload's data chunks to ``write``, hashing them; returns the
     SHA-256 once size and trailer check out (IntegrityError otherwise)."""
-    digest = hashlib.sha256()
-    received = 0
-    trailer: pb.Trailer | None = None
-    for frame in _payload_frames(header, frames):
-        which, body = _body(frame)
-        if which == "data":
-            received += len(body)
-            if received > header.size:
-                raise IntegrityError(f"payload longer than the {header.size} bytes announced")
-            digest.update(body)
-            write(body)
-        elif which == "trailer":
-            trailer = body
-            break
-        else:
-            raise IntegrityError(f"unexpected {which!r} frame inside a payload")
-    _check_end(header, received, digest.hexdigest(), trailer)
-    return digest.hexdigest()
+    rx = PayloadReceiver(header, write)
+    if not rx.done:
+        for frame in frames:
+            if rx.feed(frame):
+                break
+    return rx.finish()
 
 
 def _check_size(header: PayloadHeader, max_size: int) -> None:
@@ -323,6 +317,126 @@ def _check_size(header: PayloadHeader, max_size: int) -> None:
         raise IntegrityError("payload header must announce its size")
     if header.size > max_size:
         raise IntegrityError(f"payload of {header.size} bytes exceeds the limit of {max_size}")
+
+
+class PayloadReceiver:
+    """The checks of every receive path, fed one frame at a time (push-style),
+    so a sync iterator and a ``grpc.aio`` stream are checked by the same code:
+
+        rx = PayloadReceiver(header, write=f.write)
+        if not rx.done:                  # an inline payload is done at once
+            for frame in frames:         # or `async for`
+                if rx.feed(frame):       # True once the trailer came
+                    break
+        sha256 = rx.finish()
+
+    ``write`` gets each data chunk (a memoryview it may not keep past the
+    call unless it copies) once the chunk passed the size check. ``feed`` and
+    ``finish`` raise IntegrityError for a frame out of place, more bytes than
+    announced, a missing trailer, a short payload or a hash mismatch.
+    """
+
+    def __init__(self, header: PayloadHeader, write: Callable[[Any], object]) -> None:
+        self.header = header
+        self.received = 0
+        self._write = write
+        self._digest = hashlib.sha256()
+        self._trailer: pb.Trailer | None = None
+        for frame in _payload_frames(header, ()):  # an inline payload's frames
+            self.feed(frame)
+
+    @property
+    def done(self) -> bool:
+        """The trailer came: read no further."""
+        return self._trailer is not None
+
+    def feed(self, frame: WireFrame) -> bool:
+        """Take the next frame after the header; True once the trailer came."""
+        which, body = _body(frame)
+        if which == "data":
+            self.received += len(body)
+            if self.received > self.header.size:
+                raise IntegrityError(f"payload longer than the {self.header.size} bytes announced")
+            self._digest.update(body)
+            self._write(body)
+        elif which == "trailer":
+            self._trailer = body
+        else:
+            raise IntegrityError(f"unexpected {which!r} frame inside a payload")
+        return self.done
+
+    def finish(self) -> str:
+        """The payload's SHA-256, once its size and trailer check out."""
+        digest = self._digest.hexdigest()
+        _check_end(self.header, self.received, digest, self._trailer)
+        return digest
+
+
+async def read_header_async(frames: AsyncIterator[WireFrame]) -> PayloadHeader:
+    """:func:`read_header` for a ``grpc.aio`` request stream."""
+    try:
+        first = [await anext(frames)]
+    except StopAsyncIteration:
+        first = []
+    return read_header(iter(first))
+
+
+async def receive_to_file_async(
+    header: PayloadHeader,
+    frames: AsyncIterator[WireFrame],
+    dest: Path,
+    *,
+    max_size: int,
+    durable: bool = True,
+) -> ReceivedPayload:
+    """:func:`receive_to_file` for a ``grpc.aio`` request stream."""
+    _check_size(header, max_size)
+    with _partial_file(dest, durable=durable) as f:
+        sha256 = await _receive_into_async(header, frames, f.write)
+    return ReceivedPayload(header=header, path=dest, size=header.size, sha256=sha256)
+
+
+async def receive_bytes_async(
+    header: PayloadHeader, frames: AsyncIterator[WireFrame], *, max_size: int
+) -> bytes:
+    """:func:`receive_bytes` for a ``grpc.aio`` request stream."""
+    _check_size(header, max_size)
+    parts: list[bytes] = []
+    await _receive_into_async(header, frames, parts.append)
+    return b"".join(parts)
+
+
+async def _receive_into_async(
+    header: PayloadHeader, frames: AsyncIterator[WireFrame], write: Callable[[Any], object]
+) -> str:
+    rx = PayloadReceiver(header, write)
+    if not rx.done:
+        async for frame in frames:
+            if rx.feed(frame):
+                break
+    return rx.finish()
+
+
+_partial_names = itertools.count()
+
+
+@contextlib.contextmanager
+def _partial_file(dest: Path, *, durable: bool) -> Iterator[BinaryIO]:
+    """A new file beside ``dest``, renamed to it if the block succeeds and
+    removed if it fails: a partial or refused payload never becomes visible.
+    Its name is unique, so two uploads to one ``dest`` never share it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{next(_partial_names)}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def receive_to_file(
@@ -341,18 +455,8 @@ def receive_to_file(
     relied on after a crash (a round's results).
     """
     _check_size(header, max_size)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            sha256 = _receive_into(header, frames, f.write)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _partial_file(dest, durable=durable) as f:
+        sha256 = _receive_into(header, frames, f.write)
     return ReceivedPayload(header=header, path=dest, size=header.size, sha256=sha256)
 
 

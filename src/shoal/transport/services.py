@@ -47,8 +47,10 @@ _HANDLERS = {
 }
 
 
-def add_service(server: grpc.Server, servicer: object, service: str) -> None:
-    """Serve ``servicer`` (a generated ``*Servicer`` subclass) as ``shoal.v1.<service>``."""
+def add_service(server: grpc.Server | grpc.aio.Server, servicer: object, service: str) -> None:
+    """Serve ``servicer`` as ``shoal.v1.<service>``: a generated ``*Servicer``
+    subclass on a sync server, or an object with a coroutine per method (the
+    same names) on a ``grpc.aio`` server."""
     desc = pb.DESCRIPTOR.services_by_name[service]
     handlers = {}
     for m in desc.methods:

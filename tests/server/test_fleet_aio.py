@@ -1,0 +1,268 @@
+"""The Fleet service on its grpc.aio server, in this process, over real mutual
+TLS from provisioned kits: held calls take no thread, threads that change the
+task board or a session wake the calls waiting on it at once, and daemons
+start and stop without leaving threads behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from shoal import poc
+from shoal._proto import shoal_pb2 as pb
+from shoal.errors import TransportError
+from shoal.provision import load_kit
+from shoal.server.daemon import ServerDaemon, ServerOptions
+from shoal.server.ipc import IpcChannel
+from shoal.server.jobrun import _STOP_SENDING, JobRun
+from shoal.server.store import JobRecord
+from shoal.transport import PayloadHeader, channel_credentials, read_header, receive_bytes
+from shoal.transport.channels import channel_options
+from shoal.transport.frames import frames_from_bytes
+from shoal.transport.services import ServiceStub
+
+
+@contextlib.contextmanager
+def running_server(layout: poc.PocLayout, workspace: Path) -> Iterator[ServerDaemon]:
+    daemon = ServerDaemon(
+        load_kit(layout.server_kit, expected_type="server"),
+        ServerOptions(
+            host="127.0.0.1", fed_port=0, admin_port=0, health_port=-1, workspace=workspace
+        ),
+    )
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop("test over")
+
+
+def fleet(layout: poc.PocLayout, site: str, port: int) -> tuple[grpc.aio.Channel, Any]:
+    """A grpc.aio channel holding ``site``'s certificate, and a Fleet stub on it."""
+    tls = load_kit(layout.site_kits[site]).tls
+    channel = grpc.aio.secure_channel(
+        f"127.0.0.1:{port}", channel_credentials(tls), options=channel_options("server1")
+    )
+    return channel, ServiceStub(channel, "Fleet")
+
+
+def wait_until(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_held_connect_streams_take_no_thread_and_get_pushed_events_at_once(
+    tmp_path: Path,
+) -> None:
+    n = 200
+    layout = poc.prepare(tmp_path / "poc", num_sites=n)
+    with running_server(layout, tmp_path / "ws") as server:
+        port = server.ports["fed"]
+        threads_before = threading.active_count()
+        seen: dict[str, Any] = {}
+
+        async def main() -> None:
+            stubs = [fleet(layout, site, port) for site in layout.site_kits]
+            calls = [
+                stub.Connect(pb.Hello(site=site))
+                for (_, stub), site in zip(stubs, layout.site_kits, strict=True)
+            ]
+            welcomes = await asyncio.gather(*(call.read() for call in calls))
+            assert {w.WhichOneof("body") for w in welcomes} == {"welcome"}
+            seen["connected"] = len(server.registry.connected())
+            seen["threads"] = threading.active_count()
+            # An event pushed from another thread reaches its held stream at once.
+            t0 = time.monotonic()
+            pusher = threading.Thread(
+                target=server.registry.get("site-7").push,  # type: ignore[union-attr]
+                args=(pb.ServerEvent(abort_job=pb.AbortJob(job_id="j", reason="test")),),
+            )
+            pusher.start()
+            event = await asyncio.wait_for(calls[6].read(), 5)
+            seen["push_s"] = time.monotonic() - t0
+            assert event.abort_job.job_id == "j"
+            pusher.join()
+            for call in calls:
+                call.cancel()
+            for channel, _ in stubs:
+                await channel.close()
+
+        asyncio.run(main())
+        assert seen["connected"] == n
+        # The synchronous server held a thread per stream: 200 here.
+        assert seen["threads"] - threads_before <= 2, seen
+        assert seen["push_s"] < 1.0, seen
+        # A stream the site closes ends its session.
+        wait_until(lambda: not server.registry.connected(), 10, "the sessions to end")
+
+
+def _run(tmp_path: Path, server: ServerDaemon, sites: list[str]) -> tuple[JobRun, IpcChannel]:
+    """A job on the server's task board whose workflow process is the test:
+    the test scatters and reads what the daemon sends it."""
+    folder = tmp_path / "job"
+    (folder / "run").mkdir(parents=True)
+    record = JobRecord(
+        job_id="job-1",
+        name="t",
+        status="RUNNING",
+        submit_time="2024-01-01T00:00:00+00:00",
+        start_time=None,
+        end_time=None,
+        submitter="admin@nvidia.com",
+        submitter_org="nvidia",
+        spec={},
+        sites=sites,
+        current_round=None,
+        num_rounds=None,
+        error=None,
+        attempts=1,
+        package_sha256="",
+        package_size=0,
+        folder=folder,
+    )
+    run = JobRun(record, sites=sites, on_end=lambda *a: None)
+    ours, theirs = socket.socketpair()
+    run.ipc = IpcChannel(ours)
+    threading.Thread(target=run._write_ipc, daemon=True).start()
+    with server._runs_lock:
+        server.runs[run.job_id] = run
+    return run, IpcChannel(theirs)
+
+
+def test_held_get_task_calls_are_woken_by_a_scatter_and_results_reach_the_workflow(
+    tmp_path: Path,
+) -> None:
+    layout = poc.prepare(tmp_path / "poc", num_sites=2)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"w" * 1000)
+    big = b"R" * 200_000
+    with running_server(layout, tmp_path / "ws") as server:
+        run, workflow = _run(tmp_path, server, ["site-1", "site-2"])
+        port = server.ports["fed"]
+        out: dict[str, Any] = {}
+
+        async def main() -> None:
+            channel, stub = fleet(layout, "site-1", port)
+            held = 20
+            threads_before = threading.active_count()
+            calls = [stub.GetTask(pb.TaskRequest(job_id="job-1", wait_s=30)) for _ in range(held)]
+            answers = [asyncio.ensure_future(_frames(call)) for call in calls]
+            await asyncio.sleep(0.5)
+            out["threads_held"] = threading.active_count() - threads_before
+            assert not any(a.done() for a in answers)
+            # The IPC reader thread is where a scatter comes from.
+            scatter = {
+                "op": "scatter",
+                "task_id": "task-1",
+                "task": "train",
+                "round": 1,
+                "weights_path": str(weights),
+                "sites": ["site-1", "site-2"],
+                "meta": {},
+            }
+            t0 = time.monotonic()
+            await asyncio.to_thread(run._handle, scatter)
+            got = await asyncio.wait_for(asyncio.gather(*answers), 10)
+            out["wake_s"] = time.monotonic() - t0
+            for frames in got:
+                header = read_header(iter(frames))
+                assert (header.kind, header.task_id) == ("task", "task-1")
+                assert receive_bytes(header, iter(frames[1:]), max_size=1000) == b"w" * 1000
+
+            # Results: a small one inline in the IPC message, a large one as a file.
+            small = PayloadHeader("result", "job-1", "task-1", meta={"num_examples": 3})
+            assert (await stub.PutResult(iter(frames_from_bytes(small, b"r" * 100)))).ok
+            channel2, stub2 = fleet(layout, "site-2", port)
+            frames2 = frames_from_bytes(small, big, inline_max=0)
+            assert (await stub2.PutResult(iter(frames2))).ok
+            # A second result for the task is refused.
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.PutResult(iter(frames_from_bytes(small, b"r" * 100)))
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "duplicate" in (info.value.details() or "")
+
+            # The job finishing answers a waiting call with "done".
+            waiting = asyncio.ensure_future(
+                _frames(stub.GetTask(pb.TaskRequest(job_id="job-1", wait_s=30)))
+            )
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(run._handle, {"op": "finish"})
+            (done,) = await asyncio.wait_for(waiting, 10)
+            assert done.header.kind == "done"
+            await channel.close()
+            await channel2.close()
+
+        asyncio.run(main())
+        assert out["threads_held"] <= 1, out
+        assert out["wake_s"] < 2.0, out
+        first, second = workflow.recv(timeout=10), workflow.recv(timeout=10)
+        assert first is not None and second is not None
+        by_site = {m["site"]: m for m in (first, second)}
+        assert by_site["site-1"]["op"] == "result" and by_site["site-1"]["num_examples"] == 3
+        assert "data_b64" in by_site["site-1"]
+        path = Path(by_site["site-2"]["path"])
+        assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(big).digest()
+        assert not [p for p in path.parent.iterdir() if p.name.endswith(".partial")]
+        run._outbox.put(_STOP_SENDING)
+        workflow.close()
+        run.ipc.close()
+
+
+async def _frames(call: Any) -> list[Any]:
+    return [frame async for frame in call]
+
+
+def test_daemons_start_and_stop_without_leaving_threads(tmp_path: Path) -> None:
+    layout = poc.prepare(tmp_path / "poc", num_sites=1)
+    baseline = 0
+    for i in range(4):
+        with running_server(layout, tmp_path / f"ws{i}") as server:
+            assert server.ports["fed"] > 0 and server.ports["admin"] > 0
+            names = {t.name for t in threading.enumerate()}
+            assert "fleet-loop" in names
+            # The port is bound when start() returns.
+            with socket.create_connection(("127.0.0.1", server.ports["fed"]), timeout=5):
+                pass
+        wait_until(
+            lambda: "fleet-loop" not in {t.name for t in threading.enumerate()},
+            5,
+            "the Fleet loop thread to end",
+        )
+        if i == 0:
+            # The first start may leave gRPC's process-wide poller thread.
+            baseline = threading.active_count()
+        else:
+            wait_until(lambda: threading.active_count() <= baseline, 5, "threads to end")  # noqa: B023
+
+
+def test_a_taken_fed_port_fails_start_and_leaves_no_loop_thread(tmp_path: Path) -> None:
+    layout = poc.prepare(tmp_path / "poc", num_sites=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        daemon = ServerDaemon(
+            load_kit(layout.server_kit, expected_type="server"),
+            ServerOptions(
+                host="127.0.0.1",
+                fed_port=taken.getsockname()[1],
+                admin_port=0,
+                health_port=-1,
+                workspace=tmp_path / "ws",
+            ),
+        )
+        with pytest.raises(TransportError, match="cannot listen"):
+            daemon.start()
+    assert "fleet-loop" not in {t.name for t in threading.enumerate()}
