@@ -484,9 +484,11 @@ def _views(buffer: Any, header: Header, start: int) -> dict[str, np.ndarray]:
 def arrays_from_bytes(data: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
     """Decode a whole array file held in memory; the arrays are views of
     ``data`` (no copy), writable only if ``data`` is."""
-    # BytesIO copies a memoryview it is given: hand it the header's bytes only.
-    head = memoryview(data)[: 8 + MAX_HEADER_BYTES]
-    header, start = read_header(io.BytesIO(head), len(data))
+    # BytesIO copies a memoryview it is given: hand it the header's bytes only
+    # (read_header checks the length; a bad one stops it before the header).
+    view = memoryview(data)
+    n = int.from_bytes(view[:8], "little")
+    header, start = read_header(io.BytesIO(view[: 8 + min(n, MAX_HEADER_BYTES)]), len(view))
     return _views(data, header, start)
 
 

@@ -303,3 +303,23 @@ def test_load_mutated_file_fuzz(tmp_path: Path, data: st.DataObject) -> None:
     bad.write_bytes(bytes(raw[:cut]))
     with contextlib.suppress(ArrayFormatError):
         load_arrays(bad)
+
+
+def test_arrays_from_memory_read_only_the_header_to_parse_it() -> None:
+    """Decoding a large in-memory model must not copy it (BytesIO copies a
+    memoryview it is given): the arrays are views of the buffer."""
+    import tracemalloc
+
+    from shoal.arrays import arrays_from_bytes, encode_arrays
+
+    encoded = encode_arrays({"w": np.arange(4 * 2**20, dtype=np.float32)})
+    data = bytearray(b"".join(encoded.pieces))
+    tracemalloc.start()
+    try:
+        arrays = arrays_from_bytes(memoryview(data))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    assert np.shares_memory(arrays["w"], np.frombuffer(data, dtype=np.uint8))
+    assert arrays["w"][-1] == 4 * 2**20 - 1

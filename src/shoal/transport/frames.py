@@ -476,9 +476,21 @@ def receive_to_memory(
     if header.size == 0:  # mmap cannot map nothing; any data is refused unwritten
         _receive_into(header, frames, lambda body: None)
         return memoryview(b"")
-    buf = mmap.mmap(-1, header.size)
+    buf = _anonymous_memory(header.size)
     _receive_into(header, frames, buf.write)
     return memoryview(buf)
+
+
+def _anonymous_memory(size: int) -> mmap.mmap:
+    """Private memory, in huge pages where the system allows: filling 100 MiB
+    of fresh 4 KiB pages cost 60-140 ms here (a fault each), huge pages 15-55."""
+    if not hasattr(mmap, "MAP_ANONYMOUS"):  # pragma: no cover - not Linux
+        return mmap.mmap(-1, size)
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):
+            buf.madvise(mmap.MADV_HUGEPAGE)
+    return buf
 
 
 def receive_bytes(header: PayloadHeader, frames: Iterable[WireFrame], *, max_size: int) -> bytes:
