@@ -7,6 +7,7 @@ The workspace is a small tmpfs the test mounts (root only) and always unmounts.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from shoal.arrays import load_arrays
 
 from .harness import wait_for, write_job
 
@@ -53,8 +56,8 @@ def test_workspace_full_while_saving_models_fails_job_clearly(
     assert admin.wait_for_job(ok_id, timeout=120)["status"] == "FINISHED:COMPLETED"
     ok_files = _hashes(small_tmpfs / "jobs" / ok_id / "run")
 
-    # 2.4 MB models: the initial model and two results already take most of
-    # the 8 MB; the round-1 model (or a result) cannot be written.
+    # 2.4 MB models: the initial model and two results take most of the 8 MB;
+    # a later round's results or model cannot be written.
     big = write_job(tmp_path / "big", name="big", size=600_000, num_rounds=3, min_clients=2)
     big_id = admin.submit_job(big)
     meta = admin.wait_for_job(big_id, timeout=180)
@@ -62,11 +65,16 @@ def test_workspace_full_while_saving_models_fails_job_clearly(
     error = (meta.get("error") or "") + admin.show_errors(big_id).__repr__()
     assert "No space left on device" in error or "disk" in error.lower(), error
 
-    # No half-written model became visible as a round's global model.
-    models = fed.run_dir(big_id) / "models"
-    assert [p.name for p in models.iterdir() if p.name.startswith("global_")] == [
-        "global_round_0000.safetensors"
-    ]
+    # No half-written model became visible: every global model there is whole,
+    # the checkpoint names one of them, and no temporary file is left behind.
+    run_dir = fed.run_dir(big_id)
+    models = sorted((run_dir / "models").iterdir())
+    assert models and all(p.name.startswith("global_round_") for p in models), models
+    for p in models:
+        load_arrays(p)  # complete: a torn file fails its size check
+    checkpoint = json.loads((run_dir / "checkpoint.json").read_text())
+    assert (run_dir / checkpoint["model"]) in models
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith((".tmp", ".partial"))]
     # The earlier job is untouched and still listed; the server still answers.
     assert _hashes(small_tmpfs / "jobs" / ok_id / "run") == ok_files
     assert admin.get_job_meta(ok_id)["status"] == "FINISHED:COMPLETED"
