@@ -35,6 +35,7 @@ from shoal.errors import PeerRejectedError
 from shoal.server.ipc import IPC_INLINE_MAX, IpcChannel
 from shoal.server.store import JobRecord
 from shoal.transport.frames import (
+    INLINE_MAX,
     PayloadHeader,
     WireFrame,
     human_bytes,
@@ -406,7 +407,8 @@ class JobRun:
             "round": task.round,
             "metrics": metrics,
         }
-        log.info(
+        log.log(
+            logging.INFO if size > INLINE_MAX else logging.DEBUG,  # as fleet.GetTask's
             "job %s: received result from %s for round %d: %s in %.3f s",
             self.job_id,
             site,
