@@ -2,7 +2,7 @@
 grpcio over mutual TLS streaming the same bytes in the same run (workload 2),
 with the peak RSS of the server and of a site (workload 3's 1 GiB target).
 
-    python bench/transfer.py [--quick] [--sizes 100M,1G] [--rounds 3] [--sites 2]
+    python bench/transfer.py [--quick] [--sizes 100M,1G] [--rounds 4] [--sites 2]
 
 For each size: a POC federation (2 sites) runs a job whose sites echo the
 model back; printed are seconds per round, the effective MB/s of the round
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one 8 MiB size, 2 rounds")
     p.add_argument("--sizes", default="100M,1G")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--sites", type=int, default=2)
     args = p.parse_args(argv)
     if args.quick:
