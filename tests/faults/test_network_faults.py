@@ -47,7 +47,7 @@ def test_site_throttled_to_1mbit_round_goes_on_without_it_and_it_rejoins(
     fed = fed_factory()
     admin = _start(fed, ns)
     ns.throttle("1mbit")
-    job = write_job(tmp_path / "job", size=SIZE, num_rounds=3, min_clients=1, round_timeout_s=8)
+    job = write_job(tmp_path / "job", size=SIZE, num_rounds=4, min_clients=1, round_timeout_s=8)
     job_id = admin.submit_job(job)
 
     # Round 1 times out while site-2 is still moving 2 MB at 1 Mbit/s: the
@@ -57,14 +57,16 @@ def test_site_throttled_to_1mbit_round_goes_on_without_it_and_it_rejoins(
     (fed.gate / "hold").touch()
     wait_for(lambda: (fed.gate / "server.r2.aggregated").exists(), 120, "round 2")
 
-    # Full speed again: site-2 is asked again and answers the next round.
+    # Full speed again: site-2 is asked again and answers a later round.
+    # Round 2 is evaluated once round 3 is out, so round 3 went out while
+    # site-2 was still throttled: it may or may not make that one.
     ns.unthrottle()
     (fed.gate / "hold").unlink()
     meta = admin.wait_for_job(job_id, timeout=240)
     assert meta["status"] == "FINISHED:COMPLETED", meta
     rounds = {m["round"]: m for m in fed.metrics(job_id)}
     assert rounds[2]["missing"] == ["site-2"], rounds[2]
-    assert sorted(rounds[3]["sites"]) == ["site-1", "site-2"], rounds[3]
+    assert sorted(rounds[4]["sites"]) == ["site-1", "site-2"], rounds[4]
     assert not _partials(fed.run_dir(job_id))
 
 

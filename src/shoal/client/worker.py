@@ -9,6 +9,7 @@ straight to files, and memory-maps them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -211,8 +212,11 @@ class GrpcBackend:
             finally:
                 # gRPC keeps the request iterator until a garbage collection
                 # finds it: closed, it no longer holds the arrays (with the
-                # task's memory) into the next round.
-                frames.close()
+                # task's memory) into the next round. A call the server ended
+                # early (a stale result refused) may still be running it in
+                # gRPC's sender thread: that one lets go when it finishes.
+                with contextlib.suppress(ValueError):  # "generator already executing"
+                    frames.close()
         log.info(
             "Sent result to server: round %s size: %s time: %.6f seconds",
             task.meta.get("round"),
