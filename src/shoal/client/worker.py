@@ -140,8 +140,8 @@ class GrpcBackend:
                 if header.kind != "task":
                     raise TransportError(f"unexpected reply {header.kind!r} to GetTask")
                 # Into memory of its own, not a file: writing the model into
-                # the page cache and mapping it back cost more CPU per round
-                # than the transfer's decryption (perf, 100 MiB, 2 sites).
+                # the page cache and mapping it back was the workers' largest
+                # kernel cost in perf (100 MiB, 2 sites).
                 data = receive_to_memory(header, frames, max_size=MAX_TASK_BYTES)
                 size = len(data)
             except grpc.RpcError as exc:

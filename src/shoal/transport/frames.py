@@ -495,8 +495,7 @@ def _anonymous_memory(size: int) -> mmap.mmap:
 
 def receive_bytes(header: PayloadHeader, frames: Iterable[WireFrame], *, max_size: int) -> bytes:
     """Like :func:`receive_to_memory`, as bytes: for small payloads."""
-    if header.size < 0 or header.size > max_size:
-        raise IntegrityError(f"payload size {header.size} outside 0..{max_size}")
+    _check_size(header, max_size)
     parts: list[bytes] = []
     _receive_into(header, frames, parts.append)
     return b"".join(parts)
