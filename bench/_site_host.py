@@ -11,8 +11,8 @@ the running jobs, FetchJob (size and SHA-256 checked by shoal's transport
 code), ReportJob started / finished / failed / aborted, the job log by
 PutBlob, and reconnection with the daemon's backoff and jitter. Its job
 worker opens a second channel, as a worker process would, and echoes each
-task's model back (GetTask long-poll, arrays decoded and re-encoded,
-PutResult); it does not unpack the job or run its script. A real site daemon
+task's model back (a Work stream: "ready", the task, arrays decoded and
+re-encoded, the result); it does not unpack the job or run its script. A real site daemon
 costs threads per site and a worker process (about 60 MiB and 0.3 s of
 start-up) per job: a thousand of them do not fit on one machine next to the
 server they are meant to load.
@@ -42,7 +42,14 @@ from shoal.provision import Kit, load_kit
 from shoal.server.daemon import local_sys_info
 from shoal.transport import PayloadHeader, channel_credentials, from_rpc_error, read_header
 from shoal.transport.channels import channel_options
-from shoal.transport.frames import WireFrame, frames_from_bytes, frames_from_pieces, receive_bytes
+from shoal.transport.frames import (
+    WireFrame,
+    frames_from_bytes,
+    frames_from_pieces,
+    read_header_async,
+    receive_bytes,
+    receive_bytes_async,
+)
 from shoal.transport.services import ServiceStub
 
 log = logging.getLogger("site_host")
@@ -186,45 +193,55 @@ class LightSite:
             raise ShoalError("job package header lacks the job name")
 
     async def _echo_worker(self, job_id: str) -> int:
-        """The job worker: its own channel, GetTask long-polls, each model echoed by PutResult."""
+        """The job worker: its own channel and Work stream, "ready" answered
+        with a task, each model echoed back as the result and acknowledged."""
+        ready = pb.Frame(
+            header=PayloadHeader(kind="ready", job_id=job_id, size=0, meta={"wait_s": 30.0}).to_pb()
+        )
         tasks, delay = 0, 0.2
         async with self._open() as channel:
             stub = ServiceStub(channel, "Fleet")  # type: ignore[arg-type]
+            call = None
             while True:
                 try:
-                    call = stub.GetTask(pb.TaskRequest(job_id=job_id, wait_s=30.0))
-                    frames = iter(await _frames(call))
+                    if call is None:
+                        call = stub.Work()
+                        replies = aiter(call)
+                    await call.write(ready)
+                    header = await read_header_async(replies)
+                    if header.kind == "none":
+                        continue
+                    if header.kind == "done":
+                        await call.done_writing()
+                        return tasks
+                    if header.kind != "task":
+                        raise TransportError(f"unexpected reply {header.kind!r} to 'ready'")
+                    params = arrays_from_bytes(
+                        await receive_bytes_async(header, replies, max_size=MAX_TASK_BYTES)
+                    )
+                    encoded = encode_arrays(params)
+                    result = PayloadHeader(
+                        kind="result",
+                        job_id=job_id,
+                        task_id=header.task_id,
+                        meta={"site": self.name, "num_examples": 10, "metrics": {"loss": 0.0}},
+                    )
+                    for frame in frames_from_pieces(result, encoded.size, encoded.pieces):
+                        await call.write(frame)
+                    ack = await read_header_async(replies)
+                    if ack.kind != "ack":
+                        raise TransportError(f"unexpected reply {ack.kind!r} to a result")
+                    tasks += 1
                 except grpc.aio.AioRpcError as exc:
+                    call = None
+                    # A stale result (the server moved on) is dropped, as
+                    # GrpcBackend does; the server restarting or busy: retry.
+                    if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                        continue
                     if exc.code() not in _RETRYABLE:
                         raise
-                    # GrpcBackend's retry: the server is restarting or busy.
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 5.0)
-                    continue
-                header = read_header(frames)
-                if header.kind == "none":
-                    continue
-                if header.kind == "done":
-                    return tasks
-                if header.kind != "task":
-                    raise TransportError(f"unexpected reply {header.kind!r} to GetTask")
-                params = arrays_from_bytes(receive_bytes(header, frames, max_size=MAX_TASK_BYTES))
-                encoded = encode_arrays(params)
-                result = PayloadHeader(
-                    kind="result",
-                    job_id=job_id,
-                    task_id=header.task_id,
-                    meta={"site": self.name, "num_examples": 10, "metrics": {"loss": 0.0}},
-                )
-                try:
-                    await stub.PutResult(
-                        iter(list(frames_from_pieces(result, encoded.size, encoded.pieces)))
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    # A stale task (the server moved on) is dropped, as GrpcBackend does.
-                    if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
-                        raise
-                tasks += 1
 
     async def _report(self, job_id: str, state: str, detail: str) -> None:
         event = pb.JobEvent(session_id=self.session_id, job_id=job_id, state=state, detail=detail)

@@ -26,9 +26,9 @@ from shoal.server.daemon import ServerDaemon, ServerOptions
 from shoal.server.ipc import IpcChannel
 from shoal.server.jobrun import _STOP_SENDING, JobRun
 from shoal.server.store import JobRecord
-from shoal.transport import PayloadHeader, channel_credentials, read_header, receive_bytes
+from shoal.transport import PayloadHeader, channel_credentials
 from shoal.transport.channels import channel_options
-from shoal.transport.frames import frames_from_bytes
+from shoal.transport.frames import frames_from_bytes, read_header_async, receive_bytes_async
 from shoal.transport.services import ServiceStub
 
 
@@ -142,7 +142,7 @@ def _run(tmp_path: Path, server: ServerDaemon, sites: list[str]) -> tuple[JobRun
     return run, IpcChannel(theirs)
 
 
-def test_held_get_task_calls_are_woken_by_a_scatter_and_results_reach_the_workflow(
+def test_held_work_streams_are_woken_by_a_scatter_and_carry_results_and_rounds(
     tmp_path: Path,
 ) -> None:
     layout = poc.prepare(tmp_path / "poc", num_sites=2)
@@ -158,50 +158,59 @@ def test_held_get_task_calls_are_woken_by_a_scatter_and_results_reach_the_workfl
             channel, stub = fleet(layout, "site-1", port)
             held = 20
             threads_before = threading.active_count()
-            calls = [stub.GetTask(pb.TaskRequest(job_id="job-1", wait_s=30)) for _ in range(held)]
-            answers = [asyncio.ensure_future(_frames(call)) for call in calls]
+            calls = [stub.Work() for _ in range(held)]
+            for call in calls:
+                await call.write(_ready())
+            answers = [asyncio.ensure_future(_payload(call)) for call in calls]
             await asyncio.sleep(0.5)
             out["threads_held"] = threading.active_count() - threads_before
             assert not any(a.done() for a in answers)
             # The IPC reader thread is where a scatter comes from.
-            scatter = {
-                "op": "scatter",
-                "task_id": "task-1",
-                "task": "train",
-                "round": 1,
-                "weights_path": str(weights),
-                "sites": ["site-1", "site-2"],
-                "meta": {},
-            }
             t0 = time.monotonic()
-            await asyncio.to_thread(run._handle, scatter)
+            await asyncio.to_thread(run._handle, _scatter("task-1", 1, weights))
             got = await asyncio.wait_for(asyncio.gather(*answers), 10)
             out["wake_s"] = time.monotonic() - t0
-            for frames in got:
-                header = read_header(iter(frames))
+            for header, data in got:
                 assert (header.kind, header.task_id) == ("task", "task-1")
-                assert receive_bytes(header, iter(frames[1:]), max_size=1000) == b"w" * 1000
+                assert data == b"w" * 1000
 
-            # Results: a small one inline in the IPC message, a large one as a file.
+            # Results on the same streams: a small one inline in the IPC
+            # message, a large one as a file; each acknowledged on the stream.
             small = PayloadHeader("result", "job-1", "task-1", meta={"num_examples": 3})
-            assert (await stub.PutResult(iter(frames_from_bytes(small, b"r" * 100)))).ok
+            ack = await _put(calls[0], frames_from_bytes(small, b"r" * 100))
+            assert (ack.kind, ack.task_id, ack.meta["round"]) == ("ack", "task-1", 1)
             channel2, stub2 = fleet(layout, "site-2", port)
-            frames2 = frames_from_bytes(small, big, inline_max=0)
-            assert (await stub2.PutResult(iter(frames2))).ok
-            # A second result for the task is refused.
+            work2 = stub2.Work()
+            await work2.write(_ready())
+            assert (await _payload(work2))[0].task_id == "task-1"
+            assert (await _put(work2, frames_from_bytes(small, big, inline_max=0))).kind == "ack"
+            # The stream carries on: the next round's task comes down it.
+            await work2.write(_ready())
+            next_task = asyncio.ensure_future(_payload(work2))
+            await asyncio.to_thread(run._handle, _scatter("task-2", 2, weights))
+            header, _ = await asyncio.wait_for(next_task, 10)
+            assert (header.kind, header.task_id, header.meta["round"]) == ("task", "task-2", 2)
+            # A result for the superseded task is refused: the stream ends with why.
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.PutResult(iter(frames_from_bytes(small, b"r" * 100)))
+                await _put(calls[1], frames_from_bytes(small, b"r" * 100))
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert "duplicate" in (info.value.details() or "")
+            assert "superseded" in (info.value.details() or "")
 
-            # The job finishing answers a waiting call with "done".
-            waiting = asyncio.ensure_future(
-                _frames(stub.GetTask(pb.TaskRequest(job_id="job-1", wait_s=30)))
-            )
+            # A new stream: site-1 answers round 2, then waits; the job
+            # finishing answers the waiting "ready" with "done".
+            waiting = stub.Work()
+            await waiting.write(_ready())
+            assert (await _payload(waiting))[0].task_id == "task-2"
+            small2 = PayloadHeader("result", "job-1", "task-2", meta={"num_examples": 3})
+            assert (await _put(waiting, frames_from_bytes(small2, b"r" * 100))).kind == "ack"
+            await waiting.write(_ready())
+            answer = asyncio.ensure_future(_payload(waiting))
             await asyncio.sleep(0.3)
             await asyncio.to_thread(run._handle, {"op": "finish"})
-            (done,) = await asyncio.wait_for(waiting, 10)
-            assert done.header.kind == "done"
+            done, _ = await asyncio.wait_for(answer, 10)
+            assert done.kind == "done"
+            for call in (*calls, work2, waiting):
+                call.cancel()
             await channel.close()
             await channel2.close()
 
@@ -221,8 +230,36 @@ def test_held_get_task_calls_are_woken_by_a_scatter_and_results_reach_the_workfl
         run.ipc.close()
 
 
-async def _frames(call: Any) -> list[Any]:
-    return [frame async for frame in call]
+def _ready(wait_s: float = 30) -> pb.Frame:
+    return pb.Frame(header=PayloadHeader("ready", "job-1", size=0, meta={"wait_s": wait_s}).to_pb())
+
+
+def _scatter(task_id: str, round_: int, weights: Path) -> dict[str, Any]:
+    return {
+        "op": "scatter",
+        "task_id": task_id,
+        "task": "train",
+        "round": round_,
+        "weights_path": str(weights),
+        "sites": ["site-1", "site-2"],
+        "meta": {},
+    }
+
+
+async def _payload(call: Any) -> tuple[PayloadHeader, bytes]:
+    """The next payload down a Work stream: its header, and its bytes."""
+    replies = aiter(call)
+    header = await read_header_async(replies)
+    if header.kind != "task":
+        return header, b""
+    return header, await receive_bytes_async(header, replies, max_size=1 << 20)
+
+
+async def _put(call: Any, frames: Any) -> PayloadHeader:
+    """A result up a Work stream; the header that answers it."""
+    for frame in frames:
+        await call.write(frame)
+    return await read_header_async(aiter(call))
 
 
 def test_daemons_start_and_stop_without_leaving_threads(tmp_path: Path) -> None:

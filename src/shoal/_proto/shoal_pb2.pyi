@@ -124,14 +124,6 @@ class Shutdown(_message.Message):
     restart: bool
     def __init__(self, reason: _Optional[str] = ..., site_should_exit: _Optional[bool] = ..., restart: _Optional[bool] = ...) -> None: ...
 
-class TaskRequest(_message.Message):
-    __slots__ = ("job_id", "wait_s")
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    WAIT_S_FIELD_NUMBER: _ClassVar[int]
-    job_id: str
-    wait_s: float
-    def __init__(self, job_id: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
-
 class FetchJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

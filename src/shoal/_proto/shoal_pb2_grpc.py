@@ -49,15 +49,10 @@ class FleetStub:
                 request_serializer=shoal_dot_v1_dot_shoal__pb2.JobEvent.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_shoal__pb2.Ack.FromString,
                 _registered_method=True)
-        self.GetTask = channel.unary_stream(
-                '/shoal.v1.Fleet/GetTask',
-                request_serializer=shoal_dot_v1_dot_shoal__pb2.TaskRequest.SerializeToString,
-                response_deserializer=shoal_dot_v1_dot_shoal__pb2.Frame.FromString,
-                _registered_method=True)
-        self.PutResult = channel.stream_unary(
-                '/shoal.v1.Fleet/PutResult',
+        self.Work = channel.stream_stream(
+                '/shoal.v1.Fleet/Work',
                 request_serializer=shoal_dot_v1_dot_shoal__pb2.Frame.SerializeToString,
-                response_deserializer=shoal_dot_v1_dot_shoal__pb2.Ack.FromString,
+                response_deserializer=shoal_dot_v1_dot_shoal__pb2.Frame.FromString,
                 _registered_method=True)
         self.FetchJob = channel.unary_stream(
                 '/shoal.v1.Fleet/FetchJob',
@@ -98,16 +93,13 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetTask(self, request, context):
-        """A job worker asks for its next task; the server holds the call until
-        there is one (no polling interval). Header.kind is "task" or "done".
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PutResult(self, request_iterator, context):
-        """A job worker returns a task's result (header kind "result").
+    def Work(self, request_iterator, context):
+        """A job worker's one stream for its whole job: no call per task or
+        result. The worker sends a header of kind "ready" (job_id; meta wait_s)
+        when it wants its next task, and a result payload (kind "result"). The
+        server answers "ready" with a task payload (kind "task"), "done", or
+        "none" when no work came within wait_s (ask again), and each result with
+        a header of kind "ack". A refused message ends the stream with its status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,15 +137,10 @@ def add_FleetServicer_to_server(servicer, server):
                     request_deserializer=shoal_dot_v1_dot_shoal__pb2.JobEvent.FromString,
                     response_serializer=shoal_dot_v1_dot_shoal__pb2.Ack.SerializeToString,
             ),
-            'GetTask': grpc.unary_stream_rpc_method_handler(
-                    servicer.GetTask,
-                    request_deserializer=shoal_dot_v1_dot_shoal__pb2.TaskRequest.FromString,
-                    response_serializer=shoal_dot_v1_dot_shoal__pb2.Frame.SerializeToString,
-            ),
-            'PutResult': grpc.stream_unary_rpc_method_handler(
-                    servicer.PutResult,
+            'Work': grpc.stream_stream_rpc_method_handler(
+                    servicer.Work,
                     request_deserializer=shoal_dot_v1_dot_shoal__pb2.Frame.FromString,
-                    response_serializer=shoal_dot_v1_dot_shoal__pb2.Ack.SerializeToString,
+                    response_serializer=shoal_dot_v1_dot_shoal__pb2.Frame.SerializeToString,
             ),
             'FetchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchJob,
@@ -258,7 +245,7 @@ class Fleet:
             _registered_method=True)
 
     @staticmethod
-    def GetTask(request,
+    def Work(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -268,39 +255,12 @@ class Fleet:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/shoal.v1.Fleet/GetTask',
-            shoal_dot_v1_dot_shoal__pb2.TaskRequest.SerializeToString,
-            shoal_dot_v1_dot_shoal__pb2.Frame.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PutResult(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/shoal.v1.Fleet/PutResult',
+            '/shoal.v1.Fleet/Work',
             shoal_dot_v1_dot_shoal__pb2.Frame.SerializeToString,
-            shoal_dot_v1_dot_shoal__pb2.Ack.FromString,
+            shoal_dot_v1_dot_shoal__pb2.Frame.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,18 +2,20 @@
 
 A site daemon starts the user's training script with ``SHOAL_WORKER_CONFIG``
 pointing at a JSON file (written by the daemon, never by the network) that
-names the server, the site's TLS files and the job. The worker long-polls
-``GetTask`` (the server holds the call until work exists), streams weights
-straight to files, and memory-maps them.
+names the server, the site's TLS files and the job. The worker keeps one
+``Work`` stream open for the job: it says "ready" and the server answers once
+work exists (no polling interval), the task arriving in memory of its own;
+results go up the same stream and are acknowledged on it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import queue
 import random
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from shoal.transport import (
     read_header,
     receive_to_memory,
 )
-from shoal.transport.frames import frames_from_pieces, human_bytes
+from shoal.transport.frames import Frame, WireFrame, frames_from_pieces, human_bytes
 from shoal.transport.services import ServiceStub
 
 __all__ = ["GrpcBackend", "WorkerConfig"]
@@ -92,6 +94,31 @@ def _log_to_job_log() -> None:
     log.propagate = False
 
 
+class _WorkStream:
+    """The worker's end of one ``Fleet.Work`` stream (sync gRPC).
+
+    gRPC's sending thread draws requests from :meth:`_requests`, which hands
+    on whatever payloads :meth:`send` queued (a result's frames are produced,
+    and hashed, as they go out); replies are read from :attr:`replies`.
+    """
+
+    def __init__(self, stub: ServiceStub) -> None:
+        self._outbox: queue.SimpleQueue[Iterable[Frame] | None] = queue.SimpleQueue()
+        self.replies: Iterator[WireFrame] = stub.Work(self._requests())
+
+    def _requests(self) -> Iterator[Frame]:
+        while (frames := self._outbox.get()) is not None:
+            yield from frames
+
+    def send(self, frames: Iterable[Frame]) -> None:
+        self._outbox.put(frames)
+
+    def close(self) -> None:
+        """End the stream: the sending thread returns, the call is cancelled."""
+        self._outbox.put(None)
+        self.replies.cancel()  # type: ignore[attr-defined]
+
+
 class GrpcBackend:
     """ClientBackend over the Fleet service."""
 
@@ -115,7 +142,19 @@ class GrpcBackend:
         )
         self._channel = open_channel(config.server_address, tls, server_name=config.server_name)
         self._stub = ServiceStub(self._channel, "Fleet")
+        self._stream: _WorkStream | None = None
         self._task: PayloadHeader | None = None
+
+    def _work(self) -> _WorkStream:
+        if self._stream is None:
+            self._stream = _WorkStream(self._stub)
+        return self._stream
+
+    def _drop_stream(self) -> None:
+        """After an error the stream is done with: the next call opens a new one."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     @classmethod
     def from_config_file(cls, path: str) -> GrpcBackend:
@@ -125,11 +164,14 @@ class GrpcBackend:
     def next_task(self) -> FLModel | None:
         delay = 0.2
         waited_from = time.monotonic()
+        ready = PayloadHeader(kind="ready", job_id=self.job_id, size=0, meta={"wait_s": 30.0})
         while True:
             try:
-                frames = self._stub.GetTask(pb.TaskRequest(job_id=self.job_id, wait_s=30.0))
+                stream = self._work()
+                stream.send((pb.Frame(header=ready.to_pb()),))
+                frames = stream.replies
                 header = read_header(frames)
-                # The call is held until work exists: time the transfer from
+                # The server answers once work exists: time the transfer from
                 # its first frame, and report the wait separately.
                 t0 = time.monotonic()
                 if header.kind == "none":
@@ -138,19 +180,23 @@ class GrpcBackend:
                     log.info("job %s: no more tasks", self.job_id)
                     return None
                 if header.kind != "task":
-                    raise TransportError(f"unexpected reply {header.kind!r} to GetTask")
+                    raise TransportError(f"unexpected reply {header.kind!r} to 'ready'")
                 # Into memory of its own, not a file: writing the model into
                 # the page cache and mapping it back was the workers' largest
                 # kernel cost in perf (100 MiB, 2 sites).
                 data = receive_to_memory(header, frames, max_size=MAX_TASK_BYTES)
                 size = len(data)
             except grpc.RpcError as exc:
+                self._drop_stream()
                 if exc.code() in _RETRYABLE:
                     log.info("server not ready (%s); retrying in %.1f s", exc.code().name, delay)
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 5.0)
                     continue
-                raise from_rpc_error(exc, "GetTask") from None
+                raise from_rpc_error(exc, "waiting for a task") from None
+            except BaseException:
+                self._drop_stream()  # mid-payload: the stream is out of step
+                raise
             elapsed = time.monotonic() - t0
             meta = dict(header.meta)
             log.info(
@@ -191,12 +237,16 @@ class GrpcBackend:
         t0 = time.monotonic()
         size = encoded.size
         for attempt in range(5):
-            frames = frames_from_pieces(header, size, encoded.pieces)
             try:
-                self._stub.PutResult(frames)
+                stream = self._work()
+                stream.send(frames_from_pieces(header, size, encoded.pieces))
+                reply = read_header(stream.replies)
+                if reply.kind != "ack":
+                    raise TransportError(f"unexpected reply {reply.kind!r} to a result")
                 break
             except grpc.RpcError as exc:
-                err = from_rpc_error(exc, "PutResult")
+                self._drop_stream()
+                err = from_rpc_error(exc, "sending the result")
                 if (
                     isinstance(err, PeerRejectedError)
                     or exc.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -209,14 +259,9 @@ class GrpcBackend:
                     raise err from None
                 time.sleep(0.5 * 2**attempt)
                 encoded = encode_arrays(model.params)
-            finally:
-                # gRPC keeps the request iterator until a garbage collection
-                # finds it: closed, it no longer holds the arrays (with the
-                # task's memory) into the next round. A call the server ended
-                # early (a stale result refused) may still be running it in
-                # gRPC's sender thread: that one lets go when it finishes.
-                with contextlib.suppress(ValueError):  # "generator already executing"
-                    frames.close()
+            except BaseException:
+                self._drop_stream()
+                raise
         log.info(
             "Sent result to server: round %s size: %s time: %.6f seconds",
             task.meta.get("round"),
@@ -226,4 +271,5 @@ class GrpcBackend:
         self._task = None
 
     def close(self) -> None:
+        self._drop_stream()
         self._channel.close()

@@ -3,9 +3,10 @@ check identity, call the daemon, encode.
 
 Served by ``grpc.aio`` on the daemon's Fleet loop (``transport.aio``): every
 method is a coroutine, a held call (a site's ``Connect`` stream, a worker's
-``GetTask`` long-poll) is a suspended coroutine, not a thread. The threads
-that change what such a call waits for (the scheduler, a job's IPC reader,
-heartbeat expiry) wake it with a :class:`~shoal.transport.aio.Wakeup`.
+``Work`` stream waiting for a task) is a suspended coroutine, not a thread.
+The threads that change what such a call waits for (the scheduler, a job's
+IPC reader, heartbeat expiry) wake it with a
+:class:`~shoal.transport.aio.Wakeup`.
 Nothing here may block for long: it would hold up every site at once.
 """
 
@@ -30,9 +31,10 @@ from shoal.transport import PayloadHeader, frames_from_file
 from shoal.transport.aio import Wakeup
 from shoal.transport.channels import aio_rpc_errors
 from shoal.transport.frames import (
-    INLINE_MAX,
     WireFrame,
+    frames_from_bytes,
     human_bytes,
+    read_header,
     read_header_async,
     receive_to_file_async,
 )
@@ -44,7 +46,7 @@ __all__ = ["FleetService"]
 
 log = logging.getLogger(__name__)
 
-#: Longest a GetTask call is held before the worker asks again.
+#: Longest a worker's "ready" is held before the server answers "none".
 MAX_TASK_WAIT_S = 60.0
 #: Largest job log a site may upload.
 MAX_LOG_BYTES = 256 * 1024 * 1024
@@ -58,7 +60,7 @@ class FleetService:
         # Model transfers streamed at once; the others wait their turn. Bounds
         # the daemon's memory whatever the number of sites.
         self._transfer_slots = asyncio.Semaphore(max(1, max_transfers))
-        # One per running job, made by the first GetTask for it: a new task
+        # One per running job, made by the first "ready" for it: a new task
         # wakes every call waiting for one with a single hop onto the loop.
         self._board_wakeups: weakref.WeakKeyDictionary[JobRun, Wakeup] = weakref.WeakKeyDictionary()
 
@@ -147,7 +149,7 @@ class FleetService:
         run = self.d.run_of(job_id)
         if run is None:
             raise NotFoundError(f"job {job_id} is not running")
-        if site not in run.sites:
+        if site not in run.site_set:
             raise PeerRejectedError(f"{site} is not a site of job {job_id}")
         return run
 
@@ -166,12 +168,42 @@ class FleetService:
             await wakeup.wait(remaining)
         return task
 
-    async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> None:
+    async def Work(
+        self, request_iterator: AsyncIterator[WireFrame], context: grpc.aio.ServicerContext
+    ) -> None:
+        """A job worker's stream for its whole job: "ready" is answered with
+        its next task, a result with an "ack". One stream, not a call per
+        task and result: at 1000 sites a call cost the server about three
+        times what a message on an open stream does (grpc.aio, this machine)."""
         who = await self.d.identify_aio(context, expected_type="client")
-        async with aio_rpc_errors(context, f"GetTask from {who.name}"):
-            run = self._run_for(who.name, request.job_id)
-        wait = min(max(request.wait_s, 0.0), MAX_TASK_WAIT_S)
-        task = await self._next_task(run, who.name, wait)
+        async with aio_rpc_errors(context, f"work stream of {who.name}"):
+            while (first := await anext(request_iterator, None)) is not None:
+                header = read_header(iter((first,)))
+                run = self._run_for(who.name, header.job_id)
+                if header.kind == "ready":
+                    await self._send_task(run, who.name, header, context)
+                elif header.kind == "result":
+                    async with self._transfer_slots:
+                        info = await run.accept_result(
+                            who.name, header, request_iterator, run.max_result_bytes()
+                        )
+                    ack = PayloadHeader(
+                        kind="ack", job_id=run.job_id, task_id=header.task_id, meta=info, size=0
+                    )
+                    await context.write(pb.Frame(header=ack.to_pb()))
+                else:
+                    raise PeerRejectedError(f"expected 'ready' or a result, got {header.kind!r}")
+
+    async def _send_task(
+        self, run: JobRun, site: str, ready: PayloadHeader, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Answer a worker's "ready": its task once there is one, "done", or
+        "none" when nothing came within the wait it asked for."""
+        try:
+            wait = min(max(float(ready.meta.get("wait_s", MAX_TASK_WAIT_S)), 0.0), MAX_TASK_WAIT_S)
+        except (TypeError, ValueError):
+            raise PeerRejectedError("wait_s must be a number") from None
+        task = await self._next_task(run, site, wait)
         if task is None or task is DONE:
             kind = "none" if task is None else "done"
             header = PayloadHeader(kind=kind, job_id=run.job_id, size=0)
@@ -179,42 +211,27 @@ class FleetService:
             return
         assert isinstance(task, Task)
         meta = dict(task.meta)
-        meta.update({"task": task.name, "round": task.round, "site": who.name})
+        meta.update({"task": task.name, "round": task.round, "site": site})
         header = PayloadHeader(kind="task", job_id=run.job_id, task_id=task.task_id, meta=meta)
+        if task.small is not None:
+            # One message, no file, no transfer slot: a small model is a
+            # header's worth of bytes.
+            for frame in frames_from_bytes(header, task.small):
+                await context.write(frame)
+            return
         async with self._transfer_slots:
             t0 = time.monotonic()
             for frame in frames_from_file(header, task.weights_path, sha256=task.sha256):
                 await context.write(frame)
-        # A line per site and round only where a transfer's time tells
-        # something: at 1000 sites with a small model these lines were ~6% of
-        # the loop's time (py-spy), and said nothing the round's summary does not.
-        size = task.weights_path.stat().st_size
-        log.log(
-            logging.INFO if size > INLINE_MAX else logging.DEBUG,
+        log.info(
             "job %s: sent %s task of round %d to %s: %s in %.3f s",
             run.job_id,
             task.name,
             task.round,
-            who.name,
-            human_bytes(size),
+            site,
+            human_bytes(task.size),
             time.monotonic() - t0,
         )
-
-    async def PutResult(
-        self, request_iterator: AsyncIterator[WireFrame], context: grpc.aio.ServicerContext
-    ) -> pb.Ack:
-        who = await self.d.identify_aio(context, expected_type="client")
-        async with aio_rpc_errors(context, f"result from {who.name}"):
-            header = await read_header_async(request_iterator)
-            if header.kind != "result":
-                raise PeerRejectedError(f"expected a result, got {header.kind!r}")
-            run = self._run_for(who.name, header.job_id)
-            async with self._transfer_slots:
-                info = await run.accept_result(
-                    who.name, header, request_iterator, run.max_result_bytes()
-                )
-            return pb.Ack(ok=True, meta_json=json.dumps(info))
-        return pb.Ack(ok=False)  # unreachable: aio_rpc_errors aborted
 
     async def FetchJob(
         self, request: pb.FetchJobRequest, context: grpc.aio.ServicerContext
@@ -223,7 +240,7 @@ class FleetService:
         async with aio_rpc_errors(context, f"FetchJob from {who.name}"):
             run = self._run_for(who.name, request.job_id)
             rec = run.record
-            site_index = run.sites.index(who.name)
+            site_index = run.sites.index(who.name)  # once per job and site
             meta = {
                 "name": rec.name,
                 "sites": list(run.sites),

@@ -3,8 +3,9 @@
 The daemon never runs the workflow itself: it starts a workflow process
 (``shoal.server.job_process``) and acts as its post office. The workflow says
 "offer this weights file as task T to these sites"; the daemon hands it to
-each site's job worker when the worker asks (``GetTask`` is held until work
-exists), receives each result into a file, checks it, and tells the workflow.
+each site's job worker when the worker asks (its ``Work`` stream waits until
+work exists), receives each result into a file, checks it, and tells the
+workflow.
 
 The task board is read from threads (``next_task``) and from the Fleet
 server's event loop (``take_task`` plus an ``on_change`` listener that wakes
@@ -63,6 +64,10 @@ class Task:
     sites: frozenset[str]
     #: SHA-256 of the weights file, when the workflow computed it while writing.
     sha256: str | None = None
+    #: Size of the weights file (-1: unknown), and its bytes when it is small
+    #: enough to travel inline: read once, not once per site.
+    size: int = -1
+    small: bytes | None = field(default=None, repr=False)
     answered: set[str] = field(default_factory=set)
     delivered: set[str] = field(default_factory=set)
     #: Sites whose result is being received (a second upload at once is refused).
@@ -85,6 +90,7 @@ class JobRun:
         self.record = record
         self.job_id = record.job_id
         self.sites = tuple(sorted(sites))
+        self.site_set = frozenset(self.sites)
         self._on_end = on_end
         self._on_progress = on_progress
         self._sites_done: set[str] = set()
@@ -193,7 +199,7 @@ class JobRun:
 
     def site_job_event(self, site: str, state: str, detail: str) -> None:
         """A site daemon reports its worker for this job started/finished/failed."""
-        if site not in self.sites:
+        if site not in self.site_set:
             return
         if state in ("finished", "failed", "aborted"):
             with self._cond:
@@ -269,15 +275,22 @@ class JobRun:
     def _handle(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "scatter":
-            sites = frozenset(str(s) for s in msg["sites"]) & frozenset(self.sites)
+            sites = frozenset(str(s) for s in msg["sites"]) & self.site_set
+            weights = Path(msg["weights_path"])
+            size, small = -1, None
+            with contextlib.suppress(OSError):  # a missing file fails each send instead
+                size = weights.stat().st_size
+                small = weights.read_bytes() if size <= INLINE_MAX else None
             task = Task(
                 task_id=str(msg["task_id"]),
                 name=str(msg["task"]),
                 round=int(msg["round"]),
-                weights_path=Path(msg["weights_path"]),
+                weights_path=weights,
                 meta=dict(msg.get("meta") or {}),
                 sites=sites,
                 sha256=str(msg["sha256"]) if msg.get("sha256") else None,
+                size=size,
+                small=small,
             )
             with self._cond:
                 self._tasks = {task.task_id: task}  # a new task supersedes the old one
@@ -408,7 +421,7 @@ class JobRun:
             "metrics": metrics,
         }
         log.log(
-            logging.INFO if size > INLINE_MAX else logging.DEBUG,  # as fleet.GetTask's
+            logging.INFO if size > INLINE_MAX else logging.DEBUG,  # as fleet's task lines
             "job %s: received result from %s for round %d: %s in %.3f s",
             self.job_id,
             site,
@@ -433,7 +446,7 @@ class JobRun:
 
     def site_failed(self, site: str, reason: str) -> None:
         """The site's worker died or the site left: the workflow stops waiting for it."""
-        if site not in self.sites or self._ended:
+        if site not in self.site_set or self._ended:
             return
         self._failed_sites[site] = reason
         self.site_states[site] = {"state": f"gone: {reason}"}
@@ -441,7 +454,7 @@ class JobRun:
 
     def site_back(self, site: str) -> None:
         """The site reconnected: the workflow waits for its results again."""
-        if site not in self.sites or self._ended:
+        if site not in self.site_set or self._ended:
             return
         self._failed_sites.pop(site, None)
         self.site_states[site] = {"state": "reconnected"}
@@ -471,6 +484,6 @@ class JobRun:
 
     def max_result_bytes(self) -> int:
         t = self._current
-        base = t.weights_path.stat().st_size if t and t.weights_path.exists() else 0
+        base = max(t.size, 0) if t is not None else 0
         # Results mirror the global model; allow header slack, refuse anything far larger.
         return 2 * base + 16 * 1024 * 1024

@@ -1,11 +1,11 @@
 """A ``grpc.aio`` server inside a threaded daemon, and how threads wake its calls.
 
 The server daemon holds one stream per connected site (``Connect``) and one
-long-poll per waiting job worker (``GetTask``). gRPC's synchronous server
-gives each held call a thread and hands every message between its poller
-thread and that handler thread; with a thousand sites most of the daemon's
-CPU went into context switches. Served by ``grpc.aio``, every call is a
-coroutine of one event loop, and a held call costs a suspended coroutine.
+per job worker (``Work``). gRPC's synchronous server gives each held call a
+thread and hands every message between its poller thread and that handler
+thread; with a thousand sites most of the daemon's CPU went into context
+switches. Served by ``grpc.aio``, every call is a coroutine of one event
+loop, and a held call costs a suspended coroutine.
 
 The rest of the daemon (scheduler, heartbeat expiry, job runs) stays in
 threads. They wake a waiting call with :class:`Wakeup`: one

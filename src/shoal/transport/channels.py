@@ -72,7 +72,7 @@ _SERVER_OPTIONS = [
     # A call the server has not picked up within this time is cancelled by
     # gRPC (default 30 s). When a thousand sites start a job at once the
     # server's Python side picks calls up slower than that, and sites saw
-    # their FetchJob / GetTask calls end CANCELLED: queue them instead.
+    # their FetchJob / Work calls end CANCELLED: queue them instead.
     ("grpc.server_max_unrequested_time_in_server", 600),
 ]
 

@@ -65,7 +65,7 @@ def add_service(server: grpc.Server | grpc.aio.Server, servicer: object, service
 
 
 class ServiceStub:
-    """Client side of ``shoal.v1.<service>``: ``stub.GetTask(request)`` etc."""
+    """Client side of ``shoal.v1.<service>``: ``stub.FetchJob(request)`` etc."""
 
     def __init__(self, channel: grpc.Channel, service: str) -> None:
         desc = pb.DESCRIPTOR.services_by_name[service]
