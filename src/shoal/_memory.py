@@ -9,8 +9,8 @@ mmap'd (returned on free) and capping arenas bounds the rest.
 
 The threshold is fixed at 4 MiB by default, above the 1 MiB transfer chunks:
 mapping and faulting in every chunk afresh cost the server ~40% more CPU per
-byte sent, and with two arenas the reused chunks stay bounded. A job worker
-passes 256 KiB instead (see ``shoal.client.worker``).
+byte sent, and with two arenas the reused chunks stay bounded. Job workers
+use the same settings (see ``shoal.client.worker``).
 """
 
 from __future__ import annotations

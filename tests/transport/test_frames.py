@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from shoal._proto import shoal_pb2 as pb
@@ -21,6 +22,7 @@ from shoal.transport import (
 )
 from shoal.transport.frames import (
     INLINE_MAX,
+    MemoryPool,
     data_frame,
     decode_frame,
     encode_frame,
@@ -68,6 +70,35 @@ def test_receive_to_memory_gives_writable_memory_of_the_exact_size() -> None:
     got = receive_to_memory(header, frames, max_size=len(DATA))
     assert (len(got), got.readonly) == (len(DATA), False)
     got[0] = 7  # the arrays decoded from a task may be trained in place
+
+
+def test_memory_pool_refills_a_mapping_only_once_nothing_views_it() -> None:
+    pool = MemoryPool()
+
+    def receive(data: bytes) -> memoryview:
+        header, frames = _stream(frames_from_bytes(PayloadHeader(kind="blob"), data, inline_max=0))
+        return receive_to_memory(header, frames, max_size=len(data), pool=pool)
+
+    other = bytes(reversed(DATA))
+    first = receive(DATA)
+    addresses = {_address(first)}
+    arrays = np.frombuffer(first, dtype=np.uint8)  # as a task's arrays view it
+    del first
+    # Still viewed: the next payload gets memory of its own, the first is intact.
+    second = receive(other)
+    assert bytes(arrays) == DATA and bytes(second) == other
+    addresses.add(_address(second))
+    assert len(addresses) == 2
+    del arrays, second
+    # Nothing views either now: the next payload fills one of them again.
+    third = receive(DATA)
+    assert bytes(third) == DATA and _address(third) in addresses
+    # A different size is never squeezed into one.
+    assert len(receive(DATA[:1000])) == 1000
+
+
+def _address(view: memoryview) -> int:
+    return np.frombuffer(view, dtype=np.uint8).ctypes.data
 
 
 def test_file_and_bytes_frames_agree(tmp_path: Path) -> None:

@@ -36,7 +36,13 @@ from shoal.transport import (
     read_header,
     receive_to_memory,
 )
-from shoal.transport.frames import Frame, WireFrame, frames_from_pieces, human_bytes
+from shoal.transport.frames import (
+    Frame,
+    MemoryPool,
+    WireFrame,
+    frames_from_pieces,
+    human_bytes,
+)
 from shoal.transport.services import ServiceStub
 
 __all__ = ["GrpcBackend", "WorkerConfig"]
@@ -125,11 +131,12 @@ class GrpcBackend:
     def __init__(self, config: WorkerConfig) -> None:
         if config.parent_pid:
             exit_with_parent(config.parent_pid)
-        # Chunk buffers go straight back to the system here: a worker that kept
-        # them in its arenas could hold them into the next round's task
-        # (bench/memory.py, 32 sites, one run each: worker peak 324 MiB with
-        # the daemons' 4 MiB threshold, 220 and 271 MiB with this one).
-        tune_allocator(mmap_threshold=256 * 1024)
+        # The daemons' settings: 1 MiB chunk buffers come from two arenas and
+        # are reused. A 256 KiB threshold (every chunk mapped and faulted in
+        # afresh) cost CPU each round and saved no peak memory once tasks
+        # stopped going through a file (bench/memory.py, 100 MiB, 2/8/32
+        # sites: worker peak 294/309/299 MiB with this, 277/363/327 with it).
+        tune_allocator()
         self.config = config
         self.site_name = config.site_name
         self.job_id = config.job_id
@@ -144,6 +151,10 @@ class GrpcBackend:
         self._stub = ServiceStub(self._channel, "Fleet")
         self._stream: _WorkStream | None = None
         self._task: PayloadHeader | None = None
+        # Each task lands in the memory of one before it that the script no
+        # longer uses, when there is one: fresh pages were most of a
+        # worker's kernel time in perf (100 MiB, 2 sites).
+        self._task_memory = MemoryPool()
 
     def _work(self) -> _WorkStream:
         if self._stream is None:
@@ -184,7 +195,9 @@ class GrpcBackend:
                 # Into memory of its own, not a file: writing the model into
                 # the page cache and mapping it back was the workers' largest
                 # kernel cost in perf (100 MiB, 2 sites).
-                data = receive_to_memory(header, frames, max_size=MAX_TASK_BYTES)
+                data = receive_to_memory(
+                    header, frames, max_size=MAX_TASK_BYTES, pool=self._task_memory
+                )
                 size = len(data)
             except grpc.RpcError as exc:
                 self._drop_stream()

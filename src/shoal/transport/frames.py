@@ -37,6 +37,7 @@ __all__ = [
     "INLINE_MAX",
     "MAX_CHUNK_SIZE",
     "Frame",
+    "MemoryPool",
     "PayloadHeader",
     "PayloadReceiver",
     "ReceivedPayload",
@@ -461,7 +462,11 @@ def receive_to_file(
 
 
 def receive_to_memory(
-    header: PayloadHeader, frames: Iterable[WireFrame], *, max_size: int
+    header: PayloadHeader,
+    frames: Iterable[WireFrame],
+    *,
+    max_size: int,
+    pool: MemoryPool | None = None,
 ) -> memoryview:
     """Receive a payload of any size into memory of its own, checked like
     :func:`receive_to_file`, and return it.
@@ -470,15 +475,58 @@ def receive_to_memory(
     chunk by chunk (no list of parts joined at the end, no file in the page
     cache to write and read back), untouched pages cost nothing if a peer
     announces more than it sends, and it goes back to the system as soon as
-    the last view of it (e.g. arrays decoded from it) is dropped.
+    the last view of it (e.g. arrays decoded from it) is dropped. With a
+    ``pool``, a mapping of an earlier payload that nothing refers to any
+    more is filled again instead.
     """
     _check_size(header, max_size)
     if header.size == 0:  # mmap cannot map nothing; any data is refused unwritten
         _receive_into(header, frames, lambda body: None)
         return memoryview(b"")
-    buf = _anonymous_memory(header.size)
+    buf = pool.take(header.size) if pool is not None else _anonymous_memory(header.size)
     _receive_into(header, frames, buf.write)
     return memoryview(buf)
+
+
+class MemoryPool:
+    """Mappings for :func:`receive_to_memory` that are filled again once
+    nothing refers to them, for a process that receives a model of the same
+    size over and over (a job worker, one task a round).
+
+    Fresh memory costs a page fault and a cleared page per page: filling
+    100 MiB of it ran at 0.6-1.2 GB/s on the bench machine, the same
+    mapping filled again at 8 GB/s. A mapping is reused only when no view of
+    it is left (the arrays of an earlier task still in use keep theirs);
+    the pool keeps the last ``keep`` it handed out, the rest go back to the
+    system when their last view does.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self._keep = keep
+        self._maps: list[mmap.mmap] = []
+
+    def take(self, size: int) -> mmap.mmap:
+        """A mapping of ``size`` bytes, positioned at its start."""
+        for buf in self._maps:
+            if len(buf) == size and _unreferenced(buf):
+                buf.seek(0)
+                return buf
+        buf = _anonymous_memory(size)
+        self._maps.append(buf)
+        del self._maps[: -self._keep]
+        return buf
+
+
+def _unreferenced(buf: mmap.mmap) -> bool:
+    """No buffer exported from ``buf`` is alive. mmap refuses to resize while
+    one is; resizing to the same size changes nothing otherwise."""
+    try:
+        buf.resize(len(buf))
+    except BufferError:
+        return False
+    except (OSError, SystemError, ValueError):  # no mremap here: never reuse
+        return False
+    return True
 
 
 def _anonymous_memory(size: int) -> mmap.mmap:
