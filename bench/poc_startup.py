@@ -116,11 +116,7 @@ def main() -> None:
     for name, (starts, stops) in results.items():
         rows.append([name, fmt_s(stats(starts)["median"]), fmt_s(stats(stops)["median"])])
     emit()
-    emit(
-        table(
-            rows, ["federation (server + 2 sites)", "start until ready (median)", "stop (median)"]
-        )
-    )
+    table(rows, ["federation (server + 2 sites)", "start until ready (median)", "stop (median)"])
 
 
 if __name__ == "__main__":
