@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="one run, shoal only")
     args = p.parse_args()
     runs = 1 if args.quick else args.runs
-    emit(header("POC federation start/stop: shoal vs NVIDIA FLARE"))
+    header("POC federation start/stop: shoal vs NVIDIA FLARE")
     results: dict[str, tuple[list[float], list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="shoal-bench-poc-") as d:
         tmp = Path(d)

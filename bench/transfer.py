@@ -176,10 +176,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([mib(r["size"]), "FAILED", r["error"], "", "", "", "", ""])
+            rows.append([mib(r["size"]), "FAILED", r["error"], "", "", "", "", "", "", ""])
             continue
         d, u = stats(r["down_mbps"]), stats(r["up_mbps"])
         ratio = r["round_mbps"] / r["base"]["mbps"]
+        # Plain grpcio's transfers one by one, the same measure as shoal's.
+        bd = stats([r["size"] / t / 1e6 for t in r["base"]["down_s"]])["median"]
+        bu = stats([r["size"] / t / 1e6 for t in r["base"]["up_s"]])["median"]
         rows.append(
             [
                 mib(r["size"]),
@@ -188,6 +191,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{d.get('median', 0):.0f} / {u.get('median', 0):.0f}",
                 f"{r['base']['mbps']:.0f} ({fmt_s(r['base']['wall_s'])})",
                 f"{ratio:.0%}",
+                f"{bd:.0f} / {bu:.0f}",
+                f"{d.get('median', 0) / bd:.0%} / {u.get('median', 0) / bu:.0%}",
                 f"{mib(r['server_peak'])} ({r['server_peak'] / r['size']:.1f}x)",
                 f"{mib(r['site_peak'])} ({r['site_peak'] / r['size']:.1f}x)",
             ]
@@ -200,13 +205,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "round MB/s",
             "per-transfer MB/s down/up",
             "plain grpcio MB/s (same shape)",
-            "shoal/grpcio",
+            "round vs grpcio",
+            "plain grpcio per-transfer MB/s down/up",
+            "per transfer vs grpcio down/up",
             "server peak RSS",
             "site peak RSS",
         ],
     )
     emit(
         "round MB/s = 2 sites x (down + up) x model bytes / median round time (round 1 left out when there are 3+); "
+        "round vs grpcio = round MB/s / plain grpcio MB/s; per transfer = model bytes / one transfer's time "
+        "(shoal: server log; grpcio: each client's download and upload), medians; "
         "peak RSS = daemon + its job process (VmHWM, sampled every 50 ms)"
     )
     return results

@@ -39,7 +39,7 @@ def test_round_overhead_quick() -> None:
 @pytest.mark.slow
 def test_transfer_quick() -> None:
     out = _run("transfer", "--quick")
-    assert "shoal/grpcio" in out and "FAILED" not in out
+    assert "round vs grpcio" in out and "per transfer vs grpcio" in out and "FAILED" not in out
 
 
 @pytest.mark.slow
@@ -77,6 +77,7 @@ def test_run_all_quick_writes_results(tmp_path: Path) -> None:
 def test_poc_startup_quick() -> None:
     out = _run("poc_startup", "--quick")
     assert "start until ready" in out and "shoal" in out
+    assert out.count("start until ready") == 1 and out.count("# POC federation") == 1
 
 
 @pytest.mark.slow
