@@ -358,6 +358,62 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid``, of its children it has reaped, and of its live descendants."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    own = sum(int(x) for x in fields[11:15]) / _TICK  # utime stime cutime cstime
+    return own + sum(cpu_seconds(kid) for kid in children(pid))
+
+
+#: rounds ended -> {group: CPU seconds of its processes} when that was first seen
+Marks = dict[int, dict[str, float]]
+
+
+@contextlib.contextmanager
+def round_marks(jobs_dir: Path, groups: Mapping[str, Sequence[int]]) -> Iterator[Marks]:
+    """Sample the CPU of each group of processes (and their descendants)
+    each time a round ends (a line lands in a job's metrics.jsonl), from a
+    thread, while the caller waits for the job."""
+    marks: Marks = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.01):
+            ended = 0
+            for m in jobs_dir.glob("*/run/metrics.jsonl"):
+                with contextlib.suppress(OSError):
+                    ended = m.read_bytes().count(b"\n")
+            if ended and ended not in marks:
+                marks[ended] = {
+                    name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()
+                }
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield marks
+    finally:
+        stop.set()
+        thread.join()
+
+
+def cpu_per_round(marks: Marks, first: int) -> dict[str, float] | None:
+    """Mean CPU seconds per round of each group, between the first and the
+    last round ends seen from round ``first`` on."""
+    seen = sorted(r for r in marks if r >= first)
+    if len(seen) < 2:
+        return None
+    a, b = marks[seen[0]], marks[seen[-1]]
+    n = seen[-1] - seen[0]
+    return {name: (b[name] - a[name]) / n for name in a}
+
+
 class PeakSampler:
     """Samples VmHWM of some root processes and their children every ``interval`` s.
 

@@ -89,13 +89,14 @@ def client(kit: Path, port: int, size: int) -> None:
     )
     print("ready", flush=True)
     sys.stdin.readline()  # start signal: every client starts together
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     got = sum(len(c) for c in down(b""))
     t1 = time.monotonic()
     sent = int(up(iter(chunks)))
-    t2 = time.monotonic()
+    t2, cpu = time.monotonic(), time.process_time() - cpu0  # all of this process's threads
     assert got == size and sent == size, (got, sent, size)
-    print(json.dumps({"down_s": t1 - t0, "up_s": t2 - t1, "total_s": t2 - t0}), flush=True)
+    doc = {"down_s": t1 - t0, "up_s": t2 - t1, "total_s": t2 - t0, "cpu_s": cpu}
+    print(json.dumps(doc), flush=True)
     ch.close()
 
 

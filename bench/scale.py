@@ -29,25 +29,23 @@ the machine than the server they load. ``--daemons`` runs real
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     Fed,
-    children,
+    cpu_per_round,
+    cpu_seconds,
     emit,
     fmt_s,
     header,
+    round_marks,
     round_times,
     run_job,
     table,
@@ -55,58 +53,6 @@ from _common import (  # noqa: E402
 )
 
 HERE = Path(__file__).resolve().parent
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid``, of its children it has reaped, and of its live descendants."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    own = sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
-    return own + sum(cpu_seconds(kid) for kid in children(pid))
-
-
-#: rounds ended -> (server, site hosts) CPU seconds when that was first seen
-Marks = dict[int, tuple[float, float]]
-
-
-@contextlib.contextmanager
-def round_marks(jobs_dir: Path, server: int, hosts: list[int]) -> Iterator[Marks]:
-    """Sample the CPU of the server and of the site hosts each time a round
-    ends (a line lands in the job's metrics.jsonl), from a thread, while the
-    caller waits for the job."""
-    marks: Marks = {}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.01):
-            ended = 0
-            for m in jobs_dir.glob("*/run/metrics.jsonl"):
-                with contextlib.suppress(OSError):
-                    ended = m.read_bytes().count(b"\n")
-            if ended and ended not in marks:
-                marks[ended] = (cpu_seconds(server), sum(cpu_seconds(p) for p in hosts))
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield marks
-    finally:
-        stop.set()
-        thread.join()
-
-
-def cpu_per_round(marks: Marks, first: int) -> tuple[float, float] | None:
-    """Mean (server, hosts) CPU seconds per round, between the first and the
-    last round ends seen from round ``first`` on."""
-    seen = sorted(r for r in marks if r >= first)
-    if len(seen) < 2:
-        return None
-    (s0, h0), (s1, h1) = marks[seen[0]], marks[seen[-1]]
-    n = seen[-1] - seen[0]
-    return (s1 - s0) / n, (h1 - h0) / n
 
 
 def connected(session) -> int:  # type: ignore[no-untyped-def]
@@ -217,7 +163,8 @@ def measure(
             hosts_pids = [p.pid for p in procs]
             try:
                 # Poll gently: at 1000 sites the admin calls compete with the round.
-                with round_marks(fed.server_dir / "jobs", server.pid, hosts_pids) as marks:
+                groups = {"server": [server.pid], "hosts": hosts_pids}
+                with round_marks(fed.server_dir / "jobs", groups) as marks:
                     r = run_job(fed, job, timeout=1800, poll_s=0.2)
             except (RuntimeError, TimeoutError) as exc:
                 out["note"] = f"round failed: {exc}"[:300]
@@ -230,7 +177,8 @@ def measure(
                 out["job_s"] = r.submit_to_finished_s
                 per_round = cpu_per_round(marks, first=1)
                 if per_round is not None:
-                    out["round_cpu_server_s"], out["round_cpu_hosts_s"] = per_round
+                    out["round_cpu_server_s"] = per_round["server"]
+                    out["round_cpu_hosts_s"] = per_round["hosts"]
         session.close()
     finally:
         for p in procs:

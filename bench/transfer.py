@@ -2,7 +2,7 @@
 grpcio over mutual TLS streaming the same bytes in the same run (workload 2),
 with the peak RSS of the server and of a site (workload 3's 1 GiB target).
 
-    python bench/transfer.py [--quick] [--sizes 100M,1G] [--rounds 4] [--sites 2]
+    python bench/transfer.py [--quick] [--sizes 100M,1G] [--rounds N] [--sites 2]
 
 For each size: a POC federation (2 sites) runs a job whose sites echo the
 model back; printed are seconds per round, the effective MB/s of the round
@@ -28,11 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     GiB,
     MiB,
+    cpu_per_round,
+    cpu_seconds,
     emit,
     federation,
     fmt_s,
     header,
     mib,
+    round_marks,
     round_times,
     run_job_sampled,
     stats,
@@ -85,12 +88,13 @@ def grpc_baseline(fed, size: int, clients: int) -> dict:  # type: ignore[no-unty
             )
         for c in procs:
             assert c.stdout.readline().strip() == "ready"
-        t0 = time.monotonic()
+        t0, server_cpu0 = time.monotonic(), cpu_seconds(server.pid)
         for c in procs:
             c.stdin.write("go\n")
             c.stdin.flush()
         results = [json.loads(c.stdout.readline()) for c in procs]
         wall = time.monotonic() - t0
+        server_cpu = cpu_seconds(server.pid) - server_cpu0
         for c in procs:
             c.wait(timeout=60)
     finally:
@@ -104,6 +108,8 @@ def grpc_baseline(fed, size: int, clients: int) -> dict:  # type: ignore[no-unty
         "down_s": [r["down_s"] for r in results],
         "up_s": [r["up_s"] for r in results],
         "mbps": 2 * clients * size / wall / 1e6,
+        "cpu_server_s": server_cpu,
+        "cpu_clients_s": sum(r["cpu_s"] for r in results),
     }
 
 
@@ -117,7 +123,14 @@ def run_size(size: int, rounds: int, sites: int, tmp: Path) -> dict:
             num_arrays=8,
             min_clients=sites,
         )
-        r, peaks = run_job_sampled(fed, job)
+        groups = {
+            "server": [fed.pid("server1")],
+            "sites": [fed.pid(s) for s in fed.layout.site_kits],
+        }
+        with round_marks(fed.server_dir / "jobs", groups) as marks:
+            r, peaks = run_job_sampled(fed, job)
+        # Rounds 2..N, as the times: round 1 also starts the job workers.
+        cpu = cpu_per_round(marks, first=1) or {}
         # The model on the wire is the safetensors file: header + data.
         wire = size + 1024
         durs = round_times(r.rounds)
@@ -141,14 +154,29 @@ def run_size(size: int, rounds: int, sites: int, tmp: Path) -> dict:
             "server_daemon_peak": peaks.peak.get(("server", "self"), 0),
             "workflow_peak": peaks.peak.get(("server", "child"), 0),
             "site_peak": site_peak,
+            "cpu_server_s": cpu.get("server"),
+            "cpu_sites_s": cpu.get("sites"),
         }
+
+
+def _cpu(r: dict) -> str:
+    b = r["base"]
+    grpcio = f" (grpcio {b['cpu_server_s']:.2f} / {b['cpu_clients_s']:.2f})"
+    if r.get("cpu_server_s") is None:
+        return "n/a" + grpcio
+    return f"{r['cpu_server_s']:.2f} / {r['cpu_sites_s']:.2f} s" + grpcio
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one 8 MiB size, 2 rounds")
     p.add_argument("--sizes", default="100M,1G")
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="default 8 below 1 GiB (a job past its first keep_models rounds, when the "
+        "server's page cache stops growing), 4 from 1 GiB",
+    )
     p.add_argument("--sites", type=int, default=2)
     args = p.parse_args(argv)
     if args.quick:
@@ -158,9 +186,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-jobs-") as tmp:
         for size in sizes:
-            emit(f"... {mib(size)} model, {args.rounds} rounds, {args.sites} sites")
+            rounds = args.rounds or (8 if size < GiB else 4)
+            emit(f"... {mib(size)} model, {rounds} rounds, {args.sites} sites")
             try:
-                res = run_size(size, args.rounds, args.sites, Path(tmp))
+                res = run_size(size, rounds, args.sites, Path(tmp))
             except Exception as exc:  # report and go on with the next size
                 emit(f"    FAILED: {type(exc).__name__}: {exc}")
                 results.append({"size": size, "error": f"{type(exc).__name__}: {exc}"})
@@ -176,7 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([mib(r["size"]), "FAILED", r["error"], "", "", "", "", "", "", ""])
+            rows.append([mib(r["size"]), "FAILED", r["error"], *[""] * 8])
             continue
         d, u = stats(r["down_mbps"]), stats(r["up_mbps"])
         ratio = r["round_mbps"] / r["base"]["mbps"]
@@ -193,6 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{ratio:.0%}",
                 f"{bd:.0f} / {bu:.0f}",
                 f"{d.get('median', 0) / bd:.0%} / {u.get('median', 0) / bu:.0%}",
+                _cpu(r),
                 f"{mib(r['server_peak'])} ({r['server_peak'] / r['size']:.1f}x)",
                 f"{mib(r['site_peak'])} ({r['site_peak'] / r['size']:.1f}x)",
             ]
@@ -208,6 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "round vs grpcio",
             "plain grpcio per-transfer MB/s down/up",
             "per transfer vs grpcio down/up",
+            "CPU per round server / sites (plain grpcio, same bytes)",
             "server peak RSS",
             "site peak RSS",
         ],
@@ -216,6 +247,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "round MB/s = 2 sites x (down + up) x model bytes / median round time (round 1 left out when there are 3+); "
         "round vs grpcio = round MB/s / plain grpcio MB/s; per transfer = model bytes / one transfer's time "
         "(shoal: server log; grpcio: each client's download and upload), medians; "
+        "CPU per round = utime + stime of the server (daemon + workflow) and of all sites "
+        "(daemons + job workers) from the end of round 1 to the end of the last, per round, "
+        "and plain grpcio's server and clients over its transfers; "
         "peak RSS = daemon + its job process (VmHWM, sampled every 50 ms)"
     )
     return results

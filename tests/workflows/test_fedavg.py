@@ -16,6 +16,7 @@ from shoal.jobs import ClientAppSpec, JobSpec, ServerAppSpec, WorkflowSpec
 from shoal.tensorboard import read_scalars
 from shoal.workflows import WorkflowContext, get_workflow, parse_params
 from shoal.workflows.fedavg import FedAvgParams, select_sites
+from shoal.workflows.store import RoundStore
 
 from .fakes import FakeComm, SiteFn, shift
 
@@ -343,6 +344,32 @@ def test_params_parse() -> None:
         parse_params("fedavg", {"num_rounds": 1, "seed": -1})
     with pytest.raises(JobValidationError, match="round_timeout_s"):
         parse_params("fedavg", {"num_rounds": 1, "round_timeout_s": "soon"})
+    for bad in (-1, 1.5, True, "all"):
+        with pytest.raises(JobValidationError, match="workflow.keep_models: must be an integer"):
+            parse_params("fedavg", {"num_rounds": 1, "keep_models": bad})
+
+
+@pytest.mark.parametrize(
+    ("keep", "rounds_left"), [(2, [0, 4, 5]), (3, [0, 3, 4, 5]), (0, [0, 1, 2, 3, 4, 5])]
+)
+def test_only_the_last_keep_models_round_models_are_kept(
+    tmp_path: Path, keep: int, rounds_left: list[int]
+) -> None:
+    comm = _comm(tmp_path, {"site-1": shift(1.0, 10), "site-2": shift(1.0, 10)})
+    get_workflow("fedavg")(_ctx(tmp_path, comm, num_rounds=5, keep_models=keep))
+    models = tmp_path / "run" / "models"
+    names = sorted(p.name for p in models.iterdir())
+    assert names == ["global_final.safetensors"] + [
+        f"global_round_{k:04d}.safetensors" for k in rounds_left
+    ]
+    # Every round's task was still on disk when it went out, and what is
+    # kept is what the checkpoint and a resume need.
+    assert [s["weights_path"].name for s in comm.scatters] == [
+        f"global_round_{k:04d}.safetensors" for k in range(5)
+    ]
+    ckpt = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert ckpt["model"] == "models/global_round_0005.safetensors"
+    assert RoundStore(tmp_path / "run").load_checkpoint().round == 5  # type: ignore[union-attr]
 
 
 class _FakeAdapter:

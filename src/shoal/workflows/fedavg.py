@@ -8,7 +8,7 @@ validly, writes the mean as the new global model and offers it at once as the
 next round's task. Round ``k`` is then committed while the sites download
 round ``k+1``: the model file is fsynced, the server's ``evaluate`` hook runs,
 then the metrics line, TensorBoard scalars and the checkpoint are written, in
-that order. The disk's flush is off the rounds' critical path, and nothing is
+that order, and round models older than the last ``keep_models`` are removed. The disk's flush is off the rounds' critical path, and nothing is
 claimed before it is durable: a crash before the checkpoint re-runs round
 ``k`` from round ``k-1``'s checkpoint. A result whose arrays differ from the global
 model's names/shapes/dtypes, hold NaN/Inf, or report ``num_examples <= 0`` is
@@ -60,13 +60,16 @@ class FedAvgParams:
     sample_fraction: float = 1.0
     #: Seed of the per-round site sampling (same seed, same choice of sites).
     seed: int = 0
+    #: Round models kept: the last ``keep_models`` ``global_round_NNNN``
+    #: files (the initial and the final model always stay); 0 keeps them all.
+    keep_models: int = 3
 
     @classmethod
     def parse(cls, params: Mapping[str, Any]) -> FedAvgParams:
         """Validate raw params from job.yml; JobValidationError names the field."""
         if not isinstance(params, Mapping):
             raise JobValidationError("job.yml: workflow: must be a mapping")
-        known = {"name", "num_rounds", "round_timeout_s", "sample_fraction", "seed"}
+        known = {"name", "num_rounds", "round_timeout_s", "sample_fraction", "seed", "keep_models"}
         unknown = sorted(set(params) - known)
         if unknown:
             raise JobValidationError(
@@ -95,7 +98,19 @@ class FedAvgParams:
             raise JobValidationError(
                 f"job.yml: workflow.seed: must be an integer >= 0, got {seed!r}"
             )
-        return cls(num_rounds=rounds, round_timeout_s=timeout, sample_fraction=fraction, seed=seed)
+        keep = params.get("keep_models", 3)
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise JobValidationError(
+                f"job.yml: workflow.keep_models: must be an integer >= 0 (0: keep every "
+                f"round's model), got {keep!r}"
+            )
+        return cls(
+            num_rounds=rounds,
+            round_timeout_s=timeout,
+            sample_fraction=fraction,
+            seed=seed,
+            keep_models=keep,
+        )
 
 
 def check_spec(spec: Any) -> None:
@@ -391,6 +406,8 @@ def _round(
         scalars["round/duration_s"] = duration
         tb.add_scalars(scalars, step=k)
         store.save_checkpoint(k, model_path)
+        if params.keep_models:
+            store.prune_models(keep=params.keep_models, latest=k)
         log.info(
             "round %d/%d done: %d/%d site(s), %d examples, %.2fs%s",
             k,
