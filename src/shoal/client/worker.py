@@ -135,7 +135,7 @@ class GrpcBackend:
         # are reused. A 256 KiB threshold (every chunk mapped and faulted in
         # afresh) cost CPU each round and saved no peak memory once tasks
         # stopped going through a file (bench/memory.py, 100 MiB, 2/8/32
-        # sites: worker peak 294/309/299 MiB with this, 277/363/327 with it).
+        # sites: worker peak 273/337/346 MiB with this, 277/363/327 with it).
         tune_allocator()
         self.config = config
         self.site_name = config.site_name
@@ -152,8 +152,8 @@ class GrpcBackend:
         self._stream: _WorkStream | None = None
         self._task: PayloadHeader | None = None
         # Each task lands in the memory of one before it that the script no
-        # longer uses, when there is one: fresh pages were most of a
-        # worker's kernel time in perf (100 MiB, 2 sites).
+        # longer uses, when there is one: a fresh page costs a fault and a
+        # clearing (receiving 100 MiB: 76-87 ms of CPU so, 83-96 ms afresh).
         self._task_memory = MemoryPool()
 
     def _work(self) -> _WorkStream:
