@@ -105,7 +105,7 @@ def run_demo(
     if accuracy is not None:
         say(f"   global model test accuracy after the last round: {accuracy:.4f}")
     say(f"   workspace: {workspace}")
-    say(f"   models:    {model} (global_final.keras, global_final.safetensors, one per round)")
+    say(f"   models:    {model} (global_final.keras, .safetensors, last rounds' global_round_NNNN)")
     say(f"   logs:      {download / 'logs'} (server.log, site-1.log, site-2.log);")
     say(f"              daemon logs in {layout.run_dir / 'logs'}")
     say(
