@@ -32,7 +32,6 @@ from shoal.transport.aio import Wakeup
 from shoal.transport.channels import aio_rpc_errors
 from shoal.transport.frames import (
     WireFrame,
-    frames_from_bytes,
     human_bytes,
     read_header,
     read_header_async,
@@ -214,10 +213,10 @@ class FleetService:
         meta.update({"task": task.name, "round": task.round, "site": site})
         header = PayloadHeader(kind="task", job_id=run.job_id, task_id=task.task_id, meta=meta)
         if task.small is not None:
-            # One message, no file, no transfer slot: a small model is a
-            # header's worth of bytes.
-            for frame in frames_from_bytes(header, task.small):
-                await context.write(frame)
+            # One message, no file, no transfer slot, no hashing per site: a
+            # small model is a header's worth of bytes.
+            inline = header.with_payload(len(task.small), task.small, sha256=task.small_sha256)
+            await context.write(pb.Frame(header=inline.to_pb()))
             return
         async with self._transfer_slots:
             t0 = time.monotonic()

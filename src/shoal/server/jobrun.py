@@ -7,9 +7,8 @@ each site's job worker when the worker asks (its ``Work`` stream waits until
 work exists), receives each result into a file, checks it, and tells the
 workflow.
 
-The task board is read from threads (``next_task``) and from the Fleet
-server's event loop (``take_task`` plus an ``on_change`` listener that wakes
-the waiting calls); messages to the workflow go through a thread of the run,
+The task board is read from the Fleet server's event loop (``take_task``,
+plus an ``on_change`` listener that wakes the waiting calls); messages to the workflow go through a thread of the run,
 so no caller ever waits on a busy workflow process.
 """
 
@@ -17,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import queue
@@ -48,7 +48,7 @@ __all__ = ["DONE", "JobRun", "Task"]
 
 log = logging.getLogger(__name__)
 
-#: Returned by ``next_task`` when the job has no more work for the site.
+#: Returned by ``take_task`` when the job has no more work for the site.
 DONE = object()
 #: Ends the thread that writes to the workflow process.
 _STOP_SENDING = object()
@@ -64,10 +64,11 @@ class Task:
     sites: frozenset[str]
     #: SHA-256 of the weights file, when the workflow computed it while writing.
     sha256: str | None = None
-    #: Size of the weights file (-1: unknown), and its bytes when it is small
-    #: enough to travel inline: read once, not once per site.
+    #: Size of the weights file (-1: unknown), and its bytes and their hash
+    #: when it is small enough to travel inline: read once, not once per site.
     size: int = -1
     small: bytes | None = field(default=None, repr=False)
+    small_sha256: str = ""
     answered: set[str] = field(default_factory=set)
     delivered: set[str] = field(default_factory=set)
     #: Sites whose result is being received (a second upload at once is refused).
@@ -277,10 +278,12 @@ class JobRun:
         if op == "scatter":
             sites = frozenset(str(s) for s in msg["sites"]) & self.site_set
             weights = Path(msg["weights_path"])
-            size, small = -1, None
+            size, small, small_sha256 = -1, None, ""
             with contextlib.suppress(OSError):  # a missing file fails each send instead
                 size = weights.stat().st_size
-                small = weights.read_bytes() if size <= INLINE_MAX else None
+                if size <= INLINE_MAX:
+                    small = weights.read_bytes()
+                    small_sha256 = hashlib.sha256(small).hexdigest()
             task = Task(
                 task_id=str(msg["task_id"]),
                 name=str(msg["task"]),
@@ -291,6 +294,7 @@ class JobRun:
                 sha256=str(msg["sha256"]) if msg.get("sha256") else None,
                 size=size,
                 small=small,
+                small_sha256=small_sha256,
             )
             with self._cond:
                 self._tasks = {task.task_id: task}  # a new task supersedes the old one
@@ -331,7 +335,6 @@ class JobRun:
 
     def _board_changed(self) -> None:
         # Called with self._cond held.
-        self._cond.notify_all()
         for listener in self._listeners:
             listener()
 
@@ -345,17 +348,6 @@ class JobRun:
                 t.delivered.add(site)
                 return t
             return None
-
-    def next_task(self, site: str, wait_s: float) -> Task | object | None:
-        """The site's open task, DONE, or None when nothing came in ``wait_s``."""
-        deadline = time.monotonic() + wait_s
-        with self._cond:
-            while (task := self.take_task(site)) is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            return task
 
     async def accept_result(
         self, site: str, header: PayloadHeader, frames: AsyncIterator[WireFrame], max_size: int

@@ -181,9 +181,12 @@ class PayloadHeader:
             inline_sha256=h.inline_sha256,
         )
 
-    def with_payload(self, size: int, inline: bytes | None = None) -> PayloadHeader:
-        """This header announcing ``size`` bytes, carrying them when ``inline`` is given."""
-        digest = hashlib.sha256(inline).hexdigest() if inline is not None else ""
+    def with_payload(
+        self, size: int, inline: bytes | None = None, *, sha256: str = ""
+    ) -> PayloadHeader:
+        """This header announcing ``size`` bytes, carrying them when ``inline``
+        is given (``sha256``: their hash, when the caller already has it)."""
+        digest = sha256 or (hashlib.sha256(inline).hexdigest() if inline is not None else "")
         return PayloadHeader(self.kind, self.job_id, self.task_id, size, self.meta, inline, digest)
 
 
