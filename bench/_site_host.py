@@ -7,7 +7,7 @@ By default every site is a :class:`LightSite`: a few coroutines on this
 process's one asyncio loop, with its own ``grpc.aio`` mTLS channel, speaking
 the site side of the Fleet protocol as ``SiteDaemon`` does: Connect (Welcome,
 job starts and aborts, shutdown), Beat at the interval the Welcome asks with
-the running jobs, FetchJob (size and SHA-256 checked by shoal's transport
+the running jobs, FetchJob (size and checksum checked by shoal's transport
 code), ReportJob started / finished / failed / aborted, the job log by
 PutBlob, and reconnection with the daemon's backoff and jitter. Its job
 worker opens a second channel, as a worker process would, and echoes each
@@ -185,7 +185,7 @@ class LightSite:
         await self._report(job_id, state, detail)
 
     async def _fetch_job(self, start: pb.StartJob) -> None:
-        """Fetch and check the job package (size, SHA-256); the light worker needs no unpacking."""
+        """Fetch and check the job package (size, checksum); the light worker needs no unpacking."""
         frames = iter(await _frames(self._stub.FetchJob(pb.FetchJobRequest(job_id=start.job_id))))
         header = read_header(frames)
         receive_bytes(header, frames, max_size=MAX_PACKAGE_BYTES)

@@ -20,7 +20,6 @@ Only numpy is needed. Nothing is ever unpickled.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -34,6 +33,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from shoal import checksum
 from shoal.errors import ArrayFormatError
 
 __all__ = [
@@ -224,8 +224,9 @@ class WrittenArrays:
     path: Path
     #: File size in bytes.
     size: int
-    #: Hex SHA-256 of the whole file, computed while writing (no second read).
-    sha256: str
+    #: Hex XXH3-128 checksum of the whole file (``shoal.checksum``),
+    #: computed while writing (no second read).
+    checksum: str
 
 
 def write_arrays(
@@ -235,14 +236,14 @@ def write_arrays(
     *,
     durable: bool = True,
 ) -> WrittenArrays:
-    """Write ``arrays`` to ``path`` atomically and return its size and SHA-256.
+    """Write ``arrays`` to ``path`` atomically and return its size and checksum.
 
     Each array is streamed to a temporary file beside ``path`` (no
     concatenated copy of the model is built), which is fsynced and renamed
     into place: readers see the old file or the new one, never a torn one.
-    The hash is computed over the bytes as they are written, so a caller
-    that needs it (a checkpoint, a transfer's trailer) never reads the file
-    again. ``durable=False`` skips the fsyncs (still atomic against readers)
+    The checksum is computed over the bytes as they are written, so a
+    caller that needs it (a checkpoint, a transfer's trailer) never reads
+    the file again. ``durable=False`` skips the fsyncs (still atomic against readers)
     for files that need not survive a power cut: a site's upload staging,
     the simulator's per-site results.
     """
@@ -251,7 +252,7 @@ def write_arrays(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
-    hasher = hashlib.sha256()
+    hasher = checksum.Checksum()
     try:
         with os.fdopen(fd, "wb") as f:
             for piece in encoded.pieces:
@@ -268,7 +269,7 @@ def write_arrays(
         raise
     if durable:
         _fsync_dir(path.parent)
-    return WrittenArrays(path=path, size=size, sha256=hasher.hexdigest())
+    return WrittenArrays(path=path, size=size, checksum=hasher.hexdigest())
 
 
 def save_arrays(

@@ -8,7 +8,6 @@ The job-archive reader is fuzzed in tests/jobs/test_archive.py.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shoal import checksum
 from shoal._proto import shoal_pb2 as pb
 from shoal.arrays import decode_header, load_arrays, save_arrays
 from shoal.errors import ArrayFormatError, IntegrityError, TransportError
@@ -41,7 +41,7 @@ _header = st.builds(
 )
 _data = st.binary(max_size=64).map(lambda b: pb.Frame(data=b))
 _trailer = st.one_of(
-    st.text(max_size=70).map(lambda s: pb.Frame(trailer=pb.Trailer(sha256=s))),
+    st.text(max_size=70).map(lambda s: pb.Frame(trailer=pb.Trailer(xxh3_128=s))),
     st.just(pb.Frame()),  # a frame with no body at all
 )
 _frames = st.lists(st.one_of(_header, _data, _trailer), max_size=8)
@@ -52,7 +52,7 @@ def _valid_stream(data: bytes) -> list[pb.Frame]:
     return [
         pb.Frame(header=h.to_pb()),
         pb.Frame(data=data),
-        pb.Frame(trailer=pb.Trailer(sha256=hashlib.sha256(data).hexdigest())),
+        pb.Frame(trailer=pb.Trailer(xxh3_128=checksum.of_bytes(data))),
     ]
 
 

@@ -8,7 +8,6 @@ site-1's daemon is never started: the attacker *is* site-1.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import uuid
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 from faults.harness import wait_for, write_job  # noqa: I001
 
+from shoal import checksum
 from shoal._proto import shoal_pb2 as pb
 from shoal.arrays import load_arrays, save_arrays
 from shoal.transport import PayloadHeader, read_header
@@ -39,7 +39,7 @@ def _frames(header: PayloadHeader, data: bytes, *, size: int | None = None,
     for i in range(0, len(data), chunk):
         yield pb.Frame(data=data[i : i + chunk])
     if trailer:
-        yield pb.Frame(trailer=pb.Trailer(sha256=sha or hashlib.sha256(data).hexdigest()))
+        yield pb.Frame(trailer=pb.Trailer(xxh3_128=sha or checksum.of_bytes(data)))
 
 
 def _refused(call, code: grpc.StatusCode) -> str:  # type: ignore[no-untyped-def]
@@ -126,7 +126,7 @@ def test_authenticated_site_cannot_inject_bad_results(fed_factory, tmp_path: Pat
     _refused(lambda: put(_frames(result(t1), good[:-8], size=len(good))),
              grpc.StatusCode.DATA_LOSS)  # fmt: skip
     # Hash mismatch.
-    _refused(lambda: put(_frames(result(t1), good, sha="0" * 64)), grpc.StatusCode.DATA_LOSS)
+    _refused(lambda: put(_frames(result(t1), good, sha="0" * 32)), grpc.StatusCode.DATA_LOSS)
     # A task it was never given; another site's name; a job it is not in.
     fake = PayloadHeader("result", job_id, str(uuid.uuid4()), -1, {"site": "site-1"})
     assert "unknown" in _refused(lambda: put(_frames(fake, good)),

@@ -28,7 +28,9 @@ def transfer_handler(dest_dir: Path, *, max_size: int = MAX_PUT) -> grpc.Generic
         with rpc_errors(context, "test put"):
             header = read_header(frames)
             got = receive_to_file(header, frames, dest_dir / header.kind, max_size=max_size)
-            return pb.Ack(ok=True, meta_json=json.dumps({"sha256": got.sha256, "size": got.size}))
+            return pb.Ack(
+                ok=True, meta_json=json.dumps({"checksum": got.checksum, "size": got.size})
+            )
         return pb.Ack(ok=False)  # unreachable: rpc_errors aborted
 
     def who_am_i(request: pb.Ack, context: grpc.ServicerContext) -> pb.Ack:

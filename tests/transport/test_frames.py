@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shoal import checksum
 from shoal._proto import shoal_pb2 as pb
 from shoal.errors import IntegrityError, TransportError
 from shoal.transport import (
@@ -23,6 +24,7 @@ from shoal.transport import (
 from shoal.transport.frames import (
     INLINE_MAX,
     MemoryPool,
+    WireFrame,
     data_frame,
     decode_frame,
     encode_frame,
@@ -32,7 +34,7 @@ from shoal.transport.frames import (
 DATA = bytes(range(256)) * 1000  # 256,000 bytes: several chunks of 64 KiB
 
 
-def _stream(frames: Iterator[pb.Frame]) -> tuple[PayloadHeader, Iterator[pb.Frame]]:
+def _stream(frames: Iterator[WireFrame]) -> tuple[PayloadHeader, Iterator[WireFrame]]:
     it = iter(frames)
     return read_header(it), it
 
@@ -52,7 +54,7 @@ def test_file_round_trip(tmp_path: Path) -> None:
     got = receive_to_file(got_header, frames, tmp_path / "out" / "dst.bin", max_size=len(DATA))
     assert (tmp_path / "out" / "dst.bin").read_bytes() == DATA
     assert got.size == len(DATA)
-    assert got.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert got.checksum == checksum.of_bytes(DATA)
     assert _leftovers(tmp_path / "out") == ["dst.bin"]
 
 
@@ -117,7 +119,7 @@ def _frames(
     for i in range(0, len(data), 4096):
         yield pb.Frame(data=data[i : i + 4096])
     if trailer:
-        yield pb.Frame(trailer=pb.Trailer(sha256=sha or hashlib.sha256(data).hexdigest()))
+        yield pb.Frame(trailer=pb.Trailer(xxh3_128=sha or checksum.of_bytes(data)))
 
 
 #: case -> (a fresh bad stream, what the error says)
@@ -128,8 +130,25 @@ BAD_STREAMS = {
     ),
     "shorter than announced": (lambda: _frames(DATA[:-1], announce=len(DATA)), "announced"),
     "longer than announced": (lambda: _frames(DATA + b"x", announce=len(DATA)), "longer"),
-    "hash mismatch": (lambda: _frames(DATA, announce=len(DATA), sha="0" * 64), "SHA-256"),
+    "checksum mismatch": (lambda: _frames(DATA, announce=len(DATA), sha="0" * 32), "checksum"),
 }
+
+
+def _old_build_stream() -> Iterator[WireFrame]:
+    """A stream from a build that put a SHA-256 in the trailer's field 1 (now
+    reserved): its trailer arrives with no checksum."""
+    for frame in _frames(DATA, announce=len(DATA), trailer=False):
+        yield decode_frame(encode_frame(frame))
+    digest = hashlib.sha256(DATA).hexdigest().encode()
+    trailer = bytes([0x0A, len(digest)]) + digest  # Trailer{1: digest}
+    yield decode_frame(bytes([0x1A, len(trailer)]) + trailer)  # Frame{trailer}
+
+
+def test_a_trailer_of_an_older_build_is_refused_by_name(tmp_path: Path) -> None:
+    header, frames = _stream(_old_build_stream())
+    with pytest.raises(IntegrityError, match="no XXH3-128 checksum"):
+        receive_to_file(header, frames, tmp_path / "dst.bin", max_size=len(DATA))
+    assert _leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("case", sorted(BAD_STREAMS))
@@ -183,7 +202,7 @@ def test_second_header_inside_payload_refused(tmp_path: Path) -> None:
 def test_existing_file_untouched_by_a_failed_receive(tmp_path: Path) -> None:
     dest = tmp_path / "dst.bin"
     dest.write_bytes(b"previous")
-    header, frames = _stream(_frames(DATA, announce=len(DATA), sha="f" * 64))
+    header, frames = _stream(_frames(DATA, announce=len(DATA), sha="f" * 32))
     with pytest.raises(IntegrityError):
         receive_to_file(header, frames, dest, max_size=len(DATA))
     assert dest.read_bytes() == b"previous"
@@ -219,7 +238,7 @@ def test_data_frame_is_protobufs_encoding(size: int) -> None:
 
 def test_decode_frame_parses_headers_trailers_and_odd_layouts_with_protobuf() -> None:
     header = pb.Frame(header=PayloadHeader(kind="blob", size=3).to_pb())
-    trailer = pb.Frame(trailer=pb.Trailer(sha256="ab"))
+    trailer = pb.Frame(trailer=pb.Trailer(xxh3_128="ab"))
     for frame in (header, trailer):
         assert decode_frame(encode_frame(frame)) == frame
     # A data field followed by more bytes (another field): not the fast path,
@@ -254,7 +273,7 @@ def test_small_payloads_are_one_inline_frame_and_large_ones_are_chunked(tmp_path
         header, it = _stream(iter(frames))
         got = receive_to_file(header, it, tmp_path / "out.bin", max_size=len(DATA))
         assert (tmp_path / "out.bin").read_bytes() == DATA
-        assert got.sha256 == hashlib.sha256(DATA).hexdigest()
+        assert got.checksum == checksum.of_bytes(DATA)
 
 
 def _inline_header(
@@ -265,14 +284,14 @@ def _inline_header(
         h.kind,
         size=len(data) if size is None else size,
         inline=data,
-        inline_sha256=sha or h.inline_sha256,
+        inline_checksum=sha or h.inline_checksum,
     )
 
 
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        (_inline_header(b"abc", sha=hashlib.sha256(b"abd").hexdigest()), "SHA-256 mismatch"),
+        (_inline_header(b"abc", sha=checksum.of_bytes(b"abd")), r"checksum \(XXH3-128\) mismatch"),
         (_inline_header(b"abc", size=4), "3 bytes, 4 were announced"),
         (_inline_header(b"x" * 100), "exceeds the limit"),
     ],

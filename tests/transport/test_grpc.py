@@ -3,7 +3,6 @@ refused, payloads through a stream, and gRPC's message cap."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shoal import checksum
 from shoal._proto import shoal_pb2 as pb
 from shoal.errors import IntegrityError, NotAuthorizedError, TransportError
 from shoal.provision import Kit
@@ -106,7 +106,7 @@ def test_file_crosses_with_hash_checked(
             frames_from_file(PayloadHeader(kind="result"), src, chunk_size=1 << 20), timeout=30
         )
     assert json.loads(ack.meta_json) == {
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "checksum": checksum.of_bytes(data),
         "size": len(data),
     }
     assert (transfer_server.dest_dir / "result").read_bytes() == data
@@ -117,11 +117,11 @@ def _corrupted(data: bytes) -> Iterator[Frame]:
         PayloadHeader(kind="result"), data, chunk_size=4096, inline_max=0
     ):
         if isinstance(frame, pb.Frame) and frame.WhichOneof("body") == "trailer":
-            frame = pb.Frame(trailer=pb.Trailer(sha256=hashlib.sha256(b"other").hexdigest()))
+            frame = pb.Frame(trailer=pb.Trailer(xxh3_128=checksum.of_bytes(b"other")))
         yield frame
 
 
-def test_corrupted_hash_is_an_integrity_error_and_leaves_no_file(
+def test_corrupted_checksum_is_an_integrity_error_and_leaves_no_file(
     kits: dict[str, Kit], transfer_server: TransferServer
 ) -> None:
     with (
@@ -131,7 +131,7 @@ def test_corrupted_hash_is_an_integrity_error_and_leaves_no_file(
         put_call(ch)(_corrupted(os.urandom(100_000)), timeout=30)
     err = from_rpc_error(info.value, "put")
     assert isinstance(err, IntegrityError)
-    assert "SHA-256 mismatch" in str(err)
+    assert "checksum (XXH3-128) mismatch" in str(err)
     assert list(transfer_server.dest_dir.iterdir()) == []
 
 

@@ -5,12 +5,12 @@ same messages, and a refused payload leaves no file."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 
+from shoal import checksum
 from shoal._proto import shoal_pb2 as pb
 from shoal.errors import IntegrityError, TransportError
 from shoal.transport import PayloadHeader, frames_from_bytes, read_header, receive_to_file
@@ -29,7 +29,7 @@ def _frames(data: bytes, *, announce: int, trailer: bool = True, sha: str | None
     frames: list = [pb.Frame(header=PayloadHeader(kind="blob", size=announce).to_pb())]
     frames += [pb.Frame(data=data[i : i + 4096]) for i in range(0, len(data), 4096)]
     if trailer:
-        frames.append(pb.Frame(trailer=pb.Trailer(sha256=sha or hashlib.sha256(data).hexdigest())))
+        frames.append(pb.Frame(trailer=pb.Trailer(xxh3_128=sha or checksum.of_bytes(data))))
     return frames
 
 
@@ -37,7 +37,7 @@ BAD = {
     "truncated": (_frames(DATA, announce=len(DATA), trailer=False), "truncated"),
     "short": (_frames(DATA[:-1], announce=len(DATA)), "announced"),
     "long": (_frames(DATA + b"x", announce=len(DATA)), "longer"),
-    "hash": (_frames(DATA, announce=len(DATA), sha="0" * 64), "SHA-256"),
+    "hash": (_frames(DATA, announce=len(DATA), sha="0" * 32), "checksum"),
     "header inside": (
         [*_frames(DATA, announce=len(DATA))[:2], pb.Frame(header=pb.Header(kind="x"))],
         "unexpected 'header'",
@@ -63,11 +63,11 @@ def test_receiver_fed_frame_by_frame_checks_like_the_pull_path(tmp_path: Path) -
     for frame in frames[1:]:
         rx.feed(frame)
     assert rx.done and rx.received == len(DATA)
-    assert rx.finish() == hashlib.sha256(DATA).hexdigest()
+    assert rx.finish() == checksum.of_bytes(DATA)
     assert b"".join(parts) == DATA
     # The same frames pulled by receive_to_file give the same payload.
     got = receive_to_file(header, iter(frames[1:]), tmp_path / "x.bin", max_size=len(DATA))
-    assert got.sha256 == rx.finish()
+    assert got.checksum == rx.finish()
 
 
 def test_an_inline_payload_is_received_without_reading_the_stream(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_async_round_trip_to_file_and_memory(tmp_path: Path) -> None:
         stream = _aiter(frames)
         header = await read_header_async(stream)
         got = await receive_to_file_async(header, stream, tmp_path / "o" / "f.bin", max_size=10**6)
-        assert got.sha256 == hashlib.sha256(DATA).hexdigest()
+        assert got.checksum == checksum.of_bytes(DATA)
         stream = _aiter(frames)
         header = await read_header_async(stream)
         assert await receive_bytes_async(header, stream, max_size=len(DATA)) == DATA
@@ -147,11 +147,11 @@ def test_two_uploads_to_one_file_at_once_do_not_share_a_partial_file(tmp_path: P
     async def one(frames: list) -> str:
         stream = _aiter(frames)
         header = await read_header_async(stream)
-        return (await receive_to_file_async(header, stream, dest, max_size=len(DATA))).sha256
+        return (await receive_to_file_async(header, stream, dest, max_size=len(DATA))).checksum
 
     async def main() -> list[str]:
         return list(await asyncio.gather(one(a), one(b)))
 
     digests = asyncio.run(main())
-    assert hashlib.sha256(dest.read_bytes()).hexdigest() in digests
+    assert checksum.of_bytes(dest.read_bytes()) in digests
     assert [p.name for p in dest.parent.iterdir()] == ["site.bin"]

@@ -7,7 +7,6 @@ by a bound independent of the payload size, not by the payload.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal import checksum
 from shoal._proto import shoal_pb2 as pb
 from shoal.provision import Kit
 from shoal.transport import PayloadHeader, frames_from_file, open_channel
@@ -40,7 +40,7 @@ def _status_kib(pid: int, field: str) -> int:
 
 
 def _random_file(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
+    digest = checksum.Checksum()
     with open(path, "wb") as f:
         left = size
         while left:
@@ -48,14 +48,6 @@ def _random_file(path: Path, size: int) -> str:
             digest.update(chunk)
             f.write(chunk)
             left -= len(chunk)
-    return digest.hexdigest()
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 1024 * 1024):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -110,8 +102,8 @@ def test_1gib_payload_crosses_with_bounded_memory(
         peak_kib = _status_kib(proc.pid, "VmHWM")
     big.unlink()
     info = json.loads(ack.meta_json)
-    assert info == {"sha256": want, "size": GIB}
-    assert _sha256_of(dest / "big") == want
+    assert info == {"checksum": want, "size": GIB}
+    assert checksum.of_file(dest / "big") == want
     growth_mib = (peak_kib - before_kib) / 1024
     assert growth_mib < MAX_GROWTH_MIB, (
         f"receiver RSS grew by {growth_mib:.0f} MiB for a 1 GiB payload "

@@ -42,7 +42,7 @@ class FakeComm:
         weights_path: Path,
         sites: Sequence[str],
         meta: Mapping[str, Any] | None = None,
-        weights_sha256: str | None = None,
+        weights_checksum: str | None = None,
     ) -> str:
         task_id = f"t{next(self._ids)}"
         call = {"task": task, "round": round, "weights_path": weights_path, "sites": list(sites)}

@@ -288,12 +288,41 @@ def test_tampered_checkpoint_model_is_not_trusted(tmp_path: Path) -> None:
     comm = _comm(tmp_path, _sites())
     get_workflow("fedavg")(_ctx(tmp_path, comm, num_rounds=2))
     store = RoundStore(tmp_path / "run")
-    save_arrays(store.model_path(2), {"w": np.ones(1)})  # sha256 no longer matches
+    save_arrays(store.model_path(2), {"w": np.ones(1)})  # checksum no longer matches
     save_arrays(store.model_path(2), load_arrays(store.model_path(1)))
     ckpt = store.load_checkpoint()
     assert ckpt is not None
     # The fallback picks the latest readable model file (round 2 is readable).
     assert ckpt.round == 2
+
+
+def test_checkpoint_of_an_earlier_build_with_a_sha256_is_honoured(tmp_path: Path) -> None:
+    import hashlib
+
+    from shoal import checksum
+    from shoal.workflows.store import RoundStore
+
+    comm = _comm(tmp_path, _sites())
+    get_workflow("fedavg")(_ctx(tmp_path, comm, num_rounds=3))
+    store = RoundStore(tmp_path / "run")
+    model = store.model_path(2)
+    legacy = {
+        "round": 2,
+        "model": model.relative_to(store.run_dir).as_posix(),
+        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+    }
+    store.checkpoint_path.write_text(json.dumps(legacy))
+    ckpt = RoundStore(store.run_dir).load_checkpoint()
+    assert ckpt is not None and ckpt.round == 2
+    assert ckpt.checksum == checksum.of_file(model)
+    # A SHA-256 that does not match is refused like a checksum that does not.
+    store.checkpoint_path.write_text(json.dumps({**legacy, "sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        RoundStore(store.run_dir)._read_checkpoint()
+    # What this build writes names its algorithm.
+    store.save_checkpoint(2, model)
+    doc = json.loads(store.checkpoint_path.read_text())
+    assert doc["xxh3_128"] == checksum.of_file(model) and "sha256" not in doc
 
 
 def test_model_hook_and_native_final(tmp_path: Path) -> None:

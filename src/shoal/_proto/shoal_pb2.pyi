@@ -7,28 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Header(_message.Message):
-    __slots__ = ("kind", "job_id", "task_id", "size", "meta_json", "inline_data", "inline_sha256")
+    __slots__ = ("kind", "job_id", "task_id", "size", "meta_json", "inline_data", "inline_xxh3_128")
     KIND_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     META_JSON_FIELD_NUMBER: _ClassVar[int]
     INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
-    INLINE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    INLINE_XXH3_128_FIELD_NUMBER: _ClassVar[int]
     kind: str
     job_id: str
     task_id: str
     size: int
     meta_json: str
     inline_data: bytes
-    inline_sha256: str
-    def __init__(self, kind: _Optional[str] = ..., job_id: _Optional[str] = ..., task_id: _Optional[str] = ..., size: _Optional[int] = ..., meta_json: _Optional[str] = ..., inline_data: _Optional[bytes] = ..., inline_sha256: _Optional[str] = ...) -> None: ...
+    inline_xxh3_128: str
+    def __init__(self, kind: _Optional[str] = ..., job_id: _Optional[str] = ..., task_id: _Optional[str] = ..., size: _Optional[int] = ..., meta_json: _Optional[str] = ..., inline_data: _Optional[bytes] = ..., inline_xxh3_128: _Optional[str] = ...) -> None: ...
 
 class Trailer(_message.Message):
-    __slots__ = ("sha256",)
-    SHA256_FIELD_NUMBER: _ClassVar[int]
-    sha256: str
-    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+    __slots__ = ("xxh3_128",)
+    XXH3_128_FIELD_NUMBER: _ClassVar[int]
+    xxh3_128: str
+    def __init__(self, xxh3_128: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("header", "data", "trailer")

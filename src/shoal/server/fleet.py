@@ -213,14 +213,14 @@ class FleetService:
         meta.update({"task": task.name, "round": task.round, "site": site})
         header = PayloadHeader(kind="task", job_id=run.job_id, task_id=task.task_id, meta=meta)
         if task.small is not None:
-            # One message, no file, no transfer slot, no hashing per site: a
+            # One message, no file, no transfer slot, no checksum per site: a
             # small model is a header's worth of bytes.
-            inline = header.with_payload(len(task.small), task.small, sha256=task.small_sha256)
+            inline = header.with_payload(len(task.small), task.small, checksum=task.small_checksum)
             await context.write(pb.Frame(header=inline.to_pb()))
             return
         async with self._transfer_slots:
             t0 = time.monotonic()
-            for frame in frames_from_file(header, task.weights_path, sha256=task.sha256):
+            for frame in frames_from_file(header, task.weights_path, checksum=task.checksum):
                 await context.write(frame)
         log.info(
             "job %s: sent %s task of round %d to %s: %s in %.3f s",

@@ -63,7 +63,7 @@ class IpcCommunicator:
         weights_path: Path,
         sites: Sequence[str],
         meta: Mapping[str, Any] | None = None,
-        weights_sha256: str | None = None,
+        weights_checksum: str | None = None,
     ) -> str:
         task_id = str(uuid.uuid4())
         self._targets[task_id] = frozenset(sites)
@@ -76,7 +76,7 @@ class IpcCommunicator:
                 "weights_path": str(Path(weights_path).resolve()),
                 "sites": sorted(sites),
                 "meta": dict(meta or {}),
-                "sha256": weights_sha256,
+                "checksum": weights_checksum,
             }
         )
         return task_id

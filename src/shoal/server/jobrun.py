@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import logging
 import os
 import queue
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal import jobstatus
+from shoal import checksum, jobstatus
 from shoal.errors import PeerRejectedError
 from shoal.server.ipc import IPC_INLINE_MAX, IpcChannel
 from shoal.server.store import JobRecord
@@ -62,13 +61,14 @@ class Task:
     weights_path: Path
     meta: dict[str, Any]
     sites: frozenset[str]
-    #: SHA-256 of the weights file, when the workflow computed it while writing.
-    sha256: str | None = None
-    #: Size of the weights file (-1: unknown), and its bytes and their hash
-    #: when it is small enough to travel inline: read once, not once per site.
+    #: Checksum of the weights file, when the workflow computed it while writing.
+    checksum: str | None = None
+    #: Size of the weights file (-1: unknown), and its bytes and their
+    #: checksum when it is small enough to travel inline: read once, not once
+    #: per site.
     size: int = -1
     small: bytes | None = field(default=None, repr=False)
-    small_sha256: str = ""
+    small_checksum: str = ""
     answered: set[str] = field(default_factory=set)
     delivered: set[str] = field(default_factory=set)
     #: Sites whose result is being received (a second upload at once is refused).
@@ -278,12 +278,12 @@ class JobRun:
         if op == "scatter":
             sites = frozenset(str(s) for s in msg["sites"]) & self.site_set
             weights = Path(msg["weights_path"])
-            size, small, small_sha256 = -1, None, ""
+            size, small, small_checksum = -1, None, ""
             with contextlib.suppress(OSError):  # a missing file fails each send instead
                 size = weights.stat().st_size
                 if size <= INLINE_MAX:
                     small = weights.read_bytes()
-                    small_sha256 = hashlib.sha256(small).hexdigest()
+                    small_checksum = checksum.of_bytes(small)
             task = Task(
                 task_id=str(msg["task_id"]),
                 name=str(msg["task"]),
@@ -291,10 +291,10 @@ class JobRun:
                 weights_path=weights,
                 meta=dict(msg.get("meta") or {}),
                 sites=sites,
-                sha256=str(msg["sha256"]) if msg.get("sha256") else None,
+                checksum=str(msg["checksum"]) if msg.get("checksum") else None,
                 size=size,
                 small=small,
-                small_sha256=small_sha256,
+                small_checksum=small_checksum,
             )
             with self._cond:
                 self._tasks = {task.task_id: task}  # a new task supersedes the old one

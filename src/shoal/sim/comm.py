@@ -128,7 +128,7 @@ class SimCommunicator:
         weights_path: Path,
         sites: Sequence[str],
         meta: Mapping[str, Any] | None = None,
-        weights_sha256: str | None = None,
+        weights_checksum: str | None = None,
     ) -> str:
         unknown = [s for s in sites if s not in self._sites]
         if unknown:

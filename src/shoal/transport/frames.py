@@ -1,10 +1,11 @@
-"""Chunked payload streams: Header, data chunks, Trailer with SHA-256.
+"""Chunked payload streams: Header, data chunks, Trailer with a checksum.
 
 Payloads (weights, job packages, results, logs) never travel as one message,
 so gRPC's message cap does not limit model size and memory per transfer is one
 chunk. The receiver writes chunks straight to a temporary file (or memory of
-its own), hashing as it goes, and only renames it into place once size and
-hash match: a partial or corrupted upload never becomes visible.
+its own), checksumming as it goes (XXH3-128, see ``shoal.checksum``), and
+only renames it into place once size and checksum match: a partial or
+corrupted upload never becomes visible.
 
 Data frames skip protobuf's object layer. A sender builds the wire bytes of
 ``Frame{data}`` itself (tag, length, chunk: one copy, straight from the file's
@@ -19,7 +20,6 @@ interoperates; :func:`encode_frame` and :func:`decode_frame` are the gRPC
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import mmap
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from shoal import checksum as _checksum
 from shoal._proto import shoal_pb2 as pb
 from shoal.errors import IntegrityError, TransportError
 
@@ -146,8 +147,8 @@ class PayloadHeader:
     meta: Mapping[str, Any] = field(default_factory=dict)
     #: The whole payload when it travelled inside the header (see INLINE_MAX).
     inline: bytes | None = field(default=None, repr=False)
-    #: Hex SHA-256 of ``inline``, as the sender computed it.
-    inline_sha256: str = ""
+    #: Hex XXH3-128 checksum of ``inline``, as the sender computed it.
+    inline_checksum: str = ""
 
     def to_pb(self) -> pb.Header:
         h = pb.Header(
@@ -159,7 +160,7 @@ class PayloadHeader:
         )
         if self.inline is not None:
             h.inline_data = self.inline
-            h.inline_sha256 = self.inline_sha256
+            h.inline_xxh3_128 = self.inline_checksum
         return h
 
     @classmethod
@@ -170,7 +171,7 @@ class PayloadHeader:
             raise TransportError(f"payload header: meta_json is not JSON: {exc}") from exc
         if not isinstance(meta, dict):
             raise TransportError("payload header: meta_json must be a JSON object")
-        inline = bytes(h.inline_data) if h.inline_sha256 else None
+        inline = bytes(h.inline_data) if h.inline_xxh3_128 else None
         return cls(
             kind=h.kind,
             job_id=h.job_id,
@@ -178,15 +179,15 @@ class PayloadHeader:
             size=h.size,
             meta=meta,
             inline=inline,
-            inline_sha256=h.inline_sha256,
+            inline_checksum=h.inline_xxh3_128,
         )
 
     def with_payload(
-        self, size: int, inline: bytes | None = None, *, sha256: str = ""
+        self, size: int, inline: bytes | None = None, *, checksum: str = ""
     ) -> PayloadHeader:
         """This header announcing ``size`` bytes, carrying them when ``inline``
-        is given (``sha256``: their hash, when the caller already has it)."""
-        digest = sha256 or (hashlib.sha256(inline).hexdigest() if inline is not None else "")
+        is given (``checksum``: theirs, when the caller already has it)."""
+        digest = checksum or (_checksum.of_bytes(inline) if inline is not None else "")
         return PayloadHeader(self.kind, self.job_id, self.task_id, size, self.meta, inline, digest)
 
 
@@ -198,7 +199,8 @@ def _payload_frames(header: PayloadHeader, frames: Iterable[WireFrame]) -> Itera
     """The data and trailer frames of a payload: an inline one's are in its header."""
     if header.inline is None:
         return frames
-    return (memoryview(header.inline), pb.Frame(trailer=pb.Trailer(sha256=header.inline_sha256)))
+    trailer = pb.Trailer(xxh3_128=header.inline_checksum)
+    return (memoryview(header.inline), pb.Frame(trailer=trailer))
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,8 @@ class ReceivedPayload:
     header: PayloadHeader
     path: Path
     size: int
-    sha256: str
+    #: Hex XXH3-128 checksum of the bytes received.
+    checksum: str
 
 
 def frames_from_file(
@@ -214,14 +217,15 @@ def frames_from_file(
     path: Path,
     *,
     chunk_size: int = CHUNK_SIZE,
-    sha256: str | None = None,
+    checksum: str | None = None,
     inline_max: int = INLINE_MAX,
 ) -> Iterator[Frame]:
     """Stream ``path`` as frames; the header's size is filled in from the file.
 
-    ``sha256``: the file's hash when the caller already has it (computed
-    while the file was written); the receiver checks the bytes against it, so
-    the check stays end to end while the sender skips a pass over the data.
+    ``checksum``: the file's checksum when the caller already has it
+    (computed while the file was written); the receiver checks the bytes
+    against it, so the check stays end to end while the sender skips a pass
+    over the data.
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -229,7 +233,7 @@ def frames_from_file(
             yield _inline(header, f.read())
             return
         yield pb.Frame(header=header.with_payload(size).to_pb())
-        digest = None if sha256 else hashlib.sha256()
+        digest = None if checksum else _checksum.Checksum()
         # One reused buffer: the file's bytes are copied into it, then once
         # more into the frame gRPC sends; nothing model-sized is held.
         buf = bytearray(min(chunk_size, size))
@@ -241,7 +245,7 @@ def frames_from_file(
             frame = data_frame(chunk)
             chunk.release()
             yield frame
-    yield pb.Frame(trailer=pb.Trailer(sha256=sha256 or digest.hexdigest()))  # type: ignore[union-attr]
+    yield pb.Frame(trailer=pb.Trailer(xxh3_128=checksum or digest.hexdigest()))  # type: ignore[union-attr]
 
 
 def frames_from_pieces(
@@ -253,7 +257,7 @@ def frames_from_pieces(
     inline_max: int = INLINE_MAX,
 ) -> Generator[Frame, None, None]:
     """Stream ``size`` bytes produced piece by piece (e.g. ``arrays.encode_arrays``),
-    hashing them on the way: no staging file, no whole-payload buffer.
+    checksumming them on the way: no staging file, no whole-payload buffer.
 
     Raises TransportError, before the trailer, if the pieces do not add up to
     ``size`` (the receiver then sees a truncated stream and keeps nothing).
@@ -265,7 +269,7 @@ def frames_from_pieces(
         yield _inline(header, data)
         return
     yield pb.Frame(header=header.with_payload(size).to_pb())
-    digest = hashlib.sha256()
+    digest = _checksum.Checksum()
     sent = 0
     for piece in pieces:
         view = memoryview(piece)
@@ -276,7 +280,7 @@ def frames_from_pieces(
             yield data_frame(chunk)
     if sent != size:
         raise TransportError(f"payload produced {sent} bytes, {size} were announced")
-    yield pb.Frame(trailer=pb.Trailer(sha256=digest.hexdigest()))
+    yield pb.Frame(trailer=pb.Trailer(xxh3_128=digest.hexdigest()))
 
 
 def frames_from_bytes(
@@ -306,8 +310,8 @@ def read_header(frames: Iterator[WireFrame]) -> PayloadHeader:
 def _receive_into(
     header: PayloadHeader, frames: Iterable[WireFrame], write: Callable[[Any], object]
 ) -> str:
-    """Pass the payload's data chunks to ``write``, hashing them; returns the
-    SHA-256 once size and trailer check out (IntegrityError otherwise)."""
+    """Pass the payload's data chunks to ``write``, checksumming them; returns
+    the checksum once size and trailer check out (IntegrityError otherwise)."""
     rx = PayloadReceiver(header, write)
     if not rx.done:
         for frame in frames:
@@ -332,19 +336,19 @@ class PayloadReceiver:
             for frame in frames:         # or `async for`
                 if rx.feed(frame):       # True once the trailer came
                     break
-        sha256 = rx.finish()
+        checksum = rx.finish()
 
     ``write`` gets each data chunk (a memoryview it may not keep past the
     call unless it copies) once the chunk passed the size check. ``feed`` and
     ``finish`` raise IntegrityError for a frame out of place, more bytes than
-    announced, a missing trailer, a short payload or a hash mismatch.
+    announced, a missing trailer, a short payload or a checksum mismatch.
     """
 
     def __init__(self, header: PayloadHeader, write: Callable[[Any], object]) -> None:
         self.header = header
         self.received = 0
         self._write = write
-        self._digest = hashlib.sha256()
+        self._digest = _checksum.Checksum()
         self._trailer: pb.Trailer | None = None
         for frame in _payload_frames(header, ()):  # an inline payload's frames
             self.feed(frame)
@@ -370,7 +374,7 @@ class PayloadReceiver:
         return self.done
 
     def finish(self) -> str:
-        """The payload's SHA-256, once its size and trailer check out."""
+        """The payload's checksum, once its size and trailer check out."""
         digest = self._digest.hexdigest()
         _check_end(self.header, self.received, digest, self._trailer)
         return digest
@@ -396,8 +400,8 @@ async def receive_to_file_async(
     """:func:`receive_to_file` for a ``grpc.aio`` request stream."""
     _check_size(header, max_size)
     with _partial_file(dest, durable=durable) as f:
-        sha256 = await _receive_into_async(header, frames, f.write)
-    return ReceivedPayload(header=header, path=dest, size=header.size, sha256=sha256)
+        digest = await _receive_into_async(header, frames, f.write)
+    return ReceivedPayload(header=header, path=dest, size=header.size, checksum=digest)
 
 
 async def receive_bytes_async(
@@ -454,14 +458,14 @@ def receive_to_file(
     """Write the data frames after ``header`` to ``dest``, atomically.
 
     Raises IntegrityError (and leaves nothing at ``dest``) when the stream is
-    truncated, longer than announced or than ``max_size``, or its hash differs.
+    truncated, longer than announced or than ``max_size``, or its checksum differs.
     ``durable=False`` skips the fsync for files consumed at once and never
     relied on after a crash (a round's results).
     """
     _check_size(header, max_size)
     with _partial_file(dest, durable=durable) as f:
-        sha256 = _receive_into(header, frames, f.write)
-    return ReceivedPayload(header=header, path=dest, size=header.size, sha256=sha256)
+        digest = _receive_into(header, frames, f.write)
+    return ReceivedPayload(header=header, path=dest, size=header.size, checksum=digest)
 
 
 def receive_to_memory(
@@ -559,8 +563,12 @@ def _check_end(
         raise IntegrityError(f"payload truncated after {received} of {header.size} bytes")
     if received != header.size:
         raise IntegrityError(f"payload has {received} bytes, {header.size} were announced")
-    if trailer.sha256 != digest:
-        raise IntegrityError("payload SHA-256 mismatch")
+    if not trailer.xxh3_128:
+        raise IntegrityError(
+            "payload trailer carries no XXH3-128 checksum (a peer of an older shoal build?)"
+        )
+    if trailer.xxh3_128 != digest:
+        raise IntegrityError("payload checksum (XXH3-128) mismatch")
 
 
 def human_bytes(n: float) -> str:

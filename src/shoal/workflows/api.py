@@ -63,13 +63,14 @@ class Communicator(Protocol):
         weights_path: Path,
         sites: Sequence[str],
         meta: Mapping[str, Any] | None = None,
-        weights_sha256: str | None = None,
+        weights_checksum: str | None = None,
     ) -> str:
         """Offer ``weights_path`` as task ``task`` to ``sites``; returns the task id.
 
         Returns at once; sites pick the task up as soon as they ask for work.
-        ``weights_sha256``, when the caller knows it, spares hashing the file
-        again for every site (sites still verify what they receive against it).
+        ``weights_checksum`` (``shoal.checksum``), when the caller knows it,
+        spares reading the file once more to checksum it (sites still verify
+        what they receive against it).
         """
 
     def gather(self, task_id: str, *, timeout: float) -> Iterator[TaskResult]:

@@ -315,7 +315,7 @@ def _round(
         weights_path=weights_path,
         sites=selected,
         meta={"current_round": k, "total_rounds": total},
-        weights_sha256=store.model_sha256(weights_path),
+        weights_checksum=store.model_checksum(weights_path),
     )
     log.info(
         "round %d/%d: task %s sent to %d site(s): %s",
@@ -364,7 +364,7 @@ def _round(
         )
 
     # The gather is complete: only now does the round's mean become the global
-    # model. Written (and hashed) now, so the next round can offer it; made
+    # model. Written (and checksummed) now, so the next round can offer it; made
     # durable and recorded by commit(), which the next round runs once its
     # task is out.
     new_global = mean.result()

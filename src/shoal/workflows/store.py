@@ -5,7 +5,7 @@
       models/global_round_0003.safetensors   global model after round 3 (the last
                                              few rounds' are kept: see prune_models)
       models/global_final.safetensors        (+ global_final.keras with a model hook)
-      checkpoint.json                        {"round": 3, "model": "models/...", "sha256": ...}
+      checkpoint.json                        {"round": 3, "model": "models/...", "xxh3_128": ...}
       metrics.jsonl                          one line per completed round
       tensorboard/                           event files
 
@@ -30,23 +30,15 @@ from typing import Any
 
 import numpy as np
 
+from shoal import checksum
 from shoal.arrays import load_arrays, sync_file, write_arrays
 from shoal.errors import ArrayFormatError
 
-__all__ = ["Checkpoint", "RoundStore", "atomic_write_bytes", "sha256_file"]
+__all__ = ["Checkpoint", "RoundStore", "atomic_write_bytes"]
 
 logger = logging.getLogger(__name__)
 
 _ROUND_FILE = re.compile(r"^global_round_(\d{4,})\.safetensors$")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -73,8 +65,8 @@ class Checkpoint:
     round: int
     #: The global model after that round, relative to the run folder.
     model: str
-    #: Hex SHA-256 of the model file.
-    sha256: str
+    #: Hex XXH3-128 checksum of the model file (``shoal.checksum``).
+    checksum: str
 
 
 class RoundStore:
@@ -110,19 +102,19 @@ class RoundStore:
         """
         path = self.final_path() if final else self.model_path(round)
         written = write_arrays(path, params, metadata={"round": str(round)}, durable=durable)
-        # Hashed while writing: the checkpoint and every transfer reuse it.
-        self._digests[path] = written.sha256
+        # Checksummed while writing: the checkpoint and every transfer reuse it.
+        self._digests[path] = written.checksum
         return path
 
     def sync_model(self, path: Path) -> None:
         """Flush a model written with ``durable=False`` to disk."""
         sync_file(path)
 
-    def model_sha256(self, path: Path) -> str:
-        """The SHA-256 of a model file this store wrote (read back only if unknown)."""
+    def model_checksum(self, path: Path) -> str:
+        """The checksum of a model file this store wrote (read back only if unknown)."""
         digest = self._digests.get(path)
         if digest is None:
-            digest = self._digests[path] = sha256_file(path)
+            digest = self._digests[path] = checksum.of_file(path)
         return digest
 
     def prune_models(self, *, keep: int, latest: int) -> list[Path]:
@@ -151,11 +143,13 @@ class RoundStore:
         ckpt = Checkpoint(
             round=round,
             model=model_path.relative_to(self.run_dir).as_posix(),
-            sha256=self.model_sha256(model_path),
+            checksum=self.model_checksum(model_path),
         )
         atomic_write_bytes(
             self.checkpoint_path,
-            json.dumps({"round": ckpt.round, "model": ckpt.model, "sha256": ckpt.sha256}).encode(),
+            json.dumps(
+                {"round": ckpt.round, "model": ckpt.model, checksum.ALGORITHM: ckpt.checksum}
+            ).encode(),
         )
         return ckpt
 
@@ -171,11 +165,14 @@ class RoundStore:
         doc = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
-        rnd, model, digest = doc.get("round"), doc.get("model"), doc.get("sha256")
+        rnd, model = doc.get("round"), doc.get("model")
+        # Checkpoints of earlier builds hold a SHA-256 instead.
+        algorithm = checksum.ALGORITHM if checksum.ALGORITHM in doc else "sha256"
+        digest = doc.get(algorithm)
         if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
             raise ValueError(f"bad round {rnd!r}")
         if not isinstance(model, str) or not isinstance(digest, str):
-            raise ValueError("model and sha256 must be strings")
+            raise ValueError(f"model and {checksum.ALGORITHM} must be strings")
         path = (self.run_dir / model).resolve()
         if (
             not path.is_relative_to(self.run_dir.resolve())
@@ -184,11 +181,13 @@ class RoundStore:
             raise ValueError(f"model {model!r} is not round {rnd}'s model file")
         if not path.is_file():
             raise ValueError(f"model {model!r} is missing")
-        if sha256_file(path) != digest:
-            raise ValueError(f"model {model!r} does not match its sha256")
+        if _file_digest(path, algorithm) != digest:
+            raise ValueError(f"model {model!r} does not match its {algorithm}")
         if not self._valid_model(path):
             raise ValueError(f"model {model!r} is unreadable")
-        return Checkpoint(round=rnd, model=model, sha256=digest)
+        if algorithm == checksum.ALGORITHM:
+            self._digests[path] = digest
+        return Checkpoint(round=rnd, model=model, checksum=self.model_checksum(path))
 
     def load_checkpoint(self) -> Checkpoint | None:
         """The checkpoint to resume from, or ``None`` to start from scratch.
@@ -219,7 +218,7 @@ class RoundStore:
                 return Checkpoint(
                     round=rnd,
                     model=path.relative_to(self.run_dir).as_posix(),
-                    sha256=sha256_file(path),
+                    checksum=self.model_checksum(path),
                 )
         return None
 
@@ -250,3 +249,13 @@ class RoundStore:
             if isinstance(rnd, int) and rnd <= after_round:
                 kept.append(line)
         atomic_write_bytes(self.metrics_path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    if algorithm == checksum.ALGORITHM:
+        return checksum.of_file(path)
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
