@@ -526,14 +526,21 @@ def check_compatible(
 def check_finite(arrays: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]]) -> None:
     """Raise ArrayFormatError naming the first floating array holding NaN or Inf.
 
-    Scans in slabs, so a memory-mapped layer is never copied whole.
+    Scans in slabs, so a memory-mapped layer is never copied whole, into
+    one buffer of flags: a fresh one per slab was a fresh mapping per slab
+    (daemons and workflows map every block of 4 MiB or more, see
+    ``shoal._memory``), and faulting it in cost more than the scan.
     """
     items = arrays.items() if isinstance(arrays, Mapping) else arrays
+    flags: np.ndarray | None = None
     for name, arr in items:
         if arr.dtype.kind != "f" or arr.size == 0:
             continue
         flat = arr.reshape(-1)
         step = max(1, _CHUNK_BYTES // arr.dtype.itemsize)
+        if flags is None or flags.shape[0] < min(step, flat.shape[0]):
+            flags = np.empty(min(step, flat.shape[0]), dtype=bool)
         for i in range(0, flat.shape[0], step):
-            if not np.isfinite(flat[i : i + step]).all():
+            slab = flat[i : i + step]
+            if not np.isfinite(slab, out=flags[: slab.shape[0]]).all():
                 raise ArrayFormatError(f"array {name!r} contains NaN or Inf")

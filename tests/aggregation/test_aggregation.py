@@ -54,6 +54,30 @@ def test_float16_large_weights_do_not_overflow() -> None:
     assert float(out[0]) == 2000.0
 
 
+def test_weighted_mean_across_slabs_sizes_and_dtypes() -> None:
+    """Layers of several slabs, and small layers after big ones and of
+    another dtype, share the difference buffers correctly."""
+    rng = np.random.default_rng(1)
+    shapes = {"big": ((1 << 20) * 2 + 7,), "small": (5,), "half": (3, 1000), "big2": (1 << 20,)}
+    dtypes = {"big": np.float32, "small": np.float32, "half": np.float16, "big2": np.float64}
+    sites = [
+        {k: rng.standard_normal(shape).astype(dtypes[k]) for k, shape in shapes.items()}
+        for _ in range(3)
+    ]
+    weights = [1.0, 2.0, 5.0]
+    mean = WeightedMean()
+    for arrays, w in zip(sites, weights, strict=True):
+        mean.add(arrays, weight=w)
+    got = mean.result()
+    for k in shapes:
+        want = sum(w * s[k].astype(np.float64) for s, w in zip(sites, weights, strict=True)) / sum(
+            weights
+        )
+        assert got[k].dtype == dtypes[k]
+        tol = 1e-2 if dtypes[k] == np.float16 else 1e-5
+        np.testing.assert_allclose(got[k].astype(np.float64), want, rtol=tol, atol=tol)
+
+
 def test_single_contribution_is_a_copy(tmp_path: Path) -> None:
     path = save_arrays(tmp_path / "m", {"w": np.arange(4, dtype=np.float32)})
     mm = load_arrays(path)

@@ -275,6 +275,13 @@ def test_check_finite() -> None:
         check_finite({"a": np.ones(3), "bad": np.array([1.0, np.nan], np.float32)})
     with pytest.raises(ArrayFormatError, match="'inf'"):
         check_finite({"inf": np.array([[np.inf]], np.float16)})
+    # A NaN in a later slab of a big layer, after smaller layers of other dtypes.
+    big = np.zeros(5 * 1024 * 1024, np.float32)
+    big[-1] = np.nan
+    with pytest.raises(ArrayFormatError, match="'big'"):
+        check_finite({"s": np.ones(2, np.float16), "d": np.ones(9), "big": big})
+    big[-1] = 0
+    check_finite({"s": np.ones(2, np.float16), "big": big, "d": np.ones(9)})
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
