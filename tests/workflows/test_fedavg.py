@@ -296,6 +296,56 @@ def test_tampered_checkpoint_model_is_not_trusted(tmp_path: Path) -> None:
     assert ckpt.round == 2
 
 
+def test_the_previous_model_is_filled_again_when_nothing_else_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoal.workflows import fedavg
+
+    reused: list[bool] = []
+
+    class Recording(fedavg.WeightedMean):
+        def __init__(self, reuse: Any = None) -> None:
+            reused.append(reuse is not None)
+            super().__init__(reuse=reuse)
+
+    monkeypatch.setattr(fedavg, "WeightedMean", Recording)
+    comm = _comm(tmp_path, {"site-1": shift(1.0, 100), "site-2": shift(3.0, 300)})
+    get_workflow("fedavg")(_ctx(tmp_path, comm, num_rounds=4))
+    assert reused == [True, True, True, True]
+    # Filled again, the means are still right: each round adds 2.5 (weights 1:3).
+    final = load_arrays(tmp_path / "run" / "models" / "global_final.safetensors")
+    np.testing.assert_allclose(final["w"], np.full((2, 3), 10.0))
+
+
+KEEPING_EVALUATE_PY = """\
+import numpy as np
+
+KEPT = []
+
+def evaluate(params, round):
+    # Keeps the model (odd rounds) or a view of one array (even rounds), and
+    # checks that nothing it kept has changed since.
+    for kept, copy in KEPT:
+        got = kept if isinstance(kept, dict) else {"view": kept}
+        for name, arr in copy.items():
+            if not np.array_equal(got[name], arr):
+                raise AssertionError(f"round {round}: a kept model changed ({name})")
+    kept = params if round % 2 else params["w"][1:]
+    copy = {k: np.array(v) for k, v in params.items()} if round % 2 else {"view": np.array(kept)}
+    KEPT.append((kept, copy))
+    return {}
+"""
+
+
+def test_a_model_a_hook_kept_is_never_filled_again(tmp_path: Path) -> None:
+    comm = _comm(tmp_path, {"site-1": shift(1.0, 100), "site-2": shift(3.0, 300)})
+    ctx = _ctx(tmp_path, comm, spec=_spec(evaluate=True), num_rounds=5)
+    (ctx.app_dir / "evaluate.py").write_text(KEEPING_EVALUATE_PY)
+    get_workflow("fedavg")(ctx)
+    final = load_arrays(tmp_path / "run" / "models" / "global_final.safetensors")
+    np.testing.assert_allclose(final["w"], np.full((2, 3), 12.5))
+
+
 def test_checkpoint_of_an_earlier_build_with_a_sha256_is_honoured(tmp_path: Path) -> None:
     import hashlib
 

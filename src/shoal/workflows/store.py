@@ -79,6 +79,8 @@ class RoundStore:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.tensorboard_dir = self.run_dir / "tensorboard"
         self._digests: dict[Path, str] = {}
+        #: The model the checkpoint names: never pruned.
+        self._checkpointed: Path | None = None
 
     def model_path(self, round: int) -> Path:
         """Where the global model after ``round`` lives (round 0: the initial one)."""
@@ -119,8 +121,8 @@ class RoundStore:
 
     def prune_models(self, *, keep: int, latest: int) -> list[Path]:
         """Remove the round models before the last ``keep`` up to round
-        ``latest`` (which a checkpoint must already name); the initial model
-        (round 0) stays. Returns what was removed.
+        ``latest``; the initial model (round 0) and the model the checkpoint
+        names stay. Returns what was removed.
 
         Besides the disk: on the bench VM a page cache that grew by a model
         every round cost the workflow ~0.2 CPU-s a round at 100 MiB; pages
@@ -130,7 +132,7 @@ class RoundStore:
         if self.models_dir.is_dir():
             for p in sorted(self.models_dir.iterdir()):
                 m = _ROUND_FILE.match(p.name)
-                if m and 0 < int(m.group(1)) <= latest - keep:
+                if m and 0 < int(m.group(1)) <= latest - keep and p != self._checkpointed:
                     p.unlink(missing_ok=True)
                     self._digests.pop(p, None)
                     removed.append(p)
@@ -151,6 +153,7 @@ class RoundStore:
                 {"round": ckpt.round, "model": ckpt.model, checksum.ALGORITHM: ckpt.checksum}
             ).encode(),
         )
+        self._checkpointed = model_path
         return ckpt
 
     def _valid_model(self, path: Path) -> bool:
@@ -196,6 +199,12 @@ class RoundStore:
         latest readable ``global_round_NNNN`` file (each is written atomically
         and only after its round completed).
         """
+        ckpt = self._find_checkpoint()
+        if ckpt is not None:
+            self._checkpointed = self.run_dir / ckpt.model
+        return ckpt
+
+    def _find_checkpoint(self) -> Checkpoint | None:
         if self.checkpoint_path.exists():
             try:
                 return self._read_checkpoint()
