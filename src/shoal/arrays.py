@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import math
 import mmap as _mmap
@@ -235,6 +236,7 @@ def write_arrays(
     metadata: Mapping[str, str] | None = None,
     *,
     durable: bool = True,
+    reuse: str | os.PathLike[str] | None = None,
 ) -> WrittenArrays:
     """Write ``arrays`` to ``path`` atomically and return its size and checksum.
 
@@ -246,18 +248,31 @@ def write_arrays(
     the file again. ``durable=False`` skips the fsyncs (still atomic against readers)
     for files that need not survive a power cut: a site's upload staging,
     the simulator's per-site results.
+
+    ``reuse``: a file the caller is done with, on the same file system
+    (e.g. a result already aggregated, about as big): it becomes the
+    temporary file and is written over, so the write lands in pages the
+    page cache already holds. A new file's pages are fresh memory, which on
+    the bench VM made writing 100 MiB cost 0.3-0.4 s of CPU, not 0.04.
+    Nothing may still read or map it. Where it cannot be moved, a new file
+    is written as usual.
     """
     path = Path(path)
     encoded = encode_arrays(arrays, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    reused = _reused_file(Path(reuse), path) if reuse is not None else None
+    if reused is not None:
+        tmp, f = reused
+    else:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp, f = Path(tmp_name), os.fdopen(fd, "wb")
     hasher = checksum.Checksum()
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             for piece in encoded.pieces:
                 hasher.update(piece)
                 f.write(piece)
+            f.truncate()  # a reused file may have been longer
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -270,6 +285,25 @@ def write_arrays(
     if durable:
         _fsync_dir(path.parent)
     return WrittenArrays(path=path, size=size, checksum=hasher.hexdigest())
+
+
+def _reused_file(old: Path, path: Path) -> tuple[Path, BinaryIO] | None:
+    """``old`` moved beside ``path`` under a temporary name and opened for
+    writing over; None if it cannot be."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_reuse_names)}.tmp")
+    try:
+        os.rename(old, tmp)
+    except OSError:  # gone, or on another file system
+        return None
+    try:
+        os.chmod(tmp, 0o600)  # as a new one from mkstemp
+        return tmp, open(tmp, "r+b")  # noqa: SIM115 - closed by the caller
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return None
+
+
+_reuse_names = itertools.count()
 
 
 def save_arrays(

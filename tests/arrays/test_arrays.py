@@ -330,3 +330,24 @@ def test_arrays_from_memory_read_only_the_header_to_parse_it() -> None:
     assert peak < 1 << 20, peak
     assert np.shares_memory(arrays["w"], np.frombuffer(data, dtype=np.uint8))
     assert arrays["w"][-1] == 4 * 2**20 - 1
+
+
+def test_write_over_a_file_the_caller_is_done_with(tmp_path: Path) -> None:
+    from shoal import checksum
+
+    old = tmp_path / "results" / "site-1.safetensors"
+    old.parent.mkdir()
+    old.write_bytes(b"x" * 10_000)  # longer than what is written over it
+    old.chmod(0o644)
+    target = tmp_path / "models" / "m.safetensors"
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    written = write_arrays(target, arrays, reuse=old, durable=True)
+    assert not old.exists()
+    assert written.size == target.stat().st_size < 10_000
+    assert written.checksum == checksum.of_file(target)
+    np.testing.assert_array_equal(load_arrays(target)["w"], arrays["w"])
+    assert target.stat().st_mode & 0o777 == 0o600  # as a new file's
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.safetensors"]
+    # Nothing to reuse (gone already): a new file, same result.
+    again = write_arrays(tmp_path / "models" / "n.safetensors", arrays, reuse=old)
+    assert again.checksum == written.checksum

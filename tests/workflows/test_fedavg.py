@@ -346,6 +346,32 @@ def test_a_model_a_hook_kept_is_never_filled_again(tmp_path: Path) -> None:
     np.testing.assert_allclose(final["w"], np.full((2, 3), 12.5))
 
 
+def test_each_new_model_is_written_over_an_aggregated_result(tmp_path: Path) -> None:
+    comm = _comm(tmp_path, {"site-1": shift(1.0, 100), "site-2": shift(3.0, 300)})
+    inodes: list[int] = []
+    real = comm.gather
+
+    def gather(task_id: str, *, timeout: float):  # type: ignore[no-untyped-def]
+        for result in real(task_id, timeout=timeout):
+            inodes.append(result.path.stat().st_ino)
+            yield result
+
+    comm.gather = gather  # type: ignore[method-assign]
+    get_workflow("fedavg")(_ctx(tmp_path, comm, num_rounds=3, keep_models=0))
+    models = tmp_path / "run" / "models"
+    for k in (1, 2, 3):
+        # The last result folded in each round became that round's model file.
+        assert (models / f"global_round_{k:04d}.safetensors").stat().st_ino == inodes[2 * k - 1]
+    # No spare is left behind, no result file either; the models read back right.
+    assert sorted(p.name for p in models.iterdir() if p.name.startswith(".")) == []
+    assert not [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+    final = load_arrays(models / "global_final.safetensors")
+    np.testing.assert_allclose(final["w"], np.full((2, 3), 7.5))
+    from shoal.workflows.store import RoundStore
+
+    assert RoundStore(tmp_path / "run").load_checkpoint() is not None
+
+
 def test_checkpoint_of_an_earlier_build_with_a_sha256_is_honoured(tmp_path: Path) -> None:
     import hashlib
 

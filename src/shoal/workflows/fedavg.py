@@ -374,6 +374,9 @@ def _round(
             # memory stays at the running mean plus one result.
             arrays = None
         accepted[site] = result
+        if result.path.name:
+            # Folded in, its arrays dropped: the new model is written over it.
+            store.adopt_spare(result.path)
         log.info("round %d: result from %s (%d examples)", k, site, result.num_examples)
 
     if len(accepted) < min_clients:
@@ -390,13 +393,6 @@ def _round(
     # durable and recorded by commit(), which the next round runs once its
     # task is out.
     new_global = mean.result()
-    if params.keep_models:
-        # Removed now, not at the last commit: the new model's pages are the
-        # ones just freed. On a VM that hands freed memory back to its host
-        # (the bench VM does, within seconds), pages freed a round ago cost a
-        # fault on the host each: writing 100 MiB took 0.2-0.35 s, not 0.04.
-        # The checkpointed model is never among them.
-        store.prune_models(keep=params.keep_models, latest=k)
     model_path = store.write_model(k, new_global, durable=False)
     duration = time.monotonic() - started
     results = [accepted[s] for s in sorted(accepted)]

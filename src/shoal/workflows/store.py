@@ -81,6 +81,10 @@ class RoundStore:
         self._digests: dict[Path, str] = {}
         #: The model the checkpoint names: never pruned.
         self._checkpointed: Path | None = None
+        #: A file the next model is written over (see adopt_spare); one a
+        #: crash left behind is of no use.
+        self._spare: Path | None = None
+        self.spare_path.unlink(missing_ok=True)
 
     def model_path(self, round: int) -> Path:
         """Where the global model after ``round`` lives (round 0: the initial one)."""
@@ -88,6 +92,24 @@ class RoundStore:
 
     def final_path(self, suffix: str = ".safetensors") -> Path:
         return self.models_dir / f"global_final{suffix}"
+
+    @property
+    def spare_path(self) -> Path:
+        # Hidden: a job's download leaves it out.
+        return self.models_dir / ".spare.safetensors"
+
+    def adopt_spare(self, path: Path) -> None:
+        """Keep ``path``, a file the caller is done with and that nothing
+        reads or maps any more (a result already aggregated), for the next
+        :meth:`write_model` to write over: its pages are in the page cache
+        already, a new file's are fresh memory (see ``arrays.write_arrays``).
+        Replaces the spare kept before; a file that cannot be moved is left."""
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, self.spare_path)
+        except OSError:
+            return
+        self._spare = self.spare_path
 
     def write_model(
         self,
@@ -103,7 +125,10 @@ class RoundStore:
         must run before a checkpoint names the file.
         """
         path = self.final_path() if final else self.model_path(round)
-        written = write_arrays(path, params, metadata={"round": str(round)}, durable=durable)
+        spare, self._spare = self._spare, None
+        written = write_arrays(
+            path, params, metadata={"round": str(round)}, durable=durable, reuse=spare
+        )
         # Checksummed while writing: the checkpoint and every transfer reuse it.
         self._digests[path] = written.checksum
         return path
