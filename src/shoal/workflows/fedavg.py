@@ -274,6 +274,7 @@ def run(ctx: WorkflowContext) -> None:
             if adapter is not None and adapter.suffix != ".safetensors":
                 _save_native(store, adapter, model, global_params)
     finally:
+        store.discard_spare()
         comm.finish()
 
 

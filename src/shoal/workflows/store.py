@@ -111,6 +111,11 @@ class RoundStore:
             return
         self._spare = self.spare_path
 
+    def discard_spare(self) -> None:
+        """Remove the spare no write took (a run that ended or failed)."""
+        self._spare = None
+        self.spare_path.unlink(missing_ok=True)
+
     def write_model(
         self,
         round: int,
