@@ -1,6 +1,7 @@
 """Plain grpcio over mutual TLS, streaming bytes: the practical limit of Python
 gRPC on this machine, measured with the same certificates and message size
-(4 MiB chunks) as shoal, but with no files, hashing, protobuf frames or runtime.
+(1 MiB chunks, `CHUNK_SIZE`) as shoal, but with no files, checksums, protobuf frames
+or runtime.
 
     python bench/_grpc_baseline.py serve --kit SERVER_KIT --size BYTES   # prints its port
     python bench/_grpc_baseline.py client --kit SITE_KIT --port P --size BYTES
