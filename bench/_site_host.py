@@ -43,6 +43,7 @@ from shoal.server.daemon import local_sys_info
 from shoal.transport import PayloadHeader, channel_credentials, from_rpc_error, read_header
 from shoal.transport.channels import channel_options
 from shoal.transport.frames import (
+    INLINE_MAX,
     WireFrame,
     frames_from_bytes,
     frames_from_pieces,
@@ -226,8 +227,15 @@ class LightSite:
                         task_id=header.task_id,
                         meta={"site": self.name, "num_examples": 10, "metrics": {"loss": 0.0}},
                     )
-                    for frame in frames_from_pieces(result, encoded.size, encoded.pieces):
+                    for i, frame in enumerate(
+                        frames_from_pieces(result, encoded.size, encoded.pieces)
+                    ):
                         await call.write(frame)
+                        if i == 0 and encoded.size > INLINE_MAX:
+                            # Announced by its header alone: stream it on "go".
+                            go = await read_header_async(replies)
+                            if go.kind != "go":
+                                raise TransportError(f"unexpected reply {go.kind!r} to a result")
                     ack = await read_header_async(replies)
                     if ack.kind != "ack":
                         raise TransportError(f"unexpected reply {ack.kind!r} to a result")

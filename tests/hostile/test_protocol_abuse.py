@@ -111,8 +111,14 @@ def test_authenticated_site_cannot_inject_bad_results(fed_factory, tmp_path: Pat
     good = _encode({k: np.asarray(v) for k, v in params.items()}, tmp_path)
 
     def put(frames: Iterator[pb.Frame], work=stub.Work) -> bool:  # type: ignore[no-untyped-def]
-        """A result on a Work stream of its own; True once acknowledged."""
-        return read_header(work(frames)).kind == "ack"
+        """A result on a Work stream of its own, all of it at once (without
+        waiting for "go", which the server must cope with); True once
+        acknowledged."""
+        replies = work(frames)
+        reply = read_header(replies)
+        if reply.kind == "go":
+            reply = read_header(replies)
+        return reply.kind == "ack"
 
     # Oversize chunk: one frame beyond the message cap (gRPC refuses it).
     huge = b"\0" * (9 * 1024 * 1024)

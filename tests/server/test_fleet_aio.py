@@ -33,11 +33,18 @@ from shoal.transport.services import ServiceStub
 
 
 @contextlib.contextmanager
-def running_server(layout: poc.PocLayout, workspace: Path) -> Iterator[ServerDaemon]:
+def running_server(
+    layout: poc.PocLayout, workspace: Path, **options: Any
+) -> Iterator[ServerDaemon]:
     daemon = ServerDaemon(
         load_kit(layout.server_kit, expected_type="server"),
         ServerOptions(
-            host="127.0.0.1", fed_port=0, admin_port=0, health_port=-1, workspace=workspace
+            host="127.0.0.1",
+            fed_port=0,
+            admin_port=0,
+            health_port=-1,
+            workspace=workspace,
+            **options,
         ),
     )
     daemon.start()
@@ -256,10 +263,77 @@ async def _payload(call: Any) -> tuple[PayloadHeader, bytes]:
 
 
 async def _put(call: Any, frames: Any) -> PayloadHeader:
-    """A result up a Work stream; the header that answers it."""
-    for frame in frames:
+    """A result up a Work stream, as a worker sends it (a result too big for
+    its header: the header, then the rest on "go"); the header that answers it."""
+    it = iter(frames)
+    first = next(it)
+    await call.write(first)
+    if not first.header.inline_xxh3_128:
+        go = await read_header_async(aiter(call))
+        if go.kind != "go":
+            return go
+    for frame in it:
         await call.write(frame)
     return await read_header_async(aiter(call))
+
+
+def test_a_large_result_streams_on_go_once_a_transfer_slot_is_free(tmp_path: Path) -> None:
+    layout = poc.prepare(tmp_path / "poc", num_sites=2)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"w" * 1000)
+    big = b"R" * 300_000
+    with running_server(layout, tmp_path / "ws", max_transfers=1) as server:
+        run, workflow = _run(tmp_path, server, ["site-1", "site-2"])
+        port = server.ports["fed"]
+
+        async def main() -> None:
+            (ch1, stub1), (ch2, stub2) = (
+                fleet(layout, "site-1", port),
+                fleet(layout, "site-2", port),
+            )
+            w1, w2 = stub1.Work(), stub2.Work()
+            for w in (w1, w2):
+                await w.write(_ready())
+            await asyncio.to_thread(run._handle, _scatter("task-1", 1, weights))
+            for w in (w1, w2):
+                assert (await _payload(w))[0].task_id == "task-1"
+            meta = {"num_examples": 3}
+            r1 = list(frames_from_bytes(PayloadHeader("result", "job-1", "task-1", meta=meta), big))
+            r2 = list(frames_from_bytes(PayloadHeader("result", "job-1", "task-1", meta=meta), big))
+            assert len(r1) > 2  # header, data, trailer: too big to ride in its header
+            # site-1 announces its result and gets the only slot, but sends nothing yet.
+            await w1.write(r1[0])
+            assert (await read_header_async(aiter(w1))).kind == "go"
+            # site-2's announcement waits: no "go" while the slot is taken.
+            await w2.write(r2[0])
+            go2 = asyncio.ensure_future(read_header_async(aiter(w2)))
+            await asyncio.sleep(0.5)
+            assert not go2.done()
+            for frame in r1[1:]:
+                await w1.write(frame)
+            assert (await read_header_async(aiter(w1))).kind == "ack"
+            assert (await asyncio.wait_for(go2, 10)).kind == "go"
+            for frame in r2[1:]:
+                await w2.write(frame)
+            assert (await read_header_async(aiter(w2))).kind == "ack"
+            # A result nobody wants is refused at its header: no "go", nothing streamed.
+            stale = PayloadHeader("result", "job-1", "task-0", meta=meta)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _put(w1, frames_from_bytes(stale, big))
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            for w in (w1, w2):
+                w.cancel()
+            await ch1.close()
+            await ch2.close()
+
+        asyncio.run(main())
+        got = [workflow.recv(timeout=10) for _ in range(2)]
+        assert sorted(m["site"] for m in got if m) == ["site-1", "site-2"]
+        for m in got:
+            assert m and Path(m["path"]).read_bytes() == big
+        run._outbox.put(_STOP_SENDING)
+        workflow.close()
+        run.ipc.close()
 
 
 def test_daemons_start_and_stop_without_leaving_threads(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ results go up the same stream and are acknowledged on it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -37,6 +38,7 @@ from shoal.transport import (
     receive_to_memory,
 )
 from shoal.transport.frames import (
+    INLINE_MAX,
     Frame,
     MemoryPool,
     WireFrame,
@@ -252,7 +254,15 @@ class GrpcBackend:
         for attempt in range(5):
             try:
                 stream = self._work()
-                stream.send(frames_from_pieces(header, size, encoded.pieces))
+                frames = frames_from_pieces(header, size, encoded.pieces)
+                if size > INLINE_MAX:
+                    # The header alone first: the server says "go" once it
+                    # has a transfer slot for it (and still wants it).
+                    stream.send(itertools.islice(frames, 1))
+                    go = read_header(stream.replies)
+                    if go.kind != "go":
+                        raise TransportError(f"unexpected reply {go.kind!r} to a result header")
+                stream.send(frames)
                 reply = read_header(stream.replies)
                 if reply.kind != "ack":
                     raise TransportError(f"unexpected reply {reply.kind!r} to a result")

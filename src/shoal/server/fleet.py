@@ -13,6 +13,7 @@ Nothing here may block for long: it would hold up every site at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import queue
@@ -173,7 +174,13 @@ class FleetService:
         """A job worker's stream for its whole job: "ready" is answered with
         its next task, a result with an "ack". One stream, not a call per
         task and result: at 1000 sites a call cost the server about three
-        times what a message on an open stream does (grpc.aio, this machine)."""
+        times what a message on an open stream does (grpc.aio, this machine).
+
+        A result too big to ride in its header is announced by the header
+        alone and answered with "go" once it has a transfer slot and is
+        wanted: only then does the site stream it. Results that waited for a
+        slot while streaming sat in gRPC's buffers, so the daemon's memory
+        grew with the number of sites uploading at once."""
         who = await self.d.identify_aio(context, expected_type="client")
         async with aio_rpc_errors(context, f"work stream of {who.name}"):
             while (first := await anext(request_iterator, None)) is not None:
@@ -182,9 +189,15 @@ class FleetService:
                 if header.kind == "ready":
                     await self._send_task(run, who.name, header, context)
                 elif header.kind == "result":
+                    go = None
+                    if header.inline is None:
+                        reply = PayloadHeader(
+                            kind="go", job_id=run.job_id, task_id=header.task_id, size=0
+                        )
+                        go = functools.partial(context.write, pb.Frame(header=reply.to_pb()))
                     async with self._transfer_slots:
                         info = await run.accept_result(
-                            who.name, header, request_iterator, run.max_result_bytes()
+                            who.name, header, request_iterator, run.max_result_bytes(), go=go
                         )
                     ack = PayloadHeader(
                         kind="ack", job_id=run.job_id, task_id=header.task_id, meta=info, size=0

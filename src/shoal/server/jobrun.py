@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,10 +350,18 @@ class JobRun:
             return None
 
     async def accept_result(
-        self, site: str, header: PayloadHeader, frames: AsyncIterator[WireFrame], max_size: int
+        self,
+        site: str,
+        header: PayloadHeader,
+        frames: AsyncIterator[WireFrame],
+        max_size: int,
+        *,
+        go: Callable[[], Awaitable[object]] | None = None,
     ) -> dict[str, Any]:
         """Receive a site's result (the rest of a ``grpc.aio`` request stream)
-        into the run folder and hand it to the workflow."""
+        into the run folder and hand it to the workflow. ``go`` is awaited
+        once the result is known to be wanted, before its data is read (the
+        Work stream tells the site to start sending then)."""
         claimed = header.meta.get("site")
         if claimed is not None and claimed != site:
             raise PeerRejectedError(f"{site} sent a result claiming to be from {claimed!r}")
@@ -381,6 +389,8 @@ class JobRun:
                 )
             task.receiving.add(site)
         try:
+            if go is not None:
+                await go()
             t0 = time.monotonic()
             dest: Path | None = None
             inline: bytes | None = None
