@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ],
     )
     emit(
-        "round MB/s = 2 sites x (down + up) x model bytes / median round time (round 1 left out when there are 3+); "
+        f"round MB/s = {args.sites} sites x (down + up) x model bytes / median round time (round 1 left out when there are 3+); "
         "round vs grpcio = round MB/s / plain grpcio MB/s; per transfer = model bytes / one transfer's time "
         "(shoal: server log; grpcio: each client's download and upload), medians; "
         "CPU per round = utime + stime of the server (daemon + workflow) and of all sites "
