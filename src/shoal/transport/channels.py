@@ -58,6 +58,14 @@ _CLIENT_OPTIONS = [
     # Reconnect quickly after a server restart; our own loops add jitter.
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
+    # A fixed 4 MiB receive window per stream. gRPC's default grows it with
+    # its bandwidth estimate, and a worker starved of CPU (many sites on one
+    # machine) then buffered far ahead of itself: its peak grew from 280 MiB
+    # (2 sites) to 360-380 MiB (32 sites) with a 100 MiB model; 280-286 now
+    # at 2 / 8 / 32 sites. The 100 MiB round was no slower (bench/memory.py,
+    # bench/transfer.py).
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 4 * 1024 * 1024),
 ]
 _SERVER_OPTIONS = [
     *_COMMON_OPTIONS,
