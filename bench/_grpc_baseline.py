@@ -1,7 +1,9 @@
 """Plain grpcio over mutual TLS, streaming bytes: the practical limit of Python
 gRPC on this machine, measured with the same certificates and message size
 (1 MiB chunks, `CHUNK_SIZE`) as shoal, but with no files, checksums, protobuf frames
-or runtime.
+or runtime, and with gRPC's own defaults (flow control, its growing receive
+windows): only the message cap and the server name are set, not shoal's
+channel and server options.
 
     python bench/_grpc_baseline.py serve --kit SERVER_KIT --size BYTES   # prints its port
     python bench/_grpc_baseline.py client --kit SITE_KIT --port P --size BYTES
@@ -24,9 +26,17 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from concurrent import futures  # noqa: E402
+
 from shoal.provision import load_kit  # noqa: E402
-from shoal.transport import open_channel, start_server  # noqa: E402
-from shoal.transport.frames import CHUNK_SIZE  # noqa: E402
+from shoal.transport import channel_credentials  # noqa: E402
+from shoal.transport.channels import bind_port  # noqa: E402
+from shoal.transport.frames import CHUNK_SIZE, MAX_MESSAGE_BYTES  # noqa: E402
+
+_CAP = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
 
 _ident = lambda b: b  # noqa: E731
 
@@ -65,13 +75,10 @@ def serve(kit: Path, size: int) -> None:
             ),
         },
     )
-    server, port = start_server(
-        host="127.0.0.1",
-        port=0,
-        tls=load_kit(kit, expected_type="server").tls,
-        register=[lambda s: s.add_generic_rpc_handlers((handler,))],
-        max_workers=16,
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=_CAP)
+    server.add_generic_rpc_handlers((handler,))
+    port = bind_port(server, "127.0.0.1", 0, load_kit(kit, expected_type="server").tls)
+    server.start()
     print(port, flush=True)
     sys.stdin.read()  # until the parent closes our stdin
     server.stop(0)
@@ -80,7 +87,12 @@ def serve(kit: Path, size: int) -> None:
 def client(kit: Path, port: int, size: int) -> None:
     k = load_kit(kit, expected_type="client")
     chunks = _chunks(size)
-    ch = open_channel(f"127.0.0.1:{port}", k.tls, server_name=str(k.config["server"]["name"]))
+    name = str(k.config["server"]["name"])
+    ch = grpc.secure_channel(
+        f"127.0.0.1:{port}",
+        channel_credentials(k.tls),
+        options=[*_CAP, ("grpc.ssl_target_name_override", name), ("grpc.default_authority", name)],
+    )
     grpc.channel_ready_future(ch).result(timeout=30)
     down = ch.unary_stream(
         "/bench.Bytes/Download", request_serializer=_ident, response_deserializer=_ident
