@@ -19,14 +19,16 @@ signed startup kits.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
 __all__ = ["ALGORITHM", "Checksum", "of_bytes", "of_file"]
 
-#: The name stored beside a checksum (checkpoint.json, IPC messages).
+#: The name stored beside a checksum (checkpoint.json).
 ALGORITHM = "xxh3_128"
 
 #: An incremental checksum: ``update(bytes-like)``, ``hexdigest()``.
@@ -38,9 +40,16 @@ def of_bytes(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def of_file(path: str | os.PathLike[str], *, chunk_size: int = 8 * 1024 * 1024) -> str:
-    """Hex checksum of the file at ``path``, read in ``chunk_size`` pieces."""
-    h = Checksum()
+def of_file(
+    path: str | os.PathLike[str],
+    algorithm: str = ALGORITHM,
+    *,
+    chunk_size: int = 8 * 1024 * 1024,
+) -> str:
+    """Hex checksum of the file at ``path``, read in ``chunk_size`` pieces;
+    ``algorithm`` another of ``hashlib``'s (``"sha256"``: a job package's
+    identity, a checkpoint of an earlier build)."""
+    h: Any = Checksum() if algorithm == ALGORITHM else hashlib.new(algorithm)
     buf = bytearray(chunk_size)
     view = memoryview(buf)
     with open(Path(path), "rb", buffering=0) as f:

@@ -7,7 +7,6 @@ JSON-able data.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shoal import jobstatus
+from shoal import checksum, jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.errors import ConfigError, JobValidationError, NotFoundError
@@ -144,7 +143,8 @@ class AdminService(pb_grpc.AdminServicer):
                 staged_folder=staging,
                 submitter=who.name,
                 submitter_org=who.org,
-                package_sha256=_sha256_of(payload.path),
+                # Its identity in the job store (the transfer's checksum is none).
+                package_sha256=checksum.of_file(payload.path, "sha256"),
                 package_size=payload.size,
                 num_rounds=int(num_rounds) if isinstance(num_rounds, int) else None,
             )
@@ -385,13 +385,3 @@ def _error_lines(path: Path, limit: int = 50) -> list[str]:
         if line.startswith("Traceback"):
             picked.extend(lines[i + 1 : i + 30])
     return picked[-limit:]
-
-
-def _sha256_of(path: Path) -> str:
-    """A job package's SHA-256: its identity in the job store (its transfer
-    is checked with the payload checksum, which is no identity)."""
-    h = hashlib.new("sha256")
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -8,8 +8,9 @@ work exists), receives each result into a file, checks it, and tells the
 workflow.
 
 The task board is read from the Fleet server's event loop (``take_task``,
-plus an ``on_change`` listener that wakes the waiting calls); messages to the workflow go through a thread of the run,
-so no caller ever waits on a busy workflow process.
+plus an ``on_change`` listener that wakes the waiting calls); messages to
+the workflow go through a thread of the run, so no caller ever waits on a
+busy workflow process.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ completed round; a server restarted mid-job resumes at the next round.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -79,8 +78,6 @@ class RoundStore:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.tensorboard_dir = self.run_dir / "tensorboard"
         self._digests: dict[Path, str] = {}
-        #: The model the checkpoint names: never pruned.
-        self._checkpointed: Path | None = None
         #: A file the next model is written over (see adopt_spare); one a
         #: crash left behind is of no use.
         self._spare: Path | None = None
@@ -151,18 +148,18 @@ class RoundStore:
 
     def prune_models(self, *, keep: int, latest: int) -> list[Path]:
         """Remove the round models before the last ``keep`` up to round
-        ``latest``; the initial model (round 0) and the model the checkpoint
-        names stay. Returns what was removed.
+        ``latest`` (which a checkpoint must already name); the initial model
+        (round 0) stays. Returns what was removed.
 
         Besides the disk: on the bench VM a page cache that grew by a model
         every round cost the workflow ~0.2 CPU-s a round at 100 MiB; pages
-        of a removed model are reused by the next one (bench/transfer.py).
+        of a removed model are reused (bench/transfer.py).
         """
         removed = []
         if self.models_dir.is_dir():
             for p in sorted(self.models_dir.iterdir()):
                 m = _ROUND_FILE.match(p.name)
-                if m and 0 < int(m.group(1)) <= latest - keep and p != self._checkpointed:
+                if m and 0 < int(m.group(1)) <= latest - keep:
                     p.unlink(missing_ok=True)
                     self._digests.pop(p, None)
                     removed.append(p)
@@ -183,7 +180,6 @@ class RoundStore:
                 {"round": ckpt.round, "model": ckpt.model, checksum.ALGORITHM: ckpt.checksum}
             ).encode(),
         )
-        self._checkpointed = model_path
         return ckpt
 
     def _valid_model(self, path: Path) -> bool:
@@ -205,7 +201,7 @@ class RoundStore:
         if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
             raise ValueError(f"bad round {rnd!r}")
         if not isinstance(model, str) or not isinstance(digest, str):
-            raise ValueError(f"model and {checksum.ALGORITHM} must be strings")
+            raise ValueError(f"model and {algorithm} must be strings")
         path = (self.run_dir / model).resolve()
         if (
             not path.is_relative_to(self.run_dir.resolve())
@@ -214,7 +210,7 @@ class RoundStore:
             raise ValueError(f"model {model!r} is not round {rnd}'s model file")
         if not path.is_file():
             raise ValueError(f"model {model!r} is missing")
-        if _file_digest(path, algorithm) != digest:
+        if checksum.of_file(path, algorithm) != digest:
             raise ValueError(f"model {model!r} does not match its {algorithm}")
         if not self._valid_model(path):
             raise ValueError(f"model {model!r} is unreadable")
@@ -229,12 +225,6 @@ class RoundStore:
         latest readable ``global_round_NNNN`` file (each is written atomically
         and only after its round completed).
         """
-        ckpt = self._find_checkpoint()
-        if ckpt is not None:
-            self._checkpointed = self.run_dir / ckpt.model
-        return ckpt
-
-    def _find_checkpoint(self) -> Checkpoint | None:
         if self.checkpoint_path.exists():
             try:
                 return self._read_checkpoint()
@@ -288,13 +278,3 @@ class RoundStore:
             if isinstance(rnd, int) and rnd <= after_round:
                 kept.append(line)
         atomic_write_bytes(self.metrics_path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    if algorithm == checksum.ALGORITHM:
-        return checksum.of_file(path)
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
