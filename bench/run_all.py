@@ -23,7 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, header  # noqa: E402
 
 #: In the issue's priority order.
-SCRIPTS = ["round_overhead", "transfer", "memory", "simulator", "scale", "poc_startup", "peers"]
+SCRIPTS = [
+    "round_overhead",
+    "transfer",
+    "memory",
+    "simulator",
+    "scale",
+    "poc_startup",
+    "peers",
+    "host_costs",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

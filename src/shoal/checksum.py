@@ -12,7 +12,8 @@ channel is mutual TLS, whose AEAD already authenticates every byte against
 the peer's certificate, and the sender of a payload computes its checksum
 itself, so a cryptographic hash would prove nothing a 128-bit checksum does
 not. At 100 MiB a model, a round hashed 700 MB: SHA-256 ran at 1.5 GB/s on
-the bench machine (about 0.47 CPU-s a round), XXH3-128 at 13 GB/s.
+the bench machine (about 0.47 CPU-s a round), XXH3-128 at 12-13 GB/s
+(``python bench/host_costs.py``).
 Identities stay on SHA-256: job packages (``package_sha256``) and the
 signed startup kits.
 """

@@ -48,6 +48,11 @@ def test_memory_quick() -> None:
     assert "server peak RSS" in out and "FAILED" not in out
 
 
+def test_host_costs_quick() -> None:
+    out = _run("host_costs", "--quick")
+    assert "XXH3-128" in out and "filling" in out and "over a cached file" in out
+
+
 def test_simulator_quick() -> None:
     out = _run("simulator", "--quick", "--sites", "5")
     assert "s/round (median)" in out and "FAILED" not in out
