@@ -252,6 +252,14 @@ def start(
     """Start the server and every site; return once all sites are connected."""
     layout = load_layout(workspace)
     extra = dict(env or {})
+    # The examples read MNIST from SHOAL_MNIST_PATH on machines without
+    # internet; job code may read only declared data (shoal.sandbox), so the
+    # POC's sites declare that file's folder.
+    mnist = extra.get("SHOAL_MNIST_PATH") or os.environ.get("SHOAL_MNIST_PATH")
+    if mnist:
+        declared = extra.get("SHOAL_DATA_PATHS") or os.environ.get("SHOAL_DATA_PATHS", "")
+        folder = str(Path(mnist).resolve().parent)
+        extra["SHOAL_DATA_PATHS"] = os.pathsep.join(p for p in (declared, folder) if p)
     ready = layout.server_kit / "server_ready.json"
     ready.unlink(missing_ok=True)
     t0 = time.monotonic()

@@ -86,7 +86,13 @@ class Fed:
         self.logs.mkdir(exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._sessions: list[AdminSession] = []
-        self.env = {"FAULT_GATE": str(root / "gate")}
+        # The gate is how tests hold and watch job code: the daemons hand
+        # its variable to jobs and let them write there (shoal.sandbox).
+        self.env = {
+            "FAULT_GATE": str(root / "gate"),
+            "SHOAL_JOB_ENV": "FAULT_GATE",
+            "SHOAL_WRITE_PATHS": str(root / "gate"),
+        }
         (root / "gate").mkdir(exist_ok=True)
 
     @property

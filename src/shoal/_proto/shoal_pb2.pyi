@@ -125,10 +125,12 @@ class Shutdown(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., site_should_exit: _Optional[bool] = ..., restart: _Optional[bool] = ...) -> None: ...
 
 class FetchJobRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "worker_public_key")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    worker_public_key: bytes
+    def __init__(self, job_id: _Optional[str] = ..., worker_public_key: _Optional[bytes] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("ok", "message", "meta_json")

@@ -35,6 +35,16 @@ from shoal.client.api import WORKER_CONFIG_ENV
 from shoal.client.worker import WorkerConfig
 from shoal.errors import ConfigError, ShoalError
 from shoal.provision import Kit
+from shoal.provision.jobcreds import new_worker_key
+from shoal.sandbox import (
+    Confinement,
+    JobUser,
+    confinement_mode,
+    describe,
+    job_env,
+    job_user,
+    secret_paths,
+)
 from shoal.server.daemon import EXIT_RESTART, local_sys_info
 from shoal.transport import PayloadHeader, from_rpc_error, open_channel, read_header
 from shoal.transport.frames import frames_from_file, receive_to_file
@@ -71,6 +81,20 @@ class _Worker:
     job_id: str
     proc: subprocess.Popen[bytes] | None = None
     aborted: str | None = None
+    user: JobUser | None = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A fetched and unpacked job, ready to start."""
+
+    script: Path
+    args: list[str]
+    env: dict[str, str]
+    meta: dict[str, Any]
+    #: The worker's own key and certificate (PEM), from FetchJob.
+    key_pem: bytes
+    cert_pem: bytes
 
 
 class SiteDaemon:
@@ -121,6 +145,8 @@ class SiteDaemon:
             self.health_port = self._health.port
         self._thread = threading.Thread(target=self._run, name="site-session", daemon=True)
         self._thread.start()
+        user, why = job_user(())
+        log.info("%s", describe(user, why, confinement_mode()))
         log.info(
             "site %s (project %s) starting; server %s at %s; workspace %s",
             self.name,
@@ -293,35 +319,16 @@ class SiteDaemon:
         log_path = job_dir / "log.txt"
         state, detail = "failed", ""
         try:
-            script, args, env_extra, meta = self._prepare(start, job_dir)
-            config = self._worker_config(start.job_id, job_dir, meta)
-            config_path = job_dir / "worker.json"
-            config_path.write_text(config.to_json())
-            env = dict(os.environ)
-            env.update(env_extra)
-            env[WORKER_CONFIG_ENV] = str(config_path)
-            env["SHOAL_SITE_NAME"] = self.name
-            env["PYTHONUNBUFFERED"] = "1"
-            app_dir = script.parent
-            env["PYTHONPATH"] = os.pathsep.join(
-                [str(app_dir), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-            )
-            with open(log_path, "ab") as out:
-                proc = subprocess.Popen(
-                    [self.opts.python, str(script), *args],
-                    cwd=app_dir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            job = self._prepare(start, job_dir)
+            proc = self._spawn(start.job_id, job_dir, job, worker, log_path)
             with self._lock:
                 worker.proc = proc
                 aborted = worker.aborted
             if aborted:
                 self._kill(worker, aborted)
-            log.info("job %s: worker process %d started (%s)", start.job_id, proc.pid, script.name)
+            log.info(
+                "job %s: worker process %d started (%s)", start.job_id, proc.pid, job.script.name
+            )
             self._report(start.job_id, "started", f"pid {proc.pid}")
             code = proc.wait()
             if worker.aborted:
@@ -344,14 +351,83 @@ class SiteDaemon:
             self._upload_log(start.job_id, log_path)
             self._report(start.job_id, state, detail)
 
-    def _worker_config(self, job_id: str, job_dir: Path, meta: dict[str, Any]) -> WorkerConfig:
+    def _spawn(
+        self, job_id: str, job_dir: Path, job: _Prepared, worker: _Worker, log_path: Path
+    ) -> subprocess.Popen[bytes]:
+        """Start the job's script, confined (shoal.sandbox) and with its own credential.
+
+        Job code may write in the unpacked job, its own home and temporary
+        folders, and read its credential and configuration; the log is
+        written through the descriptor it inherits, so the job cannot
+        rewrite it by path. Nothing else of the workspace or the kit is in
+        reach, nor, when the daemon runs as root, anything of its user.
+        """
+        home, tmp, creds = job_dir / "home", job_dir / "tmp", job_dir / "credentials"
+        for folder in (home, tmp, creds):
+            folder.mkdir(mode=0o700, exist_ok=True)
+        key_path, cert_path, ca_path = creds / "worker.key", creds / "worker.crt", creds / "ca.pem"
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(job.key_pem)
+        cert_path.write_bytes(job.cert_pem)
+        ca_path.write_bytes(self.kit.tls.ca_pem)
+        config = self._worker_config(job_id, job_dir, job.meta, key_path, cert_path, ca_path)
+        config_path = job_dir / "worker.json"
+        config_path.write_text(config.to_json())
+        app_dir = job.script.parent
+        env = job_env(os.environ, home=home, tmp=tmp, extra=job.env)
+        env[WORKER_CONFIG_ENV] = str(config_path)
+        env["SHOAL_SITE_NAME"] = self.name
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(app_dir), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]
+        )
+        writable = [job_dir / "job", home, tmp]
+        plan = Confinement.for_job(
+            writable,
+            deny=secret_paths(self.kit.root, self.workspace),
+            extra_read=[creds, config_path],
+            label="job",
+        )
+        with self._lock:
+            in_use = [w.user.uid for w in self._workers.values() if w.user is not None]
+        user, _ = job_user(in_use)
+        if user is not None:
+            worker.user = user
+            for path in [*writable, creds, config_path]:
+                _chown_tree(path, user)
+        with open(log_path, "ab") as out:
+            return subprocess.Popen(
+                plan.command(
+                    [self.opts.python, str(job.script), *job.args], python=self.opts.python
+                ),
+                cwd=app_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=[] if user else None,
+            )
+
+    def _worker_config(
+        self,
+        job_id: str,
+        job_dir: Path,
+        meta: dict[str, Any],
+        key_path: Path,
+        cert_path: Path,
+        ca_path: Path,
+    ) -> WorkerConfig:
         """What this site's worker for ``job_id`` needs (``meta``: from the job package)."""
         return WorkerConfig(
             server_address=self.server_address,
             server_name=self.server_name,
-            ca_path=str((self.kit.startup / "rootCA.pem").resolve()),
-            cert_path=str((self.kit.startup / "client.crt").resolve()),
-            key_path=str((self.kit.startup / "client.key").resolve()),
+            ca_path=str(ca_path),
+            cert_path=str(cert_path),
+            key_path=str(key_path),
             job_id=job_id,
             site_name=self.name,
             site_index=int(meta["site_index"]),
@@ -360,21 +436,25 @@ class SiteDaemon:
             parent_pid=os.getpid(),
         )
 
-    def _prepare(
-        self, start: pb.StartJob, job_dir: Path
-    ) -> tuple[Path, list[str], dict[str, str], dict[str, Any]]:
+    def _prepare(self, start: pb.StartJob, job_dir: Path) -> _Prepared:
         from shoal.jobs import APP_DIR, find_job_root, load_job_spec, safe_extract
 
         package = job_dir / "job.zip"
         t0 = time.monotonic()
+        key_pem, public_pem = new_worker_key()
         try:
-            frames = self._stub.FetchJob(pb.FetchJobRequest(job_id=start.job_id))
+            frames = self._stub.FetchJob(
+                pb.FetchJobRequest(job_id=start.job_id, worker_public_key=public_pem)
+            )
             header = read_header(frames)
             receive_to_file(header, frames, package, max_size=MAX_PACKAGE_BYTES, durable=False)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, "FetchJob") from None
         if start.package_sha256 and header.meta.get("name") is None:
             raise ShoalError("job package header lacks the job name")
+        cert = header.meta.get("worker_cert")
+        if not isinstance(cert, str) or not cert:
+            raise ShoalError("the server issued no credential for this job's worker")
         log.info(
             "job %s (%s): package fetched, %d bytes in %.3f s",
             start.job_id,
@@ -389,7 +469,15 @@ class SiteDaemon:
         root = find_job_root(unpacked)
         spec = load_job_spec(root)
         script = (root / APP_DIR / spec.client.script).resolve()
-        return script, list(spec.client.args), dict(spec.client.env), dict(header.meta)
+        meta = {k: v for k, v in header.meta.items() if k != "worker_cert"}
+        return _Prepared(
+            script=script,
+            args=list(spec.client.args),
+            env=dict(spec.client.env),
+            meta=meta,
+            key_pem=key_pem,
+            cert_pem=cert.encode("ascii"),
+        )
 
     def _abort_job(self, job_id: str, reason: str) -> None:
         with self._lock:
@@ -435,6 +523,15 @@ class SiteDaemon:
             )
         except grpc.RpcError as exc:
             log.warning("job %s: could not report %s: %s", job_id, state, exc.details())
+
+
+def _chown_tree(path: Path, user: JobUser) -> None:
+    """Give ``path`` (and all beneath, links themselves not followed) to ``user``."""
+    os.chown(path, user.uid, user.gid, follow_symlinks=False)
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in [*dirs, *files]:
+                os.chown(os.path.join(folder, name), user.uid, user.gid, follow_symlinks=False)
 
 
 def _last_error(log_path: Path) -> str:

@@ -77,6 +77,10 @@ class Identity:
     """``title`` (OID 2.5.4.12): the admin role; ``None`` for servers and clients."""
     serial: int
     """The certificate's serial number (what a CRL lists)."""
+    job_id: str | None = None
+    """For a job worker's credential (``OU=worker``): the one job it may act for."""
+    site_serial: int | None = None
+    """For a job worker's credential: the serial of its site's certificate."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,27 @@ def identity_from_cert(cert_pem: bytes) -> Identity:
             f"certificate {subject.rfc4514_string()!r}: needs CN, O and OU to be a shoal identity"
         )
     role = _single(subject, NameOID.TITLE) if ptype == "admin" else None
-    return Identity(name=name, org=org, type=ptype, role=role, serial=cert.serial_number)
+    job_id = site_serial = None
+    if ptype == "worker":
+        job_id = _single(subject, NameOID.USER_ID)
+        serial_hex = _single(subject, NameOID.SERIAL_NUMBER) or ""
+        try:
+            site_serial = int(serial_hex, 16)
+        except ValueError:
+            site_serial = None
+        if not job_id or site_serial is None:
+            raise ConfigError(
+                f"certificate {subject.rfc4514_string()!r}: a worker needs UID and serialNumber"
+            )
+    return Identity(
+        name=name,
+        org=org,
+        type=ptype,
+        role=role,
+        serial=cert.serial_number,
+        job_id=job_id,
+        site_serial=site_serial,
+    )
 
 
 def server_alt_names(server: Participant, kubernetes: KubernetesSettings) -> list[x509.GeneralName]:

@@ -35,10 +35,12 @@ from shoal import __version__, jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal.errors import ConfigError
 from shoal.provision import Identity, Kit, identity_from_cert, load_revoked_serials
+from shoal.provision.jobcreds import JobCredentialAuthority
+from shoal.sandbox import confinement_mode, describe, secret_paths
 from shoal.server.jobrun import JobRun
 from shoal.server.sessions import SiteRegistry
 from shoal.server.store import JobRecord, JobStore, utc_now
-from shoal.transport import peer_cert_pem, start_server
+from shoal.transport import TLSConfig, peer_cert_pem, start_server
 from shoal.transport.aio import AioServer
 from shoal.transport.health import HealthEndpoint, start_health
 from shoal.transport.services import add_service
@@ -118,7 +120,8 @@ class ServerDaemon:
         self._crl_path = kit.local / "crl.pem"
         self._crl_mtime: float | None = None
         self._revoked: frozenset[int] = frozenset()
-        self._identities: dict[bytes, Identity] = {}
+        self._identities: dict[bytes, Identity | str] = {}
+        self.job_credentials: JobCredentialAuthority | None = None
         self._resume_since: dict[str, float] = {}
         self.exit_code = 0
 
@@ -142,11 +145,21 @@ class ServerDaemon:
         fleet = FleetService(self, max_transfers=self.max_transfers)
         admin = AdminService(self)
         tls = self.kit.tls
+        # Job workers present a per-job certificate from the server's own
+        # authority (shoal.provision.jobcreds), trusted on the site port only.
+        self.job_credentials = JobCredentialAuthority.load_or_create(
+            self.workspace / "jobca", self.name
+        )
+        fleet_tls = TLSConfig(
+            ca_pem=tls.ca_pem.rstrip(b"\n") + b"\n" + self.job_credentials.ca_pem,
+            cert_pem=tls.cert_pem,
+            key_pem=tls.key_pem,
+        )
         try:
             self._fleet_server = AioServer.start(
                 host=self.host,
                 port=self._want_ports["fed"],
-                tls=tls,
+                tls=fleet_tls,
                 register=[lambda s: add_service(s, fleet, "Fleet")],
                 name="fleet-loop",
             )
@@ -173,6 +186,7 @@ class ServerDaemon:
                 self.store.close()
                 self.store = None
             raise
+        log.info("%s", describe(None, "server hooks run beside the daemon", confinement_mode()))
         threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True).start()
         threading.Thread(target=self._expire_loop, name="heartbeats", daemon=True).start()
         self._write_ready()
@@ -236,7 +250,9 @@ class ServerDaemon:
 
     # -- identities -----------------------------------------------------------
 
-    def identify(self, context: grpc.ServicerContext, *, expected_type: str) -> Identity:
+    def identify(
+        self, context: grpc.ServicerContext, *, expected_type: str | tuple[str, ...]
+    ) -> Identity:
         """The caller's identity from its verified certificate, or abort the call."""
         try:
             return self._check_peer(context, expected_type)
@@ -245,7 +261,7 @@ class ServerDaemon:
             raise AssertionError("unreachable: abort raises") from None
 
     async def identify_aio(
-        self, context: grpc.aio.ServicerContext, *, expected_type: str
+        self, context: grpc.aio.ServicerContext, *, expected_type: str | tuple[str, ...]
     ) -> Identity:
         """:meth:`identify` for a call of the ``grpc.aio`` Fleet server."""
         try:
@@ -254,39 +270,56 @@ class ServerDaemon:
             await context.abort(refused.code, refused.details)
             raise AssertionError("unreachable: abort raises") from None
 
-    def _check_peer(self, context: Any, expected_type: str) -> Identity:
+    def _check_peer(self, context: Any, expected_type: str | tuple[str, ...]) -> Identity:
         """The checks of both ``identify`` methods; raises _Refused."""
         pem = peer_cert_pem(context)
         if pem is None:
             log.warning("refused %s: no client certificate", context.peer())
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
         who = self._identity(pem)
-        if who.serial in self._revoked_serials():
+        if isinstance(who, str):
+            log.warning("refused %s: %s", context.peer(), who)
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, who)
+        revoked = self._revoked_serials()
+        if who.serial in revoked or (who.site_serial is not None and who.site_serial in revoked):
             log.warning("refused %s (%s): certificate revoked", who.name, context.peer())
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, f"certificate of {who.name} is revoked")
-        if who.type != expected_type:
+        allowed = (expected_type,) if isinstance(expected_type, str) else expected_type
+        if who.type not in allowed:
             log.warning(
                 "refused %s (%s): %s %s certificate on the %s port",
                 who.name,
                 context.peer(),
                 "an" if who.type[:1] in "aeiou" else "a",
                 who.type,
-                "admin" if expected_type == "admin" else "site",
+                "admin" if "admin" in allowed else "site",
             )
             raise _Refused(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{who.name} is a {who.type}; this port serves {expected_type}s only",
+                f"{who.name} is a {who.type}; this port serves {allowed[0]}s only"
+                if len(allowed) == 1
+                else f"{who.name} is a {who.type}; this call serves {' or '.join(allowed)}s only",
             )
         return who
 
-    def _identity(self, pem: bytes) -> Identity:
+    def _identity(self, pem: bytes) -> Identity | str:
+        """Who ``pem`` is, or why it is refused (a str).
+
+        A worker certificate counts only if the job credential authority
+        signed it, and that authority signs nothing else: a project
+        certificate cannot pass for a worker, nor a worker for a site.
+        """
         # Every call carries the (already verified) certificate; parsing it
         # each time was most of a heartbeat's cost with 1000 sites connected.
         who = self._identities.get(pem)
         if who is None:
             if len(self._identities) > 10_000:
                 self._identities.clear()
-            who = self._identities[pem] = identity_from_cert(pem)
+            who = identity_from_cert(pem)
+            by_jobs = self.job_credentials is not None and self.job_credentials.issued(pem)
+            if by_jobs != (who.type == "worker"):
+                who = f"{who.name}: a {who.type} certificate from the wrong authority"
+            self._identities[pem] = who
         return who
 
     def _revoked_serials(self) -> frozenset[int]:
@@ -390,7 +423,13 @@ class ServerDaemon:
             end_time=None,
             error=None,
         )
-        run = JobRun(rec, sites=sites, on_end=self._job_ended, on_progress=self.job_progress)
+        run = JobRun(
+            rec,
+            sites=sites,
+            on_end=self._job_ended,
+            on_progress=self.job_progress,
+            secrets=secret_paths(self.kit.root, self.workspace),
+        )
         with self._runs_lock:
             self.runs[rec.job_id] = run
         try:

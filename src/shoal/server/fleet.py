@@ -181,10 +181,16 @@ class FleetService:
         wanted: only then does the site stream it. Results that waited for a
         slot while streaming sat in gRPC's buffers, so the daemon's memory
         grew with the number of sites uploading at once."""
-        who = await self.d.identify_aio(context, expected_type="client")
+        who = await self.d.identify_aio(context, expected_type=("client", "worker"))
         async with aio_rpc_errors(context, f"work stream of {who.name}"):
             while (first := await anext(request_iterator, None)) is not None:
                 header = read_header(iter((first,)))
+                if who.job_id is not None and header.job_id != who.job_id:
+                    # A worker's credential is good for its own job only.
+                    raise PeerRejectedError(
+                        f"credential of {who.name}'s worker for job {who.job_id} "
+                        f"cannot act for job {header.job_id}"
+                    )
                 run = self._run_for(who.name, header.job_id)
                 if header.kind == "ready":
                     await self._send_task(run, who.name, header, context)
@@ -259,6 +265,11 @@ class FleetService:
                 "site_index": site_index,
                 "num_sites": len(run.sites),
             }
+            if request.worker_public_key:
+                assert self.d.job_credentials is not None
+                meta["worker_cert"] = self.d.job_credentials.issue(
+                    who, rec.job_id, request.worker_public_key
+                ).decode("ascii")
         header = PayloadHeader(kind="job", job_id=rec.job_id, meta=meta)
         for frame in frames_from_file(header, rec.package):
             await context.write(frame)

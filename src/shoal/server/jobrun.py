@@ -33,6 +33,7 @@ from typing import Any
 
 from shoal import checksum, jobstatus
 from shoal.errors import PeerRejectedError
+from shoal.sandbox import Confinement, job_env
 from shoal.server.ipc import IPC_INLINE_MAX, IpcChannel
 from shoal.server.store import JobRecord
 from shoal.transport.frames import (
@@ -88,6 +89,7 @@ class JobRun:
         on_end: Callable[[JobRun, str, str | None], None],
         on_progress: Callable[[JobRun], None] | None = None,
         python: str = sys.executable,
+        secrets: Sequence[Path] = (),
     ) -> None:
         self.record = record
         self.job_id = record.job_id
@@ -97,6 +99,8 @@ class JobRun:
         self._on_progress = on_progress
         self._sites_done: set[str] = set()
         self._python = python
+        #: What the workflow process (job code: server hooks) must never reach.
+        self._secrets = tuple(secrets)
         self._cond = threading.Condition()
         self._listeners: list[Callable[[], None]] = []
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -116,11 +120,21 @@ class JobRun:
 
     def start(self) -> None:
         rec = self.record
-        for d in (rec.run_dir, rec.logs_dir):
+        home, tmp = rec.folder / "home", rec.folder / "tmp"
+        for d in (rec.run_dir, rec.logs_dir, home, tmp):
             d.mkdir(parents=True, exist_ok=True)
         parent_sock, child_sock = socket.socketpair()
         log_file = open(rec.logs_dir / "server.log", "ab")  # noqa: SIM115 - handed to the child
-        cmd = [
+        # Server hooks are job code: the workflow process may read the job
+        # and write its run folder, never the server's kit, database, other
+        # jobs or the logs sites uploaded (shoal.sandbox).
+        plan = Confinement.for_job(
+            [rec.run_dir, home, tmp],
+            deny=self._secrets,
+            extra_read=[rec.job_dir],
+            label="workflow",
+        )
+        argv = [
             self._python,
             "-m",
             "shoal.server.job_process",
@@ -133,11 +147,11 @@ class JobRun:
             "--sites",
             ",".join(self.sites),
         ]
-        env = dict(os.environ)
+        env = job_env(os.environ, home=home, tmp=tmp)
         env["PYTHONUNBUFFERED"] = "1"
         try:
             self.proc = subprocess.Popen(
-                cmd,
+                plan.command(argv, python=self._python),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
