@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import JobValidationError
-from shoal.jobs import check_archive_size, pack_job, safe_extract
+from shoal.jobs import MAX_TOTAL_BYTES, check_archive_size, pack_job, safe_extract
+from shoal.jobs.archive import TOTAL_RATIO_GRACE_BYTES
 
 
 def _zip(path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]], **kw: object) -> Path:
@@ -134,6 +135,40 @@ def test_small_repetitive_file_is_fine(tmp_path: Path) -> None:
     archive = _zip(tmp_path / "ok.zip", [("zeros", b"\0" * 100_000)])
     safe_extract(archive, tmp_path / "d")
     assert (tmp_path / "d" / "zeros").stat().st_size == 100_000
+
+
+def test_many_small_entries_hit_the_overall_ratio(tmp_path: Path) -> None:
+    # Each entry is under RATIO_GRACE_BYTES, so only the whole-archive ratio sees it.
+    entries = [
+        (f"z{i}", b"\0" * (1024 * 1024)) for i in range(TOTAL_RATIO_GRACE_BYTES // 2**20 + 4)
+    ]
+    archive = _zip(tmp_path / "bomb.zip", entries)
+    with pytest.raises(JobValidationError, match="overall compression ratio above 200"):
+        safe_extract(archive, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    # The same archive within the grace of a bigger ratio is fine.
+    safe_extract(archive, tmp_path / "ok", max_ratio=100_000)
+
+
+def test_default_total_cap_is_a_job_size(tmp_path: Path) -> None:
+    assert MAX_TOTAL_BYTES == 256 * 1024 * 1024
+    entries = [(f"r{i}", os.urandom(3000)) for i in range(4)]
+    archive = _zip(tmp_path / "r.zip", entries)
+    safe_extract(archive, tmp_path / "d")  # incompressible data: no ratio problem
+
+
+def test_lying_sizes_meet_the_overall_ratio_while_writing(tmp_path: Path) -> None:
+    # Central directory: 20 entries of 100 bytes. Real data: 1 MiB of zeros each.
+    entries = [(f"z{i}", b"\0" * (1024 * 1024)) for i in range(20)]
+    raw = _zip(tmp_path / "honest.zip", entries).read_bytes()
+    for i in range(20):
+        raw = _patch_sizes(raw, f"z{i}".encode(), 100)
+    liar = tmp_path / "liar.zip"
+    liar.write_bytes(raw)
+    # zipfile stops each entry at its declared size, so the CRC fails first.
+    with pytest.raises(JobValidationError, match="larger than its header says|Bad CRC"):
+        safe_extract(liar, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
 
 
 def _patch_sizes(raw: bytes, name: bytes, new_size: int) -> bytes:

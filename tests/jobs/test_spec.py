@@ -10,6 +10,7 @@ import yaml
 
 from shoal.errors import JobValidationError
 from shoal.jobs import JobSpec, load_job_spec, pack_job
+from shoal.jobs.spec import check_worker_env
 from shoal.workflows.registry import parse_params
 
 from .conftest import JOB_YML, make_job
@@ -179,3 +180,111 @@ def test_check_sites(job_dir: Path) -> None:
         spec.check_sites(["site-1", "site-3"])
     with pytest.raises(JobValidationError, match="min_clients: 2 is more than the 1 site"):
         dataclasses.replace(spec, sites=None).check_sites(["site-1"])
+
+
+# -- bounds (issue 16, findings 3, 7, 11) ---------------------------------------------
+
+_LOL = "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 8))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        # YAML anchors and aliases: refused outright, with the line.
+        ("resources: {gpu: 1}", "resources: {a: &x 1, b: *x}", "job.yml: line 15: .*aliases"),
+        (
+            "resources: {gpu: 1}",
+            "resources:\n  l0: &l0 [lol, lol]\n" + _LOL,
+            "job.yml: line 16: YAML anchors and aliases are not allowed",
+        ),
+        # Numbers: every one bounded, the field named with its range.
+        ("  num_rounds: 3", "  num_rounds: 1000000000000000000000000", "workflow.num_rounds"),
+        ("  num_rounds: 3", "  num_rounds: 1000001", r"workflow.num_rounds: .*1\.\.1000000"),
+        ("  num_rounds: 3", "  num_rounds: 3\n  seed: -1", "workflow.seed"),
+        ("  num_rounds: 3", "  num_rounds: 3\n  keep_models: 99999999", "workflow.keep_models"),
+        (
+            "  round_timeout_s: 600",
+            "  round_timeout_s: 1.0e+400",
+            "workflow.round_timeout_s: .*finite",
+        ),
+        ("  round_timeout_s: 600", "  round_timeout_s: 99999999", "workflow.round_timeout_s"),
+        ("min_clients: 2", "min_clients: 100000", r"min_clients: .*1\.\.10000"),
+        ("start_timeout_s: 300", "start_timeout_s: 1.0e+12", "start_timeout_s: .*limit"),
+        ("resources: {gpu: 1}", "resources: {gpu: .nan}", "resources.gpu: .*finite"),
+        ("name: hello-tf2", "name: hello-tf2\nx: " + "9" * 5000, "not valid YAML: .*too long"),
+        # Sizes: strings, lists, nesting, resources.
+        ('  args: ["--epochs", 2]', f"  args: [{'x' * 20000}]", r"client.args\[0\]: string of"),
+        ('  args: ["--epochs", 2]', f"  args: [{', '.join(['a'] * 300)}]", "client.args: 300"),
+        ('  args: ["--epochs", 2]', '  args: ["a\\0b"]', r"client.args\[0\]: .*NUL"),
+        (
+            "resources: {gpu: 1}",
+            "resources: {a: {b: {c: {d: 1}}}}",
+            "resources.a.b.c.d: nested deeper than 3",
+        ),
+        (
+            "resources: {gpu: 1}",
+            "resources: {" + ", ".join(f"k{i}: 1" for i in range(65)) + "}",
+            "resources: more than 64 keys",
+        ),
+        (
+            "resources: {gpu: 1}",
+            "resources: {a: [" + "x" * 9000 + ", " + "y" * 9000 + "]}",
+            "resources: .* bytes as JSON",
+        ),
+        ("resources: {gpu: 1}", "resources: " + "[" * 12 + "]" * 12, "nested deeper than 8"),
+        # The worker's environment: loader and interpreter hooks refused.
+        ("  env: {KEY: value, N: 3}", "  env: {LD_PRELOAD: /tmp/x.so}", "client.env.LD_PRELOAD: "),
+        ("  env: {KEY: value, N: 3}", "  env: {PYTHONPATH: /tmp}", "client.env.PYTHONPATH: "),
+        ("  env: {KEY: value, N: 3}", "  env: {SHOAL_JOB_ID: x}", "client.env.SHOAL_JOB_ID: "),
+        ("  env: {KEY: value, N: 3}", "  env: {path: /tmp}", "client.env.path: "),
+    ],
+)
+def test_bounds(tmp_path: Path, old: str, new: str, message: str) -> None:
+    root = _with(tmp_path, old, new)
+    with pytest.raises(JobValidationError, match=message):
+        load_job_spec(root)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "DYLD_INSERT_LIBRARIES",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONHOME",
+        "PYTHONINSPECT",
+        "SHOAL_SERVER",
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "BASH_ENV",
+        "ENV",
+        "PERL5LIB",
+        "RUBYLIB",
+        "NODE_OPTIONS",
+        "GCONV_PATH",
+        "MALLOC_CHECK_",
+        "GLIBC_TUNABLES",
+        "ld_preload",
+        "1BAD",
+        "A-B",
+        "A=B",
+    ],
+)
+def test_worker_env_refused(name: str) -> None:
+    with pytest.raises(JobValidationError, match="job.yml: client.env."):
+        check_worker_env({name: "x"})
+
+
+def test_worker_env_allowed_and_bounded() -> None:
+    check_worker_env(
+        {"OMP_NUM_THREADS": "4", "CUDA_VISIBLE_DEVICES": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    )
+    with pytest.raises(JobValidationError, match="client.env: 65 variables"):
+        check_worker_env({f"V{i}": "x" for i in range(65)})
+    with pytest.raises(JobValidationError, match="client.env.V: value is"):
+        check_worker_env({"V": "x" * 20_000})
+    with pytest.raises(JobValidationError, match="client.env.V: must be a string"):
+        check_worker_env({"V": 3})

@@ -30,6 +30,8 @@ __all__ = [
     "MAX_FILES",
     "MAX_RATIO",
     "MAX_TOTAL_BYTES",
+    "RATIO_GRACE_BYTES",
+    "TOTAL_RATIO_GRACE_BYTES",
     "ExtractStats",
     "check_archive_size",
     "pack_job",
@@ -40,15 +42,23 @@ logger = logging.getLogger(__name__)
 
 #: Largest job archive accepted (the compressed file itself).
 MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
-#: Largest total of uncompressed bytes an archive may expand to.
-MAX_TOTAL_BYTES = 2 * 1024 * 1024 * 1024
+#: Largest total of uncompressed bytes an archive may expand to. A job is
+#: code and small files (data stays at the sites); the server and every site
+#: unpack it, so this is also what one submit can cost each of them on disk.
+MAX_TOTAL_BYTES = 256 * 1024 * 1024
 #: Most entries (files and folders) an archive may hold.
 MAX_FILES = 10_000
-#: Highest compression ratio (uncompressed / compressed) of one entry.
+#: Highest compression ratio (uncompressed / compressed) of one entry, and of
+#: the whole archive (total uncompressed / the archive's size).
 MAX_RATIO = 200
 #: Entries expanding to at most this many bytes are exempt from the ratio test:
 #: a small file of repetitive text legitimately compresses far better than 200x.
 RATIO_GRACE_BYTES = 1024 * 1024
+#: Archives expanding to at most this many bytes in total are exempt from the
+#: whole-archive ratio test. Without that test, many entries each under
+#: RATIO_GRACE_BYTES (1,900 MiB of zeros in a 2 MB upload) escape the
+#: per-entry one.
+TOTAL_RATIO_GRACE_BYTES = 16 * 1024 * 1024
 
 _CHUNK = 1024 * 1024
 _SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache"}
@@ -169,8 +179,34 @@ def _check_name(info: zipfile.ZipInfo) -> tuple[str, ...]:
     return parts
 
 
+def _total_allowed(archive_size: int, *, max_total_bytes: int, max_ratio: float) -> int:
+    """Most bytes the whole archive may expand to: the cap, and beyond the grace
+    ``max_ratio`` times the archive's size."""
+    return int(min(max_total_bytes, max(TOTAL_RATIO_GRACE_BYTES, max_ratio * archive_size)))
+
+
+def _too_big(total: int, *, archive_size: int, max_total_bytes: int, max_ratio: float) -> str:
+    """Why ``total`` uncompressed bytes are refused ("" when they are not)."""
+    if total > max_total_bytes:
+        return (
+            f"archive expands to more than {max_total_bytes} bytes "
+            f"({max_total_bytes // 2**20} MiB, the limit of a job's unpacked size)"
+        )
+    if total > _total_allowed(archive_size, max_total_bytes=max_total_bytes, max_ratio=max_ratio):
+        return (
+            f"archive of {archive_size} bytes expands to {total} bytes or more: overall "
+            f"compression ratio above {max_ratio} (zip bomb?)"
+        )
+    return ""
+
+
 def _plan(
-    infos: list[zipfile.ZipInfo], *, max_total_bytes: int, max_files: int, max_ratio: float
+    infos: list[zipfile.ZipInfo],
+    *,
+    archive_size: int,
+    max_total_bytes: int,
+    max_files: int,
+    max_ratio: float,
 ) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
     if len(infos) > max_files:
         raise JobValidationError(f"archive has {len(infos)} entries, more than {max_files}")
@@ -197,8 +233,16 @@ def _plan(
                 raise JobValidationError(f"archive entry {info.filename!r}: also used as a folder")
             files.add(parts)
             declared += info.file_size
-            if declared > max_total_bytes:
-                raise JobValidationError(f"archive expands to more than {max_total_bytes} bytes")
+            # From the central directory, before anything is written; the
+            # sizes may lie, so _extract_all measures again.
+            problem = _too_big(
+                declared,
+                archive_size=archive_size,
+                max_total_bytes=max_total_bytes,
+                max_ratio=max_ratio,
+            )
+            if problem:
+                raise JobValidationError(problem)
             if info.file_size > RATIO_GRACE_BYTES and info.file_size > max_ratio * max(
                 info.compress_size, 1
             ):
@@ -217,9 +261,13 @@ def _extract_all(
     plan: list[tuple[zipfile.ZipInfo, tuple[str, ...]]],
     tmp: Path,
     *,
+    archive_size: int,
     max_total_bytes: int,
     max_ratio: float,
 ) -> ExtractStats:
+    total_allowed = _total_allowed(
+        archive_size, max_total_bytes=max_total_bytes, max_ratio=max_ratio
+    )
     total = 0
     count = 0
     for info, parts in plan:
@@ -244,9 +292,14 @@ def _extract_all(
                     raise JobValidationError(
                         f"archive entry {info.filename!r}: larger than its header says"
                     )
-                if total > max_total_bytes:
+                if total > total_allowed:
                     raise JobValidationError(
-                        f"archive expands to more than {max_total_bytes} bytes"
+                        _too_big(
+                            total,
+                            archive_size=archive_size,
+                            max_total_bytes=max_total_bytes,
+                            max_ratio=max_ratio,
+                        )
                     )
                 if written > allowed:
                     raise JobValidationError(
@@ -275,7 +328,10 @@ def safe_extract(
     duplicate names; more than ``max_files`` entries; more than
     ``max_total_bytes`` once uncompressed; an entry over
     :data:`RATIO_GRACE_BYTES` whose compression ratio exceeds ``max_ratio``;
-    corrupt data. Extraction goes to a temporary folder beside ``dest`` that
+    an archive expanding past :data:`TOTAL_RATIO_GRACE_BYTES` in total at an
+    overall ratio (total uncompressed / archive size) above ``max_ratio``;
+    corrupt data. Sizes and ratios are checked from the central directory
+    before anything is written, and measured again while writing. Extraction goes to a temporary folder beside ``dest`` that
     is renamed into place only when everything passed, so a refusal leaves
     ``dest`` absent.
     """
@@ -283,7 +339,7 @@ def safe_extract(
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise JobValidationError(f"{dest}: already exists")
-    check_archive_size(zip_path, max_archive_bytes)
+    archive_size = check_archive_size(zip_path, max_archive_bytes)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
@@ -291,12 +347,18 @@ def safe_extract(
             with zipfile.ZipFile(zip_path) as zf:
                 plan = _plan(
                     zf.infolist(),
+                    archive_size=archive_size,
                     max_total_bytes=max_total_bytes,
                     max_files=max_files,
                     max_ratio=max_ratio,
                 )
                 stats = _extract_all(
-                    zf, plan, tmp, max_total_bytes=max_total_bytes, max_ratio=max_ratio
+                    zf,
+                    plan,
+                    tmp,
+                    archive_size=archive_size,
+                    max_total_bytes=max_total_bytes,
+                    max_ratio=max_ratio,
                 )
         except JobValidationError:
             raise

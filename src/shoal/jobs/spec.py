@@ -10,6 +10,7 @@ file inside ``app/``, not imported. The full format is in docs/jobs.md.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from shoal._yaml import AliasRefusedError, NoAliasLoader
 from shoal.errors import JobValidationError
 from shoal.workflows import registry
 from shoal.workflows.hooks import check_hook_file
@@ -32,6 +34,7 @@ __all__ = [
     "JobSpec",
     "ServerAppSpec",
     "WorkflowSpec",
+    "check_worker_env",
     "find_job_root",
     "load_job_spec",
     "parse_job_spec",
@@ -45,6 +48,204 @@ APP_DIR = "app"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_JOB_FILE_BYTES = 1024 * 1024
+
+# Bounds on everything job.yml can hold. The file comes from any admin who
+# may submit, and its contents are stored (JSON in SQLite), sent to every
+# site and turned into a worker's command line and environment: each bound
+# keeps one of those steps small whatever the file says.
+
+#: Longest string anywhere in job.yml (a path, an argument, a variable's value).
+MAX_STRING_CHARS = 16 * 1024
+#: Most entries in any one list or mapping of job.yml.
+MAX_ITEMS = 1_000
+#: Deepest nesting of lists and mappings in job.yml (the document itself is 1).
+MAX_DEPTH = 8
+#: Most values (scalars, lists and mappings together) in the whole document.
+MAX_NODES = 20_000
+#: Largest integer magnitude anywhere in job.yml (SQLite's INTEGER is 64-bit).
+MAX_INT = 2**63 - 1
+#: Largest stored form of a spec (its JSON in the job store), in bytes.
+MAX_SPEC_BYTES = 256 * 1024
+#: ``resources``: deepest nesting below ``resources:`` itself.
+MAX_RESOURCES_DEPTH = 3
+#: ``resources``: most keys, counted at every level.
+MAX_RESOURCES_KEYS = 64
+#: ``resources``: largest JSON form, in bytes.
+MAX_RESOURCES_BYTES = 16 * 1024
+#: ``client.args``: most arguments.
+MAX_ARGS = 256
+#: ``client.env``: most variables.
+MAX_ENV_VARS = 64
+#: ``min_clients``: largest value (no project has more sites).
+MAX_MIN_CLIENTS = 10_000
+#: ``start_timeout_s``: longest wait, 30 days.
+MAX_START_TIMEOUT_S = 30 * 24 * 3600.0
+
+# Worker environment variables a job may not set: they make the dynamic
+# loader or an interpreter load code of the job's choosing before (or
+# instead of) the job's own script, in every process the worker starts, or
+# they are the daemon's own settings. Compared upper-cased.
+_ENV_DENIED_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "TMP",
+        "TEMP",
+        "SHELL",
+        "BASH_ENV",
+        "ENV",
+        "IFS",
+        "CDPATH",
+        "PS4",
+        "PROMPT_COMMAND",
+        "PERL5LIB",
+        "PERLLIB",
+        "PERL5OPT",
+        "RUBYLIB",
+        "RUBYOPT",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "CLASSPATH",
+        "JAVA_TOOL_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "_JAVA_OPTIONS",
+        "LUA_INIT",
+        "LUA_PATH",
+        "LUA_CPATH",
+        "TCLLIBPATH",
+        "R_PROFILE",
+        "R_PROFILE_USER",
+        "R_ENVIRON",
+        "R_ENVIRON_USER",
+        "GCONV_PATH",
+        "GLIBC_TUNABLES",
+        "LOCPATH",
+        "NLSPATH",
+        "HOSTALIASES",
+        "RESOLV_HOST_CONF",
+        "OPENSSL_CONF",
+        "OPENSSL_ENGINES",
+        "OPENSSL_MODULES",
+    }
+)
+_ENV_DENIED_PREFIXES = ("LD_", "DYLD_", "PYTHON", "SHOAL_", "MALLOC_")
+
+
+def check_worker_env(env: Mapping[str, Any]) -> None:
+    """Refuse environment variables a job may not give its worker (JobValidationError).
+
+        check_worker_env({"OMP_NUM_THREADS": "4"})   # fine
+        check_worker_env({"LD_PRELOAD": "/tmp/x.so"})  # JobValidationError
+
+    Refused: names that are not ``[A-Za-z_][A-Za-z0-9_]*``; loader and
+    interpreter hooks (``LD_*``, ``DYLD_*``, ``PYTHON*``, ``MALLOC_*``,
+    ``PATH``, ``HOME``, ``TMPDIR``, ``BASH_ENV``, ``NODE_OPTIONS``, ... see
+    docs/jobs.md); the daemon's own ``SHOAL_*``; values that are not strings,
+    hold a NUL or pass :data:`MAX_STRING_CHARS`; more than
+    :data:`MAX_ENV_VARS` variables. Everything else is allowed. The site
+    daemon applies it again before it starts a worker.
+    """
+    if not isinstance(env, Mapping):
+        raise _err("client.env", "must be a mapping of variable names to strings")
+    if len(env) > MAX_ENV_VARS:
+        raise _err("client.env", f"{len(env)} variables, more than the limit of {MAX_ENV_VARS}")
+    for name, value in env.items():
+        shown = name if isinstance(name, str) and len(name) <= 128 else repr(name)[:128]
+        where = f"client.env.{shown}"
+        if not isinstance(name, str) or not _ENV_RE.match(name) or len(name) > 128:
+            raise _err(where, "not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        upper = name.upper()
+        if upper in _ENV_DENIED_NAMES or upper.startswith(_ENV_DENIED_PREFIXES):
+            raise _err(
+                where,
+                f"{name} may not be set by a job (loader, interpreter or shoal "
+                "variables are refused; see docs/jobs.md)",
+            )
+        if not isinstance(value, str):
+            raise _err(where, f"must be a string, got {type(value).__name__}")
+        if "\x00" in value:
+            raise _err(where, "value holds a NUL character")
+        if len(value) > MAX_STRING_CHARS:
+            raise _err(where, f"value is {len(value)} characters, more than {MAX_STRING_CHARS}")
+
+
+def _check_tree(doc: Any) -> None:
+    """Bound the whole document before any field is read: depth, sizes, numbers.
+
+    Every value is visited once; the node budget also stops a document built
+    in Python with shared references from being walked exponentially.
+    """
+    budget = [MAX_NODES]
+
+    def walk(value: Any, where: str, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _err(where or "(document)", f"more than {MAX_NODES} values in job.yml")
+        if depth > MAX_DEPTH:
+            raise _err(where, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, str):
+            if len(value) > MAX_STRING_CHARS:
+                raise _err(
+                    where, f"string of {len(value)} characters, more than {MAX_STRING_CHARS}"
+                )
+            if "\x00" in value:
+                raise _err(where, "string holds a NUL character")
+        elif isinstance(value, bool) or value is None:
+            pass
+        elif isinstance(value, int):
+            if abs(value) > MAX_INT:
+                raise _err(where, f"integer out of range (at most {MAX_INT} in magnitude)")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise _err(where, f"must be a finite number, got {value!r}")
+        elif isinstance(value, Mapping):
+            if len(value) > MAX_ITEMS:
+                raise _err(where, f"{len(value)} entries, more than {MAX_ITEMS}")
+            for key, item in value.items():
+                shown = key if isinstance(key, str) and len(key) <= 128 else repr(key)[:128]
+                if isinstance(key, str) and len(key) > MAX_STRING_CHARS:
+                    raise _err(where or "(document)", "a key is longer than the limit")
+                walk(item, f"{where}.{shown}" if where else str(shown), depth + 1)
+        elif isinstance(value, (list, tuple)):
+            if len(value) > MAX_ITEMS:
+                raise _err(where, f"{len(value)} items, more than {MAX_ITEMS}")
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]", depth + 1)
+        else:
+            raise _err(where, f"unsupported value of type {type(value).__name__}")
+
+    walk(doc, "", 1)
+
+
+def _check_resources(resources: Mapping[str, Any]) -> None:
+    keys = 0
+
+    def walk(value: Any, where: str, depth: int) -> None:
+        nonlocal keys
+        if depth > MAX_RESOURCES_DEPTH:
+            raise _err(where, f"nested deeper than {MAX_RESOURCES_DEPTH} levels below resources")
+        items: Any = ()
+        if isinstance(value, Mapping):
+            keys += len(value)
+            if keys > MAX_RESOURCES_KEYS:
+                raise _err("resources", f"more than {MAX_RESOURCES_KEYS} keys")
+            items = ((f"{where}.{k}", v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+        for sub, item in items:
+            walk(item, sub, depth + 1)
+
+    for key, value in resources.items():
+        walk(value, f"resources.{key}", 1)
+    keys += len(resources)
+    if keys > MAX_RESOURCES_KEYS:
+        raise _err("resources", f"more than {MAX_RESOURCES_KEYS} keys")
+    size = len(json.dumps(dict(resources)))
+    if size > MAX_RESOURCES_BYTES:
+        raise _err("resources", f"{size} bytes as JSON, more than {MAX_RESOURCES_BYTES}")
+
+
 _TOP_KEYS = (
     "name",
     "min_clients",
@@ -155,8 +356,9 @@ class JobSpec:
         return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys instead of keeping the last."""
+class _UniqueKeyLoader(NoAliasLoader):
+    """A loader that refuses anchors, aliases and duplicate mapping keys (instead
+    of keeping the last)."""
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -179,10 +381,11 @@ def _err(where: str, problem: str) -> JobValidationError:
     return JobValidationError(f"job.yml: {where}: {problem}")
 
 
-def _int(doc: Mapping[str, Any], key: str, *, minimum: int) -> int:
+def _int(doc: Mapping[str, Any], key: str, *, minimum: int, maximum: int) -> int:
     value = doc.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _err(key, f"required integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise _err(key, f"required integer in {minimum}..{maximum}, got {shown}")
     return value
 
 
@@ -235,12 +438,15 @@ def _client(doc: Mapping[str, Any], app_dir: Path) -> ClientAppSpec:
         args_raw = []
     if not isinstance(args_raw, list):
         raise _err("client.args", "must be a list of strings")
+    if len(args_raw) > MAX_ARGS:
+        raise _err("client.args", f"{len(args_raw)} arguments, more than the limit of {MAX_ARGS}")
     args = tuple(_scalar_str(a, f"client.args[{i}]") for i, a in enumerate(args_raw))
     env: dict[str, str] = {}
     for key, value in _mapping(client.get("env"), "client.env").items():
         if not _ENV_RE.match(key):
             raise _err(f"client.env.{key}", "not a valid environment variable name")
         env[key] = _scalar_str(value, f"client.env.{key}")
+    check_worker_env(env)
     return ClientAppSpec(script=pure.as_posix(), args=args, env=env)
 
 
@@ -266,13 +472,14 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
     """Validate an already-loaded job.yml document against its ``app/`` folder."""
     if not isinstance(doc, Mapping):
         raise JobValidationError("job.yml: must be a mapping of settings")
+    _check_tree(doc)
     unknown = [k for k in doc if k not in _TOP_KEYS]
     if unknown:
         raise _err(str(unknown[0]), f"unknown key (known: {', '.join(_TOP_KEYS)})")
     name = doc.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _err("name", f"required, [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}, got {name!r}")
-    min_clients = _int(doc, "min_clients", minimum=1)
+    min_clients = _int(doc, "min_clients", minimum=1, maximum=MAX_MIN_CLIENTS)
     sites = _sites(doc, min_clients)
 
     if "workflow" not in doc:
@@ -303,6 +510,7 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
         raise _err("server", "give model or initial_weights, not both")
 
     resources = dict(_mapping(doc.get("resources"), "resources"))
+    _check_resources(resources)
     timeout = doc.get("start_timeout_s", 300)
     if (
         isinstance(timeout, bool)
@@ -311,6 +519,10 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
         or timeout <= 0
     ):
         raise _err("start_timeout_s", f"must be a number > 0, got {timeout!r}")
+    if timeout > MAX_START_TIMEOUT_S:
+        raise _err(
+            "start_timeout_s", f"{timeout!r} is more than the limit of {MAX_START_TIMEOUT_S:.0f} s"
+        )
 
     spec = JobSpec(
         name=name,
@@ -323,6 +535,9 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
         start_timeout_s=float(timeout),
     )
     registry.check_spec(wf_name, spec)
+    size = len(json.dumps(spec.to_dict()))
+    if size > MAX_SPEC_BYTES:
+        raise _err("(document)", f"{size} bytes once stored, more than {MAX_SPEC_BYTES}")
     return spec
 
 
@@ -351,6 +566,9 @@ def _load_folder(folder: Path) -> JobSpec:
         doc = yaml.load(job_file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
     except JobValidationError:
         raise
+    except AliasRefusedError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else "?"
+        raise JobValidationError(f"{JOB_FILE}: line {line}: {exc.problem}") from None
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         raise JobValidationError(f"{JOB_FILE}: not valid YAML: {exc}") from None
     return parse_job_spec(doc, app_dir)

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from shoal._yaml import BoundedAliasLoader
 from shoal.errors import ConfigError
 from shoal.provision.names import (
     dns_label,
@@ -185,7 +186,8 @@ def load_project(path: Path) -> Project:
             "file", f"cannot read: {getattr(exc, 'strerror', None) or exc}"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        # Aliases are bounded: unchecked, they let a small file expand without bound.
+        data = yaml.load(text, Loader=BoundedAliasLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise reader.error("yaml", _yaml_problem(exc)) from None
     if not isinstance(data, Mapping):

@@ -28,7 +28,7 @@ from shoal.errors import ConfigError, JobValidationError, NotFoundError
 from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
 from shoal.provision import Identity
 from shoal.server.authz import authorize
-from shoal.server.store import JobRecord, utc_now
+from shoal.server.store import JobRecord, quota_message, utc_now
 from shoal.transport import PayloadHeader, frames_from_file, read_header, rpc_errors
 from shoal.transport.frames import Frame, WireFrame, receive_to_file
 
@@ -116,7 +116,12 @@ class AdminService(pb_grpc.AdminServicer):
         return self.d.store.find(job_id)
 
     def submit(self, who: Identity, header: PayloadHeader, frames: Iterator[Any]) -> str:
-        """Receive, check and store a job archive; nothing is stored on refusal."""
+        """Receive, check and store a job archive; nothing is stored on refusal.
+
+        The submitter's quota of stored job bytes (archive + unpacked copy,
+        ``ServerDaemon.submitter_quota_bytes``) is checked on the announced
+        size before anything is received, and exactly when the job is stored.
+        """
         store = self.d.store
         assert store is not None
         if header.size > MAX_ARCHIVE_BYTES:
@@ -125,6 +130,10 @@ class AdminService(pb_grpc.AdminServicer):
                 f"job archive is {header.size} bytes, more than the "
                 f"{MAX_ARCHIVE_BYTES}-byte limit ({MAX_ARCHIVE_BYTES // 2**20} MiB)"
             )
+        quota = self.d.submitter_quota_bytes
+        used = store.submitter_bytes(who.name)
+        if used + header.size > quota:
+            raise JobValidationError(quota_message(who.name, quota, used, header.size))
         staging = store.staging_folder()
         try:
             payload = receive_to_file(
@@ -147,6 +156,7 @@ class AdminService(pb_grpc.AdminServicer):
                 package_sha256=checksum.of_file(payload.path, "sha256"),
                 package_size=payload.size,
                 num_rounds=int(num_rounds) if isinstance(num_rounds, int) else None,
+                quota_bytes=quota,
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -219,6 +229,8 @@ class AdminService(pb_grpc.AdminServicer):
                 package_sha256=rec.package_sha256,
                 package_size=rec.package_size,
                 num_rounds=rec.num_rounds,
+                # A clone is stored again, for the admin who cloned it.
+                quota_bytes=self.d.submitter_quota_bytes,
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

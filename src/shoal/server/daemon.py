@@ -39,7 +39,7 @@ from shoal.provision.jobcreds import JobCredentialAuthority
 from shoal.sandbox import confinement_mode, describe, secret_paths
 from shoal.server.jobrun import JobRun
 from shoal.server.sessions import SiteRegistry
-from shoal.server.store import JobRecord, JobStore, utc_now
+from shoal.server.store import DEFAULT_SUBMITTER_QUOTA_BYTES, JobRecord, JobStore, utc_now
 from shoal.transport import TLSConfig, peer_cert_pem, start_server
 from shoal.transport.aio import AioServer
 from shoal.transport.health import HealthEndpoint, start_health
@@ -75,6 +75,10 @@ class ServerOptions:
     #: their turn. Bounds the daemon's memory whatever the number of sites
     #: (each stream holds gRPC buffers); more does not help on a few cores.
     max_transfers: int = 8
+    #: Stored job bytes (archives + unpacked copies) one submitter may hold;
+    #: None: $SHOAL_SUBMITTER_QUOTA_BYTES, the kit's ``submitter_quota_bytes``,
+    #: else 2 GiB.
+    submitter_quota_bytes: int | None = None
 
 
 class ServerDaemon:
@@ -107,6 +111,11 @@ class ServerDaemon:
         )
         self.ports: dict[str, int] = {}
         self.max_transfers = max(1, opts.max_transfers)
+        self.submitter_quota_bytes = int(
+            opts.submitter_quota_bytes
+            or os.environ.get("SHOAL_SUBMITTER_QUOTA_BYTES")
+            or cfg.get("submitter_quota_bytes", DEFAULT_SUBMITTER_QUOTA_BYTES)
+        )
         self.start_time = time.time()
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.store: JobStore | None = None

@@ -1,5 +1,10 @@
 """The job store: SQLite for metadata, files in the workspace.
 
+Each submitter has a quota of stored job bytes (:data:`DEFAULT_SUBMITTER_QUOTA_BYTES`):
+the archive as received plus its unpacked copy, summed over that submitter's
+jobs still in the store. :meth:`JobStore.create` checks it in the same
+transaction that adds the row, so concurrent submits cannot both slip under.
+
 Written so that a crash never leaves it corrupt: every metadata change is one
 SQLite transaction (WAL, synchronous=FULL); every file becomes visible by an
 atomic rename; a job's folder is created before its row and removed after it,
@@ -18,6 +23,7 @@ import json
 import logging
 import shutil
 import sqlite3
+import stat
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,11 +33,26 @@ from pathlib import Path
 from typing import Any
 
 from shoal import jobstatus
-from shoal.errors import NotFoundError
+from shoal.errors import JobValidationError, NotFoundError
 
-__all__ = ["JobRecord", "JobStore", "utc_now"]
+__all__ = [
+    "DEFAULT_SUBMITTER_QUOTA_BYTES",
+    "JobRecord",
+    "JobStore",
+    "folder_bytes",
+    "quota_message",
+    "utc_now",
+]
 
 log = logging.getLogger(__name__)
+
+#: Stored job bytes (archives + unpacked copies) one submitter may hold by default.
+DEFAULT_SUBMITTER_QUOTA_BYTES = 2 * 1024**3
+
+# SQLite's INTEGER is a signed 64-bit value; Python's sqlite3 raises
+# OverflowError past it.
+_SQL_INT_MIN, _SQL_INT_MAX = -(2**63), 2**63 - 1
+_INT_FIELDS = ("current_round", "num_rounds")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,10 +72,32 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     package_sha256 TEXT NOT NULL,
     package_size INTEGER NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    stored_bytes INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files under ``folder`` (links not followed)."""
+    total = 0
+    for path in folder.rglob("*"):
+        st = path.lstat()
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return total
+
+
+def _sql_int(value: Any, name: str) -> int | None:
+    """``value`` as SQLite can hold it; ``ValueError`` naming ``name`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: must be an integer, got {type(value).__name__}")
+    if not _SQL_INT_MIN <= value <= _SQL_INT_MAX:
+        raise ValueError(f"{name}: {value} is out of the 64-bit integer range")
+    return value
 
 
 def _like_prefix(text: str) -> str:
@@ -65,6 +108,15 @@ def _like_prefix(text: str) -> str:
     """
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
+
+
+def quota_message(submitter: str, quota_bytes: int, used: int, size: int) -> str:
+    """The refusal of a job that would take ``submitter`` past its quota."""
+    return (
+        f"{submitter}: job of {size} bytes refused: stored jobs quota is {quota_bytes} bytes "
+        f"({quota_bytes / 2**20:.1f} MiB) and {used} bytes are already used; delete "
+        "finished jobs to free space"
+    )
 
 
 def utc_now() -> str:
@@ -93,6 +145,8 @@ class JobRecord:
     package_size: int
     #: The job's folder in the workspace.
     folder: Path = field(compare=False)
+    #: Bytes counted against the submitter's quota: job.zip + the unpacked job/.
+    stored_bytes: int = 0
 
     @property
     def package(self) -> Path:
@@ -153,6 +207,7 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._sweep()
 
     def close(self) -> None:
@@ -172,18 +227,34 @@ class JobStore:
         package_sha256: str,
         package_size: int,
         num_rounds: int | None,
+        quota_bytes: int | None = None,
     ) -> JobRecord:
-        """Adopt a staged job folder (job.zip + job/) under a new id."""
+        """Adopt a staged job folder (job.zip + job/) under a new id.
+
+        With ``quota_bytes``, refuse (JobValidationError, the staged folder
+        removed, nothing else touched) when the submitter's stored bytes plus
+        this job's would pass it.
+        """
+        try:
+            num_rounds = _sql_int(num_rounds, "num_rounds")
+        except ValueError as exc:
+            shutil.rmtree(staged_folder, ignore_errors=True)
+            raise JobValidationError(f"job.yml: workflow.{exc}") from None
+        size = folder_bytes(staged_folder)
         job_id = str(uuid.uuid4())
         folder = self.jobs_dir / job_id
         staged_folder.rename(folder)
         try:
             with self._tx() as db:
+                if quota_bytes is not None:
+                    used = self._used_bytes(db, submitter)
+                    if used + size > quota_bytes:
+                        raise JobValidationError(quota_message(submitter, quota_bytes, used, size))
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
                     "INSERT INTO jobs (job_id, name, status, submit_time, submitter,"
-                    " submitter_org, spec_json, package_sha256, package_size, num_rounds, seq)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " submitter_org, spec_json, package_sha256, package_size, num_rounds, seq,"
+                    " stored_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         job_id,
                         name,
@@ -196,6 +267,7 @@ class JobStore:
                         package_size,
                         num_rounds,
                         seq,
+                        size,
                     ),
                 )
         except BaseException:
@@ -223,6 +295,9 @@ class JobStore:
             if key == "sites":
                 cols.append("sites_json = ?")
                 values.append(json.dumps(list(value)))
+            elif key in _INT_FIELDS:
+                cols.append(f"{key} = ?")
+                values.append(self._int_or_none(job_id, key, value))
             else:
                 cols.append(f"{key} = ?")
                 values.append(value)
@@ -244,6 +319,21 @@ class JobStore:
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
 
     # -- reads --------------------------------------------------------------
+
+    def submitter_bytes(self, submitter: str) -> int:
+        """Stored bytes counted against ``submitter``'s quota."""
+        with self._lock:
+            return self._used_bytes(self._db, submitter)
+
+    @staticmethod
+    def _used_bytes(db: sqlite3.Connection, submitter: str) -> int:
+        # Rows from before stored_bytes existed count their archive only.
+        row = db.execute(
+            "SELECT COALESCE(SUM(COALESCE(stored_bytes, package_size)), 0) FROM jobs"
+            " WHERE submitter = ?",
+            (submitter,),
+        ).fetchone()
+        return int(row[0])
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -326,7 +416,21 @@ class JobStore:
             package_sha256=row["package_sha256"],
             package_size=row["package_size"],
             folder=self.jobs_dir / row["job_id"],
+            stored_bytes=(
+                row["stored_bytes"] if row["stored_bytes"] is not None else row["package_size"]
+            ),
         )
+
+    @staticmethod
+    def _int_or_none(job_id: str, key: str, value: Any) -> int | None:
+        # Progress numbers come from the workflow process, which runs job
+        # code: a value SQLite cannot hold is dropped (NULL) with a warning
+        # rather than failing the update that also records the job's status.
+        try:
+            return _sql_int(value, key)
+        except ValueError as exc:
+            log.warning("job %s: %s; stored as unknown", job_id, exc)
+            return None
 
     class _Tx:
         def __init__(self, store: JobStore) -> None:
@@ -345,6 +449,13 @@ class JobStore:
 
     def _tx(self) -> JobStore._Tx:
         return JobStore._Tx(self)
+
+    def _migrate(self) -> None:
+        """Bring a store made by an older version up to this schema."""
+        with self._lock:
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            if "stored_bytes" not in cols:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN stored_bytes INTEGER")
 
     def _sweep(self) -> None:
         with self._lock:

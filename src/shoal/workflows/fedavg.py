@@ -38,6 +38,12 @@ from shoal.workflows.store import RoundStore
 
 __all__ = ["FedAvgParams", "check_spec", "run", "select_sites"]
 
+# Upper bounds of the numeric parameters: a number past them is a typo or an
+# attack, and none may reach the job store (SQLite's INTEGER is 64-bit).
+_MAX_ROUNDS = 1_000_000
+_MAX_ROUND_TIMEOUT_S = 30 * 24 * 3600.0
+_MAX_SEED = 2**63 - 1
+
 
 def _number(params: Mapping[str, Any], key: str, default: float | None) -> float | None:
     value = params.get(key, default)
@@ -45,7 +51,10 @@ def _number(params: Mapping[str, Any], key: str, default: float | None) -> float
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise JobValidationError(f"job.yml: workflow.{key}: must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise JobValidationError(f"job.yml: workflow.{key}: number out of range") from None
 
 
 @dataclass(frozen=True)
@@ -78,15 +87,20 @@ class FedAvgParams:
                 f"(known: {', '.join(sorted(known - {'name'}))})"
             )
         rounds = params.get("num_rounds")
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        if (
+            isinstance(rounds, bool)
+            or not isinstance(rounds, int)
+            or not 1 <= rounds <= _MAX_ROUNDS
+        ):
             raise JobValidationError(
-                f"job.yml: workflow.num_rounds: required integer >= 1, got {rounds!r}"
+                f"job.yml: workflow.num_rounds: required integer in 1..{_MAX_ROUNDS}, got {rounds!r}"
             )
         timeout = _number(params, "round_timeout_s", 600.0)
         assert timeout is not None
-        if not math.isfinite(timeout) or timeout <= 0:
+        if not math.isfinite(timeout) or not 0 < timeout <= _MAX_ROUND_TIMEOUT_S:
             raise JobValidationError(
-                f"job.yml: workflow.round_timeout_s: must be > 0, got {timeout!r}"
+                f"job.yml: workflow.round_timeout_s: must be > 0 and <= "
+                f"{_MAX_ROUND_TIMEOUT_S:.0f}, got {timeout!r}"
             )
         fraction = _number(params, "sample_fraction", 1.0)
         assert fraction is not None
@@ -95,15 +109,15 @@ class FedAvgParams:
                 f"job.yml: workflow.sample_fraction: must be in (0, 1], got {fraction!r}"
             )
         seed = params.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
             raise JobValidationError(
-                f"job.yml: workflow.seed: must be an integer >= 0, got {seed!r}"
+                f"job.yml: workflow.seed: must be an integer in 0..{_MAX_SEED}, got {seed!r}"
             )
         keep = params.get("keep_models", 3)
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= _MAX_ROUNDS:
             raise JobValidationError(
-                f"job.yml: workflow.keep_models: must be an integer >= 0 (0: keep every "
-                f"round's model), got {keep!r}"
+                f"job.yml: workflow.keep_models: must be an integer in 0..{_MAX_ROUNDS} (0: keep "
+                f"every round's model), got {keep!r}"
             )
         return cls(
             num_rounds=rounds,
