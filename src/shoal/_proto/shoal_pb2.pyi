@@ -73,16 +73,18 @@ class JobEvent(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ServerEvent(_message.Message):
-    __slots__ = ("welcome", "start_job", "abort_job", "shutdown")
+    __slots__ = ("welcome", "start_job", "abort_job", "shutdown", "forget_job")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     START_JOB_FIELD_NUMBER: _ClassVar[int]
     ABORT_JOB_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    FORGET_JOB_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     start_job: StartJob
     abort_job: AbortJob
     shutdown: Shutdown
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., abort_job: _Optional[_Union[AbortJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ...) -> None: ...
+    forget_job: ForgetJob
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., start_job: _Optional[_Union[StartJob, _Mapping]] = ..., abort_job: _Optional[_Union[AbortJob, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., forget_job: _Optional[_Union[ForgetJob, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "server", "heartbeat_interval_s")
@@ -113,6 +115,12 @@ class AbortJob(_message.Message):
     job_id: str
     reason: str
     def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ForgetJob(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class Shutdown(_message.Message):
     __slots__ = ("reason", "site_should_exit", "restart")

@@ -4,7 +4,11 @@
         site.wait()
 
 It dials the server (never listens for it), holds one ``Connect`` stream on
-which the server pushes job starts, aborts and shutdowns, and heartbeats.
+which the server pushes job starts, aborts, deletions and shutdowns, and
+heartbeats. Job folders are removed by the kit's retention rule
+(``local/retention.json``, see ``shoal.client.retention``): at once when the
+server says the job was deleted, otherwise once unchanged for
+``keep_finished_days``; a sweep runs at start and every ``sweep_interval_s``.
 When the server goes away it reconnects with exponential backoff and jitter:
 a server restart never needs a site restart. User code runs only in job
 worker processes, each in its own process group, so a crashing or aborted
@@ -31,6 +35,7 @@ import grpc
 
 from shoal import __version__
 from shoal._proto import shoal_pb2 as pb
+from shoal.client import retention
 from shoal.client.api import WORKER_CONFIG_ENV
 from shoal.client.worker import WorkerConfig
 from shoal.errors import ConfigError, ShoalError
@@ -82,6 +87,15 @@ class _Worker:
     proc: subprocess.Popen[bytes] | None = None
     aborted: str | None = None
     user: JobUser | None = None
+    #: The thread preparing, running and reporting the job (see ``_busy``).
+    thread: threading.Thread | None = None
+
+
+def _busy(worker: _Worker) -> bool:
+    """True while the job's folder is in use: from its dispatch until its
+    thread has uploaded the log and reported (a thread not yet started counts)."""
+    t = worker.thread
+    return t is None or t.ident is None or t.is_alive()
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,10 @@ class SiteDaemon:
         self._channel = open_channel(self.server_address, kit.tls, server_name=self.server_name)
         self._stub = ServiceStub(self._channel, "Fleet")
         self._thread: threading.Thread | None = None
+        self.retention = retention.load_policy(kit.local / retention.RETENTION_FILE)
+        #: Jobs the server said were deleted whose folders are not yet removed.
+        self._forgotten: set[str] = set()
+        self._sweep_wake = threading.Event()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -147,6 +165,9 @@ class SiteDaemon:
         self._thread.start()
         user, why = job_user(())
         log.info("%s", describe(user, why, confinement_mode()))
+        # The first sweep runs now: a site that was down when a job was deleted
+        # (and so never heard of it) still drops old folders by the age rule.
+        threading.Thread(target=self._sweeper, name="job-sweeper", daemon=True).start()
         log.info(
             "site %s (project %s) starting; server %s at %s; workspace %s",
             self.name,
@@ -162,6 +183,7 @@ class SiteDaemon:
     def request_stop(self, *, restart: bool = False) -> None:
         self.exit_code = EXIT_RESTART if restart else 0
         self._stop.set()
+        self._sweep_wake.set()
         call = self._call
         if call is not None:
             call.cancel()
@@ -254,6 +276,8 @@ class SiteDaemon:
                     self._start_job(event.start_job)
                 elif which == "abort_job":
                     self._abort_job(event.abort_job.job_id, event.abort_job.reason)
+                elif which == "forget_job":
+                    self._forget_job(event.forget_job.job_id)
                 elif which == "shutdown":
                     sd = event.shutdown
                     if sd.site_should_exit or sd.restart:
@@ -309,10 +333,15 @@ class SiteDaemon:
                 log.info("job %s: worker already running; carrying on", start.job_id)
                 return
             worker = _Worker(job_id=start.job_id)
+            # Set under the lock, so a sweep never sees this job without its thread.
+            worker.thread = threading.Thread(
+                target=self._run_job,
+                args=(start, worker),
+                name=f"job-{start.job_id[:8]}",
+                daemon=True,
+            )
             self._workers[start.job_id] = worker
-        threading.Thread(
-            target=self._run_job, args=(start, worker), name=f"job-{start.job_id[:8]}", daemon=True
-        ).start()
+        worker.thread.start()
 
     def _run_job(self, start: pb.StartJob, worker: _Worker) -> None:
         job_dir = self.workspace / "jobs" / start.job_id
@@ -486,6 +515,56 @@ class SiteDaemon:
             return
         log.info("job %s: stopping worker (%s)", job_id, reason)
         self._kill(worker, reason)
+
+    # -- job folders ------------------------------------------------------------
+
+    def _forget_job(self, job_id: str) -> None:
+        """The server deleted ``job_id``: stop its worker, and let the sweeper
+        remove its folder (unless the retention policy keeps deleted jobs)."""
+        if not retention.is_job_id(job_id):
+            log.warning("server asked to forget %r, which is not a job id; ignored", job_id)
+            return
+        with self._lock:
+            self._forgotten.add(job_id)
+            worker = self._workers.get(job_id)
+        log.info("job %s: deleted on the server", job_id)
+        if worker is not None:
+            self._kill(worker, "job deleted on the server")
+        self._sweep_wake.set()
+
+    def _sweeper(self) -> None:
+        while not self._stop.is_set():
+            self._sweep_wake.clear()
+            try:
+                self._sweep()
+            except Exception:  # a daemon must survive a sweep problem; the next one retries
+                log.exception("sweeping the job folders failed")
+            with self._lock:
+                pending = bool(self._forgotten)
+            # A deleted job whose thread is still reporting is retried soon.
+            self._sweep_wake.wait(1.0 if pending else self.retention.sweep_interval_s)
+
+    def _sweep(self) -> list[str]:
+        """One sweep of the job folders by the retention policy; the job ids removed."""
+        with self._lock:
+            # Decided and renamed under the lock: a job starting now either is
+            # in ``busy`` or gets a fresh folder after the rename.
+            busy = {j for j, w in self._workers.items() if _busy(w)}
+            forgotten = set(self._forgotten)
+            detached = retention.detach_stale(
+                self.workspace / "jobs",
+                running=busy,
+                deleted=forgotten,
+                policy=self.retention,
+                now=time.time(),
+            )
+            for job_id in forgotten - busy:
+                self._forgotten.discard(job_id)
+                self._workers.pop(job_id, None)
+        removed = [j for j, path in detached if retention.remove_detached(path)]
+        if removed:
+            log.info("removed %d job folder(s): %s", len(removed), ", ".join(removed))
+        return removed
 
     def _kill(self, worker: _Worker, reason: str) -> None:
         worker.aborted = reason

@@ -198,7 +198,26 @@ def local_files(participant_type: str) -> dict[str, str]:
     files = {"log_config.json": _dump(_log_config())}
     if participant_type in ("server", "client"):
         files["resources.json"] = _dump(_resources(participant_type))
+    if participant_type == "client":
+        files["retention.json"] = _dump(_retention())
     return files
+
+
+def _retention() -> dict[str, Any]:
+    # The defaults of shoal.client.retention.RetentionPolicy, written out so an
+    # operator sees what the site keeps and edits it in place.
+    return {
+        "format": 1,
+        "comment": (
+            "How long this site keeps job folders (<workspace>/jobs/<job_id>/). "
+            "keep_finished_days: days after a finished job last changed (null: forever); "
+            "keep_deleted: keep a job's folder when it is deleted on the server; "
+            "sweep_interval_s: seconds between sweeps (one also runs at start)."
+        ),
+        "keep_finished_days": 7,
+        "keep_deleted": False,
+        "sweep_interval_s": 3600,
+    }
 
 
 def _dump(doc: Any) -> str:
@@ -213,7 +232,8 @@ def readme_txt(project: str, name: str, participant_type: str) -> str:
         "startup/  signed by the project CA; do not edit (a changed file stops the kit\n"
         "          from loading). Holds the CA certificate, this participant's\n"
         "          certificate and private key, its config and scripts.\n"
-        "local/    yours to edit: logging (log_config.json) and resources.\n\n"
+        "local/    yours to edit: logging (log_config.json), resources and, on a site,\n"
+        "          how long job folders are kept (retention.json).\n\n"
         "Keep the private key secret: anyone holding it is this participant.\n"
         "The scripts use SHOAL_PYTHON (default python3), which must have shoal installed.\n\n"
     )

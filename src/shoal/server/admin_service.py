@@ -245,8 +245,22 @@ class AdminService(pb_grpc.AdminServicer):
             raise ConfigError(f"job {rec.job_id} is {rec.status}; abort it before deleting")
         assert self.d.store is not None
         self.d.store.delete(rec.job_id)
-        log.info("job %s deleted by %s", rec.job_id, who.name)
-        return {"job_id": rec.job_id}
+        # The sites that ran it drop their copy (code, data, models) too; one
+        # offline now never hears of it, and its age rule removes the folder.
+        forget = pb.ServerEvent(forget_job=pb.ForgetJob(job_id=rec.job_id))
+        told = []
+        for site in rec.sites:
+            session = self.d.registry.get(site)
+            if session is not None:
+                session.push(forget)
+                told.append(site)
+        log.info(
+            "job %s deleted by %s; sites told to forget it: %s",
+            rec.job_id,
+            who.name,
+            ", ".join(told) or "none connected",
+        )
+        return {"job_id": rec.job_id, "sites_told": told}
 
     def show_stats(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._job(args)
