@@ -215,17 +215,27 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+def _private_opener(path: str, flags: int) -> int:
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # one made before this rule was 0644
+    return fd
+
+
 def _spawn(
     layout: PocLayout, name: str, args: list[str], env: Mapping[str, str], python: str
 ) -> int:
+    # The daemons' output is as private as the logs they write themselves
+    # (they set their own umask; these files are made here, under the caller's).
+    layout.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    layout.run_dir.chmod(0o700)
     logs = layout.run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(mode=0o700, exist_ok=True)
     pid_file = _pid_file(layout, name)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.parent.mkdir(mode=0o700, exist_ok=True)
     old = _read_pid(pid_file)
     if old is not None and _alive(old):
         raise ShoalError(f"{name} is already running (pid {old}); `shoal poc stop` first")
-    with open(logs / f"{name}.out", "ab") as out:
+    with open(logs / f"{name}.out", "ab", opener=_private_opener) as out:
         proc = subprocess.Popen(
             [python, "-m", "shoal", *args],
             stdin=subprocess.DEVNULL,
@@ -236,7 +246,8 @@ def _spawn(
             # them in order; `stop` can kill each group whole.
             start_new_session=True,
         )
-    pid_file.write_text(f"{proc.pid}\n")
+    with open(pid_file, "w", opener=_private_opener) as f:
+        f.write(f"{proc.pid}\n")
     _children[proc.pid] = proc
     return proc.pid
 

@@ -65,6 +65,10 @@ class FakeSession:
         self._call("wait_for_job", job_id, timeout)
         return {**JOB, "job_id": job_id, "status": self.final_status}
 
+    def get_log(self, job_id: str, target: str = "server", tail: int | None = None) -> str:
+        self._call("get_log", job_id, target, tail)
+        return "ok\n\x1b]0;pwned\x07\x1b[2J\n"
+
     def close(self) -> None:
         self.closed = True
 
@@ -273,3 +277,24 @@ def test_help_after_a_command_shows_its_usage_and_roles(
     assert out.startswith("Usage: cat_log JOB_ID [server|SITE] [--tail N]\n")
     assert "Roles: project_admin" in out
     assert session.opened == []  # type: ignore[attr-defined]
+
+
+def test_cat_log_prints_escape_sequences_escaped(
+    kit: Path, session: FakeSession, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert admin(kit, "cat_log", "j1", "site-1") == 0
+    out = capsys.readouterr().out
+    assert out == "ok\n\\x1b]0;pwned\\x07\\x1b[2J\n"
+    # --json is data: the text as stored, which JSON itself escapes.
+    assert admin(kit, "--json", "cat_log", "j1") == 0
+    raw = capsys.readouterr().out
+    assert "\x1b" not in raw
+    assert json.loads(raw)["result"]["log"] == "ok\n\x1b]0;pwned\x07\x1b[2J\n"
+
+
+def test_error_messages_print_escaped(kit: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    fake = FakeSession(raises={"abort_job": NotFoundError("no job \x1b[2J")})
+    monkeypatch.setattr(cli_admin, "_open_session", lambda kit, **_: fake)
+    assert admin(kit, "abort_job", "j1") == EXIT_NOT_FOUND
+    assert capsys.readouterr().err == "Error: not found: no job \\x1b[2J\n"

@@ -416,3 +416,20 @@ def test_history_lives_in_the_kit_local_folder(tmp_path: Path) -> None:
     assert console.history_path(tmp_path) == Path.home() / ".shoal_admin_history"
     (tmp_path / "local").mkdir()
     assert console.history_path(tmp_path) == tmp_path / "local" / ".shoal_admin_history"
+
+
+def test_cat_log_prints_escape_sequences_escaped_and_returns_the_raw_text() -> None:
+    session = FakeSession()
+    session.answers["get_log"] = "ok\n\x1b]0;pwned\x07\x1b[2J\n"
+    c, out = make_console(session)
+    outcome = c.execute("cat_log", ["j1", "site-1"])
+    assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue()
+    assert "ok\n\\x1b]0;pwned\\x07\\x1b[2J\n" in out.getvalue()
+    assert outcome is not None and outcome.data["log"] == "ok\n\x1b]0;pwned\x07\x1b[2J\n"
+
+
+def test_errors_from_the_server_print_escaped() -> None:
+    c, out = make_console(FakeSession(abort_job=NotFoundError("no job \x1b[2J\x1b]0;x\x07")))
+    c.onecmd("abort_job j1")
+    assert "\x1b" not in out.getvalue()
+    assert "Error: not found: no job \\x1b[2J\\x1b]0;x\\x07" in out.getvalue()

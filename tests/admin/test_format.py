@@ -147,3 +147,23 @@ def test_job_detail_is_readable() -> None:
 def test_log_keeps_text_and_names_an_empty_log() -> None:
     assert fmt.format_log("a\nb\n") == "a\nb"
     assert fmt.format_log("") == "(log is empty)"
+
+
+HOSTILE_LOG = "round 1\tdone\n\x1b]0;pwned\x07\x1b[2J\rfake prompt\x9b31m\x7f\n"
+
+
+def test_log_escape_sequences_are_shown_escaped() -> None:
+    """A site's log must not reach the admin's terminal as escape sequences
+    (set the title, clear the screen, overwrite a line); tabs and newlines stay."""
+    assert fmt.format_log("\x1b]0;pwned\x07\x1b[2J") == "\\x1b]0;pwned\\x07\\x1b[2J"
+    out = fmt.format_log(HOSTILE_LOG)
+    assert out == "round 1\tdone\n\\x1b]0;pwned\\x07\\x1b[2J\\x0dfake prompt\\x9b31m\\x7f"
+    assert not any(ord(ch) < 0x20 and ch not in "\n\t" or 0x7F <= ord(ch) <= 0x9F for ch in out)
+    assert fmt.printable("naïve — ok ✓") == "naïve — ok ✓"  # printable text is untouched
+
+
+def test_errors_and_table_cells_are_shown_escaped() -> None:
+    errors = fmt.format_errors({"site-1": ["Error: \x1b[2Jboom"]})
+    assert "\x1b" not in errors and "\\x1b[2Jboom" in errors
+    table = fmt.format_jobs([{"job_id": "j1", "name": "evil\x1b]0;x\x07", "status": "RUNNING"}])
+    assert "\x1b" not in table and "evil\\x1b]0;x\\x07" in table

@@ -8,7 +8,7 @@ import pytest
 
 from shoal.errors import NotAuthorizedError
 from shoal.provision import Identity
-from shoal.server.authz import ROLES, authorize
+from shoal.server.authz import ROLES, authorize, can_see
 from shoal.server.store import JobRecord
 
 JOB_COMMANDS = [
@@ -21,7 +21,7 @@ JOB_COMMANDS = [
     "show_errors",
     "get_log",
 ]
-READ_COMMANDS = ["check_status", "sys_info", "list_jobs"]
+READ_COMMANDS = ["check_status", "list_jobs"]
 
 
 def admin(name: str, org: str, role: str | None) -> Identity:
@@ -85,7 +85,11 @@ def test_members_may_not_submit(who: Identity) -> None:
 
 @pytest.mark.parametrize("command", JOB_COMMANDS)
 def test_job_commands(command: str) -> None:
-    authorize(LEAD, command, job=LEADS_JOB)  # their own job
+    if command == "delete_job":  # a lead may not erase even their own job's logs
+        with pytest.raises(NotAuthorizedError, match="may not run delete_job job j1"):
+            authorize(LEAD, command, job=LEADS_JOB)
+    else:
+        authorize(LEAD, command, job=LEADS_JOB)  # their own job
     authorize(ORG_ADMIN, command, job=LEADS_JOB)  # a job from their org
     for who in (OTHER_LEAD, FOREIGN_ORG_ADMIN, MEMBER, NO_ROLE):
         with pytest.raises(NotAuthorizedError, match=f"may not run {command} job j1"):
@@ -107,3 +111,28 @@ def test_unknown_commands_need_project_admin() -> None:
     authorize(PROJECT_ADMIN, "anything")
     with pytest.raises(NotAuthorizedError, match=r"n@a \(role member\)"):
         authorize(NO_ROLE, "anything")
+
+
+def test_who_sees_a_job() -> None:
+    other_orgs_job = job("lead@b", "b")
+    assert all(can_see(w, LEADS_JOB) for w in (PROJECT_ADMIN, LEAD, ORG_ADMIN, MEMBER, NO_ROLE))
+    assert not can_see(OTHER_LEAD, LEADS_JOB)  # a lead sees only their own jobs
+    assert not can_see(FOREIGN_ORG_ADMIN, LEADS_JOB)
+    assert can_see(FOREIGN_ORG_ADMIN, other_orgs_job)
+    assert can_see(PROJECT_ADMIN, other_orgs_job)
+    for who in (LEAD, ORG_ADMIN, MEMBER, NO_ROLE):
+        assert not can_see(who, other_orgs_job)
+
+
+def test_sys_info() -> None:
+    """The server's for every role but lead; a site's only within the admin's org."""
+    for who in (PROJECT_ADMIN, ORG_ADMIN, MEMBER, NO_ROLE):
+        authorize(who, "sys_info")  # the server
+        authorize(who, "sys_info", target_org="a")
+    authorize(PROJECT_ADMIN, "sys_info", target_org="b")
+    for who in (ORG_ADMIN, MEMBER):
+        with pytest.raises(NotAuthorizedError, match="may not run sys_info on a site of org b"):
+            authorize(who, "sys_info", target_org="b")
+    for org in (None, "a"):
+        with pytest.raises(NotAuthorizedError, match=r"lead@a \(role lead\) may not run sys_info"):
+            authorize(LEAD, "sys_info", target_org=org)

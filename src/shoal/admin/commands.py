@@ -106,15 +106,17 @@ class Outcome:
 #: Role -> what it may do, as the server enforces it (see docs/admin.md).
 ROLES: Mapping[str, str] = {
     "project_admin": "every command, on every job and participant",
-    "org_admin": "job commands on jobs of their org; check_status, sys_info; "
-    "shutdown/restart of sites of their org",
-    "lead": "submit, list, abort, clone and download their own jobs; check_status",
-    "member": "read-only: list_jobs, check_status, sys_info",
+    "org_admin": "job commands on jobs of their org; check_status; sys_info of the server "
+    "and of sites of their org; shutdown/restart of sites of their org",
+    "lead": "submit jobs; every job command but delete_job on their own jobs; check_status",
+    "member": "read-only: list_jobs (jobs of their org), check_status, "
+    "sys_info of the server and of sites of their org",
 }
 
 _ALL = "yes"
 _JOB_ORG = "jobs of their org"
 _JOB_OWN = "their own jobs"
+_SITE_ORG = "the server, sites of their org"
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,7 @@ COMMANDS: Mapping[str, Command] = {
             "sys_info",
             "sys_info [server|SITE]",
             "Show platform, Python, shoal version, CPU and memory of the server or a site.",
-            {"project_admin": _ALL, "org_admin": _ALL, "member": _ALL},
+            {"project_admin": _ALL, "org_admin": _SITE_ORG, "member": _SITE_ORG},
             _sys_info_args,
             _sys_info,
         ),
@@ -357,7 +359,7 @@ COMMANDS: Mapping[str, Command] = {
             "-n NAME: only jobs named NAME; -s STATUS: only that status\n"
             "(e.g. RUNNING, FINISHED:COMPLETED); -m LIMIT: at most LIMIT jobs;\n"
             "-d JOB_ID: every detail of one job.",
-            {**_LEAD_JOB_ROLES, "member": "read-only"},
+            {**_LEAD_JOB_ROLES, "member": "jobs of their org, read-only"},
             _list_jobs_args,
             _list_jobs,
         ),
@@ -402,7 +404,7 @@ COMMANDS: Mapping[str, Command] = {
             "show_stats",
             "show_stats JOB_ID",
             "Show a running job's round, each site's state and the metrics per round.",
-            _JOB_ROLES,
+            _LEAD_JOB_ROLES,
             _job_id,
             _show_stats,
             takes_job_id=True,
@@ -411,7 +413,7 @@ COMMANDS: Mapping[str, Command] = {
             "show_errors",
             "show_errors JOB_ID",
             "Show the errors a job's server and sites reported.",
-            _JOB_ROLES,
+            _LEAD_JOB_ROLES,
             _job_id,
             _show_errors,
             takes_job_id=True,
@@ -420,7 +422,7 @@ COMMANDS: Mapping[str, Command] = {
             "cat_log",
             "cat_log JOB_ID [server|SITE] [--tail N]",
             "Print a job's log from the server (default) or from a site; --tail N: last N lines.",
-            _JOB_ROLES,
+            _LEAD_JOB_ROLES,
             _cat_log_args,
             _cat_log,
             takes_job_id=True,

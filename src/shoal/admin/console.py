@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from shoal.admin import format as fmt
 from shoal.admin.commands import (
     COMMANDS,
     AdminSessionLike,
@@ -141,7 +142,9 @@ class AdminConsole(cmd.Cmd):
                 log.debug("could not save console history to %s: %s", self.history_file, exc)
 
     def _print(self, text: str = "") -> None:
-        self.stdout.write(text + "\n")
+        # Everything shown passes here: logs, errors and names from sites and
+        # job code must not reach the terminal as escape sequences.
+        self.stdout.write(fmt.printable(text) + "\n")
         self.stdout.flush()
 
     def emptyline(self) -> bool:

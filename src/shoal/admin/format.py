@@ -17,6 +17,7 @@ string, so the console, the CLI and the tests share one rendering.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,17 +32,35 @@ __all__ = [
     "format_stats",
     "format_status",
     "format_table",
+    "printable",
 ]
 
 #: Shown in a cell whose value is unknown or not applicable yet.
 MISSING = "-"
 
 
+#: C0 controls but tab and newline, DEL, and C1 controls: what a terminal may
+#: act on (move the cursor, clear the screen, set the title, ...).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    r"""``text`` safe to print to a terminal: control characters but newline and
+    tab shown as ``\xNN``. Logs, error lines and names come from sites and job
+    code, and an escape sequence printed raw acts on the admin's terminal.
+
+    >>> print(printable("\x1b]0;pwned\x07ok\r\n"))
+    \x1b]0;pwned\x07ok\x0d
+    <BLANKLINE>
+    """
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return MISSING
     # A newline inside a cell would break the box; tables are one line per row.
-    return str(value).replace("\r", " ").replace("\n", " ")
+    return printable(str(value).replace("\r", " ").replace("\n", " "))
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -245,9 +264,10 @@ def format_errors(errors: Mapping[str, Any]) -> str:
         entries = items if isinstance(items, list) else [items]
         out.append(f"{target}:")
         out.extend(f"  {e if isinstance(e, str) else _short(e)}" for e in entries)
-    return "\n".join(out) if out else "No errors."
+    return printable("\n".join(out)) if out else "No errors."
 
 
 def format_log(text: str) -> str:
-    """``cat_log``: the text as is, without a trailing newline (print adds one)."""
-    return text.rstrip("\n") if text else "(log is empty)"
+    """``cat_log``: the text without a trailing newline (print adds one), its
+    control characters escaped (:func:`printable`)."""
+    return printable(text.rstrip("\n")) if text else "(log is empty)"

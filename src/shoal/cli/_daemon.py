@@ -4,7 +4,9 @@ Entry points install log handlers; libraries don't."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from types import FrameType
@@ -15,9 +17,27 @@ from shoal._memory import tune_allocator
 FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
+#: What a daemon creates is its own: jobs (code, data, models), the job store,
+#: logs. Files 0600, folders 0700 whatever the umask of the shell that started it.
+PRIVATE_UMASK = 0o077
+
+
+def private_files() -> None:
+    """Make everything this process (and its job processes) creates private to its user.
+
+    Called first by ``shoal server`` and ``shoal client``: a normal umask (022)
+    would leave job folders, the job store and logs readable by every local user.
+    """
+    os.umask(PRIVATE_UMASK)
+
+
 def install_file_log(path: Path) -> None:
-    """Log to ``path`` (appending) as well as to the console."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Log to ``path`` (appending, the file 0600) as well as to the console."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Explicit, not only the umask: a log from before this rule was 0644.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    with contextlib.suppress(OSError):  # not ours to change (e.g. another user's file)
+        os.chmod(path, 0o600)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     root = logging.getLogger()

@@ -27,6 +27,7 @@ from shoal.admin.commands import (
     get_command,
     parse_args,
 )
+from shoal.admin.format import printable
 from shoal.cli.app import EXIT_FAILURE, EXIT_NOT_AUTHORIZED, EXIT_NOT_FOUND, EXIT_USAGE
 from shoal.errors import ConfigError, NotAuthorizedError, NotFoundError
 
@@ -151,7 +152,7 @@ def _succeed(outcome: Outcome, name: str, *, as_json: bool) -> int:
     if as_json:
         _print_json({"command": name, "ok": outcome.ok, "result": outcome.data})
     else:
-        print(outcome.text)
+        print(printable(outcome.text))
     return code
 
 
@@ -165,7 +166,7 @@ def _fail(exc: Exception, name: str | None, *, as_json: bool) -> int:
                 "error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code},
             }
         )
-    print(describe_error(exc), file=sys.stderr)
+    print(printable(describe_error(exc)), file=sys.stderr)
     return code
 
 
@@ -184,7 +185,7 @@ def _interactive(kit_arg: Path | None, server: str | None, timeout: float) -> in
             kit, server_address=server, timeout=timeout, open_session=_open_session
         )
     except Exception as exc:
-        print(describe_error(exc), file=sys.stderr)
+        print(printable(describe_error(exc)), file=sys.stderr)
         return exit_code_for(exc)
     try:
         console.AdminConsole(session, history_file=console.history_path(kit)).run()

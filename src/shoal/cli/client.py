@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shoal.cli._daemon import install_file_log, serve
+from shoal.cli._daemon import install_file_log, private_files, serve
 
 __all__ = ["register"]
 
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from shoal.client.daemon import SiteDaemon, SiteOptions
     from shoal.provision import load_kit
 
+    private_files()
     kit = load_kit(args.kit, expected_type="client")
     install_file_log(Path(args.workspace or kit.root) / "log.txt")
     daemon = SiteDaemon(

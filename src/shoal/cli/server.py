@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shoal.cli._daemon import install_file_log, serve
+from shoal.cli._daemon import install_file_log, private_files, serve
 
 __all__ = ["register"]
 
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from shoal.provision import load_kit
     from shoal.server.daemon import ServerDaemon, ServerOptions
 
+    private_files()
     kit = load_kit(args.kit, expected_type="server")
     workspace = args.workspace or kit.root
     install_file_log(Path(workspace) / "log.txt")

@@ -277,7 +277,9 @@ def _extract_all(
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         mode = (info.external_attr >> 16) & 0o777
-        perm = 0o755 if mode & 0o100 else 0o644
+        # Owner only: a job's files are its code and data (the folder they land
+        # in is private too); only the executable bit is taken from the archive.
+        perm = 0o700 if mode & 0o100 else 0o600
         written = 0
         allowed = max(RATIO_GRACE_BYTES, max_ratio * max(info.compress_size, 1))
         with zf.open(info) as src, open(target, "xb") as dst:

@@ -27,7 +27,7 @@ from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.errors import ConfigError, JobValidationError, NotFoundError
 from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
 from shoal.provision import Identity
-from shoal.server.authz import authorize
+from shoal.server.authz import authorize, can_see
 from shoal.server.store import JobRecord, quota_message, utc_now
 from shoal.transport import PayloadHeader, frames_from_file, read_header, rpc_errors
 from shoal.transport.frames import Frame, WireFrame, receive_to_file
@@ -168,11 +168,17 @@ class AdminService(pb_grpc.AdminServicer):
     def list_jobs(self, who: Identity, args: dict[str, Any]) -> list[dict[str, Any]]:
         assert self.d.store is not None
         limit = args.get("limit")
-        recs = self.d.store.list(
-            status=args.get("status") or None,
-            name=args.get("name") or None,
-            limit=int(limit) if limit else None,
-        )
+        recs = [
+            r
+            for r in self.d.store.list(
+                status=args.get("status") or None, name=args.get("name") or None
+            )
+            if can_see(who, r)
+        ]
+        # The limit counts the jobs this admin sees (the latest ones), so it
+        # applies after the filter.
+        if limit:
+            recs = recs[-int(limit) :]
         return [r.summary() for r in recs]
 
     def get_job_meta(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
@@ -313,15 +319,41 @@ class AdminService(pb_grpc.AdminServicer):
     # -- system -----------------------------------------------------------------
 
     def check_status(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
-        return self.d.status()
+        status = self.d.status()
+        if (who.role or "member") == "project_admin":
+            return status
+        # Running jobs are listed as list_jobs would list them: only those
+        # this admin may see.
+        store = self.d.store
+        assert store is not None
+        seen: dict[str, bool] = {}
+
+        def visible(job_ids: list[str]) -> list[str]:
+            for job_id in job_ids:
+                if job_id not in seen:
+                    try:
+                        seen[job_id] = can_see(who, store.get(job_id))
+                    except NotFoundError:
+                        seen[job_id] = False
+            return [j for j in job_ids if seen[j]]
+
+        server = status["server"]
+        server["running_jobs"] = visible(list(server.get("running_jobs") or []))
+        for site in status["sites"]:
+            site["running_jobs"] = visible(list(site.get("running_jobs") or []))
+        return status
 
     def sys_info(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         target = str(args.get("target") or "server")
+        # Checked for the server first: a role with no sys_info at all learns
+        # nothing, not even whether a site is connected.
+        authorize(who, "sys_info")
         if target == "server":
             return {"target": "server", **self.d.sys_info()}
         session = self.d.registry.get(target)
         if session is None:
             raise NotFoundError(f"site {target} is not connected")
+        authorize(who, "sys_info", target_org=session.org)
         return {"target": target, **session.resources}
 
     def shutdown(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:

@@ -16,10 +16,14 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import queue
+import threading
 import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -287,6 +291,57 @@ class FleetService:
             if who.name not in rec.sites:
                 raise PeerRejectedError(f"{who.name} is not a site of job {rec.job_id}")
             dest = rec.logs_dir / f"{who.name}.log"
-            await receive_to_file_async(header, request_iterator, dest, max_size=MAX_LOG_BYTES)
+            # A site's log of a job is append-only: the server's copy is the
+            # evidence of what the job did there, and a site (or job code that
+            # took it over) must not be able to rewrite it afterwards. The
+            # upload lands beside it and replaces it only if it starts with
+            # every byte already stored; a resumed job's log, appended to on
+            # the site, still passes.
+            upload = dest.with_name(f".{dest.name}.upload-{uuid.uuid4().hex}")
+            try:
+                await receive_to_file_async(
+                    header, request_iterator, upload, max_size=MAX_LOG_BYTES
+                )
+                await asyncio.to_thread(_commit_log, upload, dest)
+            finally:
+                upload.unlink(missing_ok=True)
             return pb.Ack(ok=True)
         return pb.Ack(ok=False)  # unreachable
+
+
+#: One log commit at a time: the check and the rename are one step.
+_log_commit = threading.Lock()
+
+
+def _commit_log(upload: Path, dest: Path) -> None:
+    """Replace ``dest`` by ``upload`` if ``upload`` starts with all of ``dest``."""
+    with _log_commit:
+        if dest.exists():
+            stored = dest.stat().st_size
+            offset = _first_difference(dest, upload, stored)
+            if offset is not None:
+                raise PeerRejectedError(
+                    f"{dest.name} of job {dest.parent.parent.name} is append-only: the upload "
+                    f"({upload.stat().st_size} bytes) does not start with the {stored} bytes "
+                    f"already stored (they differ from byte {offset}); the stored copy is kept"
+                )
+        os.replace(upload, dest)
+
+
+def _first_difference(stored: Path, upload: Path, size: int) -> int | None:
+    """The first offset below ``size`` where the two files differ (or ``upload``
+    ends), or None if ``upload`` starts with ``size`` bytes equal to ``stored``'s."""
+    chunk = 1 << 20
+    offset = 0
+    with open(stored, "rb") as a, open(upload, "rb") as b:
+        while offset < size:
+            want = min(chunk, size - offset)
+            x, y = a.read(want), b.read(want)
+            if x != y:
+                same = next(
+                    (i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q),
+                    min(len(x), len(y)),
+                )
+                return offset + same
+            offset += want
+    return None

@@ -19,8 +19,10 @@ and start-up sweeps folders that have no row (a crash between the two).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import stat
@@ -198,11 +200,20 @@ class JobStore:
     def __init__(self, workspace: Path) -> None:
         self.root = workspace
         self.jobs_dir = workspace / "jobs"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        # Private whatever the process's umask (a library user's may be 022):
+        # jobs hold user code, data and models. A job folder is a renamed
+        # staging folder, so it is 0700 too; SQLite gives store.db-wal and
+        # -shm the mode of store.db.
+        self.jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.jobs_dir.chmod(0o700)
+        db_path = workspace / "store.db"
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+        db_path.chmod(0o600)
+        for leftover in ("store.db-wal", "store.db-shm"):  # from a run before this rule
+            with contextlib.suppress(FileNotFoundError):
+                (workspace / leftover).chmod(0o600)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            workspace / "store.db", check_same_thread=False, isolation_level=None
-        )
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -394,7 +405,7 @@ class JobStore:
     def staging_folder(self) -> Path:
         """A fresh folder for a job being received; adopted by create()."""
         path = self.jobs_dir / f".staging-{uuid.uuid4().hex}"
-        path.mkdir()
+        path.mkdir(mode=0o700)
         return path
 
     def _record(self, row: sqlite3.Row) -> JobRecord:
