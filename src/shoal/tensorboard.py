@@ -20,6 +20,7 @@ and for tools that want the numbers without TensorBoard.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import struct
@@ -95,10 +96,24 @@ def _event(
     return out
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _summary(values: Mapping[str, float]) -> bytes:
     out = b""
     for tag, value in values.items():
-        v = _len_field(1, tag.encode("utf-8")) + b"\x15" + struct.pack("<f", float(value))
+        # simple_value is a float32 (NaN and Inf included): struct refuses a
+        # finite number past its range, and one such number must not cost the
+        # event its other scalars, nor the caller its run.
+        try:
+            f = float(value)
+        except OverflowError:
+            logger.warning("tensorboard: left out %s: an int past float's range", tag)
+            continue
+        if math.isfinite(f) and abs(f) > _FLOAT32_MAX:
+            logger.warning("tensorboard: left out %s: %.4g is beyond float32's range", tag, f)
+            continue
+        v = _len_field(1, tag.encode("utf-8")) + b"\x15" + struct.pack("<f", f)
         out += _len_field(1, v)
     return out
 
@@ -140,13 +155,13 @@ class ScalarWriter:
     def add_scalars(
         self, values: Mapping[str, float], step: int, *, wall_time: float | None = None
     ) -> None:
-        """Write ``{tag: value}`` at ``step`` (one event)."""
-        if not values:
+        """Write ``{tag: value}`` at ``step`` (one event). A finite value
+        beyond float32's range is left out, with a warning naming its tag."""
+        summary = _summary(values)
+        if not summary:
             return
         self._write(
-            _event(
-                time.time() if wall_time is None else wall_time, step=step, summary=_summary(values)
-            )
+            _event(time.time() if wall_time is None else wall_time, step=step, summary=summary)
         )
 
     def close(self) -> None:

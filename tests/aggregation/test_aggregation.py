@@ -139,3 +139,44 @@ def test_trimmed_mean_exact() -> None:
         trimmed_mean([])
     with pytest.raises(ArrayFormatError, match="missing"):
         median([{"a": np.ones(1)}, {"b": np.ones(1)}])
+
+
+def test_weighted_mean_of_opposite_extremes_is_finite() -> None:
+    """``m += (x - m) * f`` overflows on ``3e38 - -3e38`` (float32) and
+    ``1e308 - -1e308`` (float64); the convex update does not."""
+    for dtype, big in ((np.float32, 3e38), (np.float64, 1e308), (np.float16, 60000.0)):
+        mean = WeightedMean()
+        mean.add({"w": np.array([big, -big], dtype)}, weight=1)
+        mean.add({"w": np.array([-big, big], dtype)}, weight=1)
+        out = mean.result()["w"]
+        assert out.dtype == dtype
+        # big * 0.5 + -big * 0.5 = 0
+        np.testing.assert_array_equal(out, np.zeros(2, dtype))
+
+
+def test_weighted_mean_at_the_edge_of_the_range_stays_finite() -> None:
+    # f = 2/3 and 1 - f are rounded in float32, and yet M * keep + M * f is M.
+    largest = np.finfo(np.float32).max
+    mean = WeightedMean()
+    mean.add({"w": np.full(4, largest, np.float32)}, weight=1)
+    mean.add({"w": np.full(4, largest, np.float32)}, weight=2)
+    out = mean.result()["w"]
+    # The mean of M and M is M.
+    np.testing.assert_array_equal(out, np.full(4, largest, np.float32))
+
+
+def test_weighted_mean_of_infinities_is_refused_not_nan() -> None:
+    # WeightedMean's callers check that contributions are finite; if one
+    # does not, inf + -inf gives NaN, which result() refuses.
+    mean = WeightedMean()
+    mean.add({"w": np.array([np.inf], np.float32)}, weight=1)
+    mean.add({"w": np.array([-np.inf], np.float32)}, weight=1)
+    with pytest.raises(ArrayFormatError, match="w: the weighted mean is not finite"):
+        mean.result()
+
+
+def test_weight_beyond_float_range_is_a_value_error() -> None:
+    mean = WeightedMean()
+    with pytest.raises(ValueError, match="weight must be a finite number > 0"):
+        mean.add({"w": np.zeros(2, np.float32)}, weight=10**400)
+    assert mean.count == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,19 @@ def test_tensorflow_reads_it(tmp_path: Path) -> None:
             seen.append((value.tag, event.step, value.simple_value))
     assert ("server/accuracy", 2, 0.75) in seen
     assert len(seen) == 3
+
+
+def test_a_value_beyond_float32_is_left_out_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ScalarWriter(tmp_path) as tb, caplog.at_level(logging.WARNING, logger="shoal.tensorboard"):
+        tb.add_scalars({"a": 1e308, "b": 0.5, "c": 10**400, "d": float("nan")}, step=1)
+        tb.add_scalars({"a": -1e39}, step=2)  # nothing left: no event
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    got = [(s.tag, s.step) for s in read_scalars(path)]
+    assert got == [("b", 1), ("d", 1)]  # NaN is a float32, as before
+    assert [r.getMessage() for r in caplog.records] == [
+        "tensorboard: left out a: 1e+308 is beyond float32's range",
+        "tensorboard: left out c: an int past float's range",
+        "tensorboard: left out a: -1e+39 is beyond float32's range",
+    ]

@@ -11,13 +11,17 @@ then the metrics line, TensorBoard scalars and the checkpoint are written, in
 that order, and round models older than the last ``keep_models`` are removed. The disk's flush is off the rounds' critical path, and nothing is
 claimed before it is durable: a crash before the checkpoint re-runs round
 ``k`` from round ``k-1``'s checkpoint. A result whose arrays differ from the global
-model's names/shapes/dtypes, hold NaN/Inf, or report ``num_examples <= 0`` is
-refused (logged; the site counts as not answered). A run restarted after a
-crash resumes after the last checkpointed round.
+model's names/shapes/dtypes, hold NaN/Inf, or report ``num_examples <= 0`` or
+over ``max_num_examples`` is refused (logged; the site counts as not
+answered). A metric that is not a finite number within float32's range (what
+TensorBoard stores) is dropped with a warning naming the site and the metric,
+never the job: every number written as JSON or to TensorBoard is finite. A
+run restarted after a crash resumes after the last checkpointed round.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -43,6 +47,15 @@ __all__ = ["FedAvgParams", "check_spec", "run", "select_sites"]
 _MAX_ROUNDS = 1_000_000
 _MAX_ROUND_TIMEOUT_S = 30 * 24 * 3600.0
 _MAX_SEED = 2**63 - 1
+
+
+#: Default of ``max_num_examples``; see FedAvgParams.
+DEFAULT_MAX_NUM_EXAMPLES = 10**9
+#: Its upper limit: a weight is then exact as a float64.
+MAX_NUM_EXAMPLES_LIMIT = 2**53
+
+# A metric must fit TensorBoard's float32.
+_METRIC_MAX = float(np.finfo(np.float32).max)
 
 
 def _number(params: Mapping[str, Any], key: str, default: float | None) -> float | None:
@@ -73,13 +86,30 @@ class FedAvgParams:
     #: Round models kept: the last ``keep_models`` ``global_round_NNNN``
     #: files (the initial and the final model always stay); 0 keeps them all.
     keep_models: int = 3
+    #: The most ``num_examples`` (a result's weight) a site's result may
+    #: claim; a result claiming more is refused, as one claiming <= 0 is.
+    #: Refused, not clipped: clipping would hand an over-claiming site the
+    #: largest weight there is. 10**9 is ~800 times ImageNet-1k (1.28e6
+    #: images) at one site, and a million sites at the bound still total
+    #: 1e15 < 2**53, exact as a float64. It bounds one site's weight, it
+    #: does not make FedAvg robust: a site at the bound still outweighs one
+    #: with 1,000 examples a million times.
+    max_num_examples: int = DEFAULT_MAX_NUM_EXAMPLES
 
     @classmethod
     def parse(cls, params: Mapping[str, Any]) -> FedAvgParams:
         """Validate raw params from job.yml; JobValidationError names the field."""
         if not isinstance(params, Mapping):
             raise JobValidationError("job.yml: workflow: must be a mapping")
-        known = {"name", "num_rounds", "round_timeout_s", "sample_fraction", "seed", "keep_models"}
+        known = {
+            "name",
+            "num_rounds",
+            "round_timeout_s",
+            "sample_fraction",
+            "seed",
+            "keep_models",
+            "max_num_examples",
+        }
         unknown = sorted(set(params) - known)
         if unknown:
             raise JobValidationError(
@@ -119,12 +149,23 @@ class FedAvgParams:
                 f"job.yml: workflow.keep_models: must be an integer in 0..{_MAX_ROUNDS} (0: keep "
                 f"every round's model), got {keep!r}"
             )
+        max_examples = params.get("max_num_examples", DEFAULT_MAX_NUM_EXAMPLES)
+        if (
+            isinstance(max_examples, bool)
+            or not isinstance(max_examples, int)
+            or not 1 <= max_examples <= MAX_NUM_EXAMPLES_LIMIT
+        ):
+            raise JobValidationError(
+                f"job.yml: workflow.max_num_examples: must be an integer in "
+                f"[1, 2**53], got {max_examples!r}"
+            )
         return cls(
             num_rounds=rounds,
             round_timeout_s=timeout,
             sample_fraction=fraction,
             seed=seed,
             keep_models=keep,
+            max_num_examples=max_examples,
         )
 
 
@@ -153,25 +194,77 @@ def select_sites(
     return [ordered[i] for i in picked]
 
 
-def _finite_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+def _finite_metrics(
+    metrics: Mapping[str, Any] | None, *, source: str, log: logging.Logger, round: int
+) -> dict[str, float]:
+    """The numbers of ``metrics`` that JSON and TensorBoard can hold: finite,
+    within float32's range. Any other number is dropped with a warning naming
+    ``source`` and the metric (a site sending 1e308 loses that metric, the
+    job goes on); values that are not numbers are not metrics and are left
+    out silently."""
     out: dict[str, float] = {}
     for key, value in (metrics or {}).items():
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             continue
-        f = float(value)
-        if math.isfinite(f):
-            out[str(key)] = f
+        try:
+            f = float(value)
+        except OverflowError:  # an int beyond float's range
+            f = math.inf
+        if not (math.isfinite(f) and abs(f) <= _METRIC_MAX):
+            log.warning(
+                "round %d: dropped metric %r of %s: %s is not a finite number within "
+                "float32's range (|x| <= %.7g)",
+                round,
+                str(key),
+                source,
+                _short(value),
+                _METRIC_MAX,
+            )
+            continue
+        out[str(key)] = f
     return out
 
 
-def _weighted_metrics(results: Sequence[TaskResult]) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
+def _weighted_metrics(
+    results: Sequence[TaskResult],
+    site_metrics: Mapping[str, Mapping[str, float]],
+    *,
+    log: logging.Logger,
+    round: int,
+) -> dict[str, float]:
+    """Each metric's mean over the sites that reported it, weighted by
+    ``num_examples``: ``sum(v * (n / N))``, never ``sum(v * n) / N``, whose
+    products overflow (3e38 * 1e9); a mean that is still not finite is
+    dropped with a warning, never written."""
+    totals: dict[str, int] = {}
     for r in results:
-        for key, value in _finite_metrics(r.metrics).items():
-            sums[key] = sums.get(key, 0.0) + value * r.num_examples
-            weights[key] = weights.get(key, 0.0) + r.num_examples
-    return {key: sums[key] / weights[key] for key in sums}
+        for key in site_metrics[r.site]:
+            totals[key] = totals.get(key, 0) + r.num_examples
+    terms: dict[str, list[float]] = {}
+    for r in results:
+        for key, value in site_metrics[r.site].items():
+            terms.setdefault(key, []).append(value * (r.num_examples / totals[key]))
+    out: dict[str, float] = {}
+    for key, parts in terms.items():
+        mean = math.fsum(parts) if all(math.isfinite(p) for p in parts) else math.nan
+        if math.isfinite(mean) and abs(mean) <= _METRIC_MAX:
+            out[key] = mean
+        else:
+            log.warning(
+                "round %d: dropped the aggregated metric %r: its weighted mean is not finite",
+                round,
+                key,
+            )
+    return out
+
+
+def _short(value: object) -> str:
+    """``value`` for a log line: an int of thousands of digits cut short."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digits limit for str()
+        return f"<an int of {value.bit_length()} bits>" if isinstance(value, int) else "?"
+    return text if len(text) <= 40 else f"{text[:12]}...({len(text)} chars)"
 
 
 def _call_hook(kind: str, spec: str, fn: Any, *args: Any) -> Any:
@@ -211,10 +304,22 @@ def _initial_params(ctx: WorkflowContext, model: Any, adapter: Any) -> dict[str,
 
 
 def _validate(
-    result: TaskResult, reference: Mapping[str, tuple[str, tuple[int, ...]]]
+    result: TaskResult,
+    reference: Mapping[str, tuple[str, tuple[int, ...]]],
+    *,
+    max_num_examples: int,
 ) -> dict[str, np.ndarray]:
-    if result.num_examples <= 0:
-        raise ArrayFormatError(f"num_examples is {result.num_examples}, must be > 0")
+    n = result.num_examples
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ArrayFormatError(f"num_examples is {_short(n)}, must be an integer")
+    if n <= 0:
+        raise ArrayFormatError(f"num_examples is {n}, must be > 0")
+    if n > max_num_examples:
+        # Compared as ints: a float of 10**400 would raise, not compare.
+        raise ArrayFormatError(
+            f"num_examples is {_short(n)}, over the job's "
+            f"workflow.max_num_examples={max_num_examples}"
+        )
     arrays = result.arrays()
     check_compatible(reference, arrays)
     check_finite(arrays)
@@ -378,7 +483,7 @@ def _round(
             continue
         arrays: dict[str, np.ndarray] | None = None
         try:
-            arrays = _validate(result, reference)
+            arrays = _validate(result, reference, max_num_examples=params.max_num_examples)
             mean.add(arrays, weight=result.num_examples)
         except ArrayFormatError as exc:
             refused[site] = str(exc)
@@ -407,7 +512,11 @@ def _round(
     # model. Written (and checksummed) now, so the next round can offer it; made
     # durable and recorded by commit(), which the next round runs once its
     # task is out.
-    new_global = mean.result()
+    try:
+        new_global = mean.result()
+    except ArrayFormatError as exc:
+        # Finite results give a finite mean; never offer a model that is not.
+        raise JobFailedError(f"round {k}: the aggregated model is refused: {exc}") from None
     model_path = store.write_model(k, new_global, durable=False)
     duration = time.monotonic() - started
     results = [accepted[s] for s in sorted(accepted)]
@@ -423,9 +532,13 @@ def _round(
                     f"server.evaluate hook {ctx.spec.server.evaluate!r} must return a dict "
                     "of numbers"
                 )
-            server_metrics = _finite_metrics(raw)
-        site_metrics = {r.site: _finite_metrics(r.metrics) for r in results}
-        aggregated = _weighted_metrics(results)
+            server_metrics = _finite_metrics(
+                raw, source=f"server.evaluate {ctx.spec.server.evaluate!r}", log=log, round=k
+            )
+        site_metrics = {
+            r.site: _finite_metrics(r.metrics, source=r.site, log=log, round=k) for r in results
+        }
+        aggregated = _weighted_metrics(results, site_metrics, log=log, round=k)
         store.append_metrics(
             {
                 "round": k,

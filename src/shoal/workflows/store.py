@@ -177,7 +177,8 @@ class RoundStore:
         atomic_write_bytes(
             self.checkpoint_path,
             json.dumps(
-                {"round": ckpt.round, "model": ckpt.model, checksum.ALGORITHM: ckpt.checksum}
+                {"round": ckpt.round, "model": ckpt.model, checksum.ALGORITHM: ckpt.checksum},
+                allow_nan=False,
             ).encode(),
         )
         return ckpt
@@ -256,7 +257,10 @@ class RoundStore:
         return load_arrays(self.run_dir / ckpt.model, mmap=False)
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
-        """Append one JSON line to metrics.jsonl and fsync it."""
+        """Append one JSON line to metrics.jsonl and fsync it.
+
+        Strict JSON: a NaN or Inf raises ValueError and nothing is written
+        (the workflow drops such numbers before they get here)."""
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
         with open(self.metrics_path, "a", encoding="utf-8") as f:
