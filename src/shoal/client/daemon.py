@@ -154,7 +154,11 @@ class SiteDaemon:
         self.stop()
 
     def start(self) -> None:
-        (self.workspace / "jobs").mkdir(parents=True, exist_ok=True)
+        # Private whatever the caller's umask (the CLI sets 077; a library
+        # user may not): job folders hold code, data and models.
+        jobs = self.workspace / "jobs"
+        jobs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        jobs.chmod(0o700)
         if self.opts.health_port is not None:
             # "" is the daemon's liveness; shoal.v1.Site whether it is connected.
             self._health = start_health(
@@ -469,6 +473,7 @@ class SiteDaemon:
         from shoal.jobs import APP_DIR, find_job_root, load_job_spec, safe_extract
 
         package = job_dir / "job.zip"
+        job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         t0 = time.monotonic()
         key_pem, public_pem = new_worker_key()
         try:
