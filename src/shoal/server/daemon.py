@@ -73,6 +73,11 @@ class ServerOptions:
     #: their turn. Bounds the daemon's memory whatever the number of sites
     #: (each stream holds gRPC buffers); more does not help on a few cores.
     max_transfers: int = 8
+    #: Seconds a model transfer may move no data before it is cancelled and
+    #: its slot given back: a site that stalls or stops reading loses its
+    #: transfer, not the federation its slots. None: $SHOAL_TRANSFER_STALL_S,
+    #: else 30.
+    transfer_stall_s: float | None = None
 
 
 class ServerDaemon:
@@ -105,6 +110,11 @@ class ServerDaemon:
         )
         self.ports: dict[str, int] = {}
         self.max_transfers = max(1, opts.max_transfers)
+        self.transfer_stall_s = float(
+            opts.transfer_stall_s or os.environ.get("SHOAL_TRANSFER_STALL_S") or 30
+        )
+        if not self.transfer_stall_s > 0:
+            raise ConfigError(f"transfer_stall_s must be > 0, got {self.transfer_stall_s!r}")
         self.start_time = time.time()
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.store: JobStore | None = None
@@ -139,7 +149,7 @@ class ServerDaemon:
         self.store = JobStore(self.workspace)
         self._recover_jobs()
         self.registry.on_change(self._site_changed)
-        fleet = FleetService(self, max_transfers=self.max_transfers)
+        fleet = FleetService(self, max_transfers=self.max_transfers, stall_s=self.transfer_stall_s)
         admin = AdminService(self)
         tls = self.kit.tls
         try:
