@@ -118,7 +118,12 @@ class Fed:
         return proc.pid
 
     def start_server(
-        self, *, host: str = "127.0.0.1", workspace: Path | None = None, heartbeat_s: float = 6.0
+        self,
+        *,
+        host: str = "127.0.0.1",
+        workspace: Path | None = None,
+        heartbeat_s: float = 6.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if workspace is not None:
             self.workspace = workspace
@@ -128,7 +133,7 @@ class Fed:
         args += ["--heartbeat-timeout", str(heartbeat_s)]
         if workspace is not None:
             args += ["--workspace", str(workspace)]
-        self._spawn("server1", args)
+        self._spawn("server1", [*args, *extra_args])
         proc = self.procs["server1"]
         wait_for(lambda: ready.exists() or proc.poll() is not None, 60, "the server to listen")
         assert proc.poll() is None, f"server exited: {self.tail('server1')}"

@@ -79,6 +79,11 @@ class ServerOptions:
     #: None: $SHOAL_SUBMITTER_QUOTA_BYTES, the kit's ``submitter_quota_bytes``,
     #: else 2 GiB.
     submitter_quota_bytes: int | None = None
+    #: Seconds a model transfer may move no data before it is cancelled and
+    #: its slot given back: a site that stalls or stops reading loses its
+    #: transfer, not the federation its slots. None: $SHOAL_TRANSFER_STALL_S,
+    #: else 30.
+    transfer_stall_s: float | None = None
 
 
 class ServerDaemon:
@@ -116,6 +121,11 @@ class ServerDaemon:
             or os.environ.get("SHOAL_SUBMITTER_QUOTA_BYTES")
             or cfg.get("submitter_quota_bytes", DEFAULT_SUBMITTER_QUOTA_BYTES)
         )
+        self.transfer_stall_s = float(
+            opts.transfer_stall_s or os.environ.get("SHOAL_TRANSFER_STALL_S") or 30
+        )
+        if not self.transfer_stall_s > 0:
+            raise ConfigError(f"transfer_stall_s must be > 0, got {self.transfer_stall_s!r}")
         self.start_time = time.time()
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.store: JobStore | None = None
@@ -151,7 +161,7 @@ class ServerDaemon:
         self.store = JobStore(self.workspace)
         self._recover_jobs()
         self.registry.on_change(self._site_changed)
-        fleet = FleetService(self, max_transfers=self.max_transfers)
+        fleet = FleetService(self, max_transfers=self.max_transfers, stall_s=self.transfer_stall_s)
         admin = AdminService(self)
         tls = self.kit.tls
         # Job workers present a per-job certificate from the server's own

@@ -13,6 +13,8 @@ Nothing here may block for long: it would hold up every site at once.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import functools
 import json
 import logging
@@ -33,7 +35,7 @@ from shoal.errors import NotFoundError, PeerRejectedError
 from shoal.server.jobrun import DONE, JobRun, Task
 from shoal.server.sessions import CLOSE, SiteSession
 from shoal.transport import PayloadHeader, frames_from_file
-from shoal.transport.aio import Wakeup
+from shoal.transport.aio import StalledError, StallWatch, Ticking, Wakeup
 from shoal.transport.channels import aio_rpc_errors
 from shoal.transport.frames import (
     WireFrame,
@@ -54,16 +56,59 @@ log = logging.getLogger(__name__)
 MAX_TASK_WAIT_S = 60.0
 #: Largest job log a site may upload.
 MAX_LOG_BYTES = 256 * 1024 * 1024
+#: Stalled transfers a site may leave open (see ``FleetService._end_stalled``)
+#: before its new transfers and Work streams are refused.
+MAX_STALLED_PER_SITE = 2
+
+
+class TransferSlots:
+    """The daemon's model-transfer slots: ``total`` at once, at most
+    ``per_site`` of them held (or waited for) by one site, so no site can
+    take them all and stop every other site's transfers.
+
+        slots = TransferSlots(total=8, per_site=2)
+        async with slots.hold("site-1"):
+            ...  # stream the model
+    """
+
+    def __init__(self, *, total: int, per_site: int) -> None:
+        self.total = max(1, total)
+        self.per_site = max(1, min(per_site, self.total))
+        self._free = asyncio.Semaphore(self.total)
+        # Keyed by certificate name: no more entries than the project has sites.
+        self._sites: dict[str, asyncio.Semaphore] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, site: str) -> AsyncIterator[None]:
+        mine = self._sites.get(site)
+        if mine is None:
+            mine = self._sites[site] = asyncio.Semaphore(self.per_site)
+        # The site's own turn first: a site over its share waits behind its
+        # own transfers, never in the queue every site shares.
+        async with mine, self._free:
+            yield
 
 
 class FleetService:
     """``shoal.v1.Fleet`` for a ``grpc.aio`` server (bound by ``transport.services``)."""
 
-    def __init__(self, daemon: ServerDaemon, *, max_transfers: int) -> None:
+    def __init__(self, daemon: ServerDaemon, *, max_transfers: int, stall_s: float = 30.0) -> None:
         self.d = daemon
         # Model transfers streamed at once; the others wait their turn. Bounds
-        # the daemon's memory whatever the number of sites.
-        self._transfer_slots = asyncio.Semaphore(max(1, max_transfers))
+        # the daemon's memory whatever the number of sites. A quarter each at
+        # most: one site that stalls, or never reads, cannot hold them all.
+        self._slots = TransferSlots(total=max_transfers, per_site=max(1, max_transfers // 4))
+        # A transfer that moves no data for this long loses its slot.
+        self._stall_s = stall_s
+        # One task transfer per site and job at a time: a worker's second
+        # "ready" while its task is still streaming (or stalled) waits for
+        # that one instead of taking another slot for the same task.
+        self._task_turns: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        # Per site: stalled transfers whose stream is not closed yet (a peer
+        # that never reads keeps it open, and the unsent chunk with it).
+        self._stalled: collections.Counter[str] = collections.Counter()
         # One per running job, made by the first "ready" for it: a new task
         # wakes every call waiting for one with a single hop onto the loop.
         self._board_wakeups: weakref.WeakKeyDictionary[JobRun, Wakeup] = weakref.WeakKeyDictionary()
@@ -186,35 +231,94 @@ class FleetService:
         slot while streaming sat in gRPC's buffers, so the daemon's memory
         grew with the number of sites uploading at once."""
         who = await self.d.identify_aio(context, expected_type=("client", "worker"))
+        await self._refuse_if_stalled(who.name, context)
         async with aio_rpc_errors(context, f"work stream of {who.name}"):
-            while (first := await anext(request_iterator, None)) is not None:
-                header = read_header(iter((first,)))
-                if who.job_id is not None and header.job_id != who.job_id:
-                    # A worker's credential is good for its own job only.
-                    raise PeerRejectedError(
-                        f"credential of {who.name}'s worker for job {who.job_id} "
-                        f"cannot act for job {header.job_id}"
+            try:
+                await self._work(who.name, request_iterator, context, bound_job=who.job_id)
+            except StalledError as exc:
+                await self._end_stalled(who.name, exc, context)
+
+    async def _work(
+        self,
+        site: str,
+        request_iterator: AsyncIterator[WireFrame],
+        context: grpc.aio.ServicerContext,
+        *,
+        bound_job: str | None = None,
+    ) -> None:
+        while (first := await anext(request_iterator, None)) is not None:
+            header = read_header(iter((first,)))
+            if bound_job is not None and header.job_id != bound_job:
+                # A worker's credential is good for its own job only.
+                raise PeerRejectedError(
+                    f"credential of {site}'s worker for job {bound_job} "
+                    f"cannot act for job {header.job_id}"
+                )
+            run = self._run_for(site, header.job_id)
+            if header.kind == "ready":
+                await self._send_task(run, site, header, context)
+            elif header.kind == "result":
+                if header.inline is None:
+                    # A slot, and a watch on it: a site that is told "go" and
+                    # sends nothing (or stops) loses the slot after stall_s.
+                    watch = StallWatch(self._stall_s, f"result upload from {site}")
+                    reply = PayloadHeader(
+                        kind="go", job_id=run.job_id, task_id=header.task_id, size=0
                     )
-                run = self._run_for(who.name, header.job_id)
-                if header.kind == "ready":
-                    await self._send_task(run, who.name, header, context)
-                elif header.kind == "result":
-                    go = None
-                    if header.inline is None:
-                        reply = PayloadHeader(
-                            kind="go", job_id=run.job_id, task_id=header.task_id, size=0
-                        )
-                        go = functools.partial(context.write, pb.Frame(header=reply.to_pb()))
-                    async with self._transfer_slots:
-                        info = await run.accept_result(
-                            who.name, header, request_iterator, run.max_result_bytes(), go=go
-                        )
-                    ack = PayloadHeader(
-                        kind="ack", job_id=run.job_id, task_id=header.task_id, meta=info, size=0
+                    info = await run.accept_result(
+                        site,
+                        header,
+                        Ticking(request_iterator, watch),
+                        run.max_result_bytes(),
+                        go=functools.partial(context.write, pb.Frame(header=reply.to_pb())),
+                        transfer=functools.partial(self._transfer, site, watch),
                     )
-                    await context.write(pb.Frame(header=ack.to_pb()))
                 else:
-                    raise PeerRejectedError(f"expected 'ready' or a result, got {header.kind!r}")
+                    # Its bytes came inside the header: nothing left to stream.
+                    info = await run.accept_result(
+                        site, header, request_iterator, run.max_result_bytes()
+                    )
+                ack = PayloadHeader(
+                    kind="ack", job_id=run.job_id, task_id=header.task_id, meta=info, size=0
+                )
+                await context.write(pb.Frame(header=ack.to_pb()))
+            else:
+                raise PeerRejectedError(f"expected 'ready' or a result, got {header.kind!r}")
+
+    @contextlib.asynccontextmanager
+    async def _transfer(self, site: str, watch: StallWatch) -> AsyncIterator[StallWatch]:
+        """A transfer slot for ``site``, watched from the moment it is held:
+        waiting for a slot is not a stall, holding one idle is."""
+        async with self._slots.hold(site), watch:
+            yield watch
+
+    async def _refuse_if_stalled(self, site: str, context: grpc.aio.ServicerContext) -> None:
+        if (n := self._stalled[site]) >= MAX_STALLED_PER_SITE:
+            log.warning("refused a transfer to %s: %d stalled transfers still open", site, n)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{site} has {n} stalled transfers still open (at most "
+                f"{MAX_STALLED_PER_SITE}): read or close those streams first",
+            )
+
+    async def _end_stalled(
+        self, site: str, exc: StalledError, context: grpc.aio.ServicerContext
+    ) -> None:
+        """End a stream whose transfer stalled (its slot is free already).
+
+        A peer that stopped reading has our last chunk pending in gRPC, and
+        the status queues behind it: the stream only closes once the peer
+        reads or goes away (keepalive finds a dead one). Until then it counts
+        against the site (``MAX_STALLED_PER_SITE``), so a site that never
+        reads cannot pile up unsent chunks in the daemon's memory."""
+        log.warning("%s", exc)
+        self._stalled[site] += 1
+        try:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        finally:
+            self._stalled[site] -= 1
+            if not self._stalled[site]:
+                del self._stalled[site]
 
     async def _send_task(
         self, run: JobRun, site: str, ready: PayloadHeader, context: grpc.aio.ServicerContext
@@ -226,25 +330,50 @@ class FleetService:
         except (TypeError, ValueError):
             raise PeerRejectedError("wait_s must be a number") from None
         task = await self._next_task(run, site, wait)
+        if isinstance(task, Task) and task.small is None:
+            key = (site, run.job_id)
+            turn = self._task_turns.get(key)
+            if turn is None:
+                turn = self._task_turns[key] = asyncio.Lock()
+            async with turn:
+                # The board may have moved on while this waited its turn.
+                task = run.take_task(site)
+                if isinstance(task, Task) and task.small is None:
+                    await self._refuse_if_stalled(site, context)
+                    await self._stream_task(run, site, task, context)
+                    return
         if task is None or task is DONE:
             kind = "none" if task is None else "done"
             header = PayloadHeader(kind=kind, job_id=run.job_id, size=0)
             await context.write(pb.Frame(header=header.to_pb()))
             return
-        assert isinstance(task, Task)
+        assert isinstance(task, Task) and task.small is not None
+        # One message, no file, no transfer slot, no checksum per site: a
+        # small model is a header's worth of bytes.
+        header = self._task_header(run, site, task)
+        inline = header.with_payload(len(task.small), task.small, checksum=task.small_checksum)
+        await context.write(pb.Frame(header=inline.to_pb()))
+
+    @staticmethod
+    def _task_header(run: JobRun, site: str, task: Task) -> PayloadHeader:
         meta = dict(task.meta)
         meta.update({"task": task.name, "round": task.round, "site": site})
-        header = PayloadHeader(kind="task", job_id=run.job_id, task_id=task.task_id, meta=meta)
-        if task.small is not None:
-            # One message, no file, no transfer slot, no checksum per site: a
-            # small model is a header's worth of bytes.
-            inline = header.with_payload(len(task.small), task.small, checksum=task.small_checksum)
-            await context.write(pb.Frame(header=inline.to_pb()))
-            return
-        async with self._transfer_slots:
+        return PayloadHeader(kind="task", job_id=run.job_id, task_id=task.task_id, meta=meta)
+
+    async def _stream_task(
+        self, run: JobRun, site: str, task: Task, context: grpc.aio.ServicerContext
+    ) -> None:
+        header = self._task_header(run, site, task)
+        watch = StallWatch(self._stall_s, f"round {task.round} task of job {run.job_id} to {site}")
+        async with self._transfer(site, watch):
             t0 = time.monotonic()
-            for frame in frames_from_file(header, task.weights_path, checksum=task.checksum):
-                await context.write(frame)
+            frames = frames_from_file(header, task.weights_path, checksum=task.checksum)
+            with contextlib.closing(frames):  # a stalled send closes the file now, not at GC
+                for frame in frames:
+                    # A peer that never reads blocks this write (gRPC flow
+                    # control) until the watch ends it.
+                    await context.write(frame)
+                    watch.tick()
         log.info(
             "job %s: sent %s task of round %d to %s: %s in %.3f s",
             run.job_id,

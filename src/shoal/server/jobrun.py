@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,11 +373,16 @@ class JobRun:
         max_size: int,
         *,
         go: Callable[[], Awaitable[object]] | None = None,
+        transfer: Callable[[], AbstractAsyncContextManager[object]] | None = None,
     ) -> dict[str, Any]:
         """Receive a site's result (the rest of a ``grpc.aio`` request stream)
         into the run folder and hand it to the workflow. ``go`` is awaited
         once the result is known to be wanted, before its data is read (the
-        Work stream tells the site to start sending then)."""
+        Work stream tells the site to start sending then). ``transfer()`` is
+        entered around ``go`` and the receipt (the Fleet service's transfer
+        slot and stall watch): only after the checks, so a result nobody
+        wants, or a second upload of one already arriving, is refused at once
+        and never waits for, or holds, a slot."""
         claimed = header.meta.get("site")
         if claimed is not None and claimed != site:
             raise PeerRejectedError(f"{site} sent a result claiming to be from {claimed!r}")
@@ -404,24 +410,25 @@ class JobRun:
                 )
             task.receiving.add(site)
         try:
-            if go is not None:
-                await go()
-            t0 = time.monotonic()
             dest: Path | None = None
             inline: bytes | None = None
-            if header.inline is not None and header.size <= IPC_INLINE_MAX:
-                # A small model: handed to the workflow in the message, no file
-                # (creating a file per site and round dominated a round at scale).
-                inline = await receive_bytes_async(header, frames, max_size=max_size)
-                size = len(inline)
-            else:
-                dest = self.record.run_dir / "results" / task.task_id / f"{site}.safetensors"
-                # Not fsynced: after a crash the round is re-run from the checkpoint.
-                received = await receive_to_file_async(
-                    header, frames, dest, max_size=max_size, durable=False
-                )
-                size = received.size
-            elapsed = time.monotonic() - t0
+            async with transfer() if transfer is not None else contextlib.nullcontext():
+                if go is not None:
+                    await go()
+                t0 = time.monotonic()
+                if header.inline is not None and header.size <= IPC_INLINE_MAX:
+                    # A small model: handed to the workflow in the message, no file
+                    # (creating a file per site and round dominated a round at scale).
+                    inline = await receive_bytes_async(header, frames, max_size=max_size)
+                    size = len(inline)
+                else:
+                    dest = self.record.run_dir / "results" / task.task_id / f"{site}.safetensors"
+                    # Not fsynced: after a crash the round is re-run from the checkpoint.
+                    received = await receive_to_file_async(
+                        header, frames, dest, max_size=max_size, durable=False
+                    )
+                    size = received.size
+                elapsed = time.monotonic() - t0
             with self._cond:
                 # Re-check: the workflow may have moved on while we received.
                 if site in task.answered or self._tasks.get(task.task_id) is not task:

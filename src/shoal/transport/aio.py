@@ -15,6 +15,10 @@ threads. They wake a waiting call with :class:`Wakeup`: one
                              register=[lambda s: add_service(s, servicer, "Fleet")])
     server.port          # bound before start() returns
     server.stop(grace=1.0)
+
+A transfer on such a stream holds resources the whole federation shares (a
+transfer slot), so it runs under a :class:`StallWatch`: a peer that stops
+sending or reading loses it after a while without progress.
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 import grpc
 
+from shoal.errors import TransportError
 from shoal.transport.channels import bind_port, server_options
 from shoal.transport.tls import TLSSource
 
-__all__ = ["AioServer", "Wakeup"]
+__all__ = ["AioServer", "StallWatch", "StalledError", "Ticking", "Wakeup"]
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +167,97 @@ class Wakeup:
             pass
         finally:
             self._waiters.discard(fut)
+
+
+class StalledError(TransportError):
+    """A transfer moved no data for longer than its :class:`StallWatch` allows."""
+
+
+class StallWatch:
+    """Ends the block it guards once nothing moved for ``limit_s`` seconds.
+
+    The guarded code calls :meth:`tick` whenever data moved (a chunk read or
+    written); when the last tick is ``limit_s`` old the watch cancels the
+    task, and the block raises :class:`StalledError` instead of the
+    cancellation. A tick costs a clock read: the watch's own timer wakes at
+    most once per ``limit_s`` (re-armed from the last tick), not per chunk,
+    so the hot path pays no ``wait_for`` (a task and a timer each) per chunk.
+
+        watch = StallWatch(30.0, "task to site-1")
+        async with watch:
+            for frame in frames:
+                await context.write(frame)   # a peer that never reads blocks here
+                watch.tick()
+    """
+
+    def __init__(self, limit_s: float, what: str) -> None:
+        self.limit_s = limit_s
+        self.what = what
+        self.stalled = False
+        self._clock = time.monotonic  # what the loop's time() reads, minus a call
+        self._last = self._clock()
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def tick(self) -> None:
+        """Data moved: the stall clock starts again."""
+        self._last = self._clock()
+
+    async def __aenter__(self) -> StallWatch:
+        self._task = asyncio.current_task()
+        assert self._task is not None, "StallWatch needs a task"
+        # Python 3.11+ counts cancellations (3.10 does not): see __aexit__.
+        self._cancelling = getattr(self._task, "cancelling", lambda: 0)()
+        self.tick()
+        self._arm()
+        return self
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        # loop.time() is time.monotonic(): the deadline is the last tick's plus the limit.
+        self._timer = loop.call_at(self._last + self.limit_s, self._check)
+
+    def _check(self) -> None:
+        if self._clock() - self._last < self.limit_s:
+            self._arm()  # it moved since: wait out the rest of the limit from the last tick
+            return
+        self.stalled = True
+        assert self._task is not None
+        self._task.cancel(f"{self.what}: stalled")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.stalled:
+            return
+        # As asyncio.timeout: take back our own cancellation, and only ours
+        # (a cancellation from elsewhere, e.g. the peer going away, stays one).
+        uncancel = getattr(self._task, "uncancel", None)
+        ours = uncancel is None or uncancel() <= self._cancelling
+        if ours and exc_type is asyncio.CancelledError:
+            raise StalledError(
+                f"{self.what}: no data moved for {self.limit_s:g} s; transfer cancelled"
+            )
+
+
+class Ticking(Generic[T]):
+    """An async iterator of frames that ticks ``watch`` for each one it hands on:
+    a payload read through it counts as progress for the watch."""
+
+    def __init__(self, frames: AsyncIterator[T], watch: StallWatch) -> None:
+        self._frames = frames
+        self._watch = watch
+
+    def __aiter__(self) -> Ticking[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        frame = await anext(self._frames)
+        self._watch.tick()
+        return frame

@@ -219,7 +219,7 @@ def frames_from_file(
     chunk_size: int = CHUNK_SIZE,
     checksum: str | None = None,
     inline_max: int = INLINE_MAX,
-) -> Iterator[Frame]:
+) -> Generator[Frame, None, None]:
     """Stream ``path`` as frames; the header's size is filled in from the file.
 
     ``checksum``: the file's checksum when the caller already has it
