@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import queue
 import random
 import time
@@ -100,6 +101,19 @@ def _log_to_job_log() -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def _finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics as JSON numbers: a NaN or infinite one (a diverged loss)
+    is left out with a warning, since the server takes strict JSON only."""
+    out = {}
+    for name, value in metrics.items():
+        number = float(value)
+        if math.isfinite(number):
+            out[name] = number
+        else:
+            log.warning("metric %r is %r: not sent (not a finite number)", name, number)
+    return out
 
 
 class _WorkStream:
@@ -246,7 +260,7 @@ class GrpcBackend:
             meta={
                 "site": self.site_name,
                 "num_examples": int(model.num_examples),
-                "metrics": {k: float(v) for k, v in model.metrics.items()},
+                "metrics": _finite_metrics(model.metrics),
             },
         )
         t0 = time.monotonic()

@@ -386,10 +386,13 @@ class JobRun:
         claimed = header.meta.get("site")
         if claimed is not None and claimed != site:
             raise PeerRejectedError(f"{site} sent a result claiming to be from {claimed!r}")
-        try:
-            num_examples = int(header.meta.get("num_examples", 0))
-        except (TypeError, ValueError):
-            raise PeerRejectedError("num_examples must be an integer") from None
+        num_examples = header.meta.get("num_examples", 0)
+        # Strictly an int: int() would round 1.5 down and raise OverflowError
+        # on infinity. The workflow bounds it from above (max_num_examples).
+        if not isinstance(num_examples, int) or isinstance(num_examples, bool):
+            raise PeerRejectedError(
+                f"num_examples must be an integer, got {type(num_examples).__name__}"
+            )
         metrics = header.meta.get("metrics") or {}
         if not isinstance(metrics, dict):
             raise PeerRejectedError("metrics must be a JSON object")

@@ -136,6 +136,10 @@ def _body(frame: WireFrame | bytes) -> tuple[str, Any]:
     return str(which), getattr(frame, which) if which else None
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 @dataclass(frozen=True)
 class PayloadHeader:
     """What a payload is, in shoal's own terms (protobuf stays in here)."""
@@ -166,8 +170,10 @@ class PayloadHeader:
     @classmethod
     def from_pb(cls, h: pb.Header) -> PayloadHeader:
         try:
-            meta = json.loads(h.meta_json) if h.meta_json else {}
-        except json.JSONDecodeError as exc:
+            # Strict JSON: NaN and Infinity are not JSON, and a peer's number
+            # that is not finite must not reach metrics or the job store.
+            meta = json.loads(h.meta_json, parse_constant=_no_constant) if h.meta_json else {}
+        except (json.JSONDecodeError, ValueError) as exc:
             raise TransportError(f"payload header: meta_json is not JSON: {exc}") from exc
         if not isinstance(meta, dict):
             raise TransportError("payload header: meta_json must be a JSON object")
