@@ -40,6 +40,7 @@ from shoal.errors import ConfigError
 __all__ = [
     "CONFINEMENT_ENV",
     "DATA_PATHS_ENV",
+    "DENY_PATHS_ENV",
     "JOB_ENV_ENV",
     "WRITE_PATHS_ENV",
     "Confinement",
@@ -60,6 +61,9 @@ DATA_PATHS_ENV = "SHOAL_DATA_PATHS"
 #: Folders (``os.pathsep``-separated) that job code may also write: a scratch
 #: or output volume the operator shares with jobs.
 WRITE_PATHS_ENV = "SHOAL_WRITE_PATHS"
+#: Folders (``os.pathsep``-separated) job code must never reach, beyond the
+#: kit and the workspace the daemon knows of.
+DENY_PATHS_ENV = "SHOAL_DENY_PATHS"
 #: Names (comma-separated) of further daemon variables to hand to job code.
 JOB_ENV_ENV = "SHOAL_JOB_ENV"
 
@@ -200,14 +204,22 @@ class Confinement:
         return [python, "-m", "shoal.sandbox", self.to_json(), "--", *argv]
 
 
-def secret_paths(kit_root: Path, workspace: Path) -> list[Path]:
+def secret_paths(
+    kit_root: Path, workspace: Path, *, environ: Mapping[str, str] | None = None
+) -> list[Path]:
     """What job code must never reach: the daemon's kit, its workspace and, for
     a kit still in its provisioning folder (``prod_NN``), the project folder
-    above it, which holds every kit and the root CA's key (``state/``)."""
+    above it, which holds every kit and the root CA's key (``state/``); the
+    kit a container staged ours from (``SHOAL_KIT_SOURCE``, under ``/etc`` in
+    the Kubernetes manifests) and the operator's ``SHOAL_DENY_PATHS``."""
+    env = environ if environ is not None else os.environ
     root = kit_root.resolve()
     paths = [root, workspace.resolve()]
     if root.parent.name.startswith("prod_") and (root.parent.parent / "state").is_dir():
         paths.append(root.parent.parent)
+    if env.get("SHOAL_KIT_SOURCE"):
+        paths.append(Path(env["SHOAL_KIT_SOURCE"]))
+    paths += [Path(p) for p in data_paths(env, DENY_PATHS_ENV)]
     return paths
 
 
