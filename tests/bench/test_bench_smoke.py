@@ -53,6 +53,11 @@ def test_host_costs_quick() -> None:
     assert "XXH3-128" in out and "filling" in out and "over a cached file" in out
 
 
+def test_confinement_quick() -> None:
+    out = _run("confinement", "--quick")
+    assert "through shoal.sandbox" in out and "worker key pair" in out
+
+
 def test_simulator_quick() -> None:
     out = _run("simulator", "--quick", "--sites", "5")
     assert "s/round (median)" in out and "FAILED" not in out
