@@ -27,6 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=8,
         help="model transfers streamed at once; bounds memory (default 8)",
     )
+    p.add_argument(
+        "--transfer-stall-s",
+        type=float,
+        help="seconds a transfer may move no data before its slot is taken back "
+        "(default $SHOAL_TRANSFER_STALL_S or 30)",
+    )
+    p.add_argument(
+        "--submitter-quota-bytes",
+        type=int,
+        help="stored job bytes one submitter may hold "
+        "(default $SHOAL_SUBMITTER_QUOTA_BYTES, the kit's, or 2 GiB)",
+    )
     p.set_defaults(func=run)
 
 
@@ -48,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             heartbeat_timeout_s=args.heartbeat_timeout,
             workspace=args.workspace,
             max_transfers=args.max_transfers,
+            transfer_stall_s=args.transfer_stall_s,
+            submitter_quota_bytes=args.submitter_quota_bytes,
         ),
     )
 
