@@ -138,10 +138,20 @@ class Fed:
         wait_for(lambda: ready.exists() or proc.poll() is not None, 60, "the server to listen")
         assert proc.poll() is None, f"server exited: {self.tail('server1')}"
 
-    def start_site(self, site: str, *, server: str | None = None, netns: str | None = None) -> None:
+    def start_site(
+        self,
+        site: str,
+        *,
+        server: str | None = None,
+        netns: str | None = None,
+        workspace: Path | None = None,
+    ) -> None:
         prefix = ["ip", "netns", "exec", netns] if netns else []
         address = server or f"127.0.0.1:{self.fed_port}"
-        self._spawn(site, ["client", "--kit", str(self.kits[site]), "--server", address], prefix)
+        args = ["client", "--kit", str(self.kits[site]), "--server", address]
+        if workspace is not None:
+            args += ["--workspace", str(workspace)]
+        self._spawn(site, args, prefix)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal the process's whole group (the daemon and the workers it started)."""

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from faults.harness import write_job  # noqa: I001
 
+from shoal import sandbox
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.transport import PayloadHeader, TLSConfig
@@ -184,3 +185,40 @@ def test_a_stolen_worker_credential_is_useless_beyond_its_job(fed_factory, tmp_p
         admin_stub.Call(pb.AdminRequest(command="check_status"), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
+
+
+def _uid_mode_unavailable(workspace: Path) -> str | None:
+    user, why = sandbox.job_user((), workspace=workspace)
+    return None if user is not None else why
+
+
+def test_a_root_site_runs_each_job_as_a_uid_of_its_own(fed_factory, tmp_path_factory):
+    """Where a root daemon can switch users (the interpreter readable by
+    others, the workspace passable), each job runs as its own uid, on top of
+    Landlock. Needs such a host: this project's CI runs a Python under /root
+    (0700), where the daemon falls back to Landlock alone and says why."""
+    base = Path("/tmp") / f"shoal-uid-{tmp_path_factory.getbasetemp().name}"
+    base.mkdir(mode=0o755, exist_ok=True)
+    base.chmod(0o755)
+    ws = base / "ws-site-1"
+    ws.mkdir(mode=0o755, exist_ok=True)
+    why = _uid_mode_unavailable(ws)
+    if why is not None:
+        pytest.skip(f"no uid per job on this host: {why}")
+    fed = fed_factory()
+    # The harness's gate lives in pytest's private folders: no uid but root's
+    # could write there, and this test holds no job.
+    for name in ("FAULT_GATE", "SHOAL_JOB_ENV", "SHOAL_WRITE_PATHS"):
+        fed.env.pop(name)
+    fed.start_server()
+    fed.start_site("site-1", workspace=ws)
+    admin = fed.admin()
+    fed.wait_connected(admin, ["site-1"])
+    first = admin.submit_job(write_job(tmp_path_factory.mktemp("j1"), name="a", num_rounds=1))
+    second = admin.submit_job(write_job(tmp_path_factory.mktemp("j2"), name="b", num_rounds=1))
+    for job_id in (first, second):
+        assert admin.wait_for_job(job_id, timeout=120)["status"] == "FINISHED:COMPLETED"
+    owners = {(ws / "jobs" / j / "job").stat().st_uid for j in (first, second)}
+    assert len(owners) == 2 and min(owners) >= 0x30000, owners
+    assert (ws / "jobs" / first / "log.txt").stat().st_uid == 0
+    assert oct((ws / "jobs").stat().st_mode & 0o777) == "0o711"

@@ -17,6 +17,8 @@ job never takes the daemon down.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -167,7 +169,11 @@ class SiteDaemon:
             self.health_port = self._health.port
         self._thread = threading.Thread(target=self._run, name="site-session", daemon=True)
         self._thread.start()
-        user, why = job_user(())
+        user, why = job_user((), workspace=self.workspace)
+        if user is not None:
+            # Job folders are owned by their job's uid: jobs/ must let those
+            # uids pass through to their own folder, never list the others.
+            jobs.chmod(0o711)
         log.info("%s", describe(user, why, confinement_mode()))
         # The first sweep runs now: a site that was down when a job was deleted
         # (and so never heard of it) still drops old folders by the age rule.
@@ -423,12 +429,20 @@ class SiteDaemon:
             label="job",
         )
         with self._lock:
-            in_use = [w.user.uid for w in self._workers.values() if w.user is not None]
-        user, _ = job_user(in_use)
+            in_use = {w.user.uid for w in self._workers.values() if w.user is not None}
+        # Nor the uid owning any job folder still here (from before a
+        # restart): a new job must not own an old job's files.
+        with os.scandir(self.workspace / "jobs") as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    in_use.add(os.stat(os.path.join(entry.path, "job")).st_uid)
+        user, _ = job_user(in_use, workspace=self.workspace)
         if user is not None:
             worker.user = user
+            job_dir.chmod(0o711)
             for path in [*writable, creds, config_path]:
                 _chown_tree(path, user)
+            plan = dataclasses.replace(plan, uid=user.uid, gid=user.gid)
         with open(log_path, "ab") as out:
             return subprocess.Popen(
                 plan.command(
@@ -440,9 +454,6 @@ class SiteDaemon:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                user=user.uid if user else None,
-                group=user.gid if user else None,
-                extra_groups=[] if user else None,
             )
 
     def _worker_config(

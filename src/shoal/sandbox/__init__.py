@@ -159,6 +159,11 @@ class Confinement:
     devices: tuple[str, ...] = DEVICES
     #: ``"required"``: refuse to run unconfined; ``"off"``: run as is.
     mode: str = "required"
+    #: Switch to this uid/gid (no supplementary groups) once confined; root
+    #: daemons only. Done here, in a fresh single-threaded process, not by
+    #: the daemon's fork: gRPC's fork handlers crash a forked child.
+    uid: int | None = None
+    gid: int | None = None
     #: Set for the job's environment in the launcher's log line.
     label: str = field(default="job")
 
@@ -197,6 +202,8 @@ class Confinement:
             devices=tuple(data["devices"]),
             mode=str(data["mode"]),
             label=str(data["label"]),
+            uid=None if data.get("uid") is None else int(data["uid"]),
+            gid=None if data.get("gid") is None else int(data["gid"]),
         )
 
     def command(self, argv: Sequence[str], *, python: str = sys.executable) -> list[str]:
@@ -271,10 +278,24 @@ def apply(plan: Confinement) -> str:
     Raises :class:`~shoal.sandbox.landlock.LandlockError` (an OSError) when
     the kernel cannot confine and the plan requires it.
     """
+    if plan.mode == "off":
+        return "unconfined (SHOAL_CONFINEMENT=off)" + _switch_user(plan)
+    return _landlock(plan) + _switch_user(plan)
+
+
+def _switch_user(plan: Confinement) -> str:
+    if plan.uid is None:
+        return ""
+    gid = plan.gid if plan.gid is not None else plan.uid
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(plan.uid)
+    return f", uid {plan.uid}"
+
+
+def _landlock(plan: Confinement) -> str:
     from shoal.sandbox import landlock
 
-    if plan.mode == "off":
-        return "unconfined (SHOAL_CONFINEMENT=off)"
     version = landlock.abi()
     ruleset = landlock.Ruleset(version)  # raises when Landlock is missing
     deny = [r for d in plan.deny if (r := _real(d)) is not None]
@@ -319,11 +340,24 @@ def _reachable_by_others(path: Path) -> bool:
         return False
 
 
-def job_user(in_use: Iterable[int]) -> tuple[JobUser | None, str]:
+def _traversable_by_others(folder: Path) -> bool:
+    """Whether a user with no rights can pass through ``folder`` and every
+    folder above it (search permission: it need not list them)."""
+    try:
+        folder = folder.resolve()
+        return all(p.stat().st_mode & stat.S_IXOTH for p in [*folder.parents, folder])
+    except OSError:
+        return False
+
+
+def job_user(in_use: Iterable[int], *, workspace: Path | None = None) -> tuple[JobUser | None, str]:
     """A uid of its own for the next job, or None and why not.
 
-    Only a root daemon can switch users, and only to no avail unless the
-    interpreter and shoal's package can be read by a user with no rights.
+    Only a root daemon can switch users, and only to some avail if the
+    interpreter and shoal's package can be read by a user with no rights and
+    the ``workspace`` (where job folders live) can be passed through by one:
+    a kit in its provisioning folder (0700, beside the root CA's key) or a
+    private parent leaves Landlock alone to confine job code.
     """
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return None, "the daemon does not run as root"
@@ -332,6 +366,8 @@ def job_user(in_use: Iterable[int]) -> tuple[JobUser | None, str]:
     for needed in (Path(sys.executable), Path(shoal.__file__)):
         if not _reachable_by_others(needed):
             return None, f"{needed.resolve()} cannot be read by other users"
+    if workspace is not None and not _traversable_by_others(workspace):
+        return None, f"other users cannot pass through {workspace} (chmod o+x it to allow)"
     taken = set(in_use)
     for offset in range(_UID_COUNT):
         uid = _UID_BASE + offset
