@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shoal.errors import ConfigError, PeerRejectedError
-from shoal.provision.pki import Identity
+from shoal.provision.pki import Identity, private_key_pem, self_signed_ca
 
 __all__ = ["WORKER_VALIDITY", "JobCredentialAuthority", "new_worker_key"]
 
@@ -49,9 +49,7 @@ _MAX_PUBLIC_KEY_BYTES = 4096
 def new_worker_key() -> tuple[bytes, bytes]:
     """A fresh EC P-256 key pair: (private PKCS#8 PEM, public SubjectPublicKeyInfo PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    private = private_key_pem(key)
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -109,33 +107,7 @@ class JobCredentialAuthority:
                 x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8)),
             ]
         )
-        now = dt.datetime.now(dt.timezone.utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CLOCK_SKEW)
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
+        cert = self_signed_ca(subject, key, validity_days=3650)
         return cls(cert=cert, key=key)
 
     @property
@@ -144,11 +116,7 @@ class JobCredentialAuthority:
 
     @property
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return private_key_pem(self.key)
 
     def issue(self, site: Identity, job_id: str, public_key_pem: bytes) -> bytes:
         """A worker certificate (PEM) for ``site``'s worker of ``job_id``."""

@@ -36,6 +36,8 @@ __all__ = [
     "TLSMaterial",
     "identity_from_cert",
     "load_revoked_serials",
+    "private_key_pem",
+    "self_signed_ca",
     "server_alt_names",
 ]
 
@@ -100,10 +102,11 @@ class IssuedCertificate:
     @property
     def key_pem(self) -> bytes:
         """The private key as unencrypted PKCS#8 PEM."""
-        return _key_pem(self.key)
+        return private_key_pem(self.key)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM (what kits and state/ hold)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -194,6 +197,39 @@ def server_alt_names(server: Participant, kubernetes: KubernetesSettings) -> lis
     return names
 
 
+def self_signed_ca(
+    subject: x509.Name, key: ec.EllipticCurvePrivateKey, *, validity_days: int
+) -> x509.Certificate:
+    """A self-signed CA certificate that may sign leaf certificates only."""
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=validity_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+
+
 @dataclass(frozen=True)
 class CertificateAuthority:
     """A project's root CA: its certificate and private key."""
@@ -213,34 +249,7 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, project),
             ]
         )
-        now = _now()
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CLOCK_SKEW)
-            .not_valid_after(now + dt.timedelta(days=validity_days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(ski, critical=False)
-            .sign(key, hashes.SHA256())
-        )
+        cert = self_signed_ca(subject, key, validity_days=validity_days)
         logger.info("created root CA for project %s (serial %x)", project, cert.serial_number)
         return cls(cert=cert, key=key)
 
@@ -271,7 +280,7 @@ class CertificateAuthority:
     @property
     def key_pem(self) -> bytes:
         """``rootCA.key`` (PKCS#8 PEM)."""
-        return _key_pem(self.key)
+        return private_key_pem(self.key)
 
     def issue(
         self,
