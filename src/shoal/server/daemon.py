@@ -179,33 +179,7 @@ class ServerDaemon:
             job_credentials=job_credentials,
             on_new_crl=self.registry.end_revoked,
         )
-        fleet = FleetService(
-            FleetParts(
-                identify=identities.identify_aio,
-                registry=self.registry,
-                runs=self.runs,
-                store=store,
-                job_credentials=job_credentials,
-                server_name=self.name,
-                heartbeat_interval_s=self.heartbeat_interval_s,
-            ),
-            max_transfers=self.max_transfers,
-            stall_s=self.transfer_stall_s,
-        )
-        admin = AdminService(
-            AdminParts(
-                identify=identities.identify,
-                store=store,
-                registry=self.registry,
-                runs=self.runs,
-                status=self.status,
-                sys_info=self.sys_info,
-                request_stop=self.request_stop,
-                wake_scheduler=scheduler.wake,
-                project_sites=self.project_sites,
-                submitter_quota_bytes=self.submitter_quota_bytes,
-            )
-        )
+        fleet, admin = self._services(store, scheduler, identities, job_credentials)
         fleet_tls = TLSConfig(
             ca_pem=tls.ca_pem.rstrip(b"\n") + b"\n" + job_credentials.ca_pem,
             cert_pem=tls.cert_pem,
@@ -259,6 +233,43 @@ class ServerDaemon:
             f", health on {self.ports['health']}" if "health" in self.ports else "",
             self.workspace,
         )
+
+    def _services(
+        self,
+        store: JobStore,
+        scheduler: Scheduler,
+        identities: Identities,
+        job_credentials: JobCredentialAuthority,
+    ) -> tuple[FleetService, AdminService]:
+        """The Fleet and Admin services, each given only the parts it uses."""
+        fleet = FleetService(
+            FleetParts(
+                identify=identities.identify_aio,
+                registry=self.registry,
+                runs=self.runs,
+                store=store,
+                job_credentials=job_credentials,
+                server_name=self.name,
+                heartbeat_interval_s=self.heartbeat_interval_s,
+            ),
+            max_transfers=self.max_transfers,
+            stall_s=self.transfer_stall_s,
+        )
+        admin = AdminService(
+            AdminParts(
+                identify=identities.identify,
+                store=store,
+                registry=self.registry,
+                runs=self.runs,
+                status=self.status,
+                sys_info=self.sys_info,
+                request_stop=self.request_stop,
+                wake_scheduler=scheduler.wake,
+                project_sites=self.project_sites,
+                submitter_quota_bytes=self.submitter_quota_bytes,
+            )
+        )
+        return fleet, admin
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stop.wait(timeout)
