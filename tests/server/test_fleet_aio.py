@@ -144,8 +144,7 @@ def _run(tmp_path: Path, server: ServerDaemon, sites: list[str]) -> tuple[JobRun
     ours, theirs = socket.socketpair()
     run.ipc = IpcChannel(ours)
     threading.Thread(target=run._write_ipc, daemon=True).start()
-    with server._runs_lock:
-        server.runs[run.job_id] = run
+    server.runs.add(run)
     return run, IpcChannel(theirs)
 
 

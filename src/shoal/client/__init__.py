@@ -8,8 +8,6 @@ script pays only for the API it uses.
 from __future__ import annotations
 
 from shoal.client.api import (
-    ClientBackend,
-    FLModel,
     get_job_id,
     get_site_name,
     init,
@@ -19,6 +17,7 @@ from shoal.client.api import (
     system_info,
     use_backend,
 )
+from shoal.client.model import ClientBackend, FLModel
 
 __all__ = [
     "ClientBackend",

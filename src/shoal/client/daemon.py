@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 
 from shoal import __version__
+from shoal._process import EXIT_RESTART, local_sys_info
 from shoal._proto import shoal_pb2 as pb
 from shoal.client import retention
 from shoal.client.api import WORKER_CONFIG_ENV
@@ -52,7 +53,6 @@ from shoal.sandbox import (
     job_user,
     secret_paths,
 )
-from shoal.server.daemon import EXIT_RESTART, local_sys_info
 from shoal.transport import PayloadHeader, from_rpc_error, open_channel, read_header
 from shoal.transport.frames import frames_from_file, receive_to_file
 from shoal.transport.health import HealthEndpoint, start_health

@@ -28,7 +28,7 @@ from shoal._memory import tune_allocator
 from shoal._proto import shoal_pb2 as pb
 from shoal._watchdog import exit_with_parent
 from shoal.arrays import arrays_from_bytes, encode_arrays
-from shoal.client.api import FLModel
+from shoal.client.model import FLModel
 from shoal.errors import PeerRejectedError, TransportError
 from shoal.transport import (
     PayloadHeader,

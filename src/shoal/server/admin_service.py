@@ -3,6 +3,13 @@
 Thin like the Fleet service: the servicer decodes, checks identity and role
 (``authz``), calls a handler here, and encodes. Every handler returns plain
 JSON-able data.
+
+It holds only the parts of the server it uses (:class:`AdminParts`), built by
+the daemon; a test builds them from a job store in a temporary folder and a
+fake ``identify``:
+
+    admin = AdminService(AdminParts(identify=..., store=JobStore(tmp), ...))
+    admin.list_jobs(who, {"limit": 5})
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -28,21 +36,56 @@ from shoal.errors import ConfigError, JobValidationError, NotFoundError
 from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
 from shoal.provision import Identity
 from shoal.server.authz import authorize, can_see
-from shoal.server.store import JobRecord, quota_message, utc_now
+from shoal.server.identity import Identify
+from shoal.server.runs import Runs
+from shoal.server.sessions import SiteRegistry
+from shoal.server.store import JobRecord, JobStore, quota_message, utc_now
 from shoal.transport import PayloadHeader, frames_from_file, read_header, rpc_errors
 from shoal.transport.frames import Frame, WireFrame, receive_to_file
 
-if TYPE_CHECKING:
-    from shoal.server.daemon import ServerDaemon
-
-__all__ = ["AdminService"]
+__all__ = ["AdminParts", "AdminService", "StopServer"]
 
 log = logging.getLogger(__name__)
 
 
+class StopServer(Protocol):
+    """Ask the server to stop (or restart); it stops after the reply is sent."""
+
+    def __call__(self, *, restart: bool = False) -> None: ...
+
+
+@dataclass(frozen=True)
+class AdminParts:
+    """What the Admin service uses of the server, and nothing more."""
+
+    #: The caller's identity from its certificate; aborts a refused call.
+    identify: Identify
+    #: The job store.
+    store: JobStore
+    #: Connected sites (``sys_info``, ``shutdown``, ``delete_job`` reach them).
+    registry: SiteRegistry
+    #: The running jobs (``abort_job``, ``show_stats``).
+    runs: Runs
+    #: The server's and every site's status, as a project admin sees it.
+    status: Callable[[], dict[str, Any]]
+    #: The server host's facts for ``sys_info``.
+    sys_info: Callable[[], dict[str, Any]]
+    #: Stop or restart the server.
+    request_stop: StopServer
+    #: Tell the scheduler a job is waiting.
+    wake_scheduler: Callable[[], None]
+    #: The project's site names: a job may name no other.
+    project_sites: tuple[str, ...]
+    #: Stored job bytes one submitter may hold.
+    submitter_quota_bytes: int
+
+
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, daemon: ServerDaemon) -> None:
-        self.d = daemon
+    def __init__(self, parts: AdminParts) -> None:
+        self._parts = parts
+        self._store = parts.store
+        self._registry = parts.registry
+        self._runs = parts.runs
         self._handlers: dict[str, Callable[[Identity, dict[str, Any]], Any]] = {
             "check_status": self.check_status,
             "sys_info": self.sys_info,
@@ -61,7 +104,7 @@ class AdminService(pb_grpc.AdminServicer):
     # -- servicer ---------------------------------------------------------------
 
     def Call(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.AdminReply:
-        who = self.d.identify(context, expected_type="admin")
+        who = self._parts.identify(context, expected_type="admin")
         with rpc_errors(context, f"{request.command} from {who.name}"):
             handler = self._handlers.get(request.command)
             if handler is None:
@@ -81,7 +124,7 @@ class AdminService(pb_grpc.AdminServicer):
     def Submit(
         self, request_iterator: Iterator[WireFrame], context: grpc.ServicerContext
     ) -> pb.AdminReply:
-        who = self.d.identify(context, expected_type="admin")
+        who = self._parts.identify(context, expected_type="admin")
         with rpc_errors(context, f"submit_job from {who.name}"):
             authorize(who, "submit_job")
             header = read_header(request_iterator)
@@ -92,7 +135,7 @@ class AdminService(pb_grpc.AdminServicer):
         return pb.AdminReply(ok=False)
 
     def Download(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> Iterator[Frame]:
-        who = self.d.identify(context, expected_type="admin")
+        who = self._parts.identify(context, expected_type="admin")
         tmp: Path | None = None
         with rpc_errors(context, f"download_job from {who.name}"):
             args = json.loads(request.args_json or "{}")
@@ -109,28 +152,26 @@ class AdminService(pb_grpc.AdminServicer):
     # -- jobs -------------------------------------------------------------------
 
     def _job(self, args: dict[str, Any]) -> JobRecord:
-        assert self.d.store is not None
         job_id = args.get("job_id")
         if not isinstance(job_id, str) or not job_id:
             raise ConfigError("job_id is required")
-        return self.d.store.find(job_id)
+        return self._store.find(job_id)
 
     def submit(self, who: Identity, header: PayloadHeader, frames: Iterator[Any]) -> str:
         """Receive, check and store a job archive; nothing is stored on refusal.
 
         The submitter's quota of stored job bytes (archive + unpacked copy,
-        ``ServerDaemon.submitter_quota_bytes``) is checked on the announced
+        ``AdminParts.submitter_quota_bytes``) is checked on the announced
         size before anything is received, and exactly when the job is stored.
         """
-        store = self.d.store
-        assert store is not None
+        store = self._store
         if header.size > MAX_ARCHIVE_BYTES:
             # Refuse on the announced size, before a byte is stored.
             raise JobValidationError(
                 f"job archive is {header.size} bytes, more than the "
                 f"{MAX_ARCHIVE_BYTES}-byte limit ({MAX_ARCHIVE_BYTES // 2**20} MiB)"
             )
-        quota = self.d.submitter_quota_bytes
+        quota = self._parts.submitter_quota_bytes
         used = store.submitter_bytes(who.name)
         if used + header.size > quota:
             raise JobValidationError(quota_message(who.name, quota, used, header.size))
@@ -144,7 +185,7 @@ class AdminService(pb_grpc.AdminServicer):
             except zipfile.BadZipFile as exc:
                 raise JobValidationError(f"not a zip archive: {exc}") from None
             spec = load_job_spec(find_job_root(staging / "job"))
-            spec.check_sites(self.d.project_sites)
+            spec.check_sites(self._parts.project_sites)
             num_rounds = spec.workflow.params.get("num_rounds")
             rec = store.create(
                 name=spec.name,
@@ -162,15 +203,14 @@ class AdminService(pb_grpc.AdminServicer):
             shutil.rmtree(staging, ignore_errors=True)
             raise
         log.info("job %s (%s) submitted by %s", rec.job_id, rec.name, who.name)
-        self.d.wake_scheduler()
+        self._parts.wake_scheduler()
         return rec.job_id
 
     def list_jobs(self, who: Identity, args: dict[str, Any]) -> list[dict[str, Any]]:
-        assert self.d.store is not None
         limit = args.get("limit")
         recs = [
             r
-            for r in self.d.store.list(
+            for r in self._store.list(
                 status=args.get("status") or None, name=args.get("name") or None
             )
             if can_see(who, r)
@@ -196,32 +236,30 @@ class AdminService(pb_grpc.AdminServicer):
     def abort_job(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._job(args)
         authorize(who, "abort_job", job=rec)
-        assert self.d.store is not None
         if jobstatus.is_finished(rec.status):
             raise ConfigError(f"job {rec.job_id} already finished ({rec.status})")
-        run = self.d.run_of(rec.job_id)
+        run = self._runs.get(rec.job_id)
         if run is not None:
             run.abort(f"aborted by {who.name}")
             # The watcher records ABORTED once the process group is gone.
             for _ in range(100):
-                if run.ended and rec.job_id not in self.d.runs:
+                if run.ended and rec.job_id not in self._runs:
                     break
                 time.sleep(0.1)
         else:
-            self.d.store.update(
+            self._store.update(
                 rec.job_id,
                 status=jobstatus.ABORTED,
                 end_time=utc_now(),
                 error=f"aborted by {who.name} before it started",
             )
         log.info("job %s aborted by %s", rec.job_id, who.name)
-        return self.d.store.get(rec.job_id).summary()
+        return self._store.get(rec.job_id).summary()
 
     def clone_job(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._job(args)
         authorize(who, "clone_job", job=rec)
-        store = self.d.store
-        assert store is not None
+        store = self._store
         staging = store.staging_folder()
         try:
             shutil.copy2(rec.package, staging / "job.zip")
@@ -236,12 +274,12 @@ class AdminService(pb_grpc.AdminServicer):
                 package_size=rec.package_size,
                 num_rounds=rec.num_rounds,
                 # A clone is stored again, for the admin who cloned it.
-                quota_bytes=self.d.submitter_quota_bytes,
+                quota_bytes=self._parts.submitter_quota_bytes,
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self.d.wake_scheduler()
+        self._parts.wake_scheduler()
         return {"job_id": new.job_id}
 
     def delete_job(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
@@ -249,14 +287,13 @@ class AdminService(pb_grpc.AdminServicer):
         authorize(who, "delete_job", job=rec)
         if not jobstatus.is_finished(rec.status):
             raise ConfigError(f"job {rec.job_id} is {rec.status}; abort it before deleting")
-        assert self.d.store is not None
-        self.d.store.delete(rec.job_id)
+        self._store.delete(rec.job_id)
         # The sites that ran it drop their copy (code, data, models) too; one
         # offline now never hears of it, and its age rule removes the folder.
         forget = pb.ServerEvent(forget_job=pb.ForgetJob(job_id=rec.job_id))
         told = []
         for site in rec.sites:
-            session = self.d.registry.get(site)
+            session = self._registry.get(site)
             if session is not None:
                 session.push(forget)
                 told.append(site)
@@ -271,7 +308,7 @@ class AdminService(pb_grpc.AdminServicer):
     def show_stats(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._job(args)
         authorize(who, "show_stats", job=rec)
-        run = self.d.run_of(rec.job_id)
+        run = self._runs.get(rec.job_id)
         metrics = _read_metrics(rec.run_dir / "metrics.jsonl")
         return {
             "job_id": rec.job_id,
@@ -319,13 +356,12 @@ class AdminService(pb_grpc.AdminServicer):
     # -- system -----------------------------------------------------------------
 
     def check_status(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
-        status = self.d.status()
+        status = self._parts.status()
         if (who.role or "member") == "project_admin":
             return status
         # Running jobs are listed as list_jobs would list them: only those
         # this admin may see.
-        store = self.d.store
-        assert store is not None
+        store = self._store
         seen: dict[str, bool] = {}
 
         def visible(job_ids: list[str]) -> list[str]:
@@ -349,8 +385,8 @@ class AdminService(pb_grpc.AdminServicer):
         # nothing, not even whether a site is connected.
         authorize(who, "sys_info")
         if target == "server":
-            return {"target": "server", **self.d.sys_info()}
-        session = self.d.registry.get(target)
+            return {"target": "server", **self._parts.sys_info()}
+        session = self._registry.get(target)
         if session is None:
             raise NotFoundError(f"site {target} is not connected")
         authorize(who, "sys_info", target_org=session.org)
@@ -366,9 +402,9 @@ class AdminService(pb_grpc.AdminServicer):
         """Stop or restart the server, one site, or ``all`` (every site, then the server)."""
         if target in ("server", "all"):
             authorize(who, command)
-            sites = self.d.registry.connected() if target == "all" else []
+            sites = self._registry.connected() if target == "all" else []
         else:
-            session = self.d.registry.get(target)
+            session = self._registry.get(target)
             if session is None:
                 raise NotFoundError(f"site {target} is not connected")
             authorize(who, command, target_org=session.org)
@@ -379,14 +415,14 @@ class AdminService(pb_grpc.AdminServicer):
             )
         )
         for site in sites:
-            session = self.d.registry.get(site)
+            session = self._registry.get(site)
             if session is not None:
                 session.push(event)
         with_server = target in ("server", "all")
         if with_server:
             log.info("%s of the server requested by %s", command, who.name)
             # Reply first, then stop: the admin gets its answer.
-            threading.Timer(0.3, self.d.request_stop, kwargs={"restart": restart}).start()
+            threading.Timer(0.3, self._parts.request_stop, kwargs={"restart": restart}).start()
         return {"targets": sites + (["server"] if with_server else [])}
 
     # -- results ------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The Fleet service: what sites and their job workers call. Thin: decode,
-check identity, call the daemon, encode.
+check identity, call the server's parts, encode.
+
+It holds only the parts of the server it uses (:class:`FleetParts`), built by
+the daemon; a test builds them from fakes.
 
 Served by ``grpc.aio`` on the daemon's Fleet loop (``transport.aio``): every
 method is a coroutine, a held call (a site's ``Connect`` stream, a worker's
@@ -25,15 +28,19 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 
 from shoal._proto import shoal_pb2 as pb
 from shoal.errors import NotFoundError, PeerRejectedError
+from shoal.provision.jobcreds import JobCredentialAuthority
+from shoal.server.identity import IdentifyAio
 from shoal.server.jobrun import DONE, JobRun, Task
-from shoal.server.sessions import CLOSE, SiteSession
+from shoal.server.runs import Runs
+from shoal.server.sessions import CLOSE, SiteRegistry, SiteSession
+from shoal.server.store import JobStore
 from shoal.transport import PayloadHeader, frames_from_file
 from shoal.transport.aio import StalledError, StallWatch, Ticking, Wakeup
 from shoal.transport.channels import aio_rpc_errors
@@ -45,10 +52,7 @@ from shoal.transport.frames import (
     receive_to_file_async,
 )
 
-if TYPE_CHECKING:
-    from shoal.server.daemon import ServerDaemon
-
-__all__ = ["FleetService"]
+__all__ = ["FleetParts", "FleetService"]
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +93,34 @@ class TransferSlots:
             yield
 
 
+@dataclass(frozen=True)
+class FleetParts:
+    """What the Fleet service uses of the server, and nothing more."""
+
+    #: The caller's identity from its certificate; aborts a refused call.
+    identify: IdentifyAio
+    #: Connected sites: a ``Connect`` stream is a session here.
+    registry: SiteRegistry
+    #: The running jobs, whose task boards workers read and answer.
+    runs: Runs
+    #: The job store (``PutBlob`` writes a site's job log beside the job).
+    store: JobStore
+    #: Issues a job worker its per-job certificate (``FetchJob``).
+    job_credentials: JobCredentialAuthority
+    #: The server's name, told to each site in its welcome.
+    server_name: str
+    #: How often sites send a heartbeat, told to each site in its welcome.
+    heartbeat_interval_s: float
+
+
 class FleetService:
     """``shoal.v1.Fleet`` for a ``grpc.aio`` server (bound by ``transport.services``)."""
 
-    def __init__(self, daemon: ServerDaemon, *, max_transfers: int, stall_s: float = 30.0) -> None:
-        self.d = daemon
+    def __init__(self, parts: FleetParts, *, max_transfers: int, stall_s: float = 30.0) -> None:
+        self._parts = parts
+        self._identify = parts.identify
+        self._registry = parts.registry
+        self._runs = parts.runs
         # Model transfers streamed at once; the others wait their turn. Bounds
         # the daemon's memory whatever the number of sites. A quarter each at
         # most: one site that stalls, or never reads, cannot hold them all.
@@ -116,7 +143,7 @@ class FleetService:
     # -- the site daemon's session --------------------------------------------
 
     async def Connect(self, request: pb.Hello, context: grpc.aio.ServicerContext) -> None:
-        who = await self.d.identify_aio(context, expected_type="client")
+        who = await self._identify(context, expected_type="client")
         if request.site != who.name:
             log.warning(
                 "refused %s: certificate of %s tried to register as %r",
@@ -138,7 +165,7 @@ class FleetService:
         session.running_jobs = list(request.running_jobs)
         wakeup = Wakeup()
         session.on_event = wakeup.fire
-        self.d.registry.open(session)
+        self._registry.open(session)
         log.info(
             "site %s (org %s) connected from %s, session %s, shoal %s",
             who.name,
@@ -152,8 +179,8 @@ class FleetService:
                 pb.ServerEvent(
                     welcome=pb.Welcome(
                         session_id=session.session_id,
-                        server=self.d.name,
-                        heartbeat_interval_s=self.d.heartbeat_interval_s,
+                        server=self._parts.server_name,
+                        heartbeat_interval_s=self._parts.heartbeat_interval_s,
                     )
                 )
             )
@@ -169,18 +196,18 @@ class FleetService:
         finally:
             # However the stream ended: closed by the site, cut, replaced, or
             # cancelled by the server stopping (a no-op if already ended).
-            self.d.registry.end(session, "connection closed")
+            self._registry.end(session, "connection closed")
 
     async def Beat(self, request: pb.Heartbeat, context: grpc.aio.ServicerContext) -> pb.Ack:
-        who = await self.d.identify_aio(context, expected_type="client")
-        if not self.d.registry.beat(who.name, request.session_id, list(request.running_jobs)):
+        who = await self._identify(context, expected_type="client")
+        if not self._registry.beat(who.name, request.session_id, list(request.running_jobs)):
             # Unknown session (e.g. the server restarted): the site reconnects.
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such session; connect again")
         return pb.Ack(ok=True)
 
     async def ReportJob(self, request: pb.JobEvent, context: grpc.aio.ServicerContext) -> pb.Ack:
-        who = await self.d.identify_aio(context, expected_type="client")
-        run = self.d.run_of(request.job_id)
+        who = await self._identify(context, expected_type="client")
+        run = self._runs.get(request.job_id)
         log.info(
             "site %s: job %s worker %s%s",
             who.name,
@@ -195,7 +222,7 @@ class FleetService:
     # -- the job worker ---------------------------------------------------------
 
     def _run_for(self, site: str, job_id: str) -> JobRun:
-        run = self.d.run_of(job_id)
+        run = self._runs.get(job_id)
         if run is None:
             raise NotFoundError(f"job {job_id} is not running")
         if site not in run.site_set:
@@ -230,7 +257,7 @@ class FleetService:
         wanted: only then does the site stream it. Results that waited for a
         slot while streaming sat in gRPC's buffers, so the daemon's memory
         grew with the number of sites uploading at once."""
-        who = await self.d.identify_aio(context, expected_type=("client", "worker"))
+        who = await self._identify(context, expected_type=("client", "worker"))
         await self._refuse_if_stalled(who.name, context)
         async with aio_rpc_errors(context, f"work stream of {who.name}"):
             try:
@@ -387,7 +414,7 @@ class FleetService:
     async def FetchJob(
         self, request: pb.FetchJobRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        who = await self.d.identify_aio(context, expected_type="client")
+        who = await self._identify(context, expected_type="client")
         async with aio_rpc_errors(context, f"FetchJob from {who.name}"):
             run = self._run_for(who.name, request.job_id)
             rec = run.record
@@ -399,8 +426,7 @@ class FleetService:
                 "num_sites": len(run.sites),
             }
             if request.worker_public_key:
-                assert self.d.job_credentials is not None
-                meta["worker_cert"] = self.d.job_credentials.issue(
+                meta["worker_cert"] = self._parts.job_credentials.issue(
                     who, rec.job_id, request.worker_public_key
                 ).decode("ascii")
         header = PayloadHeader(kind="job", job_id=rec.job_id, meta=meta)
@@ -410,13 +436,12 @@ class FleetService:
     async def PutBlob(
         self, request_iterator: AsyncIterator[WireFrame], context: grpc.aio.ServicerContext
     ) -> pb.Ack:
-        who = await self.d.identify_aio(context, expected_type="client")
+        who = await self._identify(context, expected_type="client")
         async with aio_rpc_errors(context, f"log upload from {who.name}"):
             header = await read_header_async(request_iterator)
             if header.kind != "blob":
                 raise PeerRejectedError(f"expected a blob, got {header.kind!r}")
-            assert self.d.store is not None
-            rec = self.d.store.get(header.job_id)
+            rec = self._parts.store.get(header.job_id)
             if who.name not in rec.sites:
                 raise PeerRejectedError(f"{who.name} is not a site of job {rec.job_id}")
             dest = rec.logs_dir / f"{who.name}.log"

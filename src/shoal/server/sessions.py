@@ -140,6 +140,12 @@ class SiteRegistry:
             if self.end(s, f"no heartbeat for {now - last:.1f} s", silent_since=last)
         ]
 
+    def end_revoked(self, serials: frozenset[int]) -> None:
+        """End the sessions whose certificate is among ``serials`` (a new CRL)."""
+        for session in self.sessions():
+            if session.serial in serials:
+                self.end(session, "certificate revoked")
+
     def broadcast(self, event: Any) -> None:
         for s in self.sessions():
             s.push(event)

@@ -1,0 +1,206 @@
+"""The Admin service without a daemon: a real job store in a temporary folder,
+a real site registry, and a fake ``identify``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from shoal import jobstatus
+from shoal._proto import shoal_pb2 as pb
+from shoal.errors import ConfigError, NotAuthorizedError, NotFoundError
+from shoal.provision import Identity
+from shoal.server.admin_service import AdminParts, AdminService
+from shoal.server.runs import Runs
+from shoal.server.sessions import SiteRegistry, SiteSession
+from shoal.server.store import JobRecord, JobStore
+
+from .fakes import Aborted, FakeContext, admin, identify_as
+
+
+class Server:
+    """What the service asks of the server, recorded."""
+
+    def __init__(self) -> None:
+        self.woken = 0
+        self.stopped = threading.Event()
+        self.restart: bool | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "server": {"name": "server1", "running_jobs": ["j-a", "j-b"]},
+            "sites": [{"name": "site-1", "running_jobs": ["j-b", "gone"]}],
+        }
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    def request_stop(self, *, restart: bool = False) -> None:
+        self.restart = restart
+        self.stopped.set()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    s = JobStore(tmp_path / "ws")
+    yield s
+    s.close()
+
+
+def service(
+    store: JobStore,
+    who: Identity,
+    server: Server | None = None,
+    registry: SiteRegistry | None = None,
+) -> AdminService:
+    server = server or Server()
+    return AdminService(
+        AdminParts(
+            identify=identify_as(who),
+            store=store,
+            registry=registry or SiteRegistry(heartbeat_timeout_s=30),
+            runs=Runs(),
+            status=server.status,
+            sys_info=lambda: {"cpus": 1},
+            request_stop=server.request_stop,
+            wake_scheduler=server.wake,
+            project_sites=("site-1", "site-2"),
+            submitter_quota_bytes=1 << 30,
+        )
+    )
+
+
+def add_job(store: JobStore, submitter: str, org: str, name: str = "hello") -> JobRecord:
+    staging = store.staging_folder()
+    (staging / "job.zip").write_bytes(b"zip")
+    (staging / "job").mkdir()
+    return store.create(
+        name=name,
+        spec={"name": name},
+        staged_folder=staging,
+        submitter=submitter,
+        submitter_org=org,
+        package_sha256="0" * 64,
+        package_size=3,
+        num_rounds=2,
+    )
+
+
+def test_list_jobs_shows_each_admin_what_its_role_may_see(store: JobStore) -> None:
+    mine = add_job(store, "lead@a", "a", "mine")
+    add_job(store, "other@a", "a", "org-mate")
+    add_job(store, "lead@b", "b", "foreign")
+    seen = {}
+    for role in ("project_admin", "org_admin", "lead"):
+        who = admin("lead@a", "a", role)
+        seen[role] = [j["name"] for j in service(store, who).list_jobs(who, {})]
+    assert seen == {
+        "project_admin": ["mine", "org-mate", "foreign"],
+        "org_admin": ["mine", "org-mate"],
+        "lead": ["mine"],
+    }
+    # The limit counts the jobs this admin sees (the latest ones).
+    org = admin("oa@a", "a", "org_admin")
+    assert [j["name"] for j in service(store, org).list_jobs(org, {"limit": 1})] == ["org-mate"]
+    assert service(store, org).list_jobs(org, {"name": "mine"})[0]["job_id"] == mine.job_id
+
+
+def test_job_commands_are_authorized_against_the_job(store: JobStore) -> None:
+    rec = add_job(store, "lead@b", "b")
+    lead = admin("lead@a", "a", "lead")
+    with pytest.raises(NotAuthorizedError, match="may not run get_job_meta"):
+        service(store, lead).get_job_meta(lead, {"job_id": rec.job_id})
+    with pytest.raises(ConfigError, match="job_id is required"):
+        service(store, lead).get_job_meta(lead, {})
+    with pytest.raises(NotFoundError):
+        service(store, lead).get_job_meta(lead, {"job_id": "nope"})
+
+
+def test_a_job_aborted_before_it_starts_is_recorded_aborted(store: JobStore) -> None:
+    rec = add_job(store, "admin@a", "a")
+    who = admin()
+    out = service(store, who).abort_job(who, {"job_id": rec.job_id[:8]})
+    assert out["status"] == jobstatus.ABORTED
+    assert store.get(rec.job_id).error == "aborted by admin@a before it started"
+    with pytest.raises(ConfigError, match="already finished"):
+        service(store, who).abort_job(who, {"job_id": rec.job_id})
+
+
+def test_clone_stores_a_copy_for_the_cloner_and_wakes_the_scheduler(store: JobStore) -> None:
+    rec = add_job(store, "lead@a", "a")
+    server = Server()
+    who = admin("oa@a", "a", "org_admin")
+    new = service(store, who, server).clone_job(who, {"job_id": rec.job_id})["job_id"]
+    assert new != rec.job_id
+    assert store.get(new).submitter == "oa@a"
+    assert server.woken == 1
+
+
+def test_delete_tells_the_connected_sites_that_ran_the_job(store: JobStore) -> None:
+    rec = add_job(store, "admin@a", "a")
+    store.update(rec.job_id, status=jobstatus.COMPLETED, sites=["site-1", "site-2"])
+    registry = SiteRegistry(heartbeat_timeout_s=30)
+    session = SiteSession(name="site-1", org="a", peer="p")
+    registry.open(session)
+    who = admin()
+    out = service(store, who, registry=registry).delete_job(who, {"job_id": rec.job_id})
+    assert out == {"job_id": rec.job_id, "sites_told": ["site-1"]}
+    assert session.events.get_nowait().forget_job.job_id == rec.job_id
+    with pytest.raises(NotFoundError):
+        store.get(rec.job_id)
+
+
+def test_check_status_lists_only_the_running_jobs_an_admin_may_see(store: JobStore) -> None:
+    a = add_job(store, "lead@a", "a")
+    b = add_job(store, "lead@b", "b")
+
+    class Status(Server):
+        def status(self) -> dict[str, Any]:
+            return {
+                "server": {"running_jobs": [a.job_id, b.job_id]},
+                "sites": [{"name": "site-1", "running_jobs": [b.job_id, "unknown"]}],
+            }
+
+    member = admin("m@a", "a", "member")
+    out = service(store, member, Status()).check_status(member, {})
+    assert out["server"]["running_jobs"] == [a.job_id]
+    assert out["sites"][0]["running_jobs"] == []
+    boss = admin()
+    assert service(store, boss, Status()).check_status(boss, {})["sites"][0]["running_jobs"] == [
+        b.job_id,
+        "unknown",
+    ]
+
+
+def test_restart_of_the_server_replies_then_asks_it_to_stop(store: JobStore) -> None:
+    server = Server()
+    who = admin()
+    assert service(store, who, server).restart(who, {}) == {"targets": ["server"]}
+    assert server.stopped.wait(10)
+    assert server.restart is True
+
+
+def test_a_site_command_for_a_site_not_connected_is_not_found(store: JobStore) -> None:
+    who = admin()
+    with pytest.raises(NotFoundError, match="site site-9 is not connected"):
+        service(store, who).shutdown(who, {"target": "site-9"})
+    assert service(store, who).sys_info(who, {}) == {"target": "server", "cpus": 1}
+
+
+def test_call_decodes_dispatches_and_maps_errors_to_status_codes(store: JobStore) -> None:
+    add_job(store, "admin@a", "a")
+    svc = service(store, admin())
+    reply = svc.Call(pb.AdminRequest(command="list_jobs", args_json="{}"), FakeContext())
+    assert reply.ok and '"name": "hello"' in reply.result_json
+    with pytest.raises(Aborted) as info:
+        svc.Call(pb.AdminRequest(command="format_disk"), FakeContext())
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown command 'format_disk'" in info.value.details
+    with pytest.raises(Aborted) as info:
+        svc.Call(pb.AdminRequest(command="list_jobs", args_json="[1]"), FakeContext())
+    assert info.value.details == "arguments must be a JSON object"
