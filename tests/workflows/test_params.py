@@ -202,3 +202,15 @@ def test_a_field_without_param_is_a_programming_error() -> None:
 
     with pytest.raises(TypeError, match=r"Bare.n: declare it with shoal.workflows.param\(\)"):
         load_params(Bare, {}, workflow="bare")
+
+
+def test_docs_list_every_fedavg_parameter() -> None:
+    from pathlib import Path
+
+    from shoal.workflows import FedAvgParams
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "jobs.md").read_text()
+    table = text.split("### fedavg", 1)[1].split("\n\n", 3)[2]
+    assert [d.name for d in param_docs(FedAvgParams)] == [
+        line.split("`")[1] for line in table.splitlines()[2:]
+    ]
