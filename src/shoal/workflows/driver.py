@@ -33,7 +33,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,6 +319,30 @@ def run_rounds(
         comm.finish()
 
 
+class _OnDisk(Mapping[str, np.ndarray]):
+    """The model the round's sites trained from, still on disk: mapped (not
+    read) on first use, so an update that never looks at it (FedAvg's)
+    costs nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = load_arrays(self._path, mmap=True)
+        return self._arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._load()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
 @dataclass(frozen=True)
 class _Gathered:
     """A round's valid results by site, and why the refused ones were refused."""
@@ -493,9 +517,7 @@ class _Rounds:
         except ArrayFormatError as exc:
             # Finite results give a finite mean; never offer a model that is not.
             raise JobFailedError(f"round {k}: the aggregated model is refused: {exc}") from None
-        # The model the sites trained from, still on disk (mapped, not read).
-        old = load_arrays(self.store.model_path(k - 1), mmap=True)
-        step = self.policies.update(old, aggregate, state)
+        step = self.policies.update(_OnDisk(self.store.model_path(k - 1)), aggregate, state)
         new_global = step.params
         if self.policies.update is not keep_aggregate:
             # Another update may have overflowed, or changed the model's form.

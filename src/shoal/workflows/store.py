@@ -86,6 +86,9 @@ class RoundStore:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.tensorboard_dir = self.run_dir / "tensorboard"
         self.state_dir = self.run_dir / "server_state"
+        #: Whether a state file may exist: a run without state (FedAvg)
+        #: then never looks for one.
+        self._states = self.state_dir.is_dir()
         self._digests: dict[Path, str] = {}
         #: A file the next model is written over (see adopt_spare); one a
         #: crash left behind is of no use.
@@ -170,10 +173,13 @@ class RoundStore:
         JSON scalars in the file's metadata); None, and no file, when it is
         empty. Written before the round's model: a model file on disk then
         always has its state beside it (see :meth:`load_checkpoint`)."""
-        path = self.state_path(round)
         if not state:
-            path.unlink(missing_ok=True)  # one a crashed try of this round left
+            if self._states:
+                # One a crashed try of this round left.
+                self.state_path(round).unlink(missing_ok=True)
             return None
+        path = self.state_path(round)
+        self._states = True
         arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
         scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
         metadata = {"round": str(round), "scalars": json.dumps(scalars, allow_nan=False)}
@@ -204,7 +210,10 @@ class RoundStore:
         removed = []
         # A round's state goes with its model: a fallback to that model
         # (load_checkpoint) needs it.
-        for folder, pattern in ((self.models_dir, _ROUND_FILE), (self.state_dir, _STATE_FILE)):
+        folders = [(self.models_dir, _ROUND_FILE)]
+        if self._states:
+            folders.append((self.state_dir, _STATE_FILE))
+        for folder, pattern in folders:
             if not folder.is_dir():
                 continue
             for p in sorted(folder.iterdir()):
