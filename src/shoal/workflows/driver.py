@@ -286,7 +286,9 @@ def run_rounds(
         store.save_checkpoint(0, store.write_model(0, global_params))
         start = 1
     store.trim_metrics(start - 1)
+    reference = array_specs(global_params)
     hook = spec.server.evaluate
+    evaluate = load_attr(ctx.app_dir, hook) if hook else None
     # One slot the rounds take the global model out of and put the next one
     # into: no other reference keeps a model a round could reuse the memory of.
     models = [global_params]
@@ -299,9 +301,9 @@ def run_rounds(
                 policies=policies,
                 store=store,
                 tb=tb,
-                evaluate=load_attr(ctx.app_dir, hook) if hook else None,
+                evaluate=evaluate,
                 sites=sites,
-                reference=array_specs(models[0]),
+                reference=reference,
             )
             try:
                 for k in range(start, total + 1):
