@@ -4,11 +4,32 @@ mean = WeightedMean()
 mean.add(site_a, weight=600)
 mean.add(site_b, weight=200)
 params = mean.result()
+
+A round driver takes them through one factory (``aggregator_factory``):
+``weighted_mean`` (FedAvg's), ``median`` and ``trimmed_mean``.
 """
 
 from __future__ import annotations
 
+from shoal.aggregation.factory import (
+    Aggregator,
+    AggregatorFactory,
+    Buffered,
+    aggregator_factory,
+    aggregator_names,
+    weighted_mean,
+)
 from shoal.aggregation.robust import median, trimmed_mean
 from shoal.aggregation.weighted import WeightedMean
 
-__all__ = ["WeightedMean", "median", "trimmed_mean"]
+__all__ = [
+    "Aggregator",
+    "AggregatorFactory",
+    "Buffered",
+    "WeightedMean",
+    "aggregator_factory",
+    "aggregator_names",
+    "median",
+    "trimmed_mean",
+    "weighted_mean",
+]

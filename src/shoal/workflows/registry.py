@@ -4,7 +4,9 @@
     params = parse_params("fedavg", {"num_rounds": 3})    # FedAvgParams(...)
 
 Each entry also knows how to parse its parameters and which job settings it
-needs, so a job is refused at submit time rather than when it starts.
+needs, so a job is refused at submit time rather than when it starts. A new
+workflow is the round driver with its own policies (``shoal.workflows.driver``,
+``docs/extending.md``) and one entry here.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ register(
     WorkflowEntry(
         name="fedavg",
         run=fedavg.run,
-        parse_params=fedavg.FedAvgParams.parse,
+        parse_params=fedavg.parse_params,
         check_spec=fedavg.check_spec,
     )
 )

@@ -5,7 +5,10 @@
       models/global_round_0003.safetensors   global model after round 3 (the last
                                              few rounds' are kept: see prune_models)
       models/global_final.safetensors        (+ global_final.keras with a model hook)
+      server_state/round_0003.safetensors    a server update's state after round 3, if it
+                                             has one (kept for the rounds models are kept)
       checkpoint.json                        {"round": 3, "model": "models/...", "xxh3_128": ...}
+                                             (+ "state", "state_xxh3_128" with a state)
       metrics.jsonl                          one line per completed round
       tensorboard/                           event files
 
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from shoal import checksum
-from shoal.arrays import load_arrays, sync_file, write_arrays
+from shoal.arrays import load_arrays, read_header, sync_file, write_arrays
 from shoal.errors import ArrayFormatError
 
 __all__ = ["Checkpoint", "RoundStore", "atomic_write_bytes"]
@@ -38,6 +41,7 @@ __all__ = ["Checkpoint", "RoundStore", "atomic_write_bytes"]
 logger = logging.getLogger(__name__)
 
 _ROUND_FILE = re.compile(r"^global_round_(\d{4,})\.safetensors$")
+_STATE_FILE = re.compile(r"^round_(\d{4,})\.safetensors$")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -66,6 +70,10 @@ class Checkpoint:
     model: str
     #: Hex XXH3-128 checksum of the model file (``shoal.checksum``).
     checksum: str
+    #: The server update's state after that round, relative to the run
+    #: folder, and its checksum; None when the update keeps no state.
+    state: str | None = None
+    state_checksum: str | None = None
 
 
 class RoundStore:
@@ -77,6 +85,10 @@ class RoundStore:
         self.checkpoint_path = self.run_dir / "checkpoint.json"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.tensorboard_dir = self.run_dir / "tensorboard"
+        self.state_dir = self.run_dir / "server_state"
+        #: Whether a state file may exist: a run without state (FedAvg)
+        #: then never looks for one.
+        self._states = self.state_dir.is_dir()
         self._digests: dict[Path, str] = {}
         #: A file the next model is written over (see adopt_spare); one a
         #: crash left behind is of no use.
@@ -139,12 +151,52 @@ class RoundStore:
         """Flush a model written with ``durable=False`` to disk."""
         sync_file(path)
 
+    def sync_state(self, path: Path) -> None:
+        """Flush a state written with ``durable=False`` to disk."""
+        sync_file(path)
+
     def model_checksum(self, path: Path) -> str:
         """The checksum of a model file this store wrote (read back only if unknown)."""
         digest = self._digests.get(path)
         if digest is None:
             digest = self._digests[path] = checksum.of_file(path)
         return digest
+
+    def state_path(self, round: int) -> Path:
+        """Where a server update's state after ``round`` lives."""
+        return self.state_dir / f"round_{round:04d}.safetensors"
+
+    def write_state(
+        self, round: int, state: Mapping[str, Any], *, durable: bool = True
+    ) -> Path | None:
+        """Save a server update's state after ``round`` (arrays as arrays,
+        JSON scalars in the file's metadata); None, and no file, when it is
+        empty. Written before the round's model: a model file on disk then
+        always has its state beside it (see :meth:`load_checkpoint`)."""
+        if not state:
+            if self._states:
+                # One a crashed try of this round left.
+                self.state_path(round).unlink(missing_ok=True)
+            return None
+        path = self.state_path(round)
+        self._states = True
+        arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+        scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+        metadata = {"round": str(round), "scalars": json.dumps(scalars, allow_nan=False)}
+        written = write_arrays(path, arrays, metadata=metadata, durable=durable)
+        self._digests[path] = written.checksum
+        return path
+
+    def load_state(self, ckpt: Checkpoint) -> dict[str, Any]:
+        """The server update's state the checkpoint names (``{}`` if none), in memory."""
+        if ckpt.state is None:
+            return {}
+        path = self.run_dir / ckpt.state
+        with open(path, "rb") as f:
+            header, _ = read_header(f, os.fstat(f.fileno()).st_size)
+        state: dict[str, Any] = dict(load_arrays(path, mmap=False))
+        state.update(json.loads(header.metadata.get("scalars", "{}")))
+        return state
 
     def prune_models(self, *, keep: int, latest: int) -> list[Path]:
         """Remove the round models before the last ``keep`` up to round
@@ -156,9 +208,16 @@ class RoundStore:
         of a removed model are reused (bench/transfer.py).
         """
         removed = []
-        if self.models_dir.is_dir():
-            for p in sorted(self.models_dir.iterdir()):
-                m = _ROUND_FILE.match(p.name)
+        # A round's state goes with its model: a fallback to that model
+        # (load_checkpoint) needs it.
+        folders = [(self.models_dir, _ROUND_FILE)]
+        if self._states:
+            folders.append((self.state_dir, _STATE_FILE))
+        for folder, pattern in folders:
+            if not folder.is_dir():
+                continue
+            for p in sorted(folder.iterdir()):
+                m = pattern.match(p.name)
                 if m and 0 < int(m.group(1)) <= latest - keep:
                     p.unlink(missing_ok=True)
                     self._digests.pop(p, None)
@@ -167,21 +226,54 @@ class RoundStore:
             logger.debug("removed %s (keep_models=%d)", ", ".join(p.name for p in removed), keep)
         return removed
 
-    def save_checkpoint(self, round: int, model_path: Path) -> Checkpoint:
-        """Record ``round`` as completed with ``model_path`` as its global model."""
+    def save_checkpoint(
+        self, round: int, model_path: Path, state_path: Path | None = None
+    ) -> Checkpoint:
+        """Record ``round`` as completed with ``model_path`` as its global
+        model (and ``state_path`` as the server update's state)."""
         ckpt = Checkpoint(
             round=round,
             model=model_path.relative_to(self.run_dir).as_posix(),
             checksum=self.model_checksum(model_path),
         )
-        atomic_write_bytes(
-            self.checkpoint_path,
-            json.dumps(
-                {"round": ckpt.round, "model": ckpt.model, checksum.ALGORITHM: ckpt.checksum},
-                allow_nan=False,
-            ).encode(),
-        )
+        doc: dict[str, Any] = {
+            "round": ckpt.round,
+            "model": ckpt.model,
+            checksum.ALGORITHM: ckpt.checksum,
+        }
+        if state_path is not None:
+            ckpt = Checkpoint(
+                round=round,
+                model=ckpt.model,
+                checksum=ckpt.checksum,
+                state=state_path.relative_to(self.run_dir).as_posix(),
+                state_checksum=self.model_checksum(state_path),
+            )
+            doc["state"] = ckpt.state
+            doc[f"state_{checksum.ALGORITHM}"] = ckpt.state_checksum
+        atomic_write_bytes(self.checkpoint_path, json.dumps(doc, allow_nan=False).encode())
         return ckpt
+
+    def _state_of(self, rnd: int, doc: Mapping[str, Any] | None) -> tuple[str, str] | None:
+        """Round ``rnd``'s state file and checksum: the one ``doc`` (a
+        checkpoint) names, checked against it, or (``doc`` None: a fallback)
+        whatever readable file is there. ValueError when it is unusable."""
+        path = self.state_path(rnd)
+        if doc is not None:
+            name, digest = doc.get("state"), doc.get(f"state_{checksum.ALGORITHM}")
+            if name is None and digest is None:
+                return None
+            if not isinstance(name, str) or not isinstance(digest, str):
+                raise ValueError("state and its checksum must be strings")
+            if (self.run_dir / name).resolve() != path.resolve():
+                raise ValueError(f"state {name!r} is not round {rnd}'s state file")
+            if not path.is_file() or checksum.of_file(path) != digest:
+                raise ValueError(f"state {name!r} is missing or does not match its checksum")
+        elif not path.exists():
+            return None
+        if not self._valid_model(path):
+            raise ValueError(f"state {path.name!r} is unreadable")
+        return path.relative_to(self.run_dir).as_posix(), self.model_checksum(path)
 
     def _valid_model(self, path: Path) -> bool:
         try:
@@ -217,7 +309,14 @@ class RoundStore:
             raise ValueError(f"model {model!r} is unreadable")
         if algorithm == checksum.ALGORITHM:
             self._digests[path] = digest
-        return Checkpoint(round=rnd, model=model, checksum=self.model_checksum(path))
+        state = self._state_of(rnd, doc)
+        return Checkpoint(
+            round=rnd,
+            model=model,
+            checksum=self.model_checksum(path),
+            state=state[0] if state else None,
+            state_checksum=state[1] if state else None,
+        )
 
     def load_checkpoint(self) -> Checkpoint | None:
         """The checkpoint to resume from, or ``None`` to start from scratch.
@@ -242,14 +341,22 @@ class RoundStore:
                 if m:
                     rounds.append((int(m.group(1)), p))
         for rnd, path in sorted(rounds, reverse=True):
-            if self._valid_model(path):
-                if self.checkpoint_path.exists():
-                    logger.warning("resuming from %s (round %d)", path, rnd)
-                return Checkpoint(
-                    round=rnd,
-                    model=path.relative_to(self.run_dir).as_posix(),
-                    checksum=self.model_checksum(path),
-                )
+            if not self._valid_model(path):
+                continue
+            try:
+                state = self._state_of(rnd, None)
+            except ValueError as exc:
+                logger.warning("ignoring round %d: %s", rnd, exc)
+                continue
+            if self.checkpoint_path.exists():
+                logger.warning("resuming from %s (round %d)", path, rnd)
+            return Checkpoint(
+                round=rnd,
+                model=path.relative_to(self.run_dir).as_posix(),
+                checksum=self.model_checksum(path),
+                state=state[0] if state else None,
+                state_checksum=state[1] if state else None,
+            )
         return None
 
     def load_model(self, ckpt: Checkpoint) -> dict[str, np.ndarray]:

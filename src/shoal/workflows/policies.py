@@ -1,0 +1,96 @@
+"""The policies a round driver composes: how results aggregate, how the
+global model moves.
+
+A server update turns the round's aggregate into the new global model::
+
+    def update(old, aggregate, state):       # FedAvg: the aggregate, no state
+        return UpdateResult(params=aggregate, state=state)
+
+``old`` is the global model the round's sites trained from (read-only,
+memory-mapped), ``aggregate`` what the round's aggregator gave (the update
+may change it in place), ``state`` what the update returned last round
+(``{}`` in the first round). State maps names to numpy arrays or JSON
+scalars (``int``, ``float``, ``str``, ``bool``, ``None``); the driver
+checkpoints it with each round and hands it back on resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from shoal.aggregation import AggregatorFactory
+
+__all__ = [
+    "Policies",
+    "ServerState",
+    "ServerUpdate",
+    "UpdateResult",
+    "check_state",
+    "keep_aggregate",
+]
+
+#: A JSON scalar a server update may keep in its state.
+Scalar = int | float | str | bool | None
+#: A server update's state: named arrays and JSON scalars.
+ServerState = dict[str, np.ndarray | Scalar]
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What a server update returns."""
+
+    #: The new global model: the names, shapes and dtypes of the old one.
+    params: dict[str, np.ndarray]
+    #: The state the next round's update gets (checkpointed with the round).
+    state: ServerState
+
+
+class ServerUpdate(Protocol):
+    def __call__(
+        self,
+        old: Mapping[str, np.ndarray],
+        aggregate: dict[str, np.ndarray],
+        state: ServerState,
+        /,
+    ) -> UpdateResult: ...
+
+
+def keep_aggregate(
+    old: Mapping[str, np.ndarray], aggregate: dict[str, np.ndarray], state: ServerState, /
+) -> UpdateResult:
+    """FedAvg's update: the aggregate is the new global model; no state."""
+    return UpdateResult(params=aggregate, state=state)
+
+
+@dataclass(frozen=True)
+class Policies:
+    """What makes one workflow differ from another under the same driver."""
+
+    #: Makes each round's aggregator (``shoal.aggregation.aggregator_factory``).
+    aggregator: AggregatorFactory
+    #: Aggregate -> new global model.
+    update: ServerUpdate = keep_aggregate
+
+
+def check_state(state: object) -> ServerState:
+    """``state`` if it is a dict of str -> array or finite JSON scalar;
+    TypeError naming the entry otherwise (a bug in the update, not the job)."""
+    if not isinstance(state, dict):
+        raise TypeError(f"a server update's state must be a dict, got {type(state).__name__}")
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise TypeError(f"server state: names must be strings, got {name!r}")
+        if isinstance(value, np.ndarray) or value is None or isinstance(value, (bool, int, str)):
+            continue
+        if isinstance(value, float) and math.isfinite(value):
+            continue
+        raise TypeError(
+            f"server state {name!r}: must be a numpy array or a finite JSON scalar, "
+            f"got {type(value).__name__}"
+        )
+    return state
