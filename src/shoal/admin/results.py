@@ -65,7 +65,10 @@ class _Fields:
         self.command = command
         self.path = path
         if not isinstance(data, Mapping):
-            raise self._error(f"expected an object, got {_kind_of(data)}", path or "reply")
+            got = _kind_of(data)
+            if not path:
+                raise TransportError(f"{command} reply: expected an object, got {got}")
+            raise self._error(f"is {got}, expected an object", path)
         self.data: Mapping[str, Any] = data
 
     def _name(self, key: str) -> str:
