@@ -396,3 +396,13 @@ def test_a_malformed_reply_is_a_connection_error_naming_the_field(
     assert json.loads(out)["error"]["message"] == (
         "check_status reply: field 'server.status' is missing"
     )
+
+
+def test_the_demo_follows_a_job_from_its_typed_stats() -> None:
+    from shoal.demo import _progress_line
+
+    line = _progress_line(JobStats.from_json(copy.deepcopy(STATS)))
+    assert line == (
+        "   RUNNING              round 2 of 5 [#####-------------------]  20%"
+        "  accuracy 0.9282  site-1: result received, site-2: task offered"
+    )
