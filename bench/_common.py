@@ -23,7 +23,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal.admin.results import JobMeta
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -275,7 +278,7 @@ class JobRun:
     submit_wall: float
     submitted_mono: float
     finished_mono: float
-    meta: dict[str, Any]
+    meta: JobMeta
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -293,14 +296,14 @@ def run_job(fed: Fed, job: Path, *, timeout: float = 3600, poll_s: float = 0.01)
     deadline = t0 + timeout
     while True:
         meta = fed.session.get_job_meta(job_id)
-        if jobstatus.is_finished(meta["status"]):
+        if jobstatus.is_finished(meta.status):
             break
         if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {meta['status']} after {timeout} s")
+            raise TimeoutError(f"job {job_id} still {meta.status} after {timeout} s")
         time.sleep(poll_s)
     t1 = time.monotonic()
-    if meta["status"] != jobstatus.COMPLETED:
-        raise RuntimeError(f"job {job_id} ended {meta['status']}: {meta.get('error')}")
+    if meta.status != jobstatus.COMPLETED:
+        raise RuntimeError(f"job {job_id} ended {meta.status}: {meta.error}")
     metrics = fed.job_dir(job_id) / "run" / "metrics.jsonl"
     rounds = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
     return JobRun(job_id, wall, t0, t1, meta, rounds)

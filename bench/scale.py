@@ -56,7 +56,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def connected(session) -> int:  # type: ignore[no-untyped-def]
-    return sum(1 for s in session.check_status()["sites"] if s["connected"])
+    return len(session.check_status().connected)
 
 
 def _tail(path: Path, n: int = 600) -> str:

@@ -20,11 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from shoal import jobstatus, poc
 from shoal.admin.format import format_jobs, format_status
 from shoal.errors import ShoalError
+
+if TYPE_CHECKING:
+    from shoal.admin.results import JobStats
+    from shoal.admin.session import AdminSession
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -96,7 +100,7 @@ def run_demo(
             download = admin.download_job(job_id, workspace / "downloads")
             accuracy = _final_accuracy(download)
             if status != jobstatus.COMPLETED:
-                errors = admin.show_errors(job_id)
+                errors = admin.show_errors(job_id).to_dict()
                 say(f"   job ended {status}: {json.dumps(errors, indent=2)[:2000]}")
     finally:
         stopped = poc.stop(workspace)
@@ -115,31 +119,34 @@ def run_demo(
     return DemoResult(job_id, status, accuracy, workspace, download)
 
 
-def _follow(admin: Any, job_id: str, say: Callable[[str], None], timeout: float) -> str:
+def _follow(admin: AdminSession, job_id: str, say: Callable[[str], None], timeout: float) -> str:
     deadline = time.monotonic() + timeout
     last = ""
     while True:
         stats = admin.show_stats(job_id)
-        status = stats["status"]
-        total = stats.get("num_rounds") or 0
-        done = len(stats.get("metrics") or [])
-        current = stats.get("current_round") or 0
-        sites = stats.get("sites") or {}
-        site_text = ", ".join(f"{s}: {v.get('state', '?')}" for s, v in sorted(sites.items()))
-        acc = ""
-        if stats.get("metrics"):
-            server = stats["metrics"][-1].get("server") or {}
-            if "accuracy" in server:
-                acc = f"  accuracy {server['accuracy']:.4f}"
-        line = f"   {status:<20} round {current} of {total} {_bar(done, total)}{acc}  {site_text}"
+        line = _progress_line(stats)
         if line != last:
             say(line)
             last = line
-        if jobstatus.is_finished(status):
-            return str(status)
+        if jobstatus.is_finished(stats.status):
+            return stats.status
         if time.monotonic() > deadline:
             raise ShoalError(f"job {job_id} did not finish within {timeout:.0f} s")
         time.sleep(0.5)
+
+
+def _progress_line(stats: JobStats) -> str:
+    """``RUNNING  round 2 of 5 [#####---] 40%  accuracy 0.9282  site-1: ...``"""
+    total = stats.num_rounds or 0
+    current = stats.current_round or 0
+    site_text = ", ".join(f"{name}: {s.state}" for name, s in sorted(stats.sites.items()))
+    acc = ""
+    if stats.metrics:
+        server = stats.metrics[-1].get("server") or {}
+        if "accuracy" in server:
+            acc = f"  accuracy {server['accuracy']:.4f}"
+    bar = _bar(len(stats.metrics), total)
+    return f"   {stats.status:<20} round {current} of {total} {bar}{acc}  {site_text}"
 
 
 def _final_accuracy(download: Path) -> float | None:

@@ -291,8 +291,7 @@ def start(
         with admin_session(workspace, timeout=timeout) as session:
 
             def all_connected() -> bool:
-                st = session.check_status()
-                up = {s["name"] for s in st["sites"] if s["connected"]}
+                up = {site.name for site in session.check_status().connected}
                 return set(layout.site_kits) <= up
 
             _wait(

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from shoal.admin.results import JobMeta, JobSummary, jobs_from_json
 from shoal.cli import admin as cli_admin
 from shoal.cli.app import EXIT_FAILURE, EXIT_NOT_AUTHORIZED, EXIT_NOT_FOUND, EXIT_USAGE, main
 from shoal.errors import (
@@ -46,9 +47,11 @@ class FakeSession:
         if method in self.raises:
             raise self.raises[method]
 
-    def list_jobs(self, *, name: Any = None, status: Any = None, limit: Any = None) -> list[dict]:
+    def list_jobs(
+        self, *, name: Any = None, status: Any = None, limit: Any = None
+    ) -> list[JobSummary]:
         self._call("list_jobs", name, status, limit)
-        return [JOB]
+        return jobs_from_json([JOB])
 
     def submit_job(self, path: str | Path) -> str:
         self._call("submit_job", path)
@@ -57,13 +60,13 @@ class FakeSession:
     def abort_job(self, job_id: str) -> None:
         self._call("abort_job", job_id)
 
-    def get_job_meta(self, job_id: str) -> dict:
+    def get_job_meta(self, job_id: str) -> JobMeta:
         self._call("get_job_meta", job_id)
-        return {**JOB, "job_id": job_id}
+        return JobMeta.from_json({**JOB, "job_id": job_id})
 
-    def wait_for_job(self, job_id: str, *, timeout: Any = None, poll_s: float = 0.5) -> dict:
+    def wait_for_job(self, job_id: str, *, timeout: Any = None, poll_s: float = 0.5) -> JobMeta:
         self._call("wait_for_job", job_id, timeout)
-        return {**JOB, "job_id": job_id, "status": self.final_status}
+        return JobMeta.from_json({**JOB, "job_id": job_id, "status": self.final_status})
 
     def get_log(self, job_id: str, target: str = "server", tail: int | None = None) -> str:
         self._call("get_log", job_id, target, tail)

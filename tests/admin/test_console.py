@@ -11,6 +11,15 @@ import pytest
 
 from shoal.admin import commands, console
 from shoal.admin.commands import COMMANDS, AdminSessionLike, CommandUsageError, run_command
+from shoal.admin.results import (
+    FederationStatus,
+    JobErrors,
+    JobMeta,
+    JobStats,
+    JobSummary,
+    SysInfo,
+    jobs_from_json,
+)
 from shoal.errors import JobValidationError, NotAuthorizedError, NotFoundError, TransportError
 
 JOB = {
@@ -43,13 +52,20 @@ class FakeSession:
                 "server": {"name": "server1", "status": "started", "uptime_s": 5.0},
                 "sites": [{"name": "site-1", "connected": True, "last_heartbeat_s_ago": 0.5}],
             },
-            "sys_info": {"platform": "Linux", "python": "3.11.7"},
+            "sys_info": {"target": "server", "platform": "Linux", "python": "3.11.7"},
             "submit_job": "new-job-1",
             "list_jobs": [JOB],
             "get_job_meta": {**JOB, "spec": {}, "errors": [], "results": []},
             "clone_job": "new-job-2",
             "download_job": Path("/kit/transfer/c8973f05"),
-            "show_stats": {"current_round": 1, "num_rounds": 5, "sites": {}, "metrics": []},
+            "show_stats": {
+                "job_id": JOB["job_id"],
+                "status": "RUNNING",
+                "current_round": 1,
+                "num_rounds": 5,
+                "sites": {},
+                "metrics": [],
+            },
             "show_errors": {"server": []},
             "get_log": "round 1 done\n",
             "wait_for_job": {**JOB, "status": "FINISHED:COMPLETED"},
@@ -61,22 +77,22 @@ class FakeSession:
             raise self.raises[name]
         return self.answers.get(name)
 
-    def check_status(self) -> dict:
-        return self._call("check_status")
+    def check_status(self) -> FederationStatus:
+        return FederationStatus.from_json(self._call("check_status"))
 
-    def sys_info(self, target: str = "server") -> dict:
-        return self._call("sys_info", target)
+    def sys_info(self, target: str = "server") -> SysInfo:
+        return SysInfo.from_json(self._call("sys_info", target))
 
     def submit_job(self, path: str | Path) -> str:
         return self._call("submit_job", path)
 
     def list_jobs(
         self, *, name: str | None = None, status: str | None = None, limit: int | None = None
-    ) -> list[dict]:
-        return self._call("list_jobs", name=name, status=status, limit=limit)
+    ) -> list[JobSummary]:
+        return jobs_from_json(self._call("list_jobs", name=name, status=status, limit=limit))
 
-    def get_job_meta(self, job_id: str) -> dict:
-        return self._call("get_job_meta", job_id)
+    def get_job_meta(self, job_id: str) -> JobMeta:
+        return JobMeta.from_json(self._call("get_job_meta", job_id))
 
     def abort_job(self, job_id: str) -> None:
         return self._call("abort_job", job_id)
@@ -90,11 +106,11 @@ class FakeSession:
     def download_job(self, job_id: str, dest: str | Path | None = None) -> Path:
         return self._call("download_job", job_id, dest)
 
-    def show_stats(self, job_id: str) -> dict:
-        return self._call("show_stats", job_id)
+    def show_stats(self, job_id: str) -> JobStats:
+        return JobStats.from_json(self._call("show_stats", job_id))
 
-    def show_errors(self, job_id: str) -> dict:
-        return self._call("show_errors", job_id)
+    def show_errors(self, job_id: str) -> JobErrors:
+        return JobErrors.from_json(self._call("show_errors", job_id))
 
     def get_log(self, job_id: str, target: str = "server", tail: int | None = None) -> str:
         return self._call("get_log", job_id, target, tail)
@@ -107,8 +123,8 @@ class FakeSession:
 
     def wait_for_job(
         self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5
-    ) -> dict:
-        return self._call("wait_for_job", job_id, timeout=timeout)
+    ) -> JobMeta:
+        return JobMeta.from_json(self._call("wait_for_job", job_id, timeout=timeout))
 
     def close(self) -> None:
         self.closed = True

@@ -1,7 +1,29 @@
-"""The admin side: a Python session API and the interactive console."""
+"""The admin side: a Python session API, its typed answers and the interactive console."""
 
 from __future__ import annotations
 
+from shoal.admin.results import (
+    FederationStatus,
+    JobErrors,
+    JobMeta,
+    JobStats,
+    JobSummary,
+    ServerStatus,
+    SiteProgress,
+    SiteStatus,
+    SysInfo,
+)
 from shoal.admin.session import AdminSession
 
-__all__ = ["AdminSession"]
+__all__ = [
+    "AdminSession",
+    "FederationStatus",
+    "JobErrors",
+    "JobMeta",
+    "JobStats",
+    "JobSummary",
+    "ServerStatus",
+    "SiteProgress",
+    "SiteStatus",
+    "SysInfo",
+]

@@ -7,7 +7,8 @@ an :class:`Outcome` holding both the JSON-able answer and the text to print::
 
     outcome = run_command(session, "list_jobs", ["-s", "RUNNING"])
     print(outcome.text)      # the boxed table
-    outcome.data             # the list of job dicts, for --json
+    outcome.result           # the list of JobSummary
+    outcome.data             # the same as the server sent it, for --json
 
 Parsing never exits the process: a bad argument raises :class:`CommandUsageError`
 (a ConfigError, so exit code 2) carrying the command's usage line.
@@ -22,6 +23,14 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from shoal.admin import format as fmt
+from shoal.admin.results import (
+    FederationStatus,
+    JobErrors,
+    JobMeta,
+    JobStats,
+    JobSummary,
+    SysInfo,
+)
 from shoal.errors import (
     ConfigError,
     JobValidationError,
@@ -57,25 +66,25 @@ class AdminSessionLike(Protocol):
     server_address: str
     session_id: str
 
-    def check_status(self) -> dict: ...
-    def sys_info(self, target: str = "server") -> dict: ...
+    def check_status(self) -> FederationStatus: ...
+    def sys_info(self, target: str = "server") -> SysInfo: ...
     def submit_job(self, path: str | Path) -> str: ...
     def list_jobs(
         self, *, name: str | None = None, status: str | None = None, limit: int | None = None
-    ) -> list[dict]: ...
-    def get_job_meta(self, job_id: str) -> dict: ...
+    ) -> list[JobSummary]: ...
+    def get_job_meta(self, job_id: str) -> JobMeta: ...
     def abort_job(self, job_id: str) -> None: ...
     def clone_job(self, job_id: str) -> str: ...
     def delete_job(self, job_id: str) -> None: ...
     def download_job(self, job_id: str, dest: str | Path | None = None) -> Path: ...
-    def show_stats(self, job_id: str) -> dict: ...
-    def show_errors(self, job_id: str) -> dict: ...
+    def show_stats(self, job_id: str) -> JobStats: ...
+    def show_errors(self, job_id: str) -> JobErrors: ...
     def get_log(self, job_id: str, target: str = "server", tail: int | None = None) -> str: ...
     def shutdown(self, target: str = "server") -> None: ...
     def restart(self, target: str = "server") -> None: ...
     def wait_for_job(
         self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5
-    ) -> dict: ...
+    ) -> JobMeta: ...
     def close(self) -> None: ...
 
 
@@ -96,11 +105,14 @@ class Outcome:
     """What a command produced."""
 
     data: Any
-    """The session's answer, JSON-serialisable (``--json`` prints it)."""
+    """The answer as JSON data, as the server sent it (``--json`` prints it)."""
     text: str
     """What the console prints."""
     ok: bool = True
     """False when the command ran but its answer means failure (``wait`` on a failed job)."""
+    result: Any = None
+    """The session's typed answer (:mod:`shoal.admin.results`); ``None`` where the
+    answer is only an id or a confirmation."""
 
 
 #: Role -> what it may do, as the server enforces it (see docs/admin.md).
@@ -180,15 +192,12 @@ def _check_status(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
     if a.sites:
         if a.target != "client":
             raise CommandUsageError("site names follow 'client'", _usage("check_status"))
-        known = {site.get("name") for site in status.get("sites") or []}
+        known = {site.name for site in status.sites}
         missing = [name for name in a.sites if name not in known]
         if missing:
             raise NotFoundError(f"no such site: {', '.join(missing)}")
-        status = {
-            **status,
-            "sites": [x for x in status.get("sites") or [] if x.get("name") in a.sites],
-        }
-    return Outcome(status, fmt.format_status(status, target=a.target))
+        status = status.only_sites(set(a.sites))
+    return Outcome(status.to_dict(), fmt.format_status(status, target=a.target), result=status)
 
 
 def _sys_info_args(p: argparse.ArgumentParser) -> None:
@@ -197,7 +206,7 @@ def _sys_info_args(p: argparse.ArgumentParser) -> None:
 
 def _sys_info(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
     info = s.sys_info(a.target)
-    return Outcome(info, fmt.format_details(info))
+    return Outcome(info.to_dict(), fmt.format_details(info), result=info)
 
 
 def _submit_job_args(p: argparse.ArgumentParser) -> None:
@@ -229,9 +238,9 @@ _positive_int.__name__ = "positive integer"  # argparse names the type in its me
 def _list_jobs(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
     if a.detail:
         meta = s.get_job_meta(a.detail)
-        return Outcome(meta, fmt.format_job_detail(meta))
+        return Outcome(meta.to_dict(), fmt.format_job_detail(meta), result=meta)
     jobs = s.list_jobs(name=a.name, status=a.status, limit=a.limit)
-    return Outcome(jobs, fmt.format_jobs(jobs))
+    return Outcome([j.to_dict() for j in jobs], fmt.format_jobs(jobs), result=jobs)
 
 
 def _abort_job(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
@@ -263,12 +272,12 @@ def _download_job(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
 
 def _show_stats(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
     stats = s.show_stats(a.job_id)
-    return Outcome(stats, fmt.format_stats(stats))
+    return Outcome(stats.to_dict(), fmt.format_stats(stats), result=stats)
 
 
 def _show_errors(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
     errors = s.show_errors(a.job_id)
-    return Outcome(errors, fmt.format_errors(errors))
+    return Outcome(errors.to_dict(), fmt.format_errors(errors), result=errors)
 
 
 def _cat_log_args(p: argparse.ArgumentParser) -> None:
@@ -306,17 +315,16 @@ def _wait(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
         meta = s.wait_for_job(a.job_id, timeout=a.timeout)
     except TimeoutError:
         meta = s.get_job_meta(a.job_id)
-        status = meta.get("status")
         return Outcome(
-            {**meta, "timed_out": True},
-            f"Timed out after {a.timeout:g}s; job {a.job_id} is {status}",
+            {**meta.to_dict(), "timed_out": True},
+            f"Timed out after {a.timeout:g}s; job {a.job_id} is {meta.status}",
             ok=False,
+            result=meta,
         )
-    status = meta.get("status")
-    text = f"Job {a.job_id} {status}"
-    if meta.get("run_duration_s") is not None:
-        text += f" after {fmt.format_duration(meta.get('run_duration_s'))}"
-    return Outcome(meta, text, ok=status == COMPLETED)
+    text = f"Job {a.job_id} {meta.status}"
+    if meta.run_duration_s is not None:
+        text += f" after {fmt.format_duration(meta.run_duration_s)}"
+    return Outcome(meta.to_dict(), text, ok=meta.status == COMPLETED, result=meta)
 
 
 _JOB_ROLES = {"project_admin": _ALL, "org_admin": _JOB_ORG}

@@ -37,6 +37,7 @@ from shoal.admin.commands import (
     get_command,
     parse_args,
 )
+from shoal.admin.results import FederationStatus, JobSummary
 
 __all__ = ["AdminConsole", "done_line", "history_path", "kit_user_name", "login"]
 
@@ -203,15 +204,13 @@ class AdminConsole(cmd.Cmd):
 
     def _remember(self, name: str, outcome: Outcome) -> None:
         """Keep job ids and site names seen in answers, for tab completion."""
-        data = outcome.data
-        if name == "list_jobs" and isinstance(data, list):
-            self._job_ids = [
-                str(j["job_id"]) for j in data if isinstance(j, dict) and "job_id" in j
-            ]
-        elif isinstance(data, dict) and name in ("submit_job", "clone_job") and "job_id" in data:
-            self._job_ids.append(str(data["job_id"]))
-        elif name == "check_status" and isinstance(data, dict):
-            self._sites = [str(s["name"]) for s in data.get("sites") or [] if "name" in s]
+        result = outcome.result
+        if name == "list_jobs" and isinstance(result, list):
+            self._job_ids = [j.job_id for j in result if isinstance(j, JobSummary)]
+        elif name in ("submit_job", "clone_job") and isinstance(outcome.data, dict):
+            self._job_ids.append(str(outcome.data["job_id"]))
+        elif name == "check_status" and isinstance(result, FederationStatus):
+            self._sites = [s.name for s in result.sites]
 
     # --- built-ins: help and leaving ---------------------------------------------
 
@@ -277,7 +276,7 @@ class AdminConsole(cmd.Cmd):
         if not self._job_ids:
             # First Tab on a job id: ask once; a failure just means no suggestions.
             try:
-                self._job_ids = [str(j["job_id"]) for j in self.session.list_jobs(limit=100)]
+                self._job_ids = [j.job_id for j in self.session.list_jobs(limit=100)]
             except Exception:
                 log.debug("could not list jobs for completion", exc_info=True)
         return self._job_ids

@@ -10,8 +10,16 @@ dashes, a header row, a rule, the rows, a closing rule::
     | c897   | RUNNING |
     --------------------
 
-Nothing here talks to a server; every function takes plain data and returns a
-string, so the console, the CLI and the tests share one rendering.
+Nothing here talks to a server; every function takes an answer and returns a
+string, so the console, the CLI and the tests share one rendering. An answer is
+a typed value from :mod:`shoal.admin.results` or the plain JSON data it stands
+for: either way what is rendered is the reply as the server sent it
+(``to_dict()``), so ``list_jobs -d`` and ``sys_info`` also show fields this
+version of the client does not know, and partial data (a test's, an older
+server's) still renders.
+
+The tables and the demo's progress bar are written here rather than with
+``rich``: docs/architecture.md ("Console output") says why.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "format_ago",
@@ -34,6 +42,16 @@ __all__ = [
     "format_table",
     "printable",
 ]
+
+
+class Reply(Protocol):
+    """A typed admin answer (:mod:`shoal.admin.results`): it gives back its JSON data."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+#: What the views below render: a typed answer or the JSON data it stands for.
+Answer = Mapping[str, Any] | Reply
 
 #: Shown in a cell whose value is unknown or not applicable yet.
 MISSING = "-"
@@ -54,6 +72,11 @@ def printable(text: str) -> str:
     <BLANKLINE>
     """
     return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _data(answer: Answer) -> Mapping[str, Any]:
+    """A typed answer as the JSON data it was decoded from; plain data as it is."""
+    return answer if isinstance(answer, Mapping) else answer.to_dict()
 
 
 def _cell(value: Any) -> str:
@@ -120,17 +143,18 @@ def _short(value: Any) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
-def format_details(data: Mapping[str, Any], *, indent: int = 0) -> str:
+def format_details(data: Answer, *, indent: int = 0) -> str:
     """``key: value`` lines with aligned values; nested mappings are indented.
 
     Lists of scalars print comma-separated; anything deeper prints as compact JSON.
     """
-    if not data:
+    plain = _data(data)
+    if not plain:
         return " " * indent + "(none)"
-    width = max(len(str(k)) for k in data) + 1
+    width = max(len(str(k)) for k in plain) + 1
     pad = " " * indent
     out: list[str] = []
-    for key, value in data.items():
+    for key, value in plain.items():
         label = f"{key}:".ljust(width)
         if isinstance(value, Mapping) and value:
             out.append(f"{pad}{key}:")
@@ -149,7 +173,7 @@ def format_details(data: Mapping[str, Any], *, indent: int = 0) -> str:
 JOB_HEADERS = ("JOB ID", "NAME", "STATUS", "SUBMIT TIME", "RUN DURATION")
 
 
-def format_jobs(jobs: Sequence[Mapping[str, Any]]) -> str:
+def format_jobs(jobs: Sequence[Answer]) -> str:
     """The ``list_jobs`` table: JOB ID | NAME | STATUS | SUBMIT TIME | RUN DURATION."""
     rows = [
         [
@@ -159,36 +183,38 @@ def format_jobs(jobs: Sequence[Mapping[str, Any]]) -> str:
             j.get("submit_time"),
             format_duration(j.get("run_duration_s")),
         ]
-        for j in jobs
+        for j in map(_data, jobs)
     ]
     table = format_table(JOB_HEADERS, rows)
     return table if rows else table + "\nNo jobs."
 
 
-def format_job_detail(meta: Mapping[str, Any]) -> str:
+def format_job_detail(meta: Answer) -> str:
     """``list_jobs -d ID``: the job's fields, round progress and duration made readable."""
+    plain = _data(meta)
     shown: dict[str, Any] = {}
     for key in ("job_id", "name", "status", "submit_time"):
-        if key in meta:
-            shown[key] = meta[key]
-    if "run_duration_s" in meta:
-        shown["run_duration"] = format_duration(meta.get("run_duration_s"))
-    if meta.get("num_rounds") is not None or meta.get("current_round") is not None:
-        shown["round"] = f"{_cell(meta.get('current_round'))}/{_cell(meta.get('num_rounds'))}"
-    for key, value in meta.items():
+        if key in plain:
+            shown[key] = plain[key]
+    if "run_duration_s" in plain:
+        shown["run_duration"] = format_duration(plain.get("run_duration_s"))
+    if plain.get("num_rounds") is not None or plain.get("current_round") is not None:
+        shown["round"] = f"{_cell(plain.get('current_round'))}/{_cell(plain.get('num_rounds'))}"
+    for key, value in plain.items():
         if key not in shown and key not in ("run_duration_s", "current_round", "num_rounds"):
             shown[key] = value
     return format_details(shown)
 
 
-def format_status(status: Mapping[str, Any], *, target: str | None = None) -> str:
+def format_status(status: Answer, *, target: str | None = None) -> str:
     """``check_status``: a server line, then a table of sites (or just one of the two).
 
     ``target`` is ``"server"``, ``"client"`` or ``None`` for both.
     """
+    plain = _data(status)
     out: list[str] = []
     if target in (None, "server"):
-        server = status.get("server") or {}
+        server = plain.get("server") or {}
         jobs = server.get("running_jobs") or []
         out.append(
             f"Server: {_cell(server.get('name'))}  status: {_cell(server.get('status'))}"
@@ -199,7 +225,7 @@ def format_status(status: Mapping[str, Any], *, target: str | None = None) -> st
             f"Running jobs: {len(jobs)}" + (f" ({', '.join(map(str, jobs))})" if jobs else "")
         )
     if target in (None, "client"):
-        sites = status.get("sites") or []
+        sites = plain.get("sites") or []
         connected = sum(1 for s in sites if s.get("connected"))
         out.append(f"Registered sites: {len(sites)}, connected: {connected}")
         rows = [
@@ -216,17 +242,18 @@ def format_status(status: Mapping[str, Any], *, target: str | None = None) -> st
     return "\n".join(out)
 
 
-def format_stats(stats: Mapping[str, Any]) -> str:
+def format_stats(stats: Answer) -> str:
     """``show_stats``: round progress, a table of sites, a table of metrics per round."""
-    out = [f"Round: {_cell(stats.get('current_round'))}/{_cell(stats.get('num_rounds'))}"]
-    sites = stats.get("sites") or {}
+    plain = _data(stats)
+    out = [f"Round: {_cell(plain.get('current_round'))}/{_cell(plain.get('num_rounds'))}"]
+    sites = plain.get("sites") or {}
     if sites:
         rows = [
             [name, s.get("state"), s.get("round"), _metrics(s.get("metrics"))]
             for name, s in sites.items()
         ]
         out.append(format_table(("SITE", "STATE", "ROUND", "METRICS"), rows))
-    rounds = [r for r in stats.get("metrics") or [] if isinstance(r, Mapping)]
+    rounds = [r for r in plain.get("metrics") or [] if isinstance(r, Mapping)]
     if rounds:
         keys: list[str] = []
         for r in rounds:
@@ -255,10 +282,11 @@ def _metrics(metrics: Any) -> str:
     return _cell(metrics)
 
 
-def format_errors(errors: Mapping[str, Any]) -> str:
+def format_errors(errors: Answer) -> str:
     """``show_errors``: one block per target that reported errors, or ``No errors.``."""
+    plain = _data(errors)
     out: list[str] = []
-    for target, items in errors.items():
+    for target, items in plain.items():
         if not items:
             continue
         entries = items if isinstance(items, list) else [items]

@@ -4,12 +4,13 @@
 
     with AdminSession.from_kit("workspace/example_project/prod_00/admin@nvidia.com") as s:
         job_id = s.submit_job("hello-tf2")
-        s.wait_for_job(job_id, timeout=600)
-        print(s.list_jobs())
+        meta = s.wait_for_job(job_id, timeout=600)
+        print(meta.status, [job.name for job in s.list_jobs()])
         s.download_job(job_id)
 
 Identity and role come from the kit's certificate; the server decides what
-this user may do.
+this user may do. Answers are typed values from :mod:`shoal.admin.results`,
+decoded here, where the server's JSON arrives.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ import grpc
 
 from shoal import jobstatus
 from shoal._proto import shoal_pb2 as pb
+from shoal.admin.results import (
+    FederationStatus,
+    JobErrors,
+    JobMeta,
+    JobStats,
+    JobSummary,
+    SysInfo,
+    jobs_from_json,
+    reply_field,
+)
 from shoal.errors import ConfigError, JobValidationError, TransportError
 from shoal.jobs import check_archive_size, pack_job
 from shoal.provision import Kit, load_kit
@@ -109,13 +120,13 @@ class AdminSession:
 
     # -- system ---------------------------------------------------------------
 
-    def check_status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("check_status")
-        return result
+    def check_status(self) -> FederationStatus:
+        """The server and every site of the project, connected or not."""
+        return FederationStatus.from_json(self._call("check_status"))
 
-    def sys_info(self, target: str = "server") -> dict[str, Any]:
-        result: dict[str, Any] = self._call("sys_info", target=target)
-        return result
+    def sys_info(self, target: str = "server") -> SysInfo:
+        """Platform, versions, CPUs and memory of the server or a connected site."""
+        return SysInfo.from_json(self._call("sys_info", target=target))
 
     def shutdown(self, target: str = "server") -> None:
         self._call("shutdown", target=target)
@@ -155,45 +166,44 @@ class AdminSession:
                 )
             except grpc.RpcError as exc:
                 raise from_rpc_error(exc, "submit_job") from None
-        return str(json.loads(reply.result_json)["job_id"])
+        return reply_field(json.loads(reply.result_json), "submit_job", "job_id")
 
     def list_jobs(
         self, *, name: str | None = None, status: str | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call(
-            "list_jobs", name=name, status=status, limit=limit
-        )
-        return result
+    ) -> list[JobSummary]:
+        """The jobs this admin may see, oldest first; ``limit`` keeps the latest."""
+        return jobs_from_json(self._call("list_jobs", name=name, status=status, limit=limit))
 
-    def get_job_meta(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("get_job_meta", job_id=job_id)
-        return result
+    def get_job_meta(self, job_id: str) -> JobMeta:
+        """One job (a unique prefix of its id will do): summary, definition, results."""
+        return JobMeta.from_json(self._call("get_job_meta", job_id=job_id))
 
     def abort_job(self, job_id: str) -> None:
         self._call("abort_job", job_id=job_id)
 
     def clone_job(self, job_id: str) -> str:
-        return str(self._call("clone_job", job_id=job_id)["job_id"])
+        return reply_field(self._call("clone_job", job_id=job_id), "clone_job", "job_id")
 
     def delete_job(self, job_id: str) -> None:
         self._call("delete_job", job_id=job_id)
 
-    def show_stats(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("show_stats", job_id=job_id)
-        return result
+    def show_stats(self, job_id: str) -> JobStats:
+        """A job's round, each site's state while it runs, and its metrics per round."""
+        return JobStats.from_json(self._call("show_stats", job_id=job_id))
 
-    def show_errors(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("show_errors", job_id=job_id)
-        return result
+    def show_errors(self, job_id: str) -> JobErrors:
+        """The error lines of a job's server and sites."""
+        return JobErrors.from_json(self._call("show_errors", job_id=job_id))
 
     def get_log(self, job_id: str, target: str = "server", tail: int | None = None) -> str:
-        return str(self._call("get_log", job_id=job_id, target=target, tail=tail)["log"])
+        """A job's log from the server (default) or a site; ``tail``: the last N lines."""
+        reply = self._call("get_log", job_id=job_id, target=target, tail=tail)
+        return reply_field(reply, "get_log", "log")
 
     def download_job(self, job_id: str, dest: str | Path | None = None) -> Path:
         """Download a job's results (models, metrics, logs) into ``dest/<job_id>/``."""
         base = Path(dest) if dest is not None else self.kit.root / "transfer"
-        meta = self.get_job_meta(job_id)
-        full_id = meta["job_id"]
+        full_id = self.get_job_meta(job_id).job_id
         target = base / full_id
         base.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".download-", dir=base) as tmp:
@@ -227,13 +237,13 @@ class AdminSession:
 
     def wait_for_job(
         self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5
-    ) -> dict[str, Any]:
+    ) -> JobMeta:
         """Block until the job is FINISHED:*; raises TimeoutError after ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             meta = self.get_job_meta(job_id)
-            if jobstatus.is_finished(meta["status"]):
+            if jobstatus.is_finished(meta.status):
                 return meta
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {meta['status']} after {timeout} s")
+                raise TimeoutError(f"job {job_id} still {meta.status} after {timeout} s")
             time.sleep(poll_s)
