@@ -14,6 +14,7 @@ run as threads of one process.
 from __future__ import annotations
 
 from shoal.sim.comm import RoundStats, SimCommunicator
+from shoal.sim.hosts import SITE_HOSTS, HostSetup, SiteHost
 from shoal.sim.runner import (
     DEFAULT_WORKDIR,
     PER_SITE_LOGS_MAX,
@@ -25,8 +26,11 @@ from shoal.sim.runner import (
 __all__ = [
     "DEFAULT_WORKDIR",
     "PER_SITE_LOGS_MAX",
+    "SITE_HOSTS",
+    "HostSetup",
     "RoundStats",
     "SimCommunicator",
+    "SiteHost",
     "SimulationResult",
     "SimulatorConfig",
     "simulate",

@@ -5,6 +5,8 @@ No certificates, no daemons: the workflow runs in this process against a
 script unchanged, either as a thread of this process (``mode="threads"``,
 the default: cheap enough for thousands of sites with a small model) or in a
 pool of spawned worker processes (``mode="processes"``: for heavy frameworks).
+Each mode is a site host (:mod:`shoal.sim.hosts`) looked up by name in
+``SITE_HOSTS``; the runner itself never branches on the mode.
 
 The run folder looks like a real run's::
 
@@ -26,7 +28,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -34,12 +35,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from shoal.errors import ConfigError
 from shoal.sim.comm import RoundStats, SimCommunicator
+from shoal.sim.config import DEFAULT_WORKDIR, PER_SITE_LOGS_MAX, SimulatorConfig
+from shoal.sim.hosts import HostSetup, SiteHost, SiteHostFactory, site_host_factory
 from shoal.sim.logs import SiteLogRouter
-from shoal.sim.site import SiteInfo, SiteRuntime
+from shoal.sim.site import SiteInfo
 
 __all__ = [
     "DEFAULT_WORKDIR",
@@ -51,46 +54,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Where results go unless told otherwise (like NVFlare's /tmp/nvflare/simulation).
-DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "shoal" / "simulate"
-#: Up to this many sites, each also gets its own ``logs/site-N.log``.
-PER_SITE_LOGS_MAX = 32
 # Marks a run folder as the simulator's, so a rerun may replace it.
 _MARKER = ".shoal-simulation"
 # Sites run the script from a shared process: one simulation at a time.
 _ONE_AT_A_TIME = threading.Lock()
-
-
-@dataclass(frozen=True)
-class SimulatorConfig:
-    """How to simulate a job."""
-
-    #: The job folder (with job.yml and app/) or a zip of one.
-    job_dir: Path
-    #: Number of simulated sites, named ``site-1`` .. ``site-N``. ``None``: the
-    #: job's ``sites`` list if it has one (those names), else ``min_clients``.
-    num_sites: int | None = None
-    #: Results go to ``workdir/<job name>/`` (replaced if a previous simulation left it).
-    workdir: Path = DEFAULT_WORKDIR
-    #: ``"threads"``: every site is a thread of this process. ``"processes"``:
-    #: sites are spread over worker processes (spawned).
-    mode: Literal["threads", "processes"] = "threads"
-    #: Threads mode: how many sites may work (start up or train) at once;
-    #: ``None``: the number of CPUs.
-    threads: int | None = None
-    #: Processes mode: how many worker processes; ``None``: ``min(N, CPUs)``.
-    processes: int | None = None
-    #: Processes mode: how many of a worker's sites may work at once.
-    active_per_process: int = 1
-    #: Write ``logs/site-N.log`` per site; ``None``: when N <= PER_SITE_LOGS_MAX.
-    per_site_logs: bool | None = None
-    #: Stack size of site threads in KiB; ``None``: the system default for up
-    #: to 64 sites per process, 2 MiB beyond (thousands of idle threads).
-    stack_size_kib: int | None = None
-    #: Seconds to wait for the sites' scripts to end once the workflow is done.
-    join_timeout_s: float = 60.0
-    #: Level of the records written to the log files.
-    log_level: int = logging.INFO
 
 
 @dataclass(frozen=True)
@@ -314,8 +281,7 @@ def _simulate(
     spec = load_job_spec(job_dir)
     workflow = get_workflow(spec.workflow.name)
     sites = _site_names(spec, config.num_sites)
-    if config.mode not in ("threads", "processes"):
-        raise ConfigError(f"mode must be 'threads' or 'processes', got {config.mode!r}")
+    make_host = site_host_factory(config.mode)
     run_dir = Path(config.workdir).resolve() / spec.name
     _prepare_run_dir(run_dir)
     app_dir = run_dir / APP_DIR
@@ -342,11 +308,9 @@ def _simulate(
 
     _forget_modules(app_dir, _app_module_names(app_dir))
     error: str | None = None
-    stuck: list[str] = []
+    argv = [str(script), *spec.client.args]
     with (
-        _process_state(
-            argv=[str(script), *spec.client.args], env=dict(spec.client.env), paths=paths
-        ),
+        _process_state(argv=argv, env=dict(spec.client.env), paths=paths),
         SiteLogRouter(
             log_dir,
             sites,
@@ -355,17 +319,26 @@ def _simulate(
             level=config.log_level,
         ),
     ):
-        route_to: dict[str, Callable[[str, dict[str, Any] | None], None]] = {}
+        host = _HostSlot()
         comm = SimCommunicator(
             sites,
-            route=lambda site, message: route_to[site](site, message),
+            route=host.deliver,
             tasks_dir=results_dir,
             on_round=round_done,
         )
-        cpus = os.cpu_count() or 1
-        infos = [SiteInfo(name=name, index=i) for i, name in enumerate(sites)]
-        runtime: SiteRuntime | None = None
-        hosts: list[Any] = []
+        setup = HostSetup(
+            config=config,
+            sites=tuple(SiteInfo(name=name, index=i) for i, name in enumerate(sites)),
+            script=script,
+            argv=tuple(argv),
+            env=dict(spec.client.env),
+            sys_path=tuple(paths),
+            job_id=spec.name,
+            results_dir=results_dir,
+            log_dir=log_dir,
+            per_site_logs=per_site,
+            emit=comm.on_message,
+        )
         logger.info(
             "simulating job %s with %d site(s) in %s mode; results in %s",
             spec.name,
@@ -374,36 +347,7 @@ def _simulate(
             run_dir,
         )
         try:
-            if config.mode == "threads":
-                runtime = SiteRuntime(
-                    script=script,
-                    sites=infos,
-                    num_sites=len(sites),
-                    job_id=spec.name,
-                    results_dir=results_dir,
-                    emit=comm.on_message,
-                    max_active=config.threads or cpus,
-                    stack_size=_stack_size(config, len(sites)),
-                    in_memory=True,
-                )
-                for name in sites:
-                    route_to[name] = runtime.deliver
-                runtime.start()
-            else:
-                hosts = _start_workers(
-                    config,
-                    infos=infos,
-                    script=script,
-                    job_id=spec.name,
-                    results_dir=results_dir,
-                    log_dir=log_dir,
-                    per_site=per_site,
-                    paths=paths,
-                    env=dict(spec.client.env),
-                    on_message=comm.on_message,
-                    route_to=route_to,
-                    cpus=cpus,
-                )
+            host.start(make_host, setup)
             ctx = WorkflowContext(
                 job_id=spec.name,
                 spec=spec,
@@ -420,11 +364,11 @@ def _simulate(
         except BaseException:
             # Ctrl-C: tell the sites, give them a moment, do not wait for training.
             comm.finish()
-            _wait_for_sites(runtime, hosts, 2.0)
+            host.stop(2.0)
             raise
         finally:
             comm.finish()
-        stuck = _wait_for_sites(runtime, hosts, config.join_timeout_s)
+        stuck = host.stop(config.join_timeout_s)
         final = _final_metrics(run_dir, comm)
         result = SimulationResult(
             job_name=spec.name,
@@ -449,74 +393,30 @@ def _simulate(
     return result
 
 
-def _stack_size(config: SimulatorConfig, sites_per_process: int) -> int:
-    if config.stack_size_kib is not None:
-        return config.stack_size_kib * 1024
-    return 0 if sites_per_process <= 64 else 2 * 1024 * 1024
+class _HostSlot:
+    """The site host, once built. The communicator routes to the host and the
+    host emits to the communicator, so the communicator comes first; the host
+    is built inside the workflow's try (where a script that does not compile
+    is reported), and until then no site runs and there is nothing to route."""
 
+    def __init__(self) -> None:
+        self._host: SiteHost | None = None
 
-def _start_workers(
-    config: SimulatorConfig,
-    *,
-    infos: list[SiteInfo],
-    script: Path,
-    job_id: str,
-    results_dir: Path,
-    log_dir: Path,
-    per_site: bool,
-    paths: list[str],
-    env: dict[str, str],
-    on_message: Callable[[Mapping[str, Any]], None],
-    route_to: dict[str, Callable[[str, dict[str, Any] | None], None]],
-    cpus: int,
-) -> list[Any]:
-    from shoal.sim.worker import WorkerHost
+    def start(self, make: SiteHostFactory, setup: HostSetup) -> None:
+        self._host = make(setup)
+        self._host.start()
 
-    count = max(1, min(len(infos), config.processes or cpus))
-    hosts = []
-    for k in range(count):
-        share = infos[k::count]
-        host = WorkerHost(
-            index=k,
-            config={
-                "sites": [[s.name, s.index] for s in share],
-                "num_sites": len(infos),
-                "job_id": job_id,
-                "script": str(script),
-                "argv": [str(script), *sys.argv[1:]],
-                "env": env,
-                "sys_path": paths,
-                "results_dir": str(results_dir),
-                "log_dir": str(log_dir),
-                "per_site_logs": per_site,
-                "log_level": config.log_level,
-                "max_active": config.active_per_process,
-                "stack_size": _stack_size(config, len(share)),
-            },
-            on_message=on_message,
-        )
-        for s in share:
-            route_to[s.name] = host.deliver
-        host.start()
-        hosts.append(host)
-    logger.info("started %d worker process(es)", count)
-    return hosts
+    def deliver(self, site: str, message: dict[str, Any] | None) -> None:
+        if self._host is not None:
+            self._host.deliver(site, message)
 
-
-def _wait_for_sites(runtime: SiteRuntime | None, hosts: list[Any], timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    stuck: list[str] = []
-    if runtime is not None:
-        stuck = runtime.join(max(0.0, deadline - time.monotonic()))
-    for host in hosts:
-        if not host.join(max(0.0, deadline - time.monotonic())):
-            stuck.extend(host.sites)
-            host.kill()
-    if stuck:
-        logger.warning(
-            "%d site(s) still running %.0fs after the job ended: %s",
-            len(stuck),
-            timeout,
-            ", ".join(stuck[:10]),
-        )
-    return stuck
+    def stop(self, timeout: float) -> list[str]:
+        stuck = self._host.stop(timeout) if self._host is not None else []
+        if stuck:
+            logger.warning(
+                "%d site(s) still running %.0fs after the job ended: %s",
+                len(stuck),
+                timeout,
+                ", ".join(stuck[:10]),
+            )
+        return stuck
