@@ -127,12 +127,55 @@ def _with(tmp_path: Path, old: str, new: str) -> Path:
             "job.yml: min_clients: key appears more",
         ),
         ("name: hello-tf2", "name: [unclosed", "not valid YAML"),
+        ("  args:", "  config: {round: 3}\n  args:", "job.yml: client.config.round: reserved"),
+        ("  args:", "  config: [1]\n  args:", "job.yml: client.config: must be a mapping"),
+        (
+            "  args:",
+            "  config: {big: '"
+            + "x" * 16000
+            + "', b2: '"
+            + "x" * 16000
+            + "', b3: '"
+            + "x" * 16000
+            + "', b4: '"
+            + "x" * 16000
+            + "', b5: '"
+            + "x" * 16000
+            + "'}\n  args:",
+            "job.yml: client.config: .* bytes as JSON, more than 65536",
+        ),
+        (
+            "resources: {gpu: 1}",
+            "filters: {result_out: [nomod:F]}",
+            r"job.yml: filters.result_out\[0\]: .*module 'nomod' not found in app/",
+        ),
+        ("resources: {gpu: 1}", "filters: {elsewhere: []}", "job.yml: filters.elsewhere: unknown"),
     ],
 )
 def test_refusals(tmp_path: Path, old: str, new: str, message: str) -> None:
     root = _with(tmp_path, old, new)
     with pytest.raises(JobValidationError, match=message):
         load_job_spec(root)
+
+
+def test_client_config_and_filters_round_trip(tmp_path: Path) -> None:
+    root = _with(
+        tmp_path,
+        "resources: {gpu: 1}",
+        "resources: {gpu: 1}\nfilters:\n  result_in: [identity, {filter: 'model:build_model', "
+        "args: {a: 1}}]",
+    )
+    text = (
+        (root / "job.yml")
+        .read_text()
+        .replace("  args:", "  config: {lr: 0.1, nested: {a: [1]}}\n  args:")
+    )
+    (root / "job.yml").write_text(text)
+    spec = load_job_spec(root)
+    assert dict(spec.client.config) == {"lr": 0.1, "nested": {"a": [1]}}
+    assert [f.name for f in spec.filters["result_in"]] == ["identity", "model:build_model"]
+    (root / "job.yml").write_text(yaml.safe_dump(spec.to_dict()))
+    assert load_job_spec(root) == spec
 
 
 def test_missing_sections(tmp_path: Path) -> None:

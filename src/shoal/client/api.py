@@ -24,6 +24,8 @@ from typing import Any
 
 from shoal.client.model import ClientBackend, FLModel
 from shoal.errors import ConfigError, ShoalError
+from shoal.filters import FilterChain
+from shoal.taskmeta import check_params_type, check_result_meta
 
 __all__ = [
     "ClientBackend",
@@ -49,6 +51,8 @@ class _State:
         self.pending: FLModel | None = None
         self.done = False
         self.awaiting_send = False
+        #: The task being answered (for the result's filters).
+        self.task: FLModel | None = None
 
 
 # A contextvar (not a module global) so the simulator can run many sites as
@@ -96,12 +100,28 @@ def is_running() -> bool:
     if state.done:
         return False
     if state.pending is None:
-        state.pending = state.backend.next_task()
-        if state.pending is None:
+        task = state.backend.next_task()
+        if task is None:
             state.done = True
             state.backend.close()
             return False
+        state.pending = _filtered(state.backend, "task_in", task, task)
     return True
+
+
+def _filtered(backend: ClientBackend, point: str, model: FLModel, task: FLModel) -> FLModel:
+    """``model`` through the backend's chain at ``point`` (if it has one);
+    ``task`` is the task it answers or is."""
+    chain = backend.filters.get(point)
+    if not isinstance(chain, FilterChain) or not chain:
+        return model
+    return chain.apply(
+        model,
+        job_id=backend.job_id,
+        site=backend.site_name,
+        round=task.current_round,
+        task=task.task,
+    )
 
 
 def receive() -> FLModel:
@@ -112,16 +132,26 @@ def receive() -> FLModel:
     assert state.pending is not None
     model, state.pending = state.pending, None
     state.awaiting_send = True
+    state.task = model
     return model
 
 
 def send(model: FLModel) -> None:
-    """Send this round's result: weights, metrics and the number of examples."""
+    """Send this round's result: weights, metrics and the number of examples
+    (and, optionally, ``meta``, ``extras`` and ``params_type``).
+
+    The result passes the site's ``result_out`` filters first; what it
+    carries is checked here, so a bad value fails in the script, named.
+    """
     state = _require()
     if not state.awaiting_send:
         raise ShoalError("send() without a task: call receive() first")
     if model.num_examples < 0:
         raise ConfigError(f"FLModel.num_examples must be >= 0, got {model.num_examples}")
+    assert state.task is not None
+    model = _filtered(state.backend, "result_out", model, state.task)
+    check_result_meta(model.meta)
+    check_params_type(model.params_type)
     state.backend.send(model)
     state.awaiting_send = False
 

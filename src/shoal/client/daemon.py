@@ -42,6 +42,8 @@ from shoal.client import retention
 from shoal.client.api import WORKER_CONFIG_ENV
 from shoal.client.worker import WorkerConfig
 from shoal.errors import ConfigError, ShoalError
+from shoal.filters import SITE_POINTS, site_order, specs_to_json
+from shoal.filters.local import local_filters
 from shoal.provision import Kit
 from shoal.provision.jobcreds import new_worker_key
 from shoal.sandbox import (
@@ -111,6 +113,9 @@ class _Prepared:
     #: The worker's own key and certificate (PEM), from FetchJob.
     key_pem: bytes
     cert_pem: bytes
+    #: The site's and the job's filters by site point, in the order they run
+    #: (``shoal.filters.specs_to_json`` form).
+    filters: dict[str, list[dict[str, Any]]]
 
 
 class SiteDaemon:
@@ -411,6 +416,7 @@ class SiteDaemon:
         cert_path.write_bytes(job.cert_pem)
         ca_path.write_bytes(self.kit.tls.ca_pem)
         config = self._worker_config(job_id, job_dir, job.meta, key_path, cert_path, ca_path)
+        config = dataclasses.replace(config, filters=job.filters, app_dir=str(job.script.parent))
         config_path = job_dir / "worker.json"
         config_path.write_text(config.to_json())
         app_dir = job.script.parent
@@ -515,6 +521,13 @@ class SiteDaemon:
         spec = load_job_spec(root)
         script = (root / APP_DIR / spec.client.script).resolve()
         meta = {k: v for k, v in header.meta.items() if k != "worker_cert"}
+        site_filters = local_filters(self.kit.root)
+        filters = {
+            point: specs_to_json(
+                site_order(point, site_filters.get(point, ()), spec.filters.get(point, ()))
+            )
+            for point in SITE_POINTS
+        }
         return _Prepared(
             script=script,
             args=list(spec.client.args),
@@ -522,6 +535,7 @@ class SiteDaemon:
             meta=meta,
             key_pem=key_pem,
             cert_pem=cert.encode("ascii"),
+            filters={point: specs for point, specs in filters.items() if specs},
         )
 
     def _abort_job(self, job_id: str, reason: str) -> None:

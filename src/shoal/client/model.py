@@ -23,10 +23,16 @@ __all__ = ["ClientBackend", "FLModel"]
 class FLModel:
     """Weights plus what travels with them, in either direction.
 
-    ``params`` maps stable names to arrays. From the server, ``current_round``
-    and ``total_rounds`` say where the job is. To the server, ``num_examples``
-    weights this site's contribution in the average and ``metrics`` are
-    stored with the job (and written to TensorBoard).
+    ``params`` maps stable names to arrays. From the server, ``task`` names
+    the task (``"train"``, ``"evaluate"``, ...), ``current_round`` and
+    ``total_rounds`` say where the job is, and ``meta`` holds the task's meta:
+    those, the job's ``client.config`` and what the workflow adds. To the
+    server, ``num_examples`` weights this site's contribution in the average,
+    ``metrics`` are stored with the job (and written to TensorBoard),
+    ``meta`` (JSON scalars, at most 64 KiB) and ``extras`` (named arrays:
+    control variates, masks) reach the workflow, and ``params_type`` says
+    whether ``params`` are the weights (``"full"``) or the weights minus the
+    global model this task brought (``"diff"``).
     """
 
     params: Mapping[str, np.ndarray] = field(default_factory=dict)
@@ -35,6 +41,9 @@ class FLModel:
     current_round: int | None = None
     total_rounds: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    task: str = "train"
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    params_type: str = "full"
 
 
 class ClientBackend(Protocol):
@@ -46,6 +55,11 @@ class ClientBackend(Protocol):
     #: count: lets a script pick its own shard of a shared demo data set.
     site_index: int
     num_sites: int
+
+    @property
+    def filters(self) -> Mapping[str, Any]:
+        """This site's filter chains (``shoal.filters``) by point: ``task_in``
+        and ``result_out``. The Client API runs them; a backend builds them."""
 
     def next_task(self) -> FLModel | None:
         """Block until the next task arrives; ``None`` when the job is over."""

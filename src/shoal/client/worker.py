@@ -18,7 +18,7 @@ import queue
 import random
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from shoal._watchdog import exit_with_parent
 from shoal.arrays import arrays_from_bytes, encode_arrays
 from shoal.client.model import FLModel
 from shoal.errors import PeerRejectedError, TransportError
+from shoal.filters import FilterChain, build_chain, specs_from_json
+from shoal.taskmeta import join_extras
 from shoal.transport import (
     PayloadHeader,
     TLSConfig,
@@ -77,6 +79,11 @@ class WorkerConfig:
     job_dir: str
     #: The site daemon's pid: the worker exits if the daemon dies.
     parent_pid: int = 0
+    #: The site's and the job's filters by site point, in the order they run
+    #: (``shoal.filters.specs_to_json`` form).
+    filters: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: The job's ``app/`` folder, where job filters resolve.
+    app_dir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -94,13 +101,14 @@ def _log_to_job_log() -> None:
     daemon writes to the job log; without a handler Python would drop INFO.
     The script's own logging setup, if any, is left alone.
     """
-    if log.handlers or logging.getLogger().handlers:
+    shoal_log = logging.getLogger("shoal")  # the worker's and the filters' lines
+    if shoal_log.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    shoal_log.addHandler(handler)
+    shoal_log.setLevel(logging.INFO)
+    shoal_log.propagate = False
 
 
 def _finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -158,6 +166,14 @@ class GrpcBackend:
         self.job_id = config.job_id
         self.site_index = config.site_index
         self.num_sites = config.num_sites
+        self.filters: dict[str, FilterChain] = {
+            point: build_chain(
+                point,
+                specs_from_json(specs),
+                app_dir=Path(config.app_dir) if config.app_dir else None,
+            )
+            for point, specs in config.filters.items()
+        }
         tls = TLSConfig(
             ca_pem=Path(config.ca_path).read_bytes(),
             cert_pem=Path(config.cert_path).read_bytes(),
@@ -244,6 +260,7 @@ class GrpcBackend:
                 current_round=meta.get("current_round", meta.get("round")),
                 total_rounds=meta.get("total_rounds"),
                 meta=meta,
+                task=str(meta.get("task", "train")),
             )
 
     def send(self, model: FLModel) -> None:
@@ -252,17 +269,18 @@ class GrpcBackend:
             raise TransportError("send() without a task")
         # Checked now, before the upload starts; streamed from the arrays'
         # own memory, hashed on the way (no staging file).
-        encoded = encode_arrays(model.params)
-        header = PayloadHeader(
-            kind="result",
-            job_id=self.job_id,
-            task_id=task.task_id,
-            meta={
-                "site": self.site_name,
-                "num_examples": int(model.num_examples),
-                "metrics": _finite_metrics(model.metrics),
-            },
-        )
+        arrays = join_extras(model.params, model.extras)
+        encoded = encode_arrays(arrays)
+        meta: dict[str, Any] = {
+            "site": self.site_name,
+            "num_examples": int(model.num_examples),
+            "metrics": _finite_metrics(model.metrics),
+        }
+        if model.meta:
+            meta["meta"] = dict(model.meta)
+        if model.params_type != "full":
+            meta["params_type"] = model.params_type
+        header = PayloadHeader(kind="result", job_id=self.job_id, task_id=task.task_id, meta=meta)
         t0 = time.monotonic()
         size = encoded.size
         for attempt in range(5):
@@ -295,7 +313,7 @@ class GrpcBackend:
                 if exc.code() not in _RETRYABLE or attempt == 4:
                     raise err from None
                 time.sleep(0.5 * 2**attempt)
-                encoded = encode_arrays(model.params)
+                encoded = encode_arrays(arrays)
             except BaseException:
                 self._drop_stream()
                 raise

@@ -24,6 +24,8 @@ import yaml
 
 from shoal._yaml import AliasRefusedError, NoAliasLoader
 from shoal.errors import JobValidationError
+from shoal.filters import FilterSpec, parse_filters
+from shoal.taskmeta import RESERVED_TASK_META
 from shoal.workflows import registry
 from shoal.workflows.hooks import check_hook_file
 
@@ -76,6 +78,8 @@ MAX_RESOURCES_BYTES = 16 * 1024
 MAX_ARGS = 256
 #: ``client.env``: most variables.
 MAX_ENV_VARS = 64
+#: ``client.config``: largest JSON form, in bytes (it rides in every task's header).
+MAX_CLIENT_CONFIG_BYTES = 64 * 1024
 #: ``min_clients``: largest value (no project has more sites).
 MAX_MIN_CLIENTS = 10_000
 #: ``start_timeout_s``: longest wait, 30 days.
@@ -255,6 +259,7 @@ _TOP_KEYS = (
     "server",
     "resources",
     "start_timeout_s",
+    "filters",
 )
 
 
@@ -279,6 +284,9 @@ class ClientAppSpec:
     args: tuple[str, ...] = ()
     #: Extra environment variables for the script.
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Client configuration: JSON values merged into every task's meta
+    #: (``FLModel.meta``), e.g. ``{"lr": 0.01, "local_epochs": 2}``.
+    config: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -311,6 +319,8 @@ class JobSpec:
     resources: Mapping[str, Any] = field(default_factory=dict)
     #: Seconds to wait for the sites at start before the job is ABANDONED.
     start_timeout_s: float = 300.0
+    #: Filters by point (``shoal.filters``: task_in, result_out, result_in, model_out).
+    filters: Mapping[str, tuple[FilterSpec, ...]] = field(default_factory=dict)
 
     def check_sites(self, project_sites: Sequence[str]) -> None:
         """Refuse a job the project can never run (JobValidationError)."""
@@ -338,6 +348,7 @@ class JobSpec:
                 "script": self.client.script,
                 "args": list(self.client.args),
                 "env": dict(self.client.env),
+                **({"config": dict(self.client.config)} if self.client.config else {}),
             },
             "server": {
                 k: v
@@ -353,6 +364,11 @@ class JobSpec:
         }
         if self.sites is not None:
             out["sites"] = list(self.sites)
+        if self.filters:
+            out["filters"] = {
+                point: [{"filter": f.name, "args": dict(f.args)} for f in specs]
+                for point, specs in self.filters.items()
+            }
         return out
 
 
@@ -420,7 +436,7 @@ def _client(doc: Mapping[str, Any], app_dir: Path) -> ClientAppSpec:
     if "client" not in doc:
         raise _err("client", "required section is missing")
     client = _mapping(doc["client"], "client")
-    unknown = sorted(set(client) - {"script", "args", "env"})
+    unknown = sorted(set(client) - {"script", "args", "env", "config"})
     if unknown:
         raise _err(f"client.{unknown[0]}", "unknown key")
     script = client.get("script")
@@ -447,7 +463,22 @@ def _client(doc: Mapping[str, Any], app_dir: Path) -> ClientAppSpec:
             raise _err(f"client.env.{key}", "not a valid environment variable name")
         env[key] = _scalar_str(value, f"client.env.{key}")
     check_worker_env(env)
-    return ClientAppSpec(script=pure.as_posix(), args=args, env=env)
+    config = _client_config(client.get("config"))
+    return ClientAppSpec(script=pure.as_posix(), args=args, env=env, config=config)
+
+
+def _client_config(raw: Any) -> dict[str, Any]:
+    config = dict(_mapping(raw, "client.config"))
+    reserved = sorted(set(config) & RESERVED_TASK_META)
+    if reserved:
+        raise _err(
+            f"client.config.{reserved[0]}",
+            f"reserved for the task's own meta ({', '.join(sorted(RESERVED_TASK_META))})",
+        )
+    size = len(json.dumps(config))
+    if size > MAX_CLIENT_CONFIG_BYTES:
+        raise _err("client.config", f"{size} bytes as JSON, more than {MAX_CLIENT_CONFIG_BYTES}")
+    return config
 
 
 def _sites(doc: Mapping[str, Any], min_clients: int) -> tuple[str, ...] | None:
@@ -466,6 +497,21 @@ def _sites(doc: Mapping[str, Any], min_clients: int) -> tuple[str, ...] | None:
     if len(sites) < min_clients:
         raise _err("sites", f"{len(sites)} site(s) listed but min_clients is {min_clients}")
     return tuple(sites)
+
+
+def _filters(raw: Any, app_dir: Path) -> dict[str, tuple[FilterSpec, ...]]:
+    try:
+        filters = parse_filters(raw, where="filters")
+    except JobValidationError as exc:
+        raise JobValidationError(f"job.yml: {exc}") from None
+    for point, specs in filters.items():
+        for i, f in enumerate(specs):
+            if ":" in f.name:
+                try:
+                    check_hook_file(app_dir, f.name)
+                except JobValidationError as exc:
+                    raise _err(f"filters.{point}[{i}]", str(exc)) from None
+    return filters
 
 
 def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
@@ -533,6 +579,7 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
         sites=sites,
         resources=resources,
         start_timeout_s=float(timeout),
+        filters=_filters(doc.get("filters"), app_dir),
     )
     registry.check_spec(wf_name, spec)
     size = len(json.dumps(spec.to_dict()))

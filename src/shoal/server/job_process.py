@@ -39,7 +39,7 @@ class InlineResult(TaskResult):
 
     data: bytes = field(default=b"", repr=False, compare=False)
 
-    def arrays(self) -> dict[str, Any]:
+    def _payload(self) -> dict[str, Any]:
         return arrays_from_bytes(self.data)
 
 
@@ -139,6 +139,8 @@ class IpcCommunicator:
                     "round": int(msg["round"]),
                     "num_examples": int(msg["num_examples"]),
                     "metrics": dict(msg.get("metrics") or {}),
+                    "meta": dict(msg.get("meta") or {}),
+                    "params_type": str(msg.get("params_type") or "full"),
                 }
                 if "data_b64" in msg:
                     yield InlineResult(

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from shoal import checksum, jobstatus
-from shoal.errors import PeerRejectedError
+from shoal.errors import ConfigError, PeerRejectedError
 from shoal.sandbox import Confinement, job_env
 from shoal.server.ipc import IPC_INLINE_MAX, IpcChannel
 from shoal.server.store import JobRecord
+from shoal.taskmeta import check_params_type, check_result_meta
 from shoal.transport.frames import (
     INLINE_MAX,
     PayloadHeader,
@@ -396,6 +397,11 @@ class JobRun:
         metrics = header.meta.get("metrics") or {}
         if not isinstance(metrics, dict):
             raise PeerRejectedError("metrics must be a JSON object")
+        try:
+            result_meta = check_result_meta(header.meta.get("meta"))
+            params_type = check_params_type(header.meta.get("params_type", "full"))
+        except ConfigError as exc:
+            raise PeerRejectedError(str(exc)) from None
         with self._cond:
             task = self._tasks.get(header.task_id)
             if task is None:
@@ -464,6 +470,10 @@ class JobRun:
             "num_examples": num_examples,
             "metrics": metrics,
         }
+        if result_meta:
+            msg["meta"] = result_meta
+        if params_type != "full":
+            msg["params_type"] = params_type
         if inline is not None:
             msg["data_b64"] = base64.b64encode(inline).decode("ascii")
         else:

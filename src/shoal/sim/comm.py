@@ -23,11 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from shoal.errors import ConfigError
 from shoal.sim.site import task_message
-from shoal.workflows.api import TaskResult
+from shoal.workflows.api import InMemoryResult, TaskResult
 
 __all__ = ["RoundStats", "SimCommunicator"]
 
@@ -71,16 +69,6 @@ class _Task:
     started: float
     inbox: queue.SimpleQueue[TaskResult | str] = field(default_factory=queue.SimpleQueue)
     closed: bool = False
-
-
-@dataclass(frozen=True)
-class InMemoryResult(TaskResult):
-    """A result handed over by a site thread of this process: no file."""
-
-    params: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return dict(self.params)
 
 
 class SimCommunicator:
@@ -285,6 +273,8 @@ class SimCommunicator:
             "round": int(message["round"]),
             "num_examples": int(message["num_examples"]),
             "metrics": dict(message.get("metrics") or {}),
+            "meta": dict(message.get("meta") or {}),
+            "params_type": str(message.get("params_type") or "full"),
         }
         if "arrays" in message:
             state.inbox.put(InMemoryResult(**fields, path=Path(), params=message["arrays"]))

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,6 +77,10 @@ class HostSetup:
     per_site_logs: bool
     #: Takes every message out of a site (see the module docstring); thread-safe.
     emit: Callable[[Mapping[str, Any]], None]
+    #: The job's site filters by point (``shoal.filters.specs_to_json`` form).
+    filters: Mapping[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: The job's ``app/`` folder, where its filters resolve.
+    app_dir: Path | None = None
 
 
 class SiteHost(Protocol):
@@ -119,6 +123,8 @@ class ThreadsHost:
             max_active=config.threads or os.cpu_count() or 1,
             stack_size=_stack_size(config, len(setup.sites)),
             in_memory=True,
+            filters=setup.filters,
+            app_dir=setup.app_dir,
         )
 
     def start(self) -> None:
@@ -164,6 +170,8 @@ class ProcessesHost:
                     "log_level": config.log_level,
                     "max_active": config.active_per_process,
                     "stack_size": _stack_size(config, len(share)),
+                    "filters": dict(setup.filters),
+                    "app_dir": str(setup.app_dir) if setup.app_dir else None,
                 },
                 on_message=setup.emit,
             )

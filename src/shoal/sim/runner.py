@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import ConfigError
+from shoal.filters import SITE_POINTS, specs_to_json
 from shoal.sim.comm import RoundStats, SimCommunicator
 from shoal.sim.config import DEFAULT_WORKDIR, PER_SITE_LOGS_MAX, SimulatorConfig
 from shoal.sim.hosts import HostSetup, SiteHost, SiteHostFactory, site_host_factory
@@ -338,6 +339,12 @@ def _simulate(
             log_dir=log_dir,
             per_site_logs=per_site,
             emit=comm.on_message,
+            filters={
+                point: specs_to_json(spec.filters[point])
+                for point in SITE_POINTS
+                if spec.filters.get(point)
+            },
+            app_dir=app_dir,
         )
         logger.info(
             "simulating job %s with %d site(s) in %s mode; results in %s",

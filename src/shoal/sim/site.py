@@ -33,7 +33,9 @@ import numpy as np
 from shoal.arrays import save_arrays
 from shoal.client.api import FLModel, use_backend
 from shoal.errors import ShoalError
+from shoal.filters import FilterChain, build_chain, specs_from_json
 from shoal.sim.logs import site_context
+from shoal.taskmeta import join_extras
 
 __all__ = ["SimBackend", "SiteInfo", "SiteRuntime", "task_message"]
 
@@ -99,8 +101,10 @@ class SimBackend:
         emit: Emit,
         slots: threading.Semaphore,
         weights: _WeightsCache | None = None,
+        filters: dict[str, FilterChain] | None = None,
     ) -> None:
         self.site_name = site.name
+        self.filters: dict[str, FilterChain] = filters or {}
         self.job_id = job_id
         self.site_index = site.index
         self.num_sites = num_sites
@@ -138,7 +142,14 @@ class SimBackend:
             return None
         self.acquire()
         self._current = message
-        meta = dict(message.get("meta") or {})
+        # As a site daemon's worker sees it: the task's own names beside the
+        # workflow's meta.
+        meta = {
+            **(message.get("meta") or {}),
+            "task": message["task"],
+            "round": message["round"],
+            "site": self.site_name,
+        }
         total = meta.get("total_rounds", meta.get("num_rounds"))
         # Writable copies: a script may update the arrays it receives in place.
         if self._weights is not None:
@@ -150,6 +161,7 @@ class SimBackend:
             current_round=int(message["round"]),
             total_rounds=int(total) if total is not None else None,
             meta=meta,
+            task=str(message["task"]),
         )
 
     def send(self, model: FLModel) -> None:
@@ -163,16 +175,19 @@ class SimBackend:
             "round": task["round"],
             "num_examples": int(model.num_examples),
             "metrics": {k: float(v) for k, v in model.metrics.items()},
+            "meta": dict(model.meta),
+            "params_type": model.params_type,
         }
+        arrays = join_extras(model.params, model.extras)
         if self._weights is not None:
             # Same process: the arrays themselves (copied: the script may
             # reuse its buffers), no file written and read back per site.
-            message["arrays"] = {k: np.array(v, copy=True) for k, v in model.params.items()}
+            message["arrays"] = {k: np.array(v, copy=True) for k, v in arrays.items()}
         else:
             path = self._results_dir / task["task_id"] / f"{self.site_name}.safetensors"
             # No fsync: a simulation need not survive a power cut, and 1,000
             # sites' fsyncs would double a round's time.
-            save_arrays(path, model.params, durable=False)
+            save_arrays(path, arrays, durable=False)
             message["path"] = str(path)
         self._current = None
         self._emit(message)
@@ -201,6 +216,8 @@ class SiteRuntime:
         max_active: int,
         stack_size: int = 0,
         in_memory: bool = False,
+        filters: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        app_dir: Path | None = None,
     ) -> None:
         self._script = script
         self._code: CodeType = compile(script.read_bytes(), str(script), "exec")
@@ -217,6 +234,11 @@ class SiteRuntime:
                 emit=emit,
                 slots=slots,
                 weights=weights,
+                # Each site its own filters: a filter may keep per-site state.
+                filters={
+                    point: build_chain(point, specs_from_json(specs), app_dir=app_dir)
+                    for point, specs in (filters or {}).items()
+                },
             )
             for s in sites
         }

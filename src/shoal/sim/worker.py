@@ -154,6 +154,8 @@ def worker_main(conn: Connection, config_json: str) -> None:
             emit=emit,
             max_active=config["max_active"],
             stack_size=config["stack_size"],
+            filters=config.get("filters") or {},
+            app_dir=Path(config["app_dir"]) if config.get("app_dir") else None,
         )
         runtime.start()
 

@@ -20,8 +20,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from shoal.taskmeta import split_extras
+
 __all__ = [
     "Communicator",
+    "InMemoryResult",
     "TaskResult",
     "WorkflowContext",
     "WorkflowFn",
@@ -37,16 +40,39 @@ class TaskResult:
     round: int
     num_examples: int
     metrics: Mapping[str, float]
-    #: The site's weights, a file in the safetensors layout (already hash-checked);
-    #: ``Path()`` when a small result was handed over in memory. Read the
-    #: weights with :meth:`arrays`, which covers both.
+    #: The site's weights (and extras), a file in the safetensors layout
+    #: (already hash-checked); ``Path()`` when a small result was handed over
+    #: in memory. Read them with :meth:`arrays` and :meth:`extras`.
     path: Path
+    #: The site's ``FLModel.meta``: JSON scalars (``shoal.taskmeta``).
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    #: ``"full"`` (weights) or ``"diff"`` (weights minus the task's global model).
+    params_type: str = "full"
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The weights, memory-mapped (no copy of the file is made)."""
+    def _payload(self) -> dict[str, np.ndarray]:
+        """Every array of the result, memory-mapped (no copy of the file is made)."""
         from shoal.arrays import load_arrays
 
         return load_arrays(self.path, mmap=True)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weights (views, no copy)."""
+        return split_extras(self._payload())[0]
+
+    def extras(self) -> dict[str, np.ndarray]:
+        """The site's extra named arrays (``FLModel.extras``), views."""
+        return split_extras(self._payload())[1]
+
+
+@dataclass(frozen=True)
+class InMemoryResult(TaskResult):
+    """A result whose arrays are in memory, not in a file (``path`` is ``Path()``):
+    handed over by a simulated site's thread, or rewritten by a filter."""
+
+    params: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def _payload(self) -> dict[str, np.ndarray]:
+        return dict(self.params)
 
 
 class Communicator(Protocol):
@@ -105,6 +131,13 @@ class WorkflowContext:
     run_dir: Path
     comm: Communicator
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("shoal.workflow"))
+
+    def task_meta(self, **meta: Any) -> dict[str, Any]:
+        """A task's meta: the job's ``client.config``, then the workflow's own
+        ``meta`` (which wins on a shared key)."""
+        client = getattr(self.spec, "client", None)
+        config = getattr(client, "config", None) or {}
+        return {**config, **meta}
 
 
 class WorkflowFn(Protocol):

@@ -41,10 +41,19 @@ from typing import Any
 import numpy as np
 
 from shoal.aggregation import Aggregator
-from shoal.arrays import array_specs, check_compatible, check_finite, load_arrays
-from shoal.errors import ArrayFormatError, JobFailedError, JobValidationError, ShoalError
+from shoal.arrays import array_specs, check_compatible, check_finite, load_arrays, save_arrays
+from shoal.client.model import FLModel
+from shoal.errors import (
+    ArrayFormatError,
+    ConfigError,
+    JobFailedError,
+    JobValidationError,
+    ShoalError,
+)
+from shoal.filters import SERVER_POINTS, FilterChain, build_chain
+from shoal.taskmeta import join_extras
 from shoal.tensorboard import ScalarWriter
-from shoal.workflows.api import TaskResult, WorkflowContext
+from shoal.workflows.api import InMemoryResult, TaskResult, WorkflowContext
 from shoal.workflows.hooks import load_attr
 from shoal.workflows.metrics import finite_metrics, short, weighted_metrics
 from shoal.workflows.params import param
@@ -212,6 +221,7 @@ def _validate(
     reference: Mapping[str, tuple[str, tuple[int, ...]]],
     *,
     max_num_examples: int,
+    global_model: Callable[[], Mapping[str, np.ndarray]],
 ) -> dict[str, np.ndarray]:
     n = result.num_examples
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
@@ -227,7 +237,55 @@ def _validate(
     arrays = result.arrays()
     check_compatible(reference, arrays)
     check_finite(arrays)
+    if result.params_type == "diff":
+        arrays = _plus_global(arrays, global_model())
+        check_finite(arrays)
     return arrays
+
+
+def _plus_global(
+    diff: Mapping[str, np.ndarray], global_model: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """A ``params_type: diff`` result as weights: the global model it was sent
+    plus the difference (bool arrays, which have no difference, travel whole)."""
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, d in diff.items():
+            out[name] = d if d.dtype == np.bool_ else np.add(global_model[name], d, dtype=d.dtype)
+    return out
+
+
+def server_filters(ctx: WorkflowContext) -> dict[str, FilterChain]:
+    """The job's server-side filter chains (``result_in``, ``model_out``), built."""
+    filters = getattr(ctx.spec, "filters", None) or {}
+    return {
+        point: build_chain(point, filters[point], app_dir=ctx.app_dir)
+        for point in SERVER_POINTS
+        if filters.get(point)
+    }
+
+
+def _apply(chain: FilterChain, model: FLModel, *, job_id: str, site: str, round: int) -> FLModel:
+    try:
+        return chain.apply(model, job_id=job_id, site=site, round=round, task=model.task)
+    except ConfigError as exc:
+        raise JobFailedError(f"round {round}: {exc}") from exc
+
+
+def _without_arrays(result: TaskResult) -> TaskResult:
+    """What a round keeps of a folded result: no reference to its arrays."""
+    if isinstance(result, InMemoryResult):
+        return TaskResult(
+            site=result.site,
+            task_id=result.task_id,
+            round=result.round,
+            num_examples=result.num_examples,
+            metrics=result.metrics,
+            path=Path(),
+            meta=result.meta,
+            params_type=result.params_type,
+        )
+    return result
 
 
 def _unshared(models: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
@@ -387,6 +445,7 @@ class _Rounds:
         self.tb, self.evaluate, self.sites, self.reference = tb, evaluate, sites, reference
         self.log = ctx.logger
         self.min_clients = int(ctx.spec.min_clients)
+        self.filters = server_filters(ctx)
         #: The last round's commit. A list it pops from, so no reference to
         #: that round's model outlives it.
         self.pending: list[Callable[[], None]] = []
@@ -438,13 +497,18 @@ class _Rounds:
     def _scatter(self, k: int, selected: list[str]) -> str:
         store, total = self.store, self.params.num_rounds
         weights_path = store.model_path(k - 1)
+        checksum: str | None = None
+        if self.filters.get("model_out"):
+            weights_path = self._publish(k, weights_path)
+        else:
+            checksum = store.model_checksum(weights_path)
         task_id = self.ctx.comm.scatter(
             task="train",
             round=k,
             weights_path=weights_path,
             sites=selected,
-            meta={"current_round": k, "total_rounds": total},
-            weights_checksum=store.model_checksum(weights_path),
+            meta=self.ctx.task_meta(current_round=k, total_rounds=total),
+            weights_checksum=checksum,
         )
         self.log.info(
             "round %d/%d: task %s sent to %d site(s): %s",
@@ -455,6 +519,55 @@ class _Rounds:
             ", ".join(selected),
         )
         return task_id
+
+    def _publish(self, k: int, model_path: Path) -> Path:
+        """Round ``k``'s task through the ``model_out`` filters, into a file of
+        its own (the global model on disk stays what the rounds computed)."""
+        chain = self.filters["model_out"]
+        model = FLModel(
+            params=load_arrays(model_path, mmap=True),
+            current_round=k,
+            total_rounds=self.params.num_rounds,
+            task="train",
+        )
+        out = _apply(chain, model, job_id=self.ctx.job_id, site="*", round=k)
+        folder = self.store.run_dir / "published"
+        target = folder / f"round_{k:04d}.safetensors"
+        save_arrays(target, out.params, durable=False)
+        # Only this round's task is offered now; a transfer of an older one
+        # already under way keeps its open file.
+        for old in folder.glob("round_*.safetensors"):
+            if old != target:
+                old.unlink(missing_ok=True)
+        return target
+
+    def _filter_result(self, k: int, result: TaskResult) -> TaskResult:
+        """``result`` through the ``result_in`` filters, as an in-memory result."""
+        model = FLModel(
+            params=result.arrays(),
+            extras=result.extras(),
+            metrics=dict(result.metrics),
+            num_examples=result.num_examples,
+            meta=dict(result.meta),
+            params_type=result.params_type,
+            current_round=k,
+            total_rounds=self.params.num_rounds,
+            task="train",
+        )
+        out = _apply(
+            self.filters["result_in"], model, job_id=self.ctx.job_id, site=result.site, round=k
+        )
+        return InMemoryResult(
+            site=result.site,
+            task_id=result.task_id,
+            round=result.round,
+            num_examples=out.num_examples,
+            metrics=dict(out.metrics),
+            path=Path(),
+            meta=dict(out.meta),
+            params_type=out.params_type,
+            params=join_extras(out.params, out.extras),
+        )
 
     def _gather(
         self, k: int, task_id: str, selected: list[str], aggregator: Aggregator
@@ -471,9 +584,11 @@ class _Rounds:
                     result.round,
                 )
                 continue
+            if self.filters.get("result_in"):
+                result = self._filter_result(k, result)
             if not self._fold(k, result, aggregator, gathered):
                 continue
-            gathered.accepted[site] = result
+            gathered.accepted[site] = _without_arrays(result)
             if result.path.name:
                 # Folded in, its arrays dropped: the new model is written over it.
                 self.store.adopt_spare(result.path)
@@ -486,7 +601,10 @@ class _Rounds:
         arrays: dict[str, np.ndarray] | None = None
         try:
             arrays = _validate(
-                result, self.reference, max_num_examples=self.params.max_num_examples
+                result,
+                self.reference,
+                max_num_examples=self.params.max_num_examples,
+                global_model=functools.partial(_OnDisk, self.store.model_path(k - 1)),
             )
             aggregator.add(arrays, weight=result.num_examples)
         except ArrayFormatError as exc:
