@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 TRAIN_PY = """
+import os
+
 import numpy as np
 import shoal.client as fl
 
@@ -35,6 +37,7 @@ while fl.is_running():
             "lr": float(task.meta["lr"]),
             "task_in_seen": float(task.meta.get("task_in_seen", 0)),
             "received_b": float(task.params["b"][0]),
+            "omp_threads": float(os.environ.get("OMP_NUM_THREADS", 0)),
         },
         meta={"site_index": info["site_index"], "note": "hello"},
         extras={"control": np.full(3, info["site_index"], dtype=np.float32)},

@@ -6,11 +6,14 @@ around the job's: first on what comes in, last on what goes out."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from filters.datajob import write_data_job
 from filters.test_data_both_ways import check_data_job_run
+
+from shoal._threads import available_cores
 
 from .conftest import Federation
 
@@ -31,6 +34,10 @@ def test_data_and_filters_through_the_daemons(federation: Federation, tmp_path: 
     assert meta["status"] == "FINISHED:COMPLETED", meta
     out = s.download_job(job_id, tmp_path / "dl")
     check_data_job_run(out / "run", rounds=2)
+    # One worker per site daemon here: each may use every core, and says so
+    # to OpenMP/BLAS/torch/TF (shoal._threads).
+    lines = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {m["omp_threads"] for x in lines for m in x["sites"].values()} == {available_cores()}
 
     site1 = s.get_log(job_id, "site-1")
     assert site1.count("task_in filters ran on site-1") == 2, site1

@@ -38,6 +38,7 @@ import grpc
 from shoal import __version__
 from shoal._process import EXIT_RESTART, local_sys_info
 from shoal._proto import shoal_pb2 as pb
+from shoal._threads import thread_env
 from shoal.client import retention
 from shoal.client.api import WORKER_CONFIG_ENV
 from shoal.client.worker import WorkerConfig
@@ -421,6 +422,12 @@ class SiteDaemon:
         config_path.write_text(config.to_json())
         app_dir = job.script.parent
         env = job_env(os.environ, home=home, tmp=tmp, extra=job.env)
+        with self._lock:
+            workers = 1 + sum(
+                1 for w in self._workers.values() if w.proc is not None and w.proc.poll() is None
+            )
+        # Frameworks default to a thread per core each: share the cores out.
+        env.update(thread_env(env, workers=workers))
         env[WORKER_CONFIG_ENV] = str(config_path)
         env["SHOAL_SITE_NAME"] = self.name
         env["PYTHONUNBUFFERED"] = "1"

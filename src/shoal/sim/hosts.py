@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from shoal._threads import thread_env
 from shoal.errors import ConfigError
 from shoal.sim.config import SimulatorConfig
 from shoal.sim.site import SiteInfo, SiteRuntime
@@ -162,7 +163,11 @@ class ProcessesHost:
                     "job_id": setup.job_id,
                     "script": str(setup.script),
                     "argv": list(setup.argv),
-                    "env": dict(setup.env),
+                    # Each process its share of the cores, unless the job says.
+                    "env": {
+                        **thread_env({**os.environ, **setup.env}, workers=count),
+                        **setup.env,
+                    },
                     "sys_path": list(setup.sys_path),
                     "results_dir": str(setup.results_dir),
                     "log_dir": str(setup.log_dir),
