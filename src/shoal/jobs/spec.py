@@ -514,20 +514,14 @@ def _filters(raw: Any, app_dir: Path) -> dict[str, tuple[FilterSpec, ...]]:
     return filters
 
 
-def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
-    """Validate an already-loaded job.yml document against its ``app/`` folder."""
-    if not isinstance(doc, Mapping):
-        raise JobValidationError("job.yml: must be a mapping of settings")
-    _check_tree(doc)
-    unknown = [k for k in doc if k not in _TOP_KEYS]
-    if unknown:
-        raise _err(str(unknown[0]), f"unknown key (known: {', '.join(_TOP_KEYS)})")
+def _name(doc: Mapping[str, Any]) -> str:
     name = doc.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _err("name", f"required, [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}, got {name!r}")
-    min_clients = _int(doc, "min_clients", minimum=1, maximum=MAX_MIN_CLIENTS)
-    sites = _sites(doc, min_clients)
+    return name
 
+
+def _workflow(doc: Mapping[str, Any]) -> WorkflowSpec:
     if "workflow" not in doc:
         raise _err("workflow", "required section is missing")
     wf = _mapping(doc["workflow"], "workflow")
@@ -541,8 +535,10 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
         if str(exc).startswith("job.yml:"):
             raise
         raise _err("workflow.name", str(exc)) from None
+    return WorkflowSpec(name=wf_name, params=params)
 
-    client = _client(doc, app_dir)
+
+def _server(doc: Mapping[str, Any], app_dir: Path) -> ServerAppSpec:
     server_doc = _mapping(doc.get("server"), "server")
     unknown = sorted(set(server_doc) - {"model", "evaluate", "initial_weights"})
     if unknown:
@@ -554,9 +550,16 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
     )
     if server.model and server.initial_weights:
         raise _err("server", "give model or initial_weights, not both")
+    return server
 
+
+def _resources(doc: Mapping[str, Any]) -> dict[str, Any]:
     resources = dict(_mapping(doc.get("resources"), "resources"))
     _check_resources(resources)
+    return resources
+
+
+def _start_timeout(doc: Mapping[str, Any]) -> float:
     timeout = doc.get("start_timeout_s", 300)
     if (
         isinstance(timeout, bool)
@@ -569,19 +572,39 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
         raise _err(
             "start_timeout_s", f"{timeout!r} is more than the limit of {MAX_START_TIMEOUT_S:.0f} s"
         )
+    return float(timeout)
+
+
+def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
+    """Validate an already-loaded job.yml document against its ``app/`` folder."""
+    if not isinstance(doc, Mapping):
+        raise JobValidationError("job.yml: must be a mapping of settings")
+    _check_tree(doc)
+    unknown = [k for k in doc if k not in _TOP_KEYS]
+    if unknown:
+        raise _err(str(unknown[0]), f"unknown key (known: {', '.join(_TOP_KEYS)})")
+    name = _name(doc)
+    min_clients = _int(doc, "min_clients", minimum=1, maximum=MAX_MIN_CLIENTS)
+    sites = _sites(doc, min_clients)
+
+    workflow = _workflow(doc)
+    client = _client(doc, app_dir)
+    server = _server(doc, app_dir)
+    resources = _resources(doc)
+    timeout = _start_timeout(doc)
 
     spec = JobSpec(
         name=name,
         min_clients=min_clients,
-        workflow=WorkflowSpec(name=wf_name, params=params),
+        workflow=workflow,
         client=client,
         server=server,
         sites=sites,
         resources=resources,
-        start_timeout_s=float(timeout),
+        start_timeout_s=timeout,
         filters=_filters(doc.get("filters"), app_dir),
     )
-    registry.check_spec(wf_name, spec)
+    registry.check_spec(workflow.name, spec)
     size = len(json.dumps(spec.to_dict()))
     if size > MAX_SPEC_BYTES:
         raise _err("(document)", f"{size} bytes once stored, more than {MAX_SPEC_BYTES}")
@@ -601,6 +624,11 @@ def find_job_root(folder: Path) -> Path:
 
 def _load_folder(folder: Path) -> JobSpec:
     root = find_job_root(folder)
+    return parse_job_spec(_read_job_file(root), root / APP_DIR)
+
+
+def _read_job_file(root: Path) -> Any:
+    """job.yml of the job at ``root``, loaded (not yet validated); the job has an app/."""
     job_file = root / JOB_FILE
     if job_file.is_symlink():
         raise JobValidationError(f"{JOB_FILE}: must be a regular file, not a link")
@@ -618,7 +646,7 @@ def _load_folder(folder: Path) -> JobSpec:
         raise JobValidationError(f"{JOB_FILE}: line {line}: {exc.problem}") from None
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         raise JobValidationError(f"{JOB_FILE}: not valid YAML: {exc}") from None
-    return parse_job_spec(doc, app_dir)
+    return doc
 
 
 def load_job_spec(path: Path) -> JobSpec:
