@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "shoal.cli.client",
     "shoal.cli.admin",
     "shoal.cli.poc",
+    "shoal.cli.job",
     "shoal.cli.simulate",
     "shoal.cli.deploy",
     "shoal.cli.demo",
