@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import pytest
 
 from shoal.admin import format as fmt
@@ -125,7 +128,68 @@ def test_stats_show_rounds_sites_and_metrics_per_round() -> None:
     assert "| site-1 | training | 2     | loss=0.1873 |" in out
     assert "| site-2 | idle     | 2     | -           |" in out
     assert "| ROUND | ACCURACY |" in out
-    assert "| 2     | 0.941812 |" in out
+    assert "| 2     | 0.9418   |" in out  # 4 significant digits
+
+
+# A metrics.jsonl row as the round driver writes it (docs/jobs.md), which
+# show_stats used to print as raw dict reprs at full precision.
+ROUND_ROW = {
+    "aggregated": {"loss": 0.3771629235579377, "accuracy": 0.9313333333333333},
+    "duration_s": 12.3456,
+    "missing": [],
+    "num_examples": 3000,
+    "round": 1,
+    "server": {"loss": 0.5172871998484554, "accuracy": 0.947},
+    "sites": {
+        "site-1": {"loss": 0.40522724328859927, "accuracy": 0.93},
+        "site-2": {"loss": 0.3490986, "accuracy": 0.9326666666666666},
+    },
+    "started": 1716457624.459,  # 2024-05-23 09:47:04 UTC
+}
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_stats_rounds_are_one_short_row_each(utc: None) -> None:
+    """One row per round: local start time, seconds, sites answered, metrics
+    to 4 significant digits; no per-site dicts, no float timestamps."""
+    second = {
+        **ROUND_ROW,
+        "round": 2,
+        "started": ROUND_ROW["started"] + 13,
+        "duration_s": 0.0042,
+        "missing": ["site-3", "site-4", "site-5", "site-6", "site-7", "site-8", "site-9"],
+    }
+    out = fmt.format_stats({"current_round": 2, "num_rounds": 3, "metrics": [ROUND_ROW, second]})
+    lines = out.splitlines()
+    assert lines[0] == "Round: 2/3"
+    assert lines[2] == (
+        "| ROUND | STARTED             | DURATION | SITES | EXAMPLES | GLOBAL LOSS "
+        "| GLOBAL ACCURACY | MEAN LOSS | MEAN ACCURACY |"
+    )
+    assert lines[4] == (
+        "| 1     | 2024-05-23 09:47:04 | 12.3s    | 2/2   | 3000     | 0.5173      "
+        "| 0.9470          | 0.3772    | 0.9313        |"
+    )
+    assert lines[5].startswith("| 2     | 2024-05-23 09:47:17 | 0.004s   | 2/9   |")
+    assert max(map(len, lines)) < 130
+    assert "site-1" not in out and "{" not in out and "1716457624" not in out
+    assert "GLOBAL: the server's evaluation of the new global model" in out
+    assert "round 2: no result from site-3, site-4, site-5, site-6, site-7 and 2 more" in out
+
+
+def test_stats_rounds_keep_fields_the_client_does_not_know(utc: None) -> None:
+    out = fmt.format_stats({"metrics": [{"round": 1, "lr": 0.0012345678, "phase": "warmup"}]})
+    assert "| ROUND | LR       | PHASE  |" in out
+    assert "| 1     | 0.001235 | warmup |" in out
+    assert "GLOBAL:" not in out and "MEAN:" not in out
 
 
 def test_errors_grouped_per_target() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 __all__ = [
@@ -37,9 +38,11 @@ __all__ = [
     "format_jobs",
     "format_log",
     "format_errors",
+    "format_seconds",
     "format_stats",
     "format_status",
     "format_table",
+    "format_time",
     "printable",
 ]
 
@@ -242,8 +245,24 @@ def format_status(status: Answer, *, target: str | None = None) -> str:
     return "\n".join(out)
 
 
+#: Fields of a ``metrics.jsonl`` row (docs/jobs.md) that ``show_stats`` lays out
+#: itself; any other field gets a column of its own.
+_ROUND_FIELDS = frozenset(
+    {"round", "started", "duration_s", "num_examples", "sites", "missing", "aggregated", "server"}
+)
+#: Sites named in a "no result" line before the rest are counted.
+_MISSING_SHOWN = 5
+
+
 def format_stats(stats: Answer) -> str:
-    """``show_stats``: round progress, a table of sites, a table of metrics per round."""
+    """``show_stats``: round progress, a table of sites, then one row per round.
+
+    A round's row holds when its task went out (local time), how long it took,
+    how many sites answered, and its metrics to 4 significant digits: the
+    server's evaluation of the new global model (``GLOBAL``) and the sites'
+    mean weighted by examples (``MEAN``). Each site's own metrics per round
+    stay in ``--json`` and ``metrics.jsonl``.
+    """
     plain = _data(stats)
     out = [f"Round: {_cell(plain.get('current_round'))}/{_cell(plain.get('num_rounds'))}"]
     sites = plain.get("sites") or {}
@@ -255,23 +274,104 @@ def format_stats(stats: Answer) -> str:
         out.append(format_table(("SITE", "STATE", "ROUND", "METRICS"), rows))
     rounds = [r for r in plain.get("metrics") or [] if isinstance(r, Mapping)]
     if rounds:
-        keys: list[str] = []
-        for r in rounds:
-            keys.extend(k for k in r if k not in keys)
-        if "round" in keys:  # round number first, whatever order the server used
-            keys.remove("round")
-            keys.insert(0, "round")
-        out.append(
-            format_table(
-                [k.upper() for k in keys],
-                [[_metric(r.get(k)) if k in r else None for k in keys] for r in rounds],
-            )
-        )
+        out.extend(_rounds_table(rounds))
     return "\n".join(out)
 
 
+def _rounds_table(rounds: Sequence[Mapping[str, Any]]) -> list[str]:
+    def keys_of(field: str) -> list[str]:
+        seen: dict[str, None] = {}
+        for r in rounds:
+            value = r.get(field)
+            if isinstance(value, Mapping):
+                seen.update(dict.fromkeys(map(str, value)))
+        return list(seen)
+
+    global_keys, mean_keys = keys_of("server"), keys_of("aggregated")
+    other: dict[str, None] = {}
+    for r in rounds:
+        other.update(dict.fromkeys(k for k in r if k not in _ROUND_FIELDS))
+    columns: list[tuple[str, Any]] = [
+        ("ROUND", lambda r: r.get("round")),
+        ("STARTED", lambda r: format_time(r.get("started"))),
+        ("DURATION", lambda r: format_seconds(r.get("duration_s"))),
+        ("SITES", _answered),
+        ("EXAMPLES", lambda r: r.get("num_examples")),
+    ]
+    columns += [(f"GLOBAL {k.upper()}", _nested("server", k)) for k in global_keys]
+    columns += [(f"MEAN {k.upper()}", _nested("aggregated", k)) for k in mean_keys]
+    columns += [(k.upper(), lambda r, k=k: _value(r[k]) if k in r else None) for k in other]
+    # A column no round fills (an older server's rows) is left out.
+    columns = [(h, get) for h, get in columns if any(get(r) is not None for r in rounds)]
+    out = [format_table([h for h, _ in columns], [[get(r) for _, get in columns] for r in rounds])]
+    notes = []
+    if global_keys:
+        notes.append("GLOBAL: the server's evaluation of the new global model")
+    if mean_keys:
+        notes.append("MEAN: the sites' metrics weighted by their examples")
+    if notes:
+        out.append("; ".join(notes))
+    for r in rounds:
+        missing = r.get("missing")
+        if isinstance(missing, list) and missing:
+            names = ", ".join(_cell(m) for m in missing[:_MISSING_SHOWN])
+            more = len(missing) - _MISSING_SHOWN
+            out.append(
+                f"round {_cell(r.get('round'))}: no result from {names}"
+                + (f" and {more} more" if more > 0 else "")
+            )
+    return out
+
+
+def _answered(row: Mapping[str, Any]) -> str | None:
+    sites, missing = row.get("sites"), row.get("missing")
+    if not isinstance(sites, Mapping):
+        return None
+    asked = len(sites) + (len(missing) if isinstance(missing, list) else 0)
+    return f"{len(sites)}/{asked}"
+
+
+def _nested(field: str, key: str) -> Any:
+    def get(row: Mapping[str, Any]) -> str | None:
+        values = row.get(field)
+        if not isinstance(values, Mapping) or key not in values:
+            return None
+        return _value(values[key])
+
+    return get
+
+
+def format_time(timestamp: Any) -> str | None:
+    """A Unix time as local ``YYYY-MM-DD HH:MM:SS`` (``1716457624.49`` is
+    ``2024-05-23 09:47:04`` in UTC); ``None`` as ``None``, anything else as text."""
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+        return None if timestamp is None else _cell(timestamp)
+    try:
+        return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return _cell(timestamp)
+
+
+def format_seconds(seconds: Any) -> str | None:
+    """A duration in seconds, to the millisecond below 10 s: ``0.004s``, ``12.3s``, ``3600.0s``."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return None if seconds is None else _cell(seconds)
+    return f"{seconds:.3f}s" if abs(seconds) < 10 else f"{seconds:.1f}s"
+
+
+def _value(value: Any) -> str:
+    """A metric or any other value: floats to 4 significant digits, mappings as ``k=v``."""
+    if isinstance(value, Mapping):
+        return _metrics(value)
+    return _metric(value)
+
+
 def _metric(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else _cell(value)
+    """Floats to 4 significant digits, trailing zeros kept so a column lines
+    up (``0.9470``, ``0.03215``, ``1.235e+06``); anything else as it is."""
+    if not isinstance(value, float):
+        return _cell(value)
+    return f"{value:#.4g}".rstrip(".")
 
 
 def _metrics(metrics: Any) -> str:
