@@ -1,6 +1,8 @@
 """Job definitions: ``job.yml`` + ``app/``, and their archives.
 
     spec = load_job_spec(Path("hello-tf2"))
+    report = check_job(Path("hello-tf2"))           # every problem at once
+    new_job("my-job", framework="pt")               # a runnable job from a template
     pack_job(Path("hello-tf2"), Path("hello-tf2.zip"))
     safe_extract(Path("hello-tf2.zip"), Path("jobs/42/job"))
 
@@ -19,6 +21,8 @@ from shoal.jobs.archive import (
     pack_job,
     safe_extract,
 )
+from shoal.jobs.check import JobCheck, check_job
+from shoal.jobs.scaffold import FRAMEWORKS, NewJob, new_job
 from shoal.jobs.spec import (
     APP_DIR,
     JOB_FILE,
@@ -33,6 +37,7 @@ from shoal.jobs.spec import (
 
 __all__ = [
     "APP_DIR",
+    "FRAMEWORKS",
     "JOB_FILE",
     "MAX_ARCHIVE_BYTES",
     "MAX_FILES",
@@ -40,12 +45,16 @@ __all__ = [
     "MAX_TOTAL_BYTES",
     "ClientAppSpec",
     "ExtractStats",
+    "JobCheck",
     "JobSpec",
+    "NewJob",
     "ServerAppSpec",
     "WorkflowSpec",
     "check_archive_size",
+    "check_job",
     "find_job_root",
     "load_job_spec",
+    "new_job",
     "pack_job",
     "parse_job_spec",
     "safe_extract",
