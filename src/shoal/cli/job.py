@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="start a job from a template, or check a job folder offline",
         description="Start a job from a template (new), or check one offline (check).",
     )
-    sub = parser.add_subparsers(dest="job_command", metavar="ACTION", required=True)
+    sub = parser.add_subparsers(dest="job_command", required=True)
 
     new = sub.add_parser(
         "new",
