@@ -36,6 +36,7 @@ from shoal.jobs.spec import (
     _check_tree,
     _client,
     _err,
+    _filters,
     _int,
     _name,
     _read_job_file,
@@ -163,6 +164,7 @@ def spec_problems(
     server = attempt(lambda: _server(doc, app_dir))
     resources = attempt(lambda: _resources(doc))
     timeout = attempt(lambda: _start_timeout(doc))
+    filters = attempt(lambda: _filters(doc.get("filters"), app_dir))
 
     # The checks on the whole job, on what parsed: a placeholder stands in for
     # a section already reported, and is never what a check reads (the
@@ -176,6 +178,7 @@ def spec_problems(
         sites=None if sites is _FAILED else sites,
         resources={} if resources is _FAILED else resources,
         start_timeout_s=300.0 if timeout is _FAILED else timeout,
+        filters={} if filters is _FAILED else filters,
     )
     if workflow is not _FAILED and server is not _FAILED:
         attempt(lambda: registry.check_spec(workflow.name, partial))
