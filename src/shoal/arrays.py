@@ -14,7 +14,9 @@ read by the ``safetensors`` package and the other way round.
     save_arrays(path, {"w": np.zeros((2, 3), np.float32)}, metadata={"round": "1"})
     arrays = load_arrays(path)          # read-only, memory-mapped
 
-Only numpy is needed. Nothing is ever unpickled.
+Only numpy is needed, and ``ml_dtypes`` for bfloat16 (``BF16``), which numpy
+lacks: it is imported only when a bfloat16 array or a ``BF16`` header entry is
+seen (the import alone costs ~0.6 s). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "check_compatible",
     "check_finite",
     "decode_header",
+    "is_floating",
     "encode_arrays",
     "encode_header",
     "load_arrays",
@@ -60,8 +63,9 @@ __all__ = [
 #: The largest JSON header accepted (the safetensors package uses the same cap).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
-#: safetensors dtype name -> numpy dtype (little-endian). BF16 and the F8 types
-#: have no numpy equivalent and are refused with a clear message.
+#: safetensors dtype name -> numpy dtype (little-endian). BF16 is below (its
+#: numpy dtype comes from ml_dtypes); the F8 types and the rest are refused
+#: with a clear message.
 _DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("bool"),
     "U8": np.dtype("<u1"),
@@ -76,8 +80,11 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "F32": np.dtype("<f4"),
     "F64": np.dtype("<f8"),
 }
+#: safetensors dtype name -> the ``ml_dtypes`` type that numpy uses for it.
+_ML_DTYPES = {"BF16": "bfloat16"}
 _NAMES: dict[str, str] = {dt.name: code for code, dt in _DTYPES.items()}
-_UNSUPPORTED = {"BF16", "F8_E4M3", "F8_E5M2", "C64", "F4", "F6_E2M3", "F6_E3M2", "E8M0"}
+_NAMES.update({name: code for code, name in _ML_DTYPES.items()})
+_UNSUPPORTED = {"F8_E4M3", "F8_E5M2", "C64", "F4", "F6_E2M3", "F6_E3M2", "E8M0"}
 
 # Big enough to keep syscalls rare, small enough that converting a
 # non-contiguous or big-endian array never copies a whole layer at once.
@@ -111,6 +118,30 @@ class Header:
     def data_bytes(self) -> int:
         """Length of the data region the arrays cover."""
         return max((s.end for s in self.arrays.values()), default=0)
+
+
+def _ml_dtype(code: str) -> np.dtype[Any]:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ArrayFormatError(
+            f"dtype {code} needs the ml_dtypes package (a dependency of shoal): "
+            "pip install ml_dtypes"
+        ) from None
+    return np.dtype(getattr(ml_dtypes, _ML_DTYPES[code]))
+
+
+def _numpy_dtype(name: str) -> np.dtype[Any]:
+    """The numpy dtype called ``name`` (an :class:`ArraySpec` dtype), little-endian."""
+    code = _NAMES.get(name)
+    dtype = _ml_dtype(code) if code in _ML_DTYPES else np.dtype(name)
+    return dtype.newbyteorder("<")
+
+
+def is_floating(dtype: np.dtype[Any]) -> bool:
+    """True for floating-point dtypes, bfloat16 included (numpy files it as
+    ``kind == "V"``, not ``"f"``)."""
+    return dtype.kind == "f" or _NAMES.get(dtype.name) in _ML_DTYPES
 
 
 def _dtype_code(dtype: np.dtype[Any], name: str) -> str:
@@ -168,13 +199,21 @@ def encode_header(
     return raw, order
 
 
+def _bytes_view(arr: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous ``arr`` as a flat memoryview (no copy).
+
+    Through a uint8 view: numpy's buffer protocol refuses ml_dtypes' types
+    ("cannot include dtype 'E' in a buffer")."""
+    return arr.reshape(-1).view(np.uint8).data
+
+
 def _array_pieces(arr: np.ndarray) -> Iterator[memoryview | bytes]:
     """The little-endian C-order bytes of ``arr``: its own buffer when it has
     that layout already, else converted slab by slab."""
     little = arr.dtype.newbyteorder("<")
     if arr.flags.c_contiguous and little == arr.dtype:
         if arr.nbytes:
-            yield arr.reshape(-1).data.cast("B")
+            yield _bytes_view(arr)
         return
     if arr.ndim == 0:
         yield arr.astype(little).tobytes()
@@ -401,9 +440,12 @@ def _decode_entry(name: str, entry: object) -> ArraySpec:
         raise ArrayFormatError(f"array {name!r}: missing or non-string dtype")
     if code in _UNSUPPORTED:
         raise ArrayFormatError(f"array {name!r}: dtype {code} is not supported by numpy")
-    if code not in _DTYPES:
+    if code in _ML_DTYPES:
+        dtype = _ml_dtype(code)
+    elif code in _DTYPES:
+        dtype = _DTYPES[code]
+    else:
         raise ArrayFormatError(f"array {name!r}: unknown dtype {code!r}")
-    dtype = _DTYPES[code]
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(_nonneg_int(d) for d in shape):
         raise ArrayFormatError(f"array {name!r}: shape must be a list of integers >= 0")
@@ -490,9 +532,9 @@ def load_arrays(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[str,
         if not mmap:
             out: dict[str, np.ndarray] = {}
             for name, spec in header.arrays.items():
-                arr = np.empty(spec.shape, dtype=np.dtype(spec.dtype).newbyteorder("<"))
+                arr = np.empty(spec.shape, dtype=_numpy_dtype(spec.dtype))
                 f.seek(start + spec.begin)
-                view = arr.reshape(-1).data.cast("B") if arr.size else memoryview(b"")
+                view = _bytes_view(arr) if arr.size else memoryview(b"")
                 if arr.size and f.readinto(view) != spec.end - spec.begin:
                     raise ArrayFormatError(f"{path}: file is truncated inside {name!r}")
                 out[name] = arr
@@ -505,7 +547,7 @@ def _views(buffer: Any, header: Header, start: int) -> dict[str, np.ndarray]:
     """Read-only arrays over ``buffer`` (a file's bytes from offset 0)."""
     out: dict[str, np.ndarray] = {}
     for name, spec in header.arrays.items():
-        dtype = np.dtype(spec.dtype).newbyteorder("<")
+        dtype = _numpy_dtype(spec.dtype)
         count = math.prod(spec.shape)
         if count == 0:
             arr = np.empty(spec.shape, dtype=dtype)
@@ -558,7 +600,8 @@ def check_compatible(
 
 
 def check_finite(arrays: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]]) -> None:
-    """Raise ArrayFormatError naming the first floating array holding NaN or Inf.
+    """Raise ArrayFormatError naming the first floating array (bfloat16
+    included) holding NaN or Inf.
 
     Scans in slabs, so a memory-mapped layer is never copied whole, into
     one buffer of flags: a fresh one per slab was a fresh mapping per slab
@@ -568,7 +611,7 @@ def check_finite(arrays: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarr
     items = arrays.items() if isinstance(arrays, Mapping) else arrays
     flags: np.ndarray | None = None
     for name, arr in items:
-        if arr.dtype.kind != "f" or arr.size == 0:
+        if not is_floating(arr.dtype) or arr.size == 0:
             continue
         flat = arr.reshape(-1)
         step = max(1, _CHUNK_BYTES // arr.dtype.itemsize)

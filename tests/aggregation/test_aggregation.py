@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -144,7 +145,12 @@ def test_trimmed_mean_exact() -> None:
 def test_weighted_mean_of_opposite_extremes_is_finite() -> None:
     """``m += (x - m) * f`` overflows on ``3e38 - -3e38`` (float32) and
     ``1e308 - -1e308`` (float64); the convex update does not."""
-    for dtype, big in ((np.float32, 3e38), (np.float64, 1e308), (np.float16, 60000.0)):
+    for dtype, big in (
+        (np.float32, 3e38),
+        (np.float64, 1e308),
+        (np.float16, 60000.0),
+        (ml_dtypes.bfloat16, 3e38),
+    ):
         mean = WeightedMean()
         mean.add({"w": np.array([big, -big], dtype)}, weight=1)
         mean.add({"w": np.array([-big, big], dtype)}, weight=1)
@@ -180,3 +186,68 @@ def test_weight_beyond_float_range_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="weight must be a finite number > 0"):
         mean.add({"w": np.zeros(2, np.float32)}, weight=10**400)
     assert mean.count == 0
+
+
+HALF = [np.float16, ml_dtypes.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["float16", "bfloat16"])
+def test_half_precision_is_averaged_in_float32_and_rounded_once(dtype: type) -> None:
+    """Blended in its own 8 or 11 bits, each site's contribution is rounded
+    again: for 8 sites only about a third of the elements came out correctly
+    rounded. Accumulated in float32 and rounded back once, the mean is the
+    exact weighted mean rounded to ``dtype``, but for the rare element where
+    float32's own rounding tips a tie."""
+    rng = np.random.default_rng(7)
+    sites = [rng.normal(size=20_000).astype(dtype) for _ in range(8)]
+    weights = [int(w) for w in rng.integers(100, 6000, size=8)]
+    mean = WeightedMean()
+    for x, w in zip(sites, weights, strict=True):
+        mean.add({"w": x, "step": np.array(w, np.int64)}, weight=w)
+    out = mean.result()
+    assert out["w"].dtype == np.dtype(dtype)
+    exact = sum(x.astype(np.float64) * w for x, w in zip(sites, weights, strict=True))
+    exact = (exact / sum(weights)).astype(dtype)
+    assert np.mean(out["w"] == exact) > 0.999
+    assert int(out["step"]) == max(weights)
+
+
+def test_bfloat16_exact_values_and_memory_mapped_input(tmp_path: Path) -> None:
+    bf16 = ml_dtypes.bfloat16
+    a = load_arrays(save_arrays(tmp_path / "a", {"w": np.array([0.0, 8.0, -2.0], bf16)}))
+    b = load_arrays(save_arrays(tmp_path / "b", {"w": np.array([4.0, 0.0, -2.0], bf16)}))
+    mean = WeightedMean()
+    mean.add(a, weight=1)
+    mean.add(b, weight=3)
+    out = mean.result()["w"]
+    assert out.dtype == np.dtype(bf16) and out.flags.writeable
+    np.testing.assert_array_equal(out.astype(np.float32), [3.0, 2.0, -2.0])
+    # One contribution comes back bit for bit (-0.0 included).
+    only = WeightedMean()
+    one = np.array([-0.0, 1.5, 3e38], bf16)
+    only.add({"w": one}, weight=2)
+    assert only.result()["w"].tobytes() == one.tobytes()
+
+
+def test_bfloat16_mismatch_is_refused() -> None:
+    mean = WeightedMean()
+    mean.add({"w": np.ones(2, ml_dtypes.bfloat16)}, weight=1)
+    with pytest.raises(
+        ArrayFormatError, match="'w': dtype float16 differs from the model's bfloat16"
+    ):
+        mean.add({"w": np.ones(2, np.float16)}, weight=1)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["float16", "bfloat16"])
+def test_robust_aggregates_of_half_precision(dtype: type) -> None:
+    big = float(ml_dtypes.finfo(dtype).max)
+    sites = [{"w": np.array([1.0, big, -4.0], dtype)} for _ in range(3)]
+    sites[1]["w"][0] = 2.0
+    sites[2]["w"][0] = 100.0
+    # Even count: the mean of the two middle values, big + big, must not overflow.
+    med = median(sites[:2])["w"]
+    assert med.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(med.astype(np.float64), [1.5, big, -4.0])
+    trimmed = trimmed_mean(sites, trim_fraction=0.34)["w"]
+    assert trimmed.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(trimmed.astype(np.float64), [2.0, big, -4.0])

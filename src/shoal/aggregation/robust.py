@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from shoal.arrays import array_specs, check_compatible
+from shoal.arrays import array_specs, check_compatible, is_floating
 from shoal.errors import ArrayFormatError
 
 __all__ = ["median", "trimmed_mean"]
@@ -39,7 +39,12 @@ def median(contributions: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nd
     out: dict[str, np.ndarray] = {}
     for name, first in contributions[0].items():
         stack = np.stack([c[name] for c in contributions])
-        if first.dtype.kind == "f":
+        if is_floating(first.dtype):
+            if first.dtype.itemsize < 4:
+                # Half precision in float64: the mean of the two middle values
+                # overflows in float16 (60000 + 60000), and for bfloat16's
+                # largest ones in float32 too.
+                stack = stack.astype(np.float64)
             out[name] = np.median(stack, axis=0).astype(first.dtype, copy=False)
         else:
             out[name] = _lower_median(stack)
@@ -59,8 +64,11 @@ def trimmed_mean(
     out: dict[str, np.ndarray] = {}
     for name, first in contributions[0].items():
         stack = np.stack([c[name] for c in contributions])
-        if first.dtype.kind == "f":
+        if is_floating(first.dtype):
             kept = np.sort(stack, axis=0)[k : n - k]
+            if kept.dtype.kind != "f":
+                # bfloat16: numpy's mean(dtype=float64) adds in bfloat16.
+                kept = kept.astype(np.float64)
             out[name] = kept.mean(axis=0, dtype=np.float64).astype(first.dtype)
         else:
             out[name] = _lower_median(stack)
