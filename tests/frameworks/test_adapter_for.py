@@ -45,15 +45,20 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
-def test_detection_does_not_import_tensorflow() -> None:
+def test_detection_does_not_import_frameworks() -> None:
     out = _run(
         "import sys, numpy as np\n"
-        "from shoal.frameworks import adapter_for\n"
+        "from shoal.frameworks import adapter_for, as_numpy_params\n"
         "adapter_for({'w': np.zeros(2)})\n"
-        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+        "as_numpy_params({'w': np.zeros(2)})\n"
+        "try:\n"
+        "    adapter_for(object())\n"
+        "except Exception as exc:\n"
+        "    assert 'PyTorch modules (shoal[pt])' in str(exc), exc\n"
+        "print(*(m in sys.modules for m in ('tensorflow', 'keras', 'torch', 'ml_dtypes')))\n"
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False", "False"]
 
 
 def test_keras_module_without_keras_says_what_to_install() -> None:
@@ -69,3 +74,22 @@ def test_keras_module_without_keras_says_what_to_install() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "install shoal[tf]" in out.stdout
+
+
+def test_torch_module_without_torch_says_what_to_install() -> None:
+    out = _run(
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from shoal.errors import ConfigError\n"
+        "from shoal.frameworks import adapter_for\n"
+        "try:\n"
+        "    adapter_for(object())\n"
+        "except ConfigError:\n"
+        "    pass\n"
+        "try:\n"
+        "    import shoal.frameworks.torch\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "install shoal[pt]" in out.stdout

@@ -13,12 +13,14 @@ one site's ``"layers.1.0.kernel"`` with another's.
     adapter.save(model, Path("final" + adapter.suffix))
 
 Adapters for optional frameworks live in their own modules
-(``shoal.frameworks.keras``) and are imported only when a model of that kind
-is seen, so a numpy-only job never imports TensorFlow.
+(``shoal.frameworks.keras``, ``shoal.frameworks.torch``) and are imported
+only when a model of that kind is seen, so a numpy-only job never imports
+TensorFlow or PyTorch.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -27,7 +29,13 @@ import numpy as np
 
 from shoal.errors import ConfigError
 
-__all__ = ["FrameworkAdapter", "adapter_for", "is_keras_model"]
+__all__ = [
+    "FrameworkAdapter",
+    "adapter_for",
+    "as_numpy_params",
+    "is_keras_model",
+    "is_torch_module",
+]
 
 
 @runtime_checkable
@@ -62,6 +70,15 @@ def is_keras_model(model: object) -> bool:
     return False
 
 
+def is_torch_module(model: object) -> bool:
+    """True if ``model`` is a ``torch.nn.Module``. Never imports PyTorch: a
+    process that has not imported it holds no module."""
+    torch = sys.modules.get("torch")
+    nn = getattr(torch, "nn", None)
+    module_class = getattr(nn, "Module", None)
+    return isinstance(module_class, type) and isinstance(model, module_class)
+
+
 def _is_array_dict(model: object) -> bool:
     return (
         isinstance(model, Mapping)
@@ -75,12 +92,17 @@ def adapter_for(model: object) -> FrameworkAdapter:
 
     Detection looks at the model's class hierarchy only, so it never imports
     a framework the caller has not already imported. Supported: Keras models
-    (``shoal[tf]``) and plain ``dict[str, np.ndarray]`` models.
+    (``shoal[tf]``), PyTorch modules (``shoal[pt]``) and plain
+    ``dict[str, np.ndarray]`` models.
     """
     if is_keras_model(model):
         from shoal.frameworks.keras import KerasAdapter
 
         return KerasAdapter()
+    if is_torch_module(model):
+        from shoal.frameworks.torch import TorchAdapter
+
+        return TorchAdapter()
     if _is_array_dict(model):
         from shoal.frameworks.ndarrays import NDArraysAdapter
 
@@ -88,5 +110,20 @@ def adapter_for(model: object) -> FrameworkAdapter:
     kind = type(model)
     raise ConfigError(
         f"no shoal framework adapter for a {kind.__module__}.{kind.__qualname__}; "
-        "supported: Keras models (install shoal[tf]) and dict[str, numpy.ndarray]"
+        "supported: Keras models (install shoal[tf]), PyTorch modules (shoal[pt]) "
+        "and dict[str, numpy.ndarray]"
     )
+
+
+def as_numpy_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``params`` with any PyTorch tensor in it as a numpy array, bit for bit
+    (``shoal.frameworks.torch.to_numpy_params``); ``params`` itself when
+    PyTorch is not imported, so no tensor can be in it.
+
+        fl.send(fl.FLModel(params=as_numpy_params(model.state_dict()), ...))
+    """
+    if "torch" not in sys.modules:
+        return params
+    from shoal.frameworks.torch import to_numpy_params
+
+    return to_numpy_params(params)
