@@ -208,6 +208,12 @@ def _initial_params(
         raise JobFailedError(
             f"{origin} must give a non-empty dict of arrays, got {type(raw).__name__}"
         )
+    from shoal.frameworks import as_numpy_params  # a state_dict() of tensors, say
+
+    try:
+        raw = as_numpy_params(raw)
+    except ArrayFormatError as exc:
+        raise JobFailedError(f"{origin}: {exc}") from None
     params = {str(k): np.asarray(v) for k, v in raw.items()}
     try:
         check_finite(params)
