@@ -32,6 +32,7 @@ SCRIPTS = [
     "poc_startup",
     "peers",
     "host_costs",
+    "torch_adapter",
 ]
 
 

@@ -58,6 +58,12 @@ def test_confinement_quick() -> None:
     assert "through shoal.sandbox" in out and "worker key pair" in out
 
 
+def test_torch_adapter_quick() -> None:
+    pytest.importorskip("torch")
+    out = _run("torch_adapter", "--quick")
+    assert "peak RSS" in out and "| set-mmap" in out and "FAILED" not in out
+
+
 def test_simulator_quick() -> None:
     out = _run("simulator", "--quick", "--sites", "5")
     assert "s/round (median)" in out and "FAILED" not in out
