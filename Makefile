@@ -4,13 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED_MNIST := $(abspath ../shared/data/mnist.npz)
 export SHOAL_MNIST_PATH ?= $(if $(wildcard $(SHARED_MNIST)),$(SHARED_MNIST),)
+# PyTorch's CPU build goes in before the [pt] extra, which then accepts it:
+# PyPI's torch for Linux x86_64 is a CUDA build of several GB. TORCH_INDEX
+# serves "+cpu" builds; where it cannot be reached pip moves on at once
+# (--retries 0) to what else it is configured with, then PyPI.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: venv test lint typecheck pytest demo protos check-protos clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,tf]'
+	$(PY) -m pip install -q --retries 0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+		'torch==$(TORCH_VERSION)'
+	$(PY) -m pip install -q -e '.[dev,tf,pt]'
 	touch $@
 
 venv: $(VENV)/.installed
