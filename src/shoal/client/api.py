@@ -19,12 +19,14 @@ Which backend is used is decided once, by ``init()``.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import os
 from typing import Any
 
 from shoal.client.model import ClientBackend, FLModel
 from shoal.errors import ConfigError, ShoalError
 from shoal.filters import FilterChain
+from shoal.frameworks import as_numpy_params
 from shoal.taskmeta import check_params_type, check_result_meta
 
 __all__ = [
@@ -149,6 +151,11 @@ def send(model: FLModel) -> None:
     if model.num_examples < 0:
         raise ConfigError(f"FLModel.num_examples must be >= 0, got {model.num_examples}")
     assert state.task is not None
+    # PyTorch tensors (a state_dict()) as numpy arrays, bit for bit: the
+    # filters and the wire see arrays only.
+    model = dataclasses.replace(
+        model, params=as_numpy_params(model.params), extras=as_numpy_params(model.extras)
+    )
     model = _filtered(state.backend, "result_out", model, state.task)
     check_result_meta(model.meta)
     check_params_type(model.params_type)

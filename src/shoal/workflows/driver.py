@@ -306,7 +306,9 @@ def _unshared(models: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | No
     if sys.getrefcount(params) > 2:
         return None
     for arr in params.values():
-        if sys.getrefcount(arr) > 3:
+        # A view's memory is its base's owner's: a framework model's tensors
+        # (torch's get_weights hands out views of the server model).
+        if sys.getrefcount(arr) > 3 or arr.base is not None:
             return None
     return params
 
