@@ -77,7 +77,7 @@ from _common import (  # noqa: E402
     ROOT,
     MiB,
     PeakSampler,
-    children,
+    descendants,
     emit,
     fmt_s,
     header,
@@ -130,15 +130,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        for kid in children(todo.pop()):
-            out.append(kid)
-            todo.append(kid)
-    return out
 
 
 def kind(pid: int) -> str:
@@ -209,8 +200,12 @@ class Setup:
     """``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, seconds (None: Flower's 1 s)."""
 
     def label(self) -> str:
-        poll = self.superexec_poll
-        return "defaults" if poll is None else f"FLWR_SUPEREXEC_TASK_POLL_INTERVAL {poll:g} s"
+        changed = []
+        if self.superexec_poll is not None:
+            changed.append(f"FLWR_SUPEREXEC_TASK_POLL_INTERVAL {self.superexec_poll:g} s")
+        if self.supernode_auth:
+            changed.append("SuperNode authentication")
+        return ", ".join(changed) or "defaults"
 
     def security(self) -> str:
         auth = "SuperNode authentication" if self.supernode_auth else "no SuperNode authentication"

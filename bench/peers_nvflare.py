@@ -22,7 +22,9 @@ Two model sizes:
   request), under a ``max_message_size`` that defaults to about 2 GiB.
 
 Also printed: submit -> FINISHED and the peak RSS (VmHWM) of the server's and
-each client's process, each with its largest child (the per-job process).
+each client's process, each with its largest child (the per-job process) and
+that child's own descendants (the client script's process in
+``external_process`` mode).
 
 By default everything is at NVIDIA FLARE's defaults. Two knobs of the job's
 own configuration, both documented, bound a round that does no work:
@@ -73,7 +75,19 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, GiB, MiB, PeakSampler, emit, fmt_s, header, mib  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    GiB,
+    MiB,
+    PeakSampler,
+    children,
+    descendants,
+    emit,
+    fmt_s,
+    header,
+    mib,
+    proc_status,
+)
 
 VENV = ROOT / "bench" / "peers" / "nvflare" / "venv" / "bin"
 NUM_ARRAYS = 8
@@ -206,6 +220,28 @@ def poc_pids(prod: Path, timeout: float = 60.0) -> dict[str, int]:
     return pids
 
 
+class JobTreePeaks(PeakSampler):
+    """VmHWM of each root process plus its largest child counted with that
+    child's descendants: a client's job process and, in ``external_process``
+    mode, the client script's process it starts (``PeakSampler`` alone would
+    miss that grandchild)."""
+
+    def __init__(self, roots: dict[str, int], interval: float = 0.05) -> None:
+        super().__init__(roots, interval)
+        self._subtree: dict[tuple[str, int], dict[int, int]] = {}
+
+    def _sample(self) -> None:
+        for name, pid in self.roots.items():
+            key = (name, "self")
+            self.peak[key] = max(self.peak.get(key, 0), proc_status(pid).get("VmHWM", 0))
+            for kid in children(pid):
+                tree = self._subtree.setdefault((name, kid), {})
+                for p in [kid, *descendants(kid)]:
+                    tree[p] = max(tree.get(p, 0), proc_status(p).get("VmHWM", 0))
+                key = (name, "child")
+                self.peak[key] = max(self.peak.get(key, 0), sum(tree.values()))
+
+
 def workspace_pids(workspace: Path) -> list[int]:
     """Processes whose command line names ``workspace``: only this run's POC."""
     key = str(workspace).encode()
@@ -323,7 +359,7 @@ def measure(
         signalled: list[int] = []
         try:
             roots = poc_pids(prod)
-            with PeakSampler(roots) as peaks:
+            with JobTreePeaks(roots) as peaks:
                 t0 = time.monotonic()
                 out = run("job", "submit", "-j", str(tmp / "out" / name), "--startup-kit", str(kit))
                 job_id = re.search(r"job_id:\s*(\S+)", out)
@@ -407,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     emit(f"submit -> FINISHED ({args.rounds} rounds): {fmt_s(res['submit_to_finished_s'])}")
     emit(
-        "peak RSS (VmHWM, process + largest child): "
+        "peak RSS (VmHWM, process + largest child with its descendants): "
         + ", ".join(f"{n} {mib(b)}" for n, b in res["peak_rss"].items())
     )
     for n, lines in res.get("errors", {}).items():
