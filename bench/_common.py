@@ -361,6 +361,16 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of ``pid`` alive now."""
+    out, todo = [], [pid]
+    while todo:
+        for kid in children(todo.pop()):
+            out.append(kid)
+            todo.append(kid)
+    return out
+
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -381,15 +391,20 @@ Marks = dict[int, dict[str, float]]
 @contextlib.contextmanager
 def round_marks(jobs_dir: Path, groups: Mapping[str, Sequence[int]]) -> Iterator[Marks]:
     """Sample the CPU of each group of processes (and their descendants)
-    each time a round ends (a line lands in a job's metrics.jsonl), from a
-    thread, while the caller waits for the job."""
+    each time a round ends (a line lands in the metrics.jsonl of a job that
+    starts after this is entered), from a thread, while the caller waits for
+    the job."""
     marks: Marks = {}
     stop = threading.Event()
+    # Jobs that ran before this one (a bench may run several in one federation).
+    before = set(jobs_dir.glob("*/run/metrics.jsonl"))
 
     def sample() -> None:
         while not stop.wait(0.01):
             ended = 0
             for m in jobs_dir.glob("*/run/metrics.jsonl"):
+                if m in before:
+                    continue
                 with contextlib.suppress(OSError):
                     ended = m.read_bytes().count(b"\n")
             if ended and ended not in marks:

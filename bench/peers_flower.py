@@ -4,12 +4,32 @@ shoal's bench workloads: the tiny round and the 100 MiB round.
 Runs with this repository's Python; Flower runs from its own venv
 (``bash bench/peers/setup.sh flwr``). Everything lives in a temp dir: a
 throwaway CA and a server certificate for 127.0.0.1/localhost (a one-site shoal
-POC project's), ``flower-superlink`` with ``--ssl-*`` on a free loopback
-port, two ``flower-supernode``s with ``--root-certificates``, and ``flwr run``
-with the CA as the connection's ``root-certificates``. The app is
-``bench/peers/flwr/app`` (written by hand: ``flwr new`` needs the Flower hub):
-Flower's own FedAvg (2 nodes, fraction 1.0, no federated evaluate) over a
-random float32 model, ClientApps that echo the arrays back.
+POC project's), ``flower-superlink`` with ``--ssl-*`` on a free loopback port,
+two ``flower-supernode``s with ``--root-certificates``, and ``flwr run`` with
+the CA as the connection's ``root-certificates``. The app is ``bench/peers/flwr/app`` (written by hand:
+``flwr new`` needs the Flower hub): Flower's own FedAvg (2 nodes, fraction 1.0,
+no federated evaluate) over a random float32 model, ClientApps that echo the
+arrays back.
+
+Not mutual TLS: Flower 1.42 cannot do it. Its Fleet API is HTTPS served by
+uvicorn with the server's certificate and key only (``flower_superlink.py``
+passes no ``ssl_ca_certs`` / ``ssl_cert_reqs``), and the SuperNode has no
+client certificate option (its help: ``--root-certificates`` "is not a client
+certificate for mTLS"; ``--ssl-*`` on the SuperNode are for its local Runtime
+API). What Flower offers to authenticate sites is SuperNode authentication:
+each request signed with the node's registered EC key. ``--supernode-auth``
+turns it on (off by default, as in Flower): the SuperLink with
+``--enable-supernode-auth``, each SuperNode with its own ECDSA key
+(``--auth-supernode-private-key``), registered first with ``flwr supernode
+register``. shoal and NVIDIA FLARE authenticate sites with client
+certificates in the TLS handshake, on by default.
+
+Tuning: ``--superexec-poll S`` sets ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (how
+often each SuperExec asks for a ClientApp/ServerApp to launch; default 1 s,
+0.01 s at least), the one poll of the round path Flower reads from
+configuration. The others are constants: the SuperNode sleeps 3 s whenever a
+pull finds no message (``supernode/start_client_internal.py``) and waits for a
+reply in 0.5 s steps, the ServerApp's grid pulls replies every 0.25 s.
 
 Round times come from the ServerApp's strategy itself: Flower's ``FedAvg.start``
 calls the app's ``evaluate_fn`` before round 1 and after each round's
@@ -26,6 +46,7 @@ a SuperNode skips uploading a chunk the SuperLink already holds; the Fleet API
 byte counts printed (Flower's own) show how much actually moved each way.
 
     python bench/peers_flower.py [--size 4x4|100M|1G] [--rounds 10]
+        [--superexec-poll 0.01] [--supernode-auth]
 """
 
 from __future__ import annotations
@@ -47,6 +68,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +77,7 @@ from _common import (  # noqa: E402
     ROOT,
     MiB,
     PeakSampler,
-    children,
+    descendants,
     emit,
     fmt_s,
     header,
@@ -108,15 +130,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        for kid in children(todo.pop()):
-            out.append(kid)
-            todo.append(kid)
-    return out
 
 
 def kind(pid: int) -> str:
@@ -177,11 +190,59 @@ def stop_tree(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         proc.wait(timeout=5)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """How the deployment differs from Flower's defaults."""
+
+    supernode_auth: bool = False
+    """SuperLink ``--enable-supernode-auth``, each SuperNode with a registered key."""
+    superexec_poll: float | None = None
+    """``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, seconds (None: Flower's 1 s)."""
+
+    def label(self) -> str:
+        changed = []
+        if self.superexec_poll is not None:
+            changed.append(f"FLWR_SUPEREXEC_TASK_POLL_INTERVAL {self.superexec_poll:g} s")
+        if self.supernode_auth:
+            changed.append("SuperNode authentication")
+        return ", ".join(changed) or "defaults"
+
+    def security(self) -> str:
+        auth = "SuperNode authentication" if self.supernode_auth else "no SuperNode authentication"
+        return f"server-only TLS + {auth}"
+
+
+def write_node_key(folder: Path, name: str) -> tuple[Path, Path]:
+    """An ECDSA P-384 key pair in OpenSSH format, as Flower's docs make with
+    ``ssh-keygen -t ecdsa -b 384``: (private key, public key)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = folder / name, folder / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    private.chmod(0o600)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    return private, public
+
+
 class Deployment:
     """A SuperLink and two SuperNodes on loopback with TLS, in ``tmp``."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, setup: Setup = Setup()) -> None:
         self.tmp = tmp
+        self.setup = setup
         self.certs = write_certs(tmp / "certs")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -191,7 +252,7 @@ class Deployment:
     def env(self, name: str) -> dict[str, str]:
         home = self.tmp / "home" / name
         home.mkdir(parents=True, exist_ok=True)
-        return {
+        env = {
             **os.environ,
             # The daemons start flower-superexec / flwr-serverapp / flwr-clientapp by name.
             "PATH": f"{VENV}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -200,6 +261,12 @@ class Deployment:
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.setup.superexec_poll is not None:
+            # Read by every SuperExec the daemons start (ServerApp and ClientApps).
+            env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(self.setup.superexec_poll)
+        else:
+            env.pop("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", None)
+        return env
 
     def spawn(self, name: str, *args: str) -> None:
         log = self.tmp / f"{name}.log"
@@ -235,9 +302,17 @@ class Deployment:
             str(self.port),
             # Offline here: run the app with the venv's packages, no `uv sync`.
             "--disable-runtime-dependency-installation",
+            *(["--enable-supernode-auth"] if self.setup.supernode_auth else []),
         )
         self.wait_healthy(t0 + timeout)
         for site in SITES:
+            auth: list[str] = []
+            if self.setup.supernode_auth:
+                private, public = write_node_key(self.tmp / "keys", site)
+                r = self.flwr("supernode", "register", str(public), timeout=60)
+                if r.returncode != 0:
+                    raise RuntimeError(f"flwr supernode register {site}: {r.stdout}{r.stderr}")
+                auth = ["--auth-supernode-private-key", str(private)]
             self.spawn(
                 site,
                 "flower-supernode",
@@ -248,6 +323,7 @@ class Deployment:
                 # Each SuperNode's own Runtime API for its ClientApp processes.
                 "--port",
                 str(free_port()),
+                *auth,
             )
         for site in SITES:
             while "SuperNode ID:" not in self.log(site):
@@ -301,9 +377,9 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployment() -> Iterator[Deployment]:
+def deployment(setup: Setup = Setup()) -> Iterator[Deployment]:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-flower-") as d:
-        dep = Deployment(Path(d))
+        dep = Deployment(Path(d), setup)
         # SIGTERM (e.g. from a parent bench runner) unwinds like Ctrl-C, so the
         # finally below still stops the daemons.
         main = threading.current_thread() is threading.main_thread()
@@ -321,9 +397,11 @@ def deployment() -> Iterator[Deployment]:
 # -- the measurement ----------------------------------------------------------------
 
 
-def measure(size: str, rounds: int, timeout: float = 1800.0) -> dict[str, Any]:
+def measure(
+    size: str, rounds: int, timeout: float = 1800.0, *, setup: Setup = Setup()
+) -> dict[str, Any]:
     model_bytes, num_arrays = parse_size(size)
-    with deployment() as dep:
+    with deployment(setup) as dep:
         started_s = dep.start()
         app = dep.tmp / "app"
         # A copy: `flwr run` may migrate a project's pyproject.toml in place.
@@ -364,6 +442,8 @@ def measure(size: str, rounds: int, timeout: float = 1800.0) -> dict[str, Any]:
     steady = durations[1:] if len(durations) > 1 else durations
     return {
         "size": size,
+        "config": setup.label(),
+        "security": setup.security(),
         "model_bytes": model_bytes,
         "num_arrays": num_arrays,
         "round_median_s": statistics.median(steady),
@@ -393,17 +473,37 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="4x4", help="4x4 (tiny, 64 bytes) or 100M, 1G, ...")
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument(
+        "--superexec-poll",
+        type=float,
+        default=None,
+        help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL in seconds (default: Flower's, 1 s; least 0.01)",
+    )
+    p.add_argument(
+        "--supernode-auth",
+        action="store_true",
+        help="turn SuperNode authentication on (off by default, as in Flower)",
+    )
     args = p.parse_args(argv)
     model_bytes, _ = parse_size(args.size)
-    header(f"Flower SuperLink + 2 SuperNodes (TLS): FedAvg, echo clients, {args.size} model")
+    setup = Setup(supernode_auth=args.supernode_auth, superexec_poll=args.superexec_poll)
+    header(
+        f"Flower SuperLink + 2 SuperNodes ({setup.label()}; {setup.security()}): "
+        f"FedAvg, echo clients, {args.size} model"
+    )
     if not (VENV / "flower-superlink").exists():
         emit(f"Flower not installed in {VENV}; run: bash bench/peers/setup.sh flwr")
         return {}
     emit(f"flwr {flower_version()} ({VENV.parent})")
-    res = measure(args.size, args.rounds)
+    emit(
+        "TLS: server-only. Flower 1.42's SuperNode has no client certificate, so no mutual "
+        "TLS; Flower authenticates sites by SuperNode authentication"
+        + (" (on in this run)" if setup.supernode_auth else " (off in this run, as by default)")
+    )
+    res = measure(args.size, args.rounds, setup=setup)
     emit(f"    raw: {res}")
     emit(
-        f"Flower {args.size} round ({model_bytes} bytes; rounds 2..N, median): "
+        f"Flower ({setup.label()}) {args.size} round ({model_bytes} bytes; rounds 2..N, median): "
         f"{fmt_s(res['round_median_s'])}"
     )
     durs = res["round_durations_s"]

@@ -22,15 +22,46 @@ Two model sizes:
   request), under a ``max_message_size`` that defaults to about 2 GiB.
 
 Also printed: submit -> FINISHED and the peak RSS (VmHWM) of the server's and
-each client's process, each with its largest child (the per-job process).
+each client's process, each with its largest child (the per-job process) and
+that child's own descendants (the client script's process in
+``external_process`` mode).
+
+By default everything is at NVIDIA FLARE's defaults. Two knobs of the job's
+own configuration, both documented, bound a round that does no work:
+
+- ``--task-request-interval S``: the server's ``task_request_interval``
+  (``config_fed_server.json``, ``"server": {"task_request_interval": S}``,
+  written here by ``recipe.add_server_config``; default 2 s). It is the wait
+  the server hands a client with each task and with each "try again": a
+  client that has sent its result sleeps that long before asking for the
+  next task. NVIDIA FLARE's own XGBoost and scikit-learn examples set 0.05.
+  It is a server setting, not a client one: the client's own
+  ``default_task_fetch_interval`` (0.5 s) only applies when the server gives
+  no wait.
+- ``--exec-mode external_process``: the Client API executor runs the client
+  script in a process of its own (``launch_external_process=True``, launched
+  once per job) instead of in a thread of the client's job process
+  (``in_process``, the recipes' default). The in-process backend waits for
+  the script's result and the script waits for its task in 0.5 s polls
+  (``in_process_backend._RESULT_POLL_INTERVAL``, a constant since NVIDIA FLARE
+  dropped the knob); the external process is told by message.
+- ``--task-check-period S``: how often NVIDIA FLARE's FedAvg workflow looks
+  whether a round's tasks are all back (``task_check_period``, an argument of
+  its ``BaseModelController``, default 0.5 s; its cyclic recipe exposes it,
+  the FedAvg recipes do not, so it is written into the exported job's
+  ``config_fed_server.json``).
 
     python bench/peers_nvflare.py [--rounds 10] [--size tiny|100M]
+        [--task-request-interval 0.05] [--task-check-period 0.05]
+        [--exec-mode in_process|external_process]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
 import re
 import signal
@@ -39,11 +70,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, GiB, MiB, PeakSampler, emit, fmt_s, header, mib  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    GiB,
+    MiB,
+    PeakSampler,
+    children,
+    descendants,
+    emit,
+    fmt_s,
+    header,
+    mib,
+    proc_status,
+)
 
 VENV = ROOT / "bench" / "peers" / "nvflare" / "venv" / "bin"
 NUM_ARRAYS = 8
@@ -58,14 +102,21 @@ while flare.is_running():
                              meta={"NUM_STEPS_CURRENT_ROUND": 1}))
 """
 
+# argv: out, rounds, the tuning as JSON (Tuning.as_json).
 _JOB = """\
+import json
 import sys
 import numpy as np
 from nvflare.app_common.np.recipes.fedavg import NumpyFedAvgRecipe
 
+out, rounds, tuning = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 recipe = NumpyFedAvgRecipe(name="tiny", model=np.zeros((4, 4), np.float32).tolist(),
-                           min_clients=2, num_rounds=int(sys.argv[2]), train_script="client.py")
-recipe.export(sys.argv[1])
+                           min_clients=2, num_rounds=rounds, train_script="client.py",
+                           launch_external_process=tuning["exec_mode"] == "external_process",
+                           command=sys.executable + " -u")
+if tuning["task_request_interval"] is not None:
+    recipe.add_server_config({"server": {"task_request_interval": tuning["task_request_interval"]}})
+recipe.export(out)
 """
 
 # A module of its own: FedJob copies the persistor's source file into the
@@ -99,19 +150,26 @@ class NpzModelPersistor(ModelPersistor):
 '''
 
 # Same data as shoal's bench model (_common._MODEL_PY): seed 1234, equal arrays.
+# argv: out, rounds, tuning JSON, model bytes, arrays, .npz path.
 _BIG_JOB = """\
+import json
 import sys
 import numpy as np
 from nvflare.fuel.utils.constants import FrameworkType
 from nvflare.recipe.fedavg import FedAvgRecipe
 from npz_persistor import NpzModelPersistor
 
-out, rounds, total, arrays, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+out, rounds, tuning = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+total, arrays, path = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 rng = np.random.default_rng(1234)
 n = max(1, total // 4 // arrays)
 np.savez(path, **{f"layer{i:03d}": rng.random(n, dtype=np.float32) for i in range(arrays)})
 recipe = FedAvgRecipe(name="model", model_persistor=NpzModelPersistor(path=path), min_clients=2,
-                      num_rounds=rounds, train_script="client.py", framework=FrameworkType.NUMPY)
+                      num_rounds=rounds, train_script="client.py", framework=FrameworkType.NUMPY,
+                      launch_external_process=tuning["exec_mode"] == "external_process",
+                      command=sys.executable + " -u")
+if tuning["task_request_interval"] is not None:
+    recipe.add_server_config({"server": {"task_request_interval": tuning["task_request_interval"]}})
 recipe.export(out)
 """
 
@@ -162,6 +220,28 @@ def poc_pids(prod: Path, timeout: float = 60.0) -> dict[str, int]:
     return pids
 
 
+class JobTreePeaks(PeakSampler):
+    """VmHWM of each root process plus its largest child counted with that
+    child's descendants: a client's job process and, in ``external_process``
+    mode, the client script's process it starts (``PeakSampler`` alone would
+    miss that grandchild)."""
+
+    def __init__(self, roots: dict[str, int], interval: float = 0.05) -> None:
+        super().__init__(roots, interval)
+        self._subtree: dict[tuple[str, int], dict[int, int]] = {}
+
+    def _sample(self) -> None:
+        for name, pid in self.roots.items():
+            key = (name, "self")
+            self.peak[key] = max(self.peak.get(key, 0), proc_status(pid).get("VmHWM", 0))
+            for kid in children(pid):
+                tree = self._subtree.setdefault((name, kid), {})
+                for p in [kid, *descendants(kid)]:
+                    tree[p] = max(tree.get(p, 0), proc_status(p).get("VmHWM", 0))
+                key = (name, "child")
+                self.peak[key] = max(self.peak.get(key, 0), sum(tree.values()))
+
+
 def workspace_pids(workspace: Path) -> list[int]:
     """Processes whose command line names ``workspace``: only this run's POC."""
     key = str(workspace).encode()
@@ -195,7 +275,47 @@ def errors(log: str, limit: int = 20) -> list[str]:
     return lines[-limit:]
 
 
-def measure(rounds: int, size: int | None = None, timeout: float = 900.0) -> dict:
+IN_PROCESS, EXTERNAL_PROCESS = "in_process", "external_process"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Job-config knobs changed from NVIDIA FLARE's defaults (None: left as is)."""
+
+    task_request_interval: float | None = None
+    """The server's ``task_request_interval``, seconds (NVIDIA FLARE: 2)."""
+    task_check_period: float | None = None
+    """FedAvg's ``task_check_period``, seconds (NVIDIA FLARE: 0.5)."""
+    exec_mode: str = IN_PROCESS
+    """Where the Client API runs the client script (NVIDIA FLARE: in_process)."""
+
+    def label(self) -> str:
+        changed = []
+        if self.task_request_interval is not None:
+            changed.append(f"task_request_interval {self.task_request_interval:g} s")
+        if self.task_check_period is not None:
+            changed.append(f"FedAvg task_check_period {self.task_check_period:g} s")
+        if self.exec_mode != IN_PROCESS:
+            changed.append(f"Client API {self.exec_mode}")
+        return ", ".join(changed) or "defaults"
+
+
+def set_task_check_period(job: Path, seconds: float) -> None:
+    """Write FedAvg's ``task_check_period`` into the exported job's server config:
+    a documented argument of the workflow (``BaseModelController``) that the
+    FedAvg recipes do not pass through."""
+    path = job / "app" / "config" / "config_fed_server.json"
+    config = json.loads(path.read_text())
+    flows = [w for w in config["workflows"] if w["path"].endswith(".FedAvg")]
+    if len(flows) != 1:
+        raise RuntimeError(f"expected one FedAvg workflow in {path}, got {flows}")
+    flows[0].setdefault("args", {})["task_check_period"] = seconds
+    path.write_text(json.dumps(config, indent=4))
+
+
+def measure(
+    rounds: int, size: int | None = None, timeout: float = 900.0, *, tuning: Tuning = Tuning()
+) -> dict:
     """One job on a fresh POC federation; ``size`` None is the 4x4 tiny model."""
     nvflare = str(VENV / "nvflare")
     with tempfile.TemporaryDirectory(prefix="shoal-bench-nvflare-") as d:
@@ -211,16 +331,16 @@ def measure(rounds: int, size: int | None = None, timeout: float = 900.0) -> dic
             return r.stdout
 
         (tmp / "client.py").write_text(_CLIENT)
+        job_args = ["out", str(rounds), json.dumps(dataclasses.asdict(tuning))]
         if size is None:
             name = "tiny"
             (tmp / "job.py").write_text(_JOB)
-            job_args = ["out", str(rounds)]
         else:
             name = "model"
             (tmp / "npz_persistor.py").write_text(_PERSISTOR)
             (tmp / "job.py").write_text(_BIG_JOB)
             model = tmp / "initial_model.npz"
-            job_args = ["out", str(rounds), str(size), str(NUM_ARRAYS), str(model)]
+            job_args += [str(size), str(NUM_ARRAYS), str(model)]
         r = subprocess.run(
             [str(VENV / "python"), "job.py", *job_args],
             cwd=tmp,
@@ -230,6 +350,8 @@ def measure(rounds: int, size: int | None = None, timeout: float = 900.0) -> dic
         )
         if r.returncode != 0:
             raise RuntimeError(f"job.py: {r.stdout[-600:]}{r.stderr[-1200:]}")
+        if tuning.task_check_period is not None:
+            set_task_check_period(tmp / "out" / name, tuning.task_check_period)
         run("poc", "prepare", "-n", "2")
         prod = tmp / "poc" / "example_project" / "prod_00"
         kit = prod / "admin@nvidia.com"
@@ -237,7 +359,7 @@ def measure(rounds: int, size: int | None = None, timeout: float = 900.0) -> dic
         signalled: list[int] = []
         try:
             roots = poc_pids(prod)
-            with PeakSampler(roots) as peaks:
+            with JobTreePeaks(roots) as peaks:
                 t0 = time.monotonic()
                 out = run("job", "submit", "-j", str(tmp / "out" / name), "--startup-kit", str(kit))
                 job_id = re.search(r"job_id:\s*(\S+)", out)
@@ -265,6 +387,7 @@ def measure(rounds: int, size: int | None = None, timeout: float = 900.0) -> dic
     gaps = [b - a for a, b in zip(starts[1:], starts[2:], strict=False)]
     res: dict = {
         "size": size or "tiny",
+        "config": tuning.label(),
         "round_median_s": statistics.median(gaps) if gaps else None,
         "rounds_seen": len(starts),
         "gaps_s": [round(g, 3) for g in gaps],
@@ -285,20 +408,42 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--size", default="tiny", help="model size: tiny (4x4 float32) or bytes, e.g. 100M"
     )
+    p.add_argument(
+        "--task-request-interval",
+        type=float,
+        default=None,
+        help="the server's task_request_interval in the job config (default: NVIDIA FLARE's, 2 s)",
+    )
+    p.add_argument(
+        "--task-check-period",
+        type=float,
+        default=None,
+        help="FedAvg's task_check_period in the job config (default: NVIDIA FLARE's, 0.5 s)",
+    )
+    p.add_argument(
+        "--exec-mode",
+        choices=[IN_PROCESS, EXTERNAL_PROCESS],
+        default=IN_PROCESS,
+        help="where the Client API runs the client script (default: in_process, the recipes')",
+    )
     args = p.parse_args(argv)
     size = None if args.size == "tiny" else parse_size(args.size)
     what = "tiny" if size is None else f"{mib(size)} ({NUM_ARRAYS} arrays)"
-    header(f"NVIDIA FLARE 2.9.0 POC: FedAvg, {what} model, 2 clients that echo it back")
+    tuning = Tuning(args.task_request_interval, args.task_check_period, args.exec_mode)
+    label = tuning.label()
+    header(f"NVIDIA FLARE 2.9.0 POC ({label}): FedAvg, {what} model, 2 clients that echo it back")
     if not (VENV / "nvflare").exists():
         emit(f"NVIDIA FLARE not installed in {VENV}; run: bash bench/peers/setup.sh nvflare")
         return {}
-    res = measure(args.rounds, size)
+    res = measure(args.rounds, size, tuning=tuning)
     emit(f"    raw: {res}")
     med = res["round_median_s"]
-    emit(f"NVIDIA FLARE {what} round (rounds 2..N, median): {fmt_s(med) if med else 'n/a'}")
+    emit(
+        f"NVIDIA FLARE ({label}) {what} round (rounds 2..N, median): {fmt_s(med) if med else 'n/a'}"
+    )
     emit(f"submit -> FINISHED ({args.rounds} rounds): {fmt_s(res['submit_to_finished_s'])}")
     emit(
-        "peak RSS (VmHWM, process + largest child): "
+        "peak RSS (VmHWM, process + largest child with its descendants): "
         + ", ".join(f"{n} {mib(b)}" for n, b in res["peak_rss"].items())
     )
     for n, lines in res.get("errors", {}).items():

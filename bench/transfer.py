@@ -7,16 +7,23 @@ with the peak RSS of the server and of a site (workload 3's 1 GiB target).
 For each size: a POC federation (2 sites) runs a job whose sites echo the
 model back; printed are seconds per round, the effective MB/s of the round
 (2 sites x (down + up) x model size / round time), the per-transfer MB/s from
-the server log (server -> site and site -> server), and then plain grpcio:
+the server log (server -> site and site -> server), and plain grpcio:
 2 client processes with the same site certificates each download and then
 upload the same number of random bytes from a bare gRPC server process with
 the server's certificate; same shape as a round, nothing else.
+
+This VM's throughput drifts from minute to minute (one plain-grpcio sample
+moved "round vs grpcio" between 40% and 91% on the same code), so plain grpcio
+is sampled ``--baseline-samples`` times (default 5), interleaved with the
+``--jobs`` shoal jobs (default 2) in the same federation, e.g. B B J B B J B;
+the ratio is against the median sample, with the range the other samples give.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,7 +120,21 @@ def grpc_baseline(fed, size: int, clients: int) -> dict:  # type: ignore[no-unty
     }
 
 
-def run_size(size: int, rounds: int, sites: int, tmp: Path) -> dict:
+def schedule(jobs: int, samples: int) -> list[str]:
+    """The order of the shoal jobs ("J") and the plain-grpcio samples ("B"):
+    the samples spread as evenly as they go over the gaps before, between and
+    after the jobs, earlier gaps first (5 samples, 2 jobs: B B J B B J B)."""
+    gaps = jobs + 1
+    per_gap = [samples // gaps + (i < samples % gaps) for i in range(gaps)]
+    order: list[str] = []
+    for i, n in enumerate(per_gap):
+        order += ["B"] * n
+        if i < jobs:
+            order.append("J")
+    return order
+
+
+def run_size(size: int, rounds: int, sites: int, tmp: Path, jobs: int, samples: int) -> dict:
     with federation(sites) as fed:
         job = write_job(
             tmp,
@@ -127,36 +148,64 @@ def run_size(size: int, rounds: int, sites: int, tmp: Path) -> dict:
             "server": [fed.pid("server1")],
             "sites": [fed.pid(s) for s in fed.layout.site_kits],
         }
-        with round_marks(fed.server_dir / "jobs", groups) as marks:
-            r, peaks = run_job_sampled(fed, job)
-        # Rounds 2..N, as the times: round 1 also starts the job workers.
-        cpu = cpu_per_round(marks, first=1) or {}
-        # The model on the wire is the safetensors file: header + data.
-        wire = size + 1024
-        durs = round_times(r.rounds)
-        # Round 1 also waits for the sites' job workers to start: leave it out.
-        steady = durs[1:] if len(durs) > 2 else durs
-        xfer = transfer_times(fed, r.job_id)
-        # The plain-grpc baseline runs after the job, on the same kits, same run.
-        base = grpc_baseline(fed, size, sites)
-        server_peak = peaks.total("server")
-        site_peak = max(peaks.total(s) for s in fed.layout.site_kits)
-        return {
-            "size": size,
-            "rounds": durs,
-            "round_median_s": stats(steady)["median"],
-            "round_mbps": 2 * sites * wire / stats(steady)["median"] / 1e6,
-            "down_mbps": [wire / t / 1e6 for t in xfer["down"] if t > 0],
-            "up_mbps": [wire / t / 1e6 for t in xfer["up"] if t > 0],
-            "submit_to_finished_s": r.submit_to_finished_s,
-            "base": base,
-            "server_peak": server_peak,
-            "server_daemon_peak": peaks.peak.get(("server", "self"), 0),
-            "workflow_peak": peaks.peak.get(("server", "child"), 0),
-            "site_peak": site_peak,
-            "cpu_server_s": cpu.get("server"),
-            "cpu_sites_s": cpu.get("sites"),
-        }
+        runs, bases = [], []
+        for step in schedule(jobs, samples):
+            if step == "B":
+                # Plain grpcio on the same kits, between the jobs, same run.
+                bases.append(grpc_baseline(fed, size, sites))
+                continue
+            with round_marks(fed.server_dir / "jobs", groups) as marks:
+                r, peaks = run_job_sampled(fed, job)
+            runs.append(
+                {
+                    "run": r,
+                    # Rounds 2..N, as the times: round 1 also starts the job workers.
+                    "cpu": cpu_per_round(marks, first=1) or {},
+                    "xfer": transfer_times(fed, r.job_id),
+                    "server_peak": peaks.total("server"),
+                    "server_daemon_peak": peaks.peak.get(("server", "self"), 0),
+                    "workflow_peak": peaks.peak.get(("server", "child"), 0),
+                    "site_peak": max(peaks.total(s) for s in fed.layout.site_kits),
+                }
+            )
+    # The model on the wire is the safetensors file: header + data.
+    wire = size + 1024
+    per_job = [round_times(x["run"].rounds) for x in runs]
+    # Round 1 also waits for the sites' job workers to start: leave it out.
+    steady = [t for durs in per_job for t in (durs[1:] if len(durs) > 2 else durs)]
+    median = stats(steady)["median"]
+    cpus = [x["cpu"] for x in runs if x["cpu"]]
+    walls = stats([b["wall_s"] for b in bases])
+    base = {
+        "samples": bases,
+        # The median sample's wall time; its MB/s and the others' range.
+        "wall_s": walls["median"],
+        "mbps": 2 * sites * size / walls["median"] / 1e6,
+        "mbps_min": 2 * sites * size / walls["max"] / 1e6,
+        "mbps_max": 2 * sites * size / walls["min"] / 1e6,
+        "down_s": [t for b in bases for t in b["down_s"]],
+        "up_s": [t for b in bases for t in b["up_s"]],
+        "cpu_server_s": stats([b["cpu_server_s"] for b in bases])["median"],
+        "cpu_clients_s": stats([b["cpu_clients_s"] for b in bases])["median"],
+    }
+    return {
+        "size": size,
+        "order": " ".join(schedule(jobs, samples)),
+        "rounds": per_job,
+        "round_median_s": median,
+        "round_mbps": 2 * sites * wire / median / 1e6,
+        "down_mbps": [wire / t / 1e6 for x in runs for t in x["xfer"]["down"] if t > 0],
+        "up_mbps": [wire / t / 1e6 for x in runs for t in x["xfer"]["up"] if t > 0],
+        "submit_to_finished_s": [x["run"].submit_to_finished_s for x in runs],
+        "base": base,
+        "server_peak": max(x["server_peak"] for x in runs),
+        "server_daemon_peak": max(x["server_daemon_peak"] for x in runs),
+        "workflow_peak": max(x["workflow_peak"] for x in runs),
+        "site_peak": max(x["site_peak"] for x in runs),
+        # Mean over the jobs of each job's CPU seconds per round.
+        "cpu_server_s": statistics.fmean(c["server"] for c in cpus) if cpus else None,
+        "cpu_sites_s": statistics.fmean(c["sites"] for c in cpus) if cpus else None,
+    }
 
 
 def _cpu(r: dict) -> str:
@@ -178,18 +227,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "server's page cache stops growing), 4 from 1 GiB",
     )
     p.add_argument("--sites", type=int, default=2)
+    p.add_argument(
+        "--jobs", type=int, default=2, help="shoal jobs per size, in one federation (default 2)"
+    )
+    p.add_argument(
+        "--baseline-samples",
+        type=int,
+        default=5,
+        help="plain grpcio samples per size, interleaved with the jobs (default 5)",
+    )
     args = p.parse_args(argv)
     if args.quick:
-        args.sizes, args.rounds = "8M", 2
+        args.sizes, args.rounds, args.jobs, args.baseline_samples = "8M", 2, 1, 2
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     header("transfer: FedAvg rounds with a large random float32 model vs plain grpcio mTLS")
     results = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-jobs-") as tmp:
         for size in sizes:
             rounds = args.rounds or (8 if size < GiB else 4)
-            emit(f"... {mib(size)} model, {rounds} rounds, {args.sites} sites")
+            emit(
+                f"... {mib(size)} model, {args.jobs} jobs of {rounds} rounds, {args.sites} sites, "
+                f"{args.baseline_samples} plain grpcio samples: "
+                + " ".join(schedule(args.jobs, args.baseline_samples))
+            )
             try:
-                res = run_size(size, rounds, args.sites, Path(tmp))
+                res = run_size(
+                    size, rounds, args.sites, Path(tmp), args.jobs, args.baseline_samples
+                )
             except Exception as exc:  # report and go on with the next size
                 emit(f"    FAILED: {type(exc).__name__}: {exc}")
                 results.append({"size": size, "error": f"{type(exc).__name__}: {exc}"})
@@ -200,7 +264,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"    raw per-transfer MB/s down {[round(x) for x in res['down_mbps']]} "
                 f"up {[round(x) for x in res['up_mbps']]}"
             )
-            emit(f"    raw plain grpcio: {json.dumps(res['base'])}")
+            for i, b in enumerate(res["base"]["samples"], 1):
+                emit(f"    raw plain grpcio sample {i}: {json.dumps(b)}")
     emit()
     rows = []
     for r in results:
@@ -208,7 +273,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append([mib(r["size"]), "FAILED", r["error"], *[""] * 8])
             continue
         d, u = stats(r["down_mbps"]), stats(r["up_mbps"])
-        ratio = r["round_mbps"] / r["base"]["mbps"]
+        b = r["base"]
+        ratio = r["round_mbps"] / b["mbps"]
+        # The samples' range: against the fastest and the slowest plain grpcio.
+        lo, hi = r["round_mbps"] / b["mbps_max"], r["round_mbps"] / b["mbps_min"]
         # Plain grpcio's transfers one by one, the same measure as shoal's.
         bd = stats([r["size"] / t / 1e6 for t in r["base"]["down_s"]])["median"]
         bu = stats([r["size"] / t / 1e6 for t in r["base"]["up_s"]])["median"]
@@ -218,8 +286,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 fmt_s(r["round_median_s"]),
                 f"{r['round_mbps']:.0f}",
                 f"{d.get('median', 0):.0f} / {u.get('median', 0):.0f}",
-                f"{r['base']['mbps']:.0f} ({fmt_s(r['base']['wall_s'])})",
-                f"{ratio:.0%}",
+                f"{b['mbps']:.0f} ({fmt_s(b['wall_s'])}; {len(b['samples'])} samples "
+                f"{b['mbps_min']:.0f}-{b['mbps_max']:.0f})",
+                f"{ratio:.0%} ({lo:.0%}-{hi:.0%})",
                 f"{bd:.0f} / {bu:.0f}",
                 f"{d.get('median', 0) / bd:.0%} / {u.get('median', 0) / bu:.0%}",
                 _cpu(r),
@@ -234,8 +303,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "s/round",
             "round MB/s",
             "per-transfer MB/s down/up",
-            "plain grpcio MB/s (same shape)",
-            "round vs grpcio",
+            "plain grpcio MB/s (same shape): median (wall; samples min-max)",
+            "round vs grpcio: median (range)",
             "plain grpcio per-transfer MB/s down/up",
             "per transfer vs grpcio down/up",
             "CPU per round server / sites (plain grpcio, same bytes)",
@@ -245,11 +314,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     emit(
         f"round MB/s = {args.sites} sites x (down + up) x model bytes / median round time (round 1 left out when there are 3+); "
-        "round vs grpcio = round MB/s / plain grpcio MB/s; per transfer = model bytes / one transfer's time "
+        "rounds 2..N of every job pooled; "
+        "round vs grpcio = round MB/s / the median plain grpcio sample's MB/s (range: against the "
+        "fastest and the slowest sample); per transfer = model bytes / one transfer's time "
         "(shoal: server log; grpcio: each client's download and upload), medians; "
         "CPU per round = utime + stime of the server (daemon + workflow) and of all sites "
         "(daemons + job workers) from the end of round 1 to the end of the last, per round, "
-        "and plain grpcio's server and clients over its transfers; "
+        "mean over the jobs, and plain grpcio's server and clients over its transfers, median sample; "
         "peak RSS = daemon + its job process (VmHWM, sampled every 50 ms)"
     )
     return results
