@@ -37,6 +37,7 @@ while fl.is_running():
             "lr": float(task.meta["lr"]),
             "task_in_seen": float(task.meta.get("task_in_seen", 0)),
             "received_b": float(task.params["b"][0]),
+            "down_extra": float(task.extras["down"][0]),
             "omp_threads": float(os.environ.get("OMP_NUM_THREADS", 0)),
         },
         meta={"site_index": info["site_index"], "note": "hello"},
@@ -55,6 +56,8 @@ def initial_weights():
 PROBE_PY = '''
 """Test filters: each leaves a mark the test can read back."""
 import dataclasses
+
+import numpy as np
 
 
 class MarkTask:
@@ -96,7 +99,9 @@ class Publish:
         assert ctx.point == "model_out"
         params = dict(model.params)
         params["b"] = params["b"] + 100
-        return dataclasses.replace(model, params=params)
+        # Arrays beside the weights, down to the sites.
+        extras = {"down": np.full(2, ctx.round, dtype=np.float32)}
+        return dataclasses.replace(model, params=params, extras=extras)
 '''
 
 JOB_YML = """\

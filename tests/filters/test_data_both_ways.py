@@ -37,6 +37,7 @@ def check_data_job_run(run_dir: Path, *, rounds: int) -> None:
             assert m["lr"] == 0.25  # client.config reached the task's meta
             assert m["task_in_seen"] == 1.0  # the job's task_in filter ran at the site
             assert m["received_b"] == k - 1 + 100  # model_out changed what the sites got
+            assert m["down_extra"] == k  # and sent extras down beside the weights
             assert m["seen_marked"] == 7.0  # result_out ran at the site, meta reached the server
             assert m["seen_site_index"] == index
             assert m["seen_diff"] == 1.0

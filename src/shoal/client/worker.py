@@ -31,7 +31,7 @@ from shoal.arrays import arrays_from_bytes, encode_arrays
 from shoal.client.model import FLModel
 from shoal.errors import PeerRejectedError, TransportError
 from shoal.filters import FilterChain, build_chain, specs_from_json
-from shoal.taskmeta import join_extras
+from shoal.taskmeta import join_extras, split_extras
 from shoal.transport import (
     PayloadHeader,
     TLSConfig,
@@ -255,8 +255,10 @@ class GrpcBackend:
                 t0 - waited_from,
             )
             self._task = header
+            params, extras = split_extras(arrays_from_bytes(data))
             return FLModel(
-                params=arrays_from_bytes(data),
+                params=params,
+                extras=extras,
                 current_round=meta.get("current_round", meta.get("round")),
                 total_rounds=meta.get("total_rounds"),
                 meta=meta,

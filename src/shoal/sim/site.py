@@ -35,7 +35,7 @@ from shoal.client.api import FLModel, use_backend
 from shoal.errors import ShoalError
 from shoal.filters import FilterChain, build_chain, specs_from_json
 from shoal.sim.logs import site_context
-from shoal.taskmeta import join_extras
+from shoal.taskmeta import join_extras, split_extras
 
 __all__ = ["SimBackend", "SiteInfo", "SiteRuntime", "task_message"]
 
@@ -156,8 +156,10 @@ class SimBackend:
             params = self._weights.copy_of(message["weights_path"])
         else:
             params = load_arrays(message["weights_path"], mmap=False)
+        params, extras = split_extras(params)
         return FLModel(
             params=params,
+            extras=extras,
             current_round=int(message["round"]),
             total_rounds=int(total) if total is not None else None,
             meta=meta,

@@ -541,7 +541,7 @@ class _Rounds:
         out = _apply(chain, model, job_id=self.ctx.job_id, site="*", round=k)
         folder = self.store.run_dir / "published"
         target = folder / f"round_{k:04d}.safetensors"
-        save_arrays(target, out.params, durable=False)
+        save_arrays(target, join_extras(out.params, out.extras), durable=False)
         # Only this round's task is offered now; a transfer of an older one
         # already under way keeps its open file.
         for old in folder.glob("round_*.safetensors"):
