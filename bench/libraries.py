@@ -83,6 +83,26 @@ def _import_ms(module: str, repeat: int, *, hide: str = "") -> float:
     return statistics.median(times)
 
 
+def _import_rss_mib(module: str, *, hide: str = "") -> float:
+    """Resident memory that importing ``module`` adds, after ``shoal`` and numpy."""
+    rss = "int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    code = (
+        f"import sys; sys.modules.update({{{hide!r}: None}} if {hide!r} else {{}}); "
+        f"import shoal, numpy; r = {rss}; import {module}; print({rss} - r)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return int(proc.stdout.strip()) / 1024
+
+
+def _imports(module: str, repeat: int, *, hide: str = "") -> list[str]:
+    return [
+        f"{_import_ms(module, repeat, hide=hide):.1f} ms",
+        f"{_import_rss_mib(module, hide=hide):.1f} MiB",
+    ]
+
+
 def _rich_progress_in_a_pipe() -> str:
     from rich.console import Console
     from rich.progress import Progress
@@ -112,16 +132,24 @@ def main(argv: list[str] | None = None) -> None:
         per_k, per_scalar, n = _write_rate(sites, events)
         rows.append([what, n, events, f"{per_k * 1000:.2f} ms", f"{per_scalar:.1f}"])
     table(rows, ["shape", "scalars/event", "events", "per 1000 scalars", "file bytes/scalar"])
-    rows = [["shoal.tensorboard", f"{_import_ms('shoal.tensorboard', repeat):.1f} ms"]]
+    rows = [["shoal.tensorboard", *_imports("shoal.tensorboard", repeat)]]
     if importlib.util.find_spec("tensorboardX") is not None:
         # Not a dependency: the library shoal.tensorboard does not use.
         if importlib.util.find_spec("torch") is not None:
-            ms = _import_ms("tensorboardX", repeat)
-            rows.append(["tensorboardX (PyTorch installed: it imports torch)", f"{ms:.1f} ms"])
-        ms = _import_ms("tensorboardX", repeat, hide="torch")
-        rows.append(["tensorboardX (PyTorch not importable)", f"{ms:.1f} ms"])
+            rows.append(
+                [
+                    "tensorboardX (PyTorch installed: it imports torch)",
+                    *_imports("tensorboardX", repeat),
+                ]
+            )
+        rows.append(
+            [
+                "tensorboardX (PyTorch not importable)",
+                *_imports("tensorboardX", repeat, hide="torch"),
+            ]
+        )
     emit()
-    table(rows, ["import after shoal and numpy", f"median of {repeat}"])
+    table(rows, ["import after shoal and numpy", f"time, median of {repeat}", "RSS added"])
 
     emit("\n## Console (rich: not used, see docs/architecture.md)")
     try:
