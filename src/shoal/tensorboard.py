@@ -12,8 +12,8 @@ the file's name and the float32 range check::
 
 :func:`read_scalars` reads such files back (verifying every CRC), for tests
 and for tools that want the numbers without TensorBoard. (Not tensorboardX:
-importing it imports PyTorch wherever PyTorch is installed, about 1 s and
-200 MiB more for every job's workflow process; docs/architecture.md.)
+importing it imports PyTorch wherever PyTorch is installed, about 2 s and
+213 MiB more for every job's workflow process; docs/architecture.md.)
 """
 
 from __future__ import annotations
