@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail if committed code differs")
     args = parser.parse_args()
     if not args.check:
-        for f in OUT.glob("shoal_pb2*"):
+        for f in [*OUT.glob("*_pb2.py*"), *OUT.glob("*_pb2_grpc.py")]:
             f.unlink()
         for f in generate(OUT):
             print(f"wrote {f.relative_to(ROOT)}")

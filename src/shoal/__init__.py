@@ -19,6 +19,7 @@ from shoal.errors import (
     ProvisionError,
     ShoalError,
     TransportError,
+    UnavailableError,
 )
 
 __version__ = "0.1.0"
@@ -36,5 +37,6 @@ __all__ = [
     "ProvisionError",
     "ShoalError",
     "TransportError",
+    "UnavailableError",
     "__version__",
 ]

@@ -7,7 +7,8 @@
     ├── ProvisionError         provisioning could not complete (nothing written)
     ├── TransportError         a connection or transfer failed
     │   ├── IntegrityError     a payload's size or hash did not match
-    │   └── PeerRejectedError  the peer refused us (identity, role, protocol)
+    │   ├── PeerRejectedError  the peer refused us (identity, role, protocol)
+    │   └── UnavailableError   the server was not reached, or went away: try again later
     ├── NotAuthorizedError     an admin command beyond the caller's role
     ├── NotFoundError          no such job, site or file
     ├── ArrayFormatError       a weights file/stream is malformed or does not match
@@ -31,6 +32,7 @@ __all__ = [
     "ProvisionError",
     "ShoalError",
     "TransportError",
+    "UnavailableError",
 ]
 
 
@@ -64,6 +66,11 @@ class IntegrityError(TransportError):
 
 class PeerRejectedError(TransportError):
     """The other side refused the request (identity, role or protocol)."""
+
+
+class UnavailableError(TransportError):
+    """The server could not be reached, went away mid-call, or the call ran out
+    of time: nothing was refused, and the same call may succeed later."""
 
 
 class NotAuthorizedError(ShoalError):

@@ -53,6 +53,11 @@ def test_host_costs_quick() -> None:
     assert "XXH3-128" in out and "filling" in out and "over a cached file" in out
 
 
+def test_libraries_quick() -> None:
+    out = _run("libraries", "--quick", "--repeat", "1")
+    assert "per 1000 scalars" in out and "import after shoal and numpy" in out
+
+
 def test_confinement_quick() -> None:
     out = _run("confinement", "--quick")
     assert "through shoal.sandbox" in out and "worker key pair" in out

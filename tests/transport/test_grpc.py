@@ -13,7 +13,13 @@ import pytest
 
 from shoal import checksum
 from shoal._proto import shoal_pb2 as pb
-from shoal.errors import IntegrityError, NotAuthorizedError, TransportError
+from shoal.errors import (
+    IntegrityError,
+    NotAuthorizedError,
+    NotFoundError,
+    TransportError,
+    UnavailableError,
+)
 from shoal.provision import Kit
 from shoal.transport import (
     PayloadHeader,
@@ -195,7 +201,10 @@ class _FakeRpcError(grpc.RpcError):
     [
         (grpc.StatusCode.PERMISSION_DENIED, NotAuthorizedError),
         (grpc.StatusCode.DATA_LOSS, IntegrityError),
-        (grpc.StatusCode.UNAVAILABLE, TransportError),
+        (grpc.StatusCode.UNAVAILABLE, UnavailableError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, UnavailableError),
+        (grpc.StatusCode.NOT_FOUND, NotFoundError),
+        (grpc.StatusCode.INTERNAL, TransportError),
     ],
 )
 def test_status_codes_become_shoal_errors(code: grpc.StatusCode, cls: type) -> None:

@@ -42,7 +42,13 @@ from shoal._threads import thread_env
 from shoal.client import retention
 from shoal.client.api import WORKER_CONFIG_ENV
 from shoal.client.worker import WorkerConfig
-from shoal.errors import ConfigError, ShoalError
+from shoal.errors import (
+    ConfigError,
+    NotAuthorizedError,
+    NotFoundError,
+    PeerRejectedError,
+    ShoalError,
+)
 from shoal.filters import SITE_POINTS, site_order, specs_to_json
 from shoal.filters.local import local_filters
 from shoal.provision import Kit
@@ -220,6 +226,11 @@ class SiteDaemon:
     # -- the session ------------------------------------------------------------
 
     def _run(self) -> None:
+        # gRPC's retry policy cannot do this: a session ends when the server
+        # goes away, on a call answered long before (gRPC retries a call only
+        # until its first answer), and each new one says hello with the jobs
+        # running now. Connect fails fast, without waitForReady, so that each
+        # failed attempt is logged with its reason.
         delay = 0.2
         while not self._stop.is_set():
             try:
@@ -228,19 +239,18 @@ class SiteDaemon:
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     break
-                code = exc.code()
-                if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-                    log.error("server refused this site: %s", exc.details())
+                err = from_rpc_error(exc, "Connect")
+                if isinstance(err, (NotAuthorizedError, PeerRejectedError)):
+                    log.error("server refused this site: %s", err)
                 else:
                     # The details say why (refused handshake, wrong server
                     # certificate name, connection refused): without them a
                     # misconfigured site only ever logs "UNAVAILABLE".
                     log.info(
-                        "not connected to server %s at %s (%s: %s); retrying",
+                        "not connected to server %s at %s (%s); retrying",
                         self.server_name,
                         self.server_address,
-                        code.name if code else "?",
-                        exc.details(),
+                        err,
                     )
             except ShoalError as exc:
                 log.error("session failed: %s", exc)
@@ -320,7 +330,7 @@ class SiteDaemon:
                     pb.Heartbeat(session_id=sid, running_jobs=self._running_jobs()), timeout=10
                 )
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                if isinstance(from_rpc_error(exc, "Beat"), NotFoundError):
                     log.info("server no longer knows this session; reconnecting")
                     call.cancel()
                     return

@@ -29,7 +29,13 @@ from shoal._proto import shoal_pb2 as pb
 from shoal._watchdog import exit_with_parent
 from shoal.arrays import arrays_from_bytes, encode_arrays
 from shoal.client.model import FLModel
-from shoal.errors import PeerRejectedError, TransportError
+from shoal.errors import (
+    NotAuthorizedError,
+    NotFoundError,
+    PeerRejectedError,
+    TransportError,
+    UnavailableError,
+)
 from shoal.filters import FilterChain, build_chain, specs_from_json
 from shoal.taskmeta import join_extras, split_extras
 from shoal.transport import (
@@ -56,11 +62,12 @@ log = logging.getLogger("shoal.worker")
 
 #: Largest task a worker accepts (a model far beyond any real one).
 MAX_TASK_BYTES = 64 * 1024**3
-_RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+#: What this worker tries again after: the server unreachable, gone mid-stream
+#: or the stream stalled, or not running the job yet (restarted, the job not
+#: resumed). gRPC retries a call the server ended before answering, and waits
+#: for a server that is down (``transport.channels``); these loops take what
+#: it cannot: a stream that had answered, a NOT_FOUND past 5 attempts.
+_RETRYABLE = (UnavailableError, NotFoundError)
 
 
 @dataclass(frozen=True)
@@ -233,12 +240,13 @@ class GrpcBackend:
                 size = len(data)
             except grpc.RpcError as exc:
                 self._drop_stream()
-                if exc.code() in _RETRYABLE:
-                    log.info("server not ready (%s); retrying in %.1f s", exc.code().name, delay)
+                err = from_rpc_error(exc, "waiting for a task")
+                if isinstance(err, _RETRYABLE):
+                    log.info("server not ready (%s); retrying in %.1f s", err, delay)
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 5.0)
                     continue
-                raise from_rpc_error(exc, "waiting for a task") from None
+                raise err from None
             except BaseException:
                 self._drop_stream()  # mid-payload: the stream is out of step
                 raise
@@ -304,15 +312,12 @@ class GrpcBackend:
             except grpc.RpcError as exc:
                 self._drop_stream()
                 err = from_rpc_error(exc, "sending the result")
-                if (
-                    isinstance(err, PeerRejectedError)
-                    or exc.code() == grpc.StatusCode.PERMISSION_DENIED
-                ):
+                if isinstance(err, (PeerRejectedError, NotAuthorizedError)):
                     # A stale task (the server restarted or moved on): the
                     # next receive() brings the current one.
                     log.warning("result for task %s not accepted: %s", task.task_id, err)
                     break
-                if exc.code() not in _RETRYABLE or attempt == 4:
+                if not isinstance(err, _RETRYABLE) or attempt == 4:
                     raise err from None
                 time.sleep(0.5 * 2**attempt)
                 encoded = encode_arrays(arrays)

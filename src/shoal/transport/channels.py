@@ -8,6 +8,7 @@ call ``from_rpc_error`` to turn status codes back into shoal exceptions.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
@@ -24,6 +25,7 @@ from shoal.errors import (
     PeerRejectedError,
     ShoalError,
     TransportError,
+    UnavailableError,
 )
 from shoal.transport.frames import MAX_MESSAGE_BYTES
 from shoal.transport.tls import TLSSource, channel_credentials, server_credentials
@@ -47,10 +49,43 @@ _COMMON_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 
+# gRPC's own retries, for the job worker's Work stream (shoal.client.worker).
+# waitForReady: a call made while the server is unreachable (restarting)
+# waits for the channel to connect, however long, instead of failing at once;
+# the reconnect backoff below paces the attempts. retryPolicy: a call the
+# server ended before answering anything is made again, its "ready" replayed
+# by gRPC: NOT_FOUND (a restarted server that has not resumed the job yet),
+# UNAVAILABLE (the connection dropped). gRPC allows 5 attempts at most, about
+# 3 s with this backoff. It never retries a call once the server has answered
+# on it, and a Work stream has as soon as its first task came: a stream broken
+# later, and a NOT_FOUND that outlasts 5 attempts, are for the worker's own
+# loop. Connect stays fail-fast: the site daemon logs every failed attempt
+# with its reason (a refused handshake, a certificate naming another server),
+# which a call waiting for the channel would never show.
+_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": "shoal.v1.Fleet", "method": "Work"}],
+            "waitForReady": True,
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "NOT_FOUND"],
+            },
+        }
+    ]
+}
+
 # Keepalive: a held stream across a dead link (cable cut, node gone) is found
 # out within ~15 s instead of the kernel's TCP timeout of many minutes.
 _CLIENT_OPTIONS = [
     *_COMMON_OPTIONS,
+    ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+    ("grpc.enable_retries", 1),
+    # Ours alone: no DNS record of the server's name changes how a site retries.
+    ("grpc.service_config_disable_resolution", 1),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -172,6 +207,8 @@ _TO_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (ShoalError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 _FROM_STATUS: dict[grpc.StatusCode, type[ShoalError]] = {
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
     grpc.StatusCode.PERMISSION_DENIED: NotAuthorizedError,
     grpc.StatusCode.UNAUTHENTICATED: PeerRejectedError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -204,10 +241,11 @@ def _refusal(exc: ShoalError, what: str) -> grpc.StatusCode:
 
 
 def from_rpc_error(exc: grpc.RpcError, what: str) -> ShoalError:
-    """Turn a failed call into a shoal exception with the server's reason."""
+    """Turn a failed call into a shoal exception with the server's reason:
+    :class:`UnavailableError` where trying again later may succeed."""
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     cls = _FROM_STATUS.get(code, TransportError) if code is not None else TransportError
-    if cls is TransportError:
-        return TransportError(f"{what}: {details or code}")
+    if cls in (TransportError, UnavailableError):
+        return cls(f"{what}: {details or code}")
     return cls(details or f"{what}: {code}")
