@@ -57,7 +57,7 @@ def test_dockerfile_rules() -> None:
     froms = [args for word, args in instructions if word == "FROM"]
     assert len(froms) >= 2, "multi-stage: build the wheel apart from the runtime"
     args = {a.split("=", 1)[0] for w, a in instructions if w == "ARG"}
-    assert {"BASE_IMAGE", "TF_EXTRA", "TF_PACKAGE"} <= args
+    assert {"BASE_IMAGE", "TF_EXTRA", "TF_PACKAGE", "TORCH", "TORCH_VERSION"} <= args
     defaults = dict(a.split("=", 1) for w, a in instructions if w == "ARG" and "=" in a)
     for image in (args.split()[0] for args in froms):
         image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)
@@ -76,6 +76,39 @@ def test_dockerfile_rules() -> None:
     deps = next(i for i, w in enumerate(runtime) if "-r /opt/shoal/requirements.txt" in w)
     wheel = next(i for i, w in enumerate(runtime) if "--no-deps /tmp/wheels" in w)
     assert deps < wheel
+
+
+def _arg_defaults() -> dict[str, str]:
+    args = [a for w, a in _instructions() if w == "ARG"]
+    return {a.split("=", 1)[0]: a.split("=", 1)[1].strip('"') if "=" in a else "" for a in args}
+
+
+def test_pytorch_variant() -> None:
+    """TORCH selects PyTorch's build (cpu, cu126, ...), installed from PyTorch's
+    own index only, pinned to the version `make venv` installs, before the rest."""
+    defaults = _arg_defaults()
+    assert defaults["TORCH"] == "", "the default image is the TensorFlow one, without PyTorch"
+    assert defaults["TORCH_INDEX"] == "https://download.pytorch.org/whl"
+    make_pin = re.search(r"^TORCH_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert make_pin is not None and defaults["TORCH_VERSION"] == make_pin.group(1)
+    runs = [a for w, a in _instructions() if w == "RUN"]
+    (torch_run,) = [r for r in runs if "torch==" in r]
+    assert '--index-url "$TORCH_INDEX/$TORCH" "torch==$TORCH_VERSION"' in torch_run
+    assert "--extra-index-url" not in torch_run, "no second index to confuse torch's dependencies"
+    assert 'if [ -n "$TORCH" ]' in torch_run and 'python -c "import torch"' in torch_run
+    requirements = next(i for i, r in enumerate(runs) if "-r /opt/shoal/requirements.txt" in r)
+    assert runs.index(torch_run) < requirements, "heaviest layer first"
+
+
+def test_documented_build_args_exist() -> None:
+    """Every --build-arg in the Dockerfile's usage lines and the deploy docs is an ARG."""
+    declared = set(_arg_defaults())
+    for source in (DOCKERFILE, ROOT / "docs" / "deploy-kubernetes.md"):
+        used = set(re.findall(r"--build-arg ([A-Z_]+)=", source.read_text()))
+        assert used, source
+        assert used <= declared, (source.name, used - declared)
+    docs = (ROOT / "docs" / "deploy-kubernetes.md").read_text()
+    assert "--build-arg TORCH=cpu" in docs and "-pt-cuda" in docs
 
 
 def test_dockerignore_keeps_kits_out() -> None:
