@@ -80,6 +80,7 @@ def test_a_module_as_server_model_gives_a_native_final_model(tmp_path: Path) -> 
     assert int(initial["bn.num_batches_tracked"]) == 0
     final = load_arrays(models / "global_final.safetensors")
     native = torch.load(models / "global_final.pt", weights_only=True)
+    assert (models / "global_final.pt").stat().st_mode & 0o777 == 0o600  # private, as the rest
     assert set(native) == set(final) | {"out.weight"}
     for name, arr in final.items():
         tensor = native[name]

@@ -319,6 +319,8 @@ def _save_native(store: RoundStore, server_model: _ServerModel, params: Mapping[
     target = store.final_path(adapter.suffix)
     tmp = target.with_name(f".global_final.tmp{adapter.suffix}")
     adapter.save(model, tmp)
+    # Private, as the safetensors models are, whatever the framework wrote.
+    os.chmod(tmp, 0o600)
     os.replace(tmp, target)
 
 
