@@ -221,7 +221,7 @@ def test_server_deployment_and_service(make_prod: MakeProd, tmp_path: Path) -> N
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert container[probe]["grpc"] == {"port": 8004}
+        assert container[probe]["grpc"]["port"] == 8004
     startup_vol = next(v for v in pod["volumes"] if v["name"] == "startup")
     assert startup_vol["secret"]["secretName"].startswith("shoal-startup-")
     sa = one(docs, "ServiceAccount")
@@ -248,7 +248,7 @@ def test_site_deployment(make_prod: MakeProd, tmp_path: Path) -> None:
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["SHOAL_SERVER_ADDRESS"] == "fl-server.fl-infra.svc.cluster.local:8002"
         assert container["args"] == ["client", "--health-port", "8004"]
-        assert container["readinessProbe"]["grpc"] == {"port": 8004}
+        assert container["readinessProbe"]["grpc"] == {"port": 8004, "service": "shoal.v1.Site"}
         limits = container["resources"]["limits"]
         if gpus:
             assert limits["nvidia.com/gpu"] == gpus

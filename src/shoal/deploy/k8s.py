@@ -35,6 +35,7 @@ import yaml
 from shoal import __version__
 from shoal.deploy.kits import ProdDir, ServerKit, SiteKit, dns_label, read_prod_dir
 from shoal.errors import ConfigError
+from shoal.transport.health import FLEET_SERVICE, SITE_SERVICE
 
 __all__ = ["K8sOptions", "write_manifests"]
 
@@ -232,9 +233,12 @@ def _pvc(component: str, options: K8sOptions) -> dict[str, Any]:
     }
 
 
-def _probe(port: int, *, period: int, failures: int) -> dict[str, Any]:
+def _probe(port: int, *, period: int, failures: int, service: str = "") -> dict[str, Any]:
+    grpc_check: dict[str, Any] = {"port": port}
+    if service:
+        grpc_check["service"] = service
     return {
-        "grpc": {"port": port},
+        "grpc": grpc_check,
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
@@ -246,6 +250,7 @@ def _container(
     args: list[str],
     ports: list[tuple[str, int]],
     health_port: int,
+    ready_service: str,
     env: list[dict[str, str]],
     resources: dict[str, Any],
 ) -> dict[str, Any]:
@@ -264,7 +269,10 @@ def _container(
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports],
         # A slow start (first volume mount, TLS setup) must not count as a hang.
         "startupProbe": _probe(health_port, period=5, failures=60),
-        "readinessProbe": _probe(health_port, period=10, failures=3),
+        # Ready asks for the role's own service: a site serves it only while
+        # connected to its server, the server stops serving it when draining.
+        # Alive asks for "" (the process answers): a cut-off site is not restarted.
+        "readinessProbe": _probe(health_port, period=10, failures=3, service=ready_service),
         "livenessProbe": _probe(health_port, period=20, failures=3),
         "resources": resources,
         "securityContext": {
@@ -367,6 +375,7 @@ def _write_server_base(w: _Writer, server: ServerKit, options: K8sOptions) -> No
             ("health", server.health_port),
         ],
         health_port=server.health_port,
+        ready_service=FLEET_SERVICE,
         env=[],
         resources={
             "requests": {"cpu": "500m", "memory": "1Gi"},
@@ -428,6 +437,7 @@ def _write_client_base(w: _Writer, server: ServerKit, options: K8sOptions) -> No
         args=["client", "--health-port", str(port)],
         ports=[("health", port)],
         health_port=port,
+        ready_service=SITE_SERVICE,
         env=[
             # Dial the Service; the TLS name checked stays the server's name.
             {
