@@ -141,7 +141,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 def test_pods_start_from_secret_mounted_kits(tmp_path: Path) -> None:
     fed, admin, health, site_health = free_ports(4)
     prod_dir = provision_example(tmp_path, fed, admin, health)
-    write_manifests(prod_dir, tmp_path / "k8s", K8sOptions(site_health_port=site_health))
+    write_manifests(
+        prod_dir, tmp_path / "k8s", K8sOptions(site_health_port=site_health, secrets="generate")
+    )
     docs = _render(tmp_path / "k8s")
     secrets = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Secret"}
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
