@@ -15,6 +15,7 @@ from typing import Any
 
 from shoal import __version__
 from shoal.deploy.gcp import iam_script
+from shoal.deploy.helm import helm_releases, write_helm
 from shoal.deploy.k8s import site_server_address, write_manifests
 from shoal.deploy.kits import ProdDir, read_prod_dir
 from shoal.deploy.objects import admin_service_name
@@ -58,6 +59,33 @@ def register(subparsers: Any) -> None:
     )
     add_k8s_options(k8s)
     k8s.set_defaults(func=run_k8s)
+
+    helm = targets.add_parser(
+        "helm",
+        help="Helm charts (shoal-server, shoal-site) and a values file per participant",
+        description=(
+            "Write the shoal-server and shoal-site charts and one values file per "
+            "participant, rendering what `shoal deploy k8s` writes for the same options. "
+            "The charts never hold keys: they mount the Secret shoal-startup (secrets.sh)."
+        ),
+    )
+    helm.add_argument(
+        "--prod-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the provisioned WORKSPACE/<project>/prod_NN folder",
+    )
+    helm.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (default: WORKSPACE/<project>/helm/prod_NN); replaced if it "
+        "holds an earlier output",
+    )
+    add_k8s_options(helm)
+    helm.set_defaults(func=run_helm)
 
 
 def add_k8s_options(parser: argparse.ArgumentParser) -> None:
@@ -304,3 +332,24 @@ def _print_admin_hint(prod: ProdDir, options: K8sOptions) -> None:
             f"{server.admin_port}:{server.admin_port}, then "
             f"shoal admin --kit <admin kit> --server localhost:{server.admin_port}"
         )
+
+
+def run_helm(args: argparse.Namespace) -> int:
+    prod_dir: Path = args.prod_dir
+    out: Path = args.out or prod_dir.parent / "helm" / prod_dir.name
+    options = options_from_args(args)
+    prod = read_prod_dir(prod_dir)
+    releases = helm_releases(prod, options)
+    files = write_helm(prod_dir, out, options)
+    print(f"wrote {len(files)} files to {out}")
+    _print_participants(prod, options)
+    print(f"first: create each namespace's Secret shoal-startup: sh {out / 'secrets.sh'}")
+    if options.bucket:
+        print(f"bucket access (Workload Identity), once: sh {out / 'gcp-iam.sh'}")
+    if options.retain_provisioner:
+        print(f"the Retain StorageClass, once: kubectl apply -f {out / 'storageclass.yaml'}")
+    print("then, one release per participant (each site may run only its own):")
+    for release in releases:
+        print(f"  {release.command(out)}")
+    _print_admin_hint(prod, options)
+    return 0

@@ -40,7 +40,7 @@ import yaml
 from shoal.deploy import objects as o
 from shoal.deploy.gcp import iam_script
 from shoal.deploy.kits import ProdDir, SiteKit, dns_label, read_prod_dir
-from shoal.deploy.options import K8sOptions, check_options, storage_class
+from shoal.deploy.options import K8sOptions, check_options, pull_policy, storage_class
 from shoal.errors import ConfigError
 
 __all__ = ["K8sOptions", "secrets_script", "site_server_address", "write_manifests"]
@@ -426,6 +426,11 @@ def _gpu_ops(site: SiteKit, gpus: int, options: K8sOptions) -> list[dict[str, An
     container = f"{pod}/containers/0"
     ops: list[dict[str, Any]] = [
         {"op": "replace", "path": f"{container}/image", "value": o.GPU_IMAGE_PLACEHOLDER},
+        {
+            "op": "replace",
+            "path": f"{container}/imagePullPolicy",
+            "value": pull_policy(options, gpu=True),
+        },
         {"op": "add", "path": f"{container}/resources/limits/nvidia.com~1gpu", "value": gpus},
         # The GKE driver installer's libcuda; harmless where the driver is elsewhere.
         {

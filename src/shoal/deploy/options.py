@@ -116,11 +116,11 @@ def storage_class(options: K8sOptions) -> str | None:
     return options.storage_class or (RETAIN_CLASS if options.retain_provisioner else None)
 
 
-def pull_policy(options: K8sOptions) -> str:
-    """The imagePullPolicy the manifests use (see ``K8sOptions.pull_policy``)."""
+def pull_policy(options: K8sOptions, *, gpu: bool = False) -> str:
+    """The imagePullPolicy of the CPU (or the ``gpu``) image (see ``K8sOptions.pull_policy``)."""
     if options.pull_policy:
         return options.pull_policy
-    return "IfNotPresent" if options.digest else "Always"
+    return "IfNotPresent" if (options.gpu_digest if gpu else options.digest) else "Always"
 
 
 def _check_exposure(what: str, e: Exposure) -> None:
