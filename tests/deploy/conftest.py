@@ -85,3 +85,27 @@ def make_prod(tmp_path: Path) -> MakeProd:
         return make_prod_dir(tmp_path, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+def provision_example(
+    tmp_path: Path, fed: int = 8002, admin: int = 8003, health: int = 8004
+) -> Path:
+    """Real kits (CA, keys, certificates) for server1, site-1, site-2 and an admin."""
+    from shoal.provision import provision
+
+    project = tmp_path / "project.yml"
+    project.write_text(
+        f"""\
+api_version: 3
+name: example_project
+participants:
+  - {{name: server1, type: server, org: nvidia, fed_learn_port: {fed}, admin_port: {admin}, health_port: {health}}}
+  - {{name: site-1, type: client, org: nvidia}}
+  - {{name: site-2, type: client, org: nvidia}}
+  - {{name: admin@nvidia.com, type: admin, org: nvidia, role: project_admin}}
+kubernetes:
+  server_namespace: fl-infra
+"""
+    )
+    result = provision(project, tmp_path / "workspace")
+    return Path(result.prod_dir)

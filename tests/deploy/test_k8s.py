@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from shoal.cli.app import EXIT_USAGE, main
-from shoal.deploy import K8sOptions, read_prod_dir, write_manifests
+from shoal.deploy import Exposure, K8sOptions, read_prod_dir, write_manifests
 from shoal.errors import ConfigError, KitError
 
 from .conftest import MakeProd
@@ -101,7 +101,7 @@ def test_refuses_bad_namespace(make_prod: MakeProd) -> None:
 
 def test_layout_and_private_files(make_prod: MakeProd, tmp_path: Path) -> None:
     out = tmp_path / "k8s"
-    files = write_manifests(make_prod(), out)
+    files = write_manifests(make_prod(), out, K8sOptions(secrets="generate"))
     rel = {p.relative_to(out).as_posix() for p in files}
     for expected in (
         "kustomization.yaml",
@@ -113,7 +113,7 @@ def test_layout_and_private_files(make_prod: MakeProd, tmp_path: Path) -> None:
         "overlays/site-1/startup/client.key",
     ):
         assert expected in rel
-    assert not any("admin" in r for r in rel), "the admin kit never goes to the cluster"
+    assert not any("admin@" in r for r in rel), "the admin kit never goes to the cluster"
     top = yaml.safe_load((out / "kustomization.yaml").read_text())
     assert top["resources"] == ["overlays/server1", "overlays/site-1", "overlays/site-2"]
     for key in out.glob("overlays/*/startup/*"):
@@ -143,6 +143,8 @@ def test_unknown_gpu_site_is_refused(make_prod: MakeProd, tmp_path: Path) -> Non
         write_manifests(make_prod(), tmp_path / "k8s", K8sOptions(gpus={"site-9": 1}))
 
 
+DIGEST = "sha256:" + "ab" * 32
+
 VARIANTS = {
     "default": K8sOptions(),
     "bucket-lb-gpu": K8sOptions(
@@ -150,8 +152,24 @@ VARIANTS = {
         tag="1.2.3",
         storage_class="standard-rwo",
         bucket="shoal-workspace-1a2b",
-        service_type="LoadBalancer",
+        fed=Exposure(type="LoadBalancer", source_ranges=("203.0.113.0/24",), ip="203.0.113.7"),
+        admin=Exposure(type="LoadBalancer", source_ranges=("198.51.100.4/32",), internal=True),
         gpus={"site-1": 1},
+        secrets="generate",
+    ),
+    "everything": K8sOptions(
+        image="reg.example/shoal",
+        digest=DIGEST,
+        gpu_digest="sha256:" + "cd" * 32,
+        image_pull_secrets=("regcred",),
+        storage_class="shoal-retain",
+        retain_provisioner="pd.csi.storage.gke.io",
+        bucket="acme-fl-{participant}",
+        server_address="fl.example.org:443",
+        site_server_addresses={"site-2": "10.20.0.5:8002"},
+        gpus={"site-2": 2},
+        gpu_node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        init="tini",
     ),
 }
 
@@ -178,7 +196,7 @@ def test_renders_and_validates_strict(make_prod: MakeProd, tmp_path: Path, varia
 def test_keys_stay_in_their_own_namespace(make_prod: MakeProd, tmp_path: Path) -> None:
     prod = make_prod()
     out = tmp_path / "k8s"
-    write_manifests(prod, out)
+    write_manifests(prod, out, K8sOptions(secrets="generate"))
     docs = render(out)
     for cm in by_kind(docs, "ConfigMap"):
         for name, value in (cm.get("data") or {}).items():
@@ -221,16 +239,19 @@ def test_server_deployment_and_service(make_prod: MakeProd, tmp_path: Path) -> N
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert container[probe]["grpc"] == {"port": 8004}
+        assert container[probe]["grpc"]["port"] == 8004
     startup_vol = next(v for v in pod["volumes"] if v["name"] == "startup")
-    assert startup_vol["secret"]["secretName"].startswith("shoal-startup-")
+    assert startup_vol["secret"]["secretName"] == "shoal-startup"  # made out of band
     sa = one(docs, "ServiceAccount")
     assert sa["automountServiceAccountToken"] is False
-    svc = one(docs, "Service")
-    assert svc["metadata"]["name"] == "fl-server"
-    assert svc["spec"]["type"] == "ClusterIP"
-    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"fed": 8002, "admin": 8003}
-    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    assert set(services) == {"fl-server", "fl-server-admin"}
+    for name, port in (("fl-server", {"fed": 8002}), ("fl-server-admin", {"admin": 8003})):
+        svc = services[name]
+        assert svc["spec"]["type"] == "ClusterIP"
+        assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == port
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= pod_labels.items()
     one(docs, "PersistentVolumeClaim")
 
 
@@ -248,7 +269,7 @@ def test_site_deployment(make_prod: MakeProd, tmp_path: Path) -> None:
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["SHOAL_SERVER_ADDRESS"] == "fl-server.fl-infra.svc.cluster.local:8002"
         assert container["args"] == ["client", "--health-port", "8004"]
-        assert container["readinessProbe"]["grpc"] == {"port": 8004}
+        assert container["readinessProbe"]["grpc"] == {"port": 8004, "service": "shoal.v1.Site"}
         limits = container["resources"]["limits"]
         if gpus:
             assert limits["nvidia.com/gpu"] == gpus
@@ -263,7 +284,7 @@ def test_site_deployment(make_prod: MakeProd, tmp_path: Path) -> None:
 @needs_kubectl
 def test_bucket_variant(make_prod: MakeProd, tmp_path: Path) -> None:
     out = tmp_path / "k8s"
-    write_manifests(make_prod(), out, K8sOptions(bucket="my-bucket", service_type="LoadBalancer"))
+    write_manifests(make_prod(), out, K8sOptions(bucket="my-bucket"))
     docs = render(out)
     pvs = {pv["spec"]["claimRef"]["namespace"]: pv for pv in by_kind(docs, "PersistentVolume")}
     assert set(pvs) == {"fl-infra", "fl-site-1", "fl-site-2"}
@@ -274,13 +295,55 @@ def test_bucket_variant(make_prod: MakeProd, tmp_path: Path) -> None:
         "volumeHandle": "my-bucket",
     }
     assert "only-dir=site-1" in pv["spec"]["mountOptions"]
+    # Folder renames are never needed (item 1), so the refusing default stays.
+    assert not any(opt.startswith("rename-dir-limit") for opt in pv["spec"]["mountOptions"])
     pvc = one(docs, "PersistentVolumeClaim", "fl-site-1")
     assert pvc["spec"]["volumeName"] == pv["metadata"]["name"]
     assert pvc["spec"]["storageClassName"] == ""
     for dep in by_kind(docs, "Deployment"):
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
         assert annotations["gke-gcsfuse/volumes"] == "true"
-    assert one(docs, "Service")["spec"]["type"] == "LoadBalancer"
+    # The server's database is on a disk of its own, never on the bucket.
+    server = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "server1")
+    assert_database_on_a_disk(docs, server, bucket_pv=pvs["fl-infra"]["metadata"]["name"])
+    assert server["spec"]["replicas"] == 1 and server["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def assert_database_on_a_disk(
+    docs: list[dict[str, Any]], server: dict[str, Any], *, bucket_pv: str | None
+) -> None:
+    (container,) = server["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    state_dir = args[args.index("--state-dir") + 1]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == state_dir)
+    volume = next(
+        v for v in server["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    )
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    workspace = next(m for m in container["volumeMounts"] if m["name"] == "workspace")
+    assert not state_dir.startswith(workspace["mountPath"])
+    namespace = server["metadata"]["namespace"]
+    pvc = next(
+        p
+        for p in by_kind(docs, "PersistentVolumeClaim")
+        if p["metadata"]["name"] == claim and p["metadata"]["namespace"] == namespace
+    )
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"].get("volumeName") in (None, "") and pvc["spec"].get("storageClassName") != ""
+    assert pvc["spec"].get("volumeName") != bucket_pv
+
+
+@needs_kubectl
+def test_bucket_for_sites_only(make_prod: MakeProd, tmp_path: Path) -> None:
+    out = tmp_path / "k8s"
+    write_manifests(make_prod(), out, K8sOptions(bucket="my-bucket", bucket_for="sites"))
+    docs = render(out)
+    pvs = {pv["spec"]["claimRef"]["namespace"] for pv in by_kind(docs, "PersistentVolume")}
+    assert pvs == {"fl-site-1", "fl-site-2"}
+    server = one(render(out / "overlays" / "server1"), "Deployment")
+    assert "--state-dir" not in server["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "annotations" not in server["spec"]["template"]["metadata"]
+    assert "fl-infra" not in (out / "gcp-iam.sh").read_text()
 
 
 # -- CLI --------------------------------------------------------------------------------

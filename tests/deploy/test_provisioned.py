@@ -29,28 +29,11 @@ from cryptography import x509  # noqa: E402
 from shoal.deploy.healthcheck import check  # noqa: E402
 from shoal.poc import free_ports  # noqa: E402
 
+from .conftest import provision_example  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
 KUBECTL = shutil.which("kubectl")
-
-
-def _provision(tmp_path: Path, fed: int = 8002, admin: int = 8003, health: int = 8004) -> Path:
-    project = tmp_path / "project.yml"
-    project.write_text(
-        f"""\
-api_version: 3
-name: example_project
-participants:
-  - {{name: server1, type: server, org: nvidia, fed_learn_port: {fed}, admin_port: {admin}, health_port: {health}}}
-  - {{name: site-1, type: client, org: nvidia}}
-  - {{name: site-2, type: client, org: nvidia}}
-  - {{name: admin@nvidia.com, type: admin, org: nvidia, role: project_admin}}
-kubernetes:
-  server_namespace: fl-infra
-"""
-    )
-    result = provision_mod.provision(project, tmp_path / "workspace")
-    return Path(result.prod_dir)
 
 
 def _render(path: Path) -> list[dict[str, Any]]:
@@ -62,7 +45,7 @@ def _render(path: Path) -> list[dict[str, Any]]:
 
 
 def test_server_certificate_names_the_service(tmp_path: Path) -> None:
-    prod_dir = _provision(tmp_path)
+    prod_dir = provision_example(tmp_path)
     prod = read_prod_dir(prod_dir)
     assert prod.server.namespace == "fl-infra"
     cert = x509.load_pem_x509_certificate((prod_dir / "server1/startup/server.crt").read_bytes())
@@ -74,7 +57,7 @@ def test_server_certificate_names_the_service(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
 def test_site_address_is_in_the_certificate(tmp_path: Path) -> None:
-    prod_dir = _provision(tmp_path)
+    prod_dir = provision_example(tmp_path)
     write_manifests(prod_dir, tmp_path / "k8s", K8sOptions())
     docs = _render(tmp_path / "k8s")
     cert = x509.load_pem_x509_certificate((prod_dir / "server1/startup/server.crt").read_bytes())
@@ -157,8 +140,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
 def test_pods_start_from_secret_mounted_kits(tmp_path: Path) -> None:
     fed, admin, health, site_health = free_ports(4)
-    prod_dir = _provision(tmp_path, fed, admin, health)
-    write_manifests(prod_dir, tmp_path / "k8s", K8sOptions(site_health_port=site_health))
+    prod_dir = provision_example(tmp_path, fed, admin, health)
+    write_manifests(
+        prod_dir, tmp_path / "k8s", K8sOptions(site_health_port=site_health, secrets="generate")
+    )
     docs = _render(tmp_path / "k8s")
     secrets = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Secret"}
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}

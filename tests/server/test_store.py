@@ -73,11 +73,11 @@ def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     real = uuid.uuid4
 
     def fake() -> uuid.UUID:
-        # staging_folder() also draws ids; only create() gets the fixed ones.
+        # The staging folder's name is the job's id; other uuid4() calls get real ones.
         import inspect
 
         caller = inspect.stack()[1].function
-        return queue.pop(0) if caller == "create" else real()
+        return queue.pop(0) if caller == "staging_folder" else real()
 
     monkeypatch.setattr(uuid, "uuid4", fake)
     return ids
@@ -88,7 +88,8 @@ def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_create_adopts_the_staged_folder(store: JobStore) -> None:
     staged = store.staging_folder()
-    assert staged.parent == store.jobs_dir and staged.name.startswith(".staging-")
+    assert staged.parent == store.jobs_dir
+    assert store.list() == [], "a staging folder is no job until create() adds its row"
     (staged / "job.zip").write_bytes(b"zip")
     (staged / "job").mkdir()
     rec = store.create(
@@ -101,8 +102,8 @@ def test_create_adopts_the_staged_folder(store: JobStore) -> None:
         package_size=3,
         num_rounds=5,
     )
-    assert not staged.exists()
-    assert rec.folder == store.jobs_dir / rec.job_id
+    # Adopted where it is: no folder is renamed (a bucket mount refuses that).
+    assert rec.folder == staged == store.jobs_dir / rec.job_id
     assert rec.package.read_bytes() == b"zip"
     assert rec.job_dir.is_dir()
     assert rec.run_dir == rec.folder / "run" and rec.logs_dir == rec.folder / "logs"
@@ -128,7 +129,7 @@ def test_create_failure_leaves_no_folder(store: JobStore, monkeypatch: pytest.Mo
     def boom(*a: object, **k: object) -> None:
         raise RuntimeError("disk full")
 
-    # Fails inside the transaction, after the staged folder was renamed into place.
+    # Fails inside the transaction, after the staged folder was adopted.
     monkeypatch.setattr(json, "dumps", boom)
     with pytest.raises(RuntimeError):
         store.create(

@@ -22,6 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workspace", type=Path, help="where jobs and logs live (default: the kit)")
     p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the job database, the job-credential CA, the lock and the log live "
+        "(default: the workspace); a local or block volume when the workspace is a bucket",
+    )
+    p.add_argument(
         "--max-transfers",
         type=int,
         default=8,
@@ -49,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     private_files()
     kit = load_kit(args.kit, expected_type="server")
     workspace = args.workspace or kit.root
-    install_file_log(Path(workspace) / "log.txt")
+    # An append-only log belongs with the database: a bucket mount uploads a
+    # file whole on every flush, and only when it is closed.
+    install_file_log(Path(args.state_dir or workspace) / "log.txt")
     daemon = ServerDaemon(
         kit,
         ServerOptions(
@@ -59,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             health_port=args.health_port,
             heartbeat_timeout_s=args.heartbeat_timeout,
             workspace=args.workspace,
+            state_dir=args.state_dir,
             max_transfers=args.max_transfers,
             transfer_stall_s=args.transfer_stall_s,
             submitter_quota_bytes=args.submitter_quota_bytes,

@@ -64,7 +64,7 @@ from shoal.sandbox import (
 )
 from shoal.transport import PayloadHeader, from_rpc_error, open_channel, read_header
 from shoal.transport.frames import frames_from_file, receive_to_file
-from shoal.transport.health import HealthEndpoint, start_health
+from shoal.transport.health import SITE_SERVICE, HealthEndpoint, start_health
 from shoal.transport.services import ServiceStub
 
 __all__ = ["SiteDaemon", "SiteOptions"]
@@ -176,7 +176,7 @@ class SiteDaemon:
         if self.opts.health_port is not None:
             # "" is the daemon's liveness; shoal.v1.Site whether it is connected.
             self._health = start_health(
-                "0.0.0.0", self.opts.health_port, {"": True, "shoal.v1.Site": False}
+                "0.0.0.0", self.opts.health_port, {"": True, SITE_SERVICE: False}
             )
             self.health_port = self._health.port
         self._thread = threading.Thread(target=self._run, name="site-session", daemon=True)
@@ -268,7 +268,7 @@ class SiteDaemon:
             self.connected.clear()
             self.session_id = None
         if self._health is not None:
-            self._health.set("shoal.v1.Site", up)
+            self._health.set(SITE_SERVICE, up)
 
     def _session(self) -> None:
         hello = pb.Hello(

@@ -18,6 +18,7 @@ stays) and never touches a name that is not a job id.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -55,6 +56,11 @@ _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 #: folder never looks like a job, and a sweep after a crash finishes it.
 _DETACHED = ".removing-"
 _DAY_S = 86400.0
+#: rename(2) errors that mean "this file system does not rename folders"
+#: (Cloud Storage FUSE: EMFILE past its rename-dir-limit, default 0).
+_NO_FOLDER_RENAME = frozenset(
+    {errno.EMFILE, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
+)
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,9 @@ def detach_stale(
 
     Returns ``(job_id, detached path)`` pairs for :func:`remove_detached`.
     Cheap (no file data is touched), so a caller can hold the lock that
-    guards starting jobs while this decides, and remove outside it.
+    guards starting jobs while this decides, and remove outside it. On a file
+    system that does not rename folders (a Cloud Storage FUSE bucket) the
+    folder is removed here instead, and its pair names the original path.
     """
     out: list[tuple[str, Path]] = []
     try:
@@ -198,7 +206,17 @@ def detach_stale(
         try:
             os.rename(path, target)
         except OSError as exc:
-            log.warning("job %s: could not remove its folder %s: %s", name, path, exc)
+            if exc.errno not in _NO_FOLDER_RENAME:
+                log.warning("job %s: could not remove its folder %s: %s", name, path, exc)
+                continue
+            # A bucket mounted with Cloud Storage FUSE refuses to rename a
+            # non-empty folder (EMFILE). Remove it where it is, still under
+            # the caller's lock, so no job starts in it meanwhile: slower,
+            # but only on such a mount. What cannot be removed is retried
+            # by the next sweep, the folder still under its job's name.
+            log.info("job %s: removing its folder in place (%s)", name, why)
+            remove_detached(path)
+            out.append((name, path))
             continue
         log.info("job %s: removing its folder (%s)", name, why)
         out.append((name, target))

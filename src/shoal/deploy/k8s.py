@@ -1,21 +1,27 @@
 """Kubernetes manifests for a provisioned federation: a kustomize tree.
 
 One namespace per participant (the server's, then one per site), each with
-its own ServiceAccount, workspace volume and Deployment. Each participant's
-``startup/`` folder becomes a Secret made by kustomize's ``secretGenerator``
-from a copy of the kit files inside that participant's overlay, so
+its own ServiceAccount, workspace volume, Deployment and PodDisruptionBudget.
+The pods mount their kit's ``startup/`` from a Secret named ``shoal-startup``:
 
-* a private key is never in a ConfigMap, an image or another namespace;
-* a re-provisioned kit changes the Secret's hash suffix, which rolls the pod.
+* by default the tree refers to it and holds no key: create it out of band
+  (``secrets.sh`` here, External Secrets, Secret Manager), so the tree can
+  live in Git;
+* with ``secrets="generate"`` each overlay gets a copy of its participant's
+  kit files and kustomize's ``secretGenerator`` makes the Secret (a new kit
+  changes its hash suffix, which rolls the pod); keep that tree private.
 
-The editable ``local/`` folder (log config, resources) becomes a ConfigMap.
-Jobs, models, logs and the server's store live on the workspace volume: a PVC
-per namespace, or with ``bucket`` a GCS FUSE PersistentVolume per participant
-on one bucket (``only-dir=<participant>``), as in the reference blueprint.
+Either way a private key is never in a ConfigMap, an image or another
+namespace. The editable ``local/`` folder becomes a ConfigMap. Jobs, models
+and logs live on the workspace volume: a disk per namespace, or with
+``bucket`` a GCS FUSE PersistentVolume per participant; the server's
+database then stays on a disk of its own (``--state-dir``).
 
     OUT/kustomization.yaml              all overlays: ``kubectl apply -k OUT``
     OUT/base/server/  OUT/base/client/  role templates
-    OUT/overlays/<participant>/         namespace, Secret, ConfigMap, patches
+    OUT/overlays/<participant>/         namespace, ConfigMap, patches (+ Secret)
+    OUT/cluster/                        a Retain StorageClass, when asked for
+    OUT/secrets.sh  OUT/gcp-iam.sh      commands to run once (no key material)
 
     files = write_manifests(Path("workspace/p/prod_00"), Path("k8s"), K8sOptions(tag="0.1.0"))
 """
@@ -24,93 +30,67 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from shoal import __version__
-from shoal.deploy.kits import ProdDir, ServerKit, SiteKit, dns_label, read_prod_dir
+from shoal.deploy import objects as o
+from shoal.deploy.gcp import iam_script
+from shoal.deploy.kits import ProdDir, SiteKit, dns_label, read_prod_dir
+from shoal.deploy.options import K8sOptions, check_options, pull_policy, storage_class
 from shoal.errors import ConfigError
 
-__all__ = ["K8sOptions", "write_manifests"]
+__all__ = ["K8sOptions", "secrets_script", "site_server_address", "write_manifests"]
 
 logger = logging.getLogger(__name__)
-
-#: Placeholder image names in the bases; overlays map them with kustomize ``images:``.
-IMAGE_PLACEHOLDER = "shoal"
-GPU_IMAGE_PLACEHOLDER = "shoal-cuda"
 
 #: Marks a folder as written by this module, so a rerun may replace it.
 MARKER = ".shoal-k8s"
 
-#: UID/GID of the image's ``shoal`` user (deploy/Dockerfile).
-RUN_AS = 10001
-
-#: Where the pod finds things (deploy/entrypoint.sh reads these).
-KIT_SOURCE = "/etc/shoal/kit"
-KIT_DIR = "/run/shoal/kit"
-WORKSPACE = "/workspace"
-
 GCSFUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
-
-_LABEL_NAME = "app.kubernetes.io/name"
-_LABEL_COMPONENT = "app.kubernetes.io/component"
-_LABEL_INSTANCE = "app.kubernetes.io/instance"
-_LABEL_PART_OF = "app.kubernetes.io/part-of"
-
-
-@dataclass(frozen=True)
-class K8sOptions:
-    """How the manifests are parameterised; every field has a working default."""
-
-    image: str = "shoal"
-    """Image repository, e.g. ``europe-docker.pkg.dev/proj/repo/shoal``."""
-    tag: str = __version__
-    """Image tag for the server and CPU sites."""
-    gpu_tag: str | None = None
-    """Tag of the CUDA build for GPU sites; default ``<tag>-cuda``."""
-    storage_class: str | None = None
-    """StorageClass of the workspace PVCs; the cluster default when None."""
-    storage_size: str = "10Gi"
-    """Requested size of each workspace PVC."""
-    bucket: str | None = None
-    """Back every workspace with this GCS bucket (GCS FUSE CSI) instead of a disk."""
-    service_type: str = "ClusterIP"
-    """``ClusterIP`` (admin via ``kubectl port-forward``) or ``LoadBalancer``."""
-    gpus: Mapping[str, int] = field(default_factory=dict)
-    """GPUs per site name; overrides what ``local/resources.json`` says."""
-    site_health_port: int = 8004
-    """Port each site daemon serves grpc.health.v1 on (``--health-port``)."""
 
 
 def write_manifests(prod_dir: Path, out_dir: Path, options: K8sOptions | None = None) -> list[Path]:
     """Write the kustomize tree for ``prod_dir`` under ``out_dir``; return the files written.
 
     ``out_dir`` must be empty, missing, or a previous output of this function
-    (which is then replaced). Files holding private keys are written 0600.
+    (which is then replaced). Files holding private keys (only with
+    ``secrets="generate"``) are written 0600.
     """
     options = options or K8sOptions()
-    _check_options(options)
     prod = read_prod_dir(Path(prod_dir))
-    unknown = set(options.gpus) - {s.name for s in prod.sites}
-    if unknown:
-        raise ConfigError(f"--gpu names unknown sites: {', '.join(sorted(unknown))}")
+    check_options(options, prod)
     out_dir = Path(out_dir)
     _prepare(out_dir)
     writer = _Writer(out_dir)
-    _write_server_base(writer, prod.server, options)
-    _write_client_base(writer, prod.server, options)
+    _write_server_base(writer, prod, options)
+    _write_client_base(writer, options)
     overlays = [_write_server_overlay(writer, prod, options)]
-    overlays += [_write_site_overlay(writer, site, prod.project, options) for site in prod.sites]
+    overlays += [_write_site_overlay(writer, site, prod, options) for site in prod.sites]
+    resources = [f"overlays/{name}" for name in overlays]
+    if options.retain_provisioner:
+        name = storage_class(options)
+        assert name
+        writer.yaml("cluster/storageclass.yaml", o.storage_class(name, options.retain_provisioner))
+        writer.yaml("cluster/kustomization.yaml", _kustomization(resources=["storageclass.yaml"]))
+        resources.insert(0, "cluster")
     writer.yaml(
         "kustomization.yaml",
-        _kustomization(resources=[f"overlays/{o}" for o in overlays]),
-        header=_HEADER.format(project=prod.project),
+        _kustomization(resources=resources),
+        header=_HEADER.format(
+            project=prod.project,
+            keys="overlays/* hold copies of private keys: keep this folder as private as the kits."
+            if options.secrets == "generate"
+            else "No private keys here: the pods mount Secrets made out of band (secrets.sh).",
+        ),
     )
+    if options.secrets == "reference":
+        writer.text("secrets.sh", secrets_script(prod), mode=0o755)
+    if options.bucket:
+        writer.text("gcp-iam.sh", iam_script(prod, options), mode=0o755)
     writer.text(MARKER, "written by `shoal deploy k8s`; safe to delete and regenerate\n")
     logger.info(
         "wrote %d manifests for %d participants to %s", len(writer.files), len(overlays), out_dir
@@ -120,20 +100,47 @@ def write_manifests(prod_dir: Path, out_dir: Path, options: K8sOptions | None = 
 
 _HEADER = """\
 # Generated by `shoal deploy k8s` for project {project}. Regenerate rather than edit.
-# overlays/* hold copies of private keys: keep this folder as private as the kits.
+# {keys}
 """
 
 
-def _check_options(options: K8sOptions) -> None:
-    if options.service_type not in ("ClusterIP", "LoadBalancer", "NodePort"):
-        raise ConfigError(f"service type {options.service_type!r}: use ClusterIP or LoadBalancer")
-    for site, count in options.gpus.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ConfigError(f"--gpu {site}={count!r}: expected a whole number of GPUs")
-    if not options.image or ":" in options.image.rsplit("/", 1)[-1]:
-        raise ConfigError(
-            f"--image {options.image!r}: give the repository without a tag (use --tag)"
+def site_server_address(prod: ProdDir, site: SiteKit, options: K8sOptions) -> str:
+    """HOST:PORT ``site`` dials: its own override, everyone's, or the Service's DNS name."""
+    return (
+        options.site_server_addresses.get(site.name)
+        or options.server_address
+        or f"{prod.server.service_host}:{prod.server.fed_learn_port}"
+    )
+
+
+def secrets_script(prod: ProdDir) -> str:
+    """Shell commands that create each participant's ``shoal-startup`` Secret from its kit."""
+    lines = [
+        "#!/bin/sh",
+        "# Create (or replace) each participant's startup-kit Secret from the provisioned",
+        "# kits; run where the kits are, with access to each namespace. For a site in",
+        "# another cluster, its operator runs only its own line. The manifests mount",
+        "# Secret shoal-startup; External Secrets or the Secret Manager CSI driver may",
+        "# make it instead (docs/deploy-kubernetes.md). After a new kit:",
+        "#   kubectl -n NAMESPACE rollout restart deployment",
+        "set -eu",
+        f'PROD_DIR="${{PROD_DIR:-{prod.path}}}"',
+    ]
+    for name, path, ns in [
+        (prod.server.name, prod.server.path, prod.server.namespace),
+        *[(s.name, s.path, s.namespace) for s in prod.sites],
+    ]:
+        files = sorted(p.name for p in (path / "startup").iterdir() if p.is_file())
+        args = " ".join(
+            f'--from-file="$PROD_DIR"/{shlex.quote(path.name)}/startup/{shlex.quote(f)}'
+            for f in files
         )
+        lines.append(f"# {name}")
+        lines.append(
+            f"kubectl -n {ns} create secret generic shoal-startup {args} "
+            "--dry-run=client -o yaml | kubectl apply -f -"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _prepare(out_dir: Path) -> None:
@@ -158,10 +165,12 @@ class _Writer:
         )
         return self.text(rel, text)
 
-    def text(self, rel: str, text: str) -> Path:
+    def text(self, rel: str, text: str, mode: int | None = None) -> Path:
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        if mode is not None:
+            path.chmod(mode)
         self.files.append(path)
         return path
 
@@ -177,9 +186,6 @@ class _Writer:
         return path
 
 
-# -- small builders -----------------------------------------------------------
-
-
 def _kustomization(**fields: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
@@ -189,291 +195,84 @@ def _kustomization(**fields: Any) -> dict[str, Any]:
     return doc
 
 
-def _labels(component: str, instance: str | None = None) -> dict[str, str]:
-    labels = {_LABEL_NAME: "shoal", _LABEL_COMPONENT: component}
-    if instance:
-        labels[_LABEL_INSTANCE] = instance
-    return labels
-
-
-def _meta(name: str, labels: Mapping[str, str], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "labels": dict(labels), **extra}
-
-
-def _namespace(name: str, component: str, instance: str) -> dict[str, Any]:
-    labels = _labels(component, instance)
-    # Pod Security Admission: the pods meet "restricted", so enforce it.
-    labels["pod-security.kubernetes.io/enforce"] = "restricted"
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(name, labels)}
-
-
-def _service_account(component: str) -> dict[str, Any]:
-    # shoal never talks to the Kubernetes API; no token in the pod.
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": _meta("shoal", _labels(component)),
-        "automountServiceAccountToken": False,
-    }
-
-
-def _pvc(component: str, options: K8sOptions) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": options.storage_size}},
-    }
-    if options.storage_class:
-        spec["storageClassName"] = options.storage_class
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _meta("shoal-workspace", _labels(component)),
-        "spec": spec,
-    }
-
-
-def _probe(port: int, *, period: int, failures: int) -> dict[str, Any]:
-    return {
-        "grpc": {"port": port},
-        "periodSeconds": period,
-        "timeoutSeconds": 5,
-        "failureThreshold": failures,
-    }
-
-
-def _container(
-    *,
-    args: list[str],
-    ports: list[tuple[str, int]],
-    health_port: int,
-    env: list[dict[str, str]],
-    resources: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "name": "shoal",
-        "image": IMAGE_PLACEHOLDER,
-        "imagePullPolicy": "IfNotPresent",
-        "args": args,
-        "env": [
-            {"name": "SHOAL_KIT_SOURCE", "value": KIT_SOURCE},
-            {"name": "SHOAL_KIT_DIR", "value": KIT_DIR},
-            {"name": "SHOAL_WORKSPACE_DIR", "value": WORKSPACE},
-            {"name": "KERAS_HOME", "value": f"{WORKSPACE}/.keras"},
-            *env,
-        ],
-        "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports],
-        # A slow start (first volume mount, TLS setup) must not count as a hang.
-        "startupProbe": _probe(health_port, period=5, failures=60),
-        "readinessProbe": _probe(health_port, period=10, failures=3),
-        "livenessProbe": _probe(health_port, period=20, failures=3),
-        "resources": resources,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [
-            {"name": "startup", "mountPath": f"{KIT_SOURCE}/startup", "readOnly": True},
-            {"name": "local", "mountPath": f"{KIT_SOURCE}/local", "readOnly": True},
-            {"name": "kit", "mountPath": "/run/shoal"},
-            {"name": "workspace", "mountPath": WORKSPACE},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-    }
-
-
-def _deployment(
-    name: str,
-    component: str,
-    container: dict[str, Any],
-    *,
-    instance: str | None,
-    grace_s: int,
-) -> dict[str, Any]:
-    labels = _labels(component, instance)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(name, labels),
-        "spec": {
-            "replicas": 1,
-            # One daemon per kit: two pods with the same identity (or two
-            # writers of one SQLite store) must never overlap, even in a rollout.
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": dict(labels)},
-            "template": {
-                "metadata": {"labels": dict(labels)},
-                "spec": {
-                    "serviceAccountName": "shoal",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": grace_s,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": [
-                        # 0440 + fsGroup: readable by the shoal user only; the
-                        # entrypoint copies it to a 0600 in-memory kit.
-                        {
-                            "name": "startup",
-                            "secret": {"secretName": "shoal-startup", "defaultMode": 0o440},
-                        },
-                        {"name": "local", "configMap": {"name": "shoal-local", "optional": True}},
-                        {"name": "kit", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-                        {
-                            "name": "workspace",
-                            "persistentVolumeClaim": {"claimName": "shoal-workspace"},
-                        },
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
-                    ],
-                },
-            },
-        },
-    }
-
-
-def _network_policy(component: str, ports: list[int]) -> dict[str, Any]:
-    ingress: list[dict[str, Any]] = []
-    if ports:
-        ingress.append({"ports": [{"protocol": "TCP", "port": p} for p in ports]})
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _meta("shoal-ingress", _labels(component)),
-        "spec": {
-            "podSelector": {"matchLabels": _labels(component)},
-            "policyTypes": ["Ingress"],
-            "ingress": ingress,
-        },
-    }
+def _json_patch(kind: str, name: str | None, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    target: dict[str, str] = {"kind": kind}
+    if name:
+        target["name"] = name
+    return {"target": target, "patch": yaml.safe_dump(ops, sort_keys=False)}
 
 
 # -- bases ----------------------------------------------------------------------
 
 
-def _write_server_base(w: _Writer, server: ServerKit, options: K8sOptions) -> None:
+def _write_server_base(w: _Writer, prod: ProdDir, options: K8sOptions) -> None:
+    server = prod.server
     base = "base/server"
-    container = _container(
-        args=["server"],
-        ports=[
-            ("fed", server.fed_learn_port),
-            ("admin", server.admin_port),
-            ("health", server.health_port),
-        ],
-        health_port=server.health_port,
-        env=[],
-        resources={
-            "requests": {"cpu": "500m", "memory": "1Gi"},
-            "limits": {"memory": "4Gi"},
-        },
+    w.yaml(f"{base}/deployment.yaml", o.server_deployment(server, options))
+    fed, admin = o.server_services(server, options)
+    w.yaml(f"{base}/service.yaml", fed)
+    w.yaml(f"{base}/service-admin.yaml", admin)
+    w.yaml(f"{base}/serviceaccount.yaml", o.service_account("server"))
+    w.yaml(
+        f"{base}/pvc.yaml",
+        o.pvc("shoal-workspace", "server", options.storage_size, storage_class(options)),
     )
-    # The server checkpoints running jobs on SIGTERM; give it time to.
-    deployment = _deployment(dns_label(server.name), "server", container, instance=None, grace_s=60)
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(server.service, _labels("server")),
-        "spec": {
-            "type": options.service_type,
-            "selector": _labels("server"),
-            "ports": [
-                {
-                    "name": "fed",
-                    "port": server.fed_learn_port,
-                    "targetPort": "fed",
-                    "protocol": "TCP",
-                },
-                {
-                    "name": "admin",
-                    "port": server.admin_port,
-                    "targetPort": "admin",
-                    "protocol": "TCP",
-                },
-            ],
-        },
-    }
-    w.yaml(f"{base}/deployment.yaml", deployment)
-    w.yaml(f"{base}/service.yaml", service)
-    w.yaml(f"{base}/serviceaccount.yaml", _service_account("server"))
-    w.yaml(f"{base}/pvc.yaml", _pvc("server", options))
     # Sites and admins dial in on the two service ports; nothing else may.
     w.yaml(
         f"{base}/networkpolicy.yaml",
-        _network_policy("server", [server.fed_learn_port, server.admin_port]),
+        o.network_policy("server", [server.fed_learn_port, server.admin_port]),
     )
-    w.yaml(
-        f"{base}/kustomization.yaml",
-        _kustomization(
-            resources=[
-                "serviceaccount.yaml",
-                "pvc.yaml",
-                "deployment.yaml",
-                "service.yaml",
-                "networkpolicy.yaml",
-            ]
-        ),
-    )
+    resources = [
+        "serviceaccount.yaml",
+        "pvc.yaml",
+        "deployment.yaml",
+        "service.yaml",
+        "service-admin.yaml",
+        "networkpolicy.yaml",
+    ]
+    if options.pdb:
+        w.yaml(f"{base}/pdb.yaml", o.pdb("server"))
+        resources.append("pdb.yaml")
+    w.yaml(f"{base}/kustomization.yaml", _kustomization(resources=resources))
 
 
-def _write_client_base(w: _Writer, server: ServerKit, options: K8sOptions) -> None:
+def _write_client_base(w: _Writer, options: K8sOptions) -> None:
     base = "base/client"
-    port = options.site_health_port
-    container = _container(
-        args=["client", "--health-port", str(port)],
-        ports=[("health", port)],
-        health_port=port,
-        env=[
-            # Dial the Service; the TLS name checked stays the server's name.
-            {
-                "name": "SHOAL_SERVER_ADDRESS",
-                "value": f"{server.service_host}:{server.fed_learn_port}",
-            }
-        ],
-        resources={
-            "requests": {"cpu": "1", "memory": "2Gi"},
-            "limits": {"memory": "8Gi"},
-        },
-    )
+    w.yaml(f"{base}/deployment.yaml", o.client_deployment(options))
+    w.yaml(f"{base}/serviceaccount.yaml", o.service_account("client"))
     w.yaml(
-        f"{base}/deployment.yaml",
-        _deployment("shoal-client", "client", container, instance=None, grace_s=30),
+        f"{base}/pvc.yaml",
+        o.pvc("shoal-workspace", "client", options.storage_size, storage_class(options)),
     )
-    w.yaml(f"{base}/serviceaccount.yaml", _service_account("client"))
-    w.yaml(f"{base}/pvc.yaml", _pvc("client", options))
     # Sites only dial out; nothing connects in (kubelet probes are not affected).
-    w.yaml(f"{base}/networkpolicy.yaml", _network_policy("client", []))
-    w.yaml(
-        f"{base}/kustomization.yaml",
-        _kustomization(
-            resources=["serviceaccount.yaml", "pvc.yaml", "deployment.yaml", "networkpolicy.yaml"]
-        ),
-    )
+    w.yaml(f"{base}/networkpolicy.yaml", o.network_policy("client", []))
+    resources = ["serviceaccount.yaml", "pvc.yaml", "deployment.yaml", "networkpolicy.yaml"]
+    if options.pdb:
+        w.yaml(f"{base}/pdb.yaml", o.pdb("client"))
+        resources.append("pdb.yaml")
+    w.yaml(f"{base}/kustomization.yaml", _kustomization(resources=resources))
 
 
 # -- overlays -------------------------------------------------------------------
 
 
 def _kit_generators(
-    w: _Writer, overlay: str, kit: Path
+    w: _Writer, overlay: str, kit: Path, options: K8sOptions
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     startup = sorted(p for p in (kit / "startup").iterdir() if p.is_file())
     if not startup:
         raise ConfigError(f"{kit}/startup: empty kit")
-    for src in startup:
-        w.copy_private(src, f"{overlay}/startup/{src.name}")
-    secrets = [
-        {
-            "name": "shoal-startup",
-            "type": "Opaque",
-            "files": [f"startup/{p.name}" for p in startup],
-        }
-    ]
+    secrets: list[dict[str, Any]] = []
+    if options.secrets == "generate":
+        for src in startup:
+            w.copy_private(src, f"{overlay}/startup/{src.name}")
+        secrets.append(
+            {
+                "name": "shoal-startup",
+                "type": "Opaque",
+                "files": [f"startup/{p.name}" for p in startup],
+            }
+        )
     local_dir = kit / "local"
     local = sorted(p for p in local_dir.iterdir() if p.is_file()) if local_dir.is_dir() else []
     for src in local:
@@ -485,77 +284,113 @@ def _kit_generators(
 
 
 def _images(options: K8sOptions) -> list[dict[str, str]]:
-    return [
-        {"name": IMAGE_PLACEHOLDER, "newName": options.image, "newTag": options.tag},
-        {
-            "name": GPU_IMAGE_PLACEHOLDER,
-            "newName": options.image,
-            "newTag": options.gpu_tag or f"{options.tag}-cuda",
-        },
-    ]
+    cpu: dict[str, str] = {"name": o.IMAGE_PLACEHOLDER, "newName": options.image}
+    if options.digest:
+        cpu["digest"] = options.digest
+    else:
+        cpu["newTag"] = options.tag
+    gpu: dict[str, str] = {"name": o.GPU_IMAGE_PLACEHOLDER, "newName": options.image}
+    if options.gpu_digest:
+        gpu["digest"] = options.gpu_digest
+    else:
+        gpu["newTag"] = options.gpu_tag or f"{options.tag}-cuda"
+    return [cpu, gpu]
 
 
 def _bucket_volume(
     w: _Writer, overlay: str, participant: str, namespace: str, options: K8sOptions
 ) -> list[dict[str, Any]]:
-    """GCS FUSE variant: a PV on the bucket's ``<participant>/`` folder, bound to the PVC."""
-    assert options.bucket
+    """GCS FUSE variant: a PV on the participant's bucket (or folder), bound to the PVC."""
+    bucket = o.bucket_name(options, participant)
     pv_name = f"shoal-{namespace}-workspace"
+    mount_options = ["implicit-dirs", f"uid={o.RUN_AS}", f"gid={o.RUN_AS}"]
+    if bucket == options.bucket:
+        # One shared bucket: each participant mounts only its own folder. The
+        # IAM bindings (gcp-iam.sh) are what keep it out of the others'.
+        mount_options.insert(1, f"only-dir={dns_label(participant)}")
+    # No rename-dir-limit: shoal never renames a folder in its workspace, so
+    # the default (refuse) is the tested configuration (docs, item 1).
     pv = {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": _meta(pv_name, _labels("workspace", dns_label(participant))),
+        "metadata": o.meta(pv_name, o.labels("workspace", dns_label(participant))),
         "spec": {
             "accessModes": ["ReadWriteMany"],
             "capacity": {"storage": options.storage_size},
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": "",
-            # Each participant sees only its own folder of the shared bucket.
-            "mountOptions": [
-                "implicit-dirs",
-                f"only-dir={participant}",
-                f"uid={RUN_AS}",
-                f"gid={RUN_AS}",
-            ],
-            "csi": {"driver": GCSFUSE_DRIVER, "volumeHandle": options.bucket},
+            "mountOptions": mount_options,
+            "csi": {"driver": GCSFUSE_DRIVER, "volumeHandle": bucket},
             "claimRef": {"namespace": namespace, "name": "shoal-workspace"},
         },
     }
     w.yaml(f"{overlay}/pv-workspace.yaml", pv)
     return [
-        {
-            "target": {"kind": "PersistentVolumeClaim", "name": "shoal-workspace"},
-            "patch": yaml.safe_dump(
-                [
-                    {"op": "replace", "path": "/spec/accessModes", "value": ["ReadWriteMany"]},
-                    {"op": "add", "path": "/spec/storageClassName", "value": ""},
-                    {"op": "add", "path": "/spec/volumeName", "value": pv_name},
-                ],
-                sort_keys=False,
-            ),
-        },
-        {
-            "target": {"kind": "Deployment"},
-            # GKE injects the gcsfuse sidecar into pods carrying this annotation.
-            "patch": yaml.safe_dump(
-                [
-                    {
-                        "op": "add",
-                        "path": "/spec/template/metadata/annotations",
-                        "value": {"gke-gcsfuse/volumes": "true"},
-                    }
-                ],
-                sort_keys=False,
-            ),
-        },
+        _json_patch(
+            "PersistentVolumeClaim",
+            "shoal-workspace",
+            [
+                {"op": "replace", "path": "/spec/accessModes", "value": ["ReadWriteMany"]},
+                {"op": "add", "path": "/spec/storageClassName", "value": ""},
+                {"op": "add", "path": "/spec/volumeName", "value": pv_name},
+            ],
+        ),
+        # GKE injects the gcsfuse sidecar into pods carrying this annotation.
+        _json_patch(
+            "Deployment",
+            None,
+            [
+                {
+                    "op": "add",
+                    "path": "/spec/template/metadata/annotations",
+                    "value": {"gke-gcsfuse/volumes": "true"},
+                }
+            ],
+        ),
+    ]
+
+
+def _server_state_volume(w: _Writer, overlay: str, options: K8sOptions) -> list[dict[str, Any]]:
+    """The server's database, job CA, lock and log on a disk beside its bucket workspace."""
+    w.yaml(
+        f"{overlay}/pvc-state.yaml",
+        o.pvc("shoal-state", "server", options.state_size, storage_class(options)),
+    )
+    pod = "/spec/template/spec"
+    return [
+        _json_patch(
+            "Deployment",
+            None,
+            [
+                {
+                    "op": "add",
+                    "path": f"{pod}/volumes/-",
+                    "value": {
+                        "name": "state",
+                        "persistentVolumeClaim": {"claimName": "shoal-state"},
+                    },
+                },
+                {
+                    "op": "add",
+                    "path": f"{pod}/containers/0/volumeMounts/-",
+                    "value": {"name": "state", "mountPath": o.STATE_DIR},
+                },
+                {"op": "add", "path": f"{pod}/containers/0/args/-", "value": "--state-dir"},
+                {"op": "add", "path": f"{pod}/containers/0/args/-", "value": o.STATE_DIR},
+            ],
+        )
     ]
 
 
 def _overlay_labels(instance: str, project: str) -> list[dict[str, Any]]:
     return [
         # The instance label also selects, so each participant's pods are its own.
-        {"pairs": {_LABEL_INSTANCE: instance}, "includeSelectors": True, "includeTemplates": True},
-        {"pairs": {_LABEL_NAME: "shoal", _LABEL_PART_OF: dns_label(project)}},
+        {
+            "pairs": {o.LABEL_INSTANCE: instance},
+            "includeSelectors": True,
+            "includeTemplates": True,
+        },
+        {"pairs": {o.LABEL_NAME: "shoal", o.LABEL_PART_OF: dns_label(project)}},
     ]
 
 
@@ -563,13 +398,14 @@ def _write_server_overlay(w: _Writer, prod: ProdDir, options: K8sOptions) -> str
     server = prod.server
     name = dns_label(server.name)
     overlay = f"overlays/{name}"
-    w.yaml(f"{overlay}/namespace.yaml", _namespace(server.namespace, "server", name))
-    secrets, config_maps = _kit_generators(w, overlay, server.path)
+    w.yaml(f"{overlay}/namespace.yaml", o.namespace(server.namespace, "server", name))
+    secrets, config_maps = _kit_generators(w, overlay, server.path, options)
     resources = ["namespace.yaml", "../../base/server"]
     patches: list[dict[str, Any]] = []
-    if options.bucket:
-        resources.append("pv-workspace.yaml")
+    if options.bucket and options.bucket_for == "all":
+        resources += ["pv-workspace.yaml", "pvc-state.yaml"]
         patches += _bucket_volume(w, overlay, server.name, server.namespace, options)
+        patches += _server_state_volume(w, overlay, options)
     w.yaml(
         f"{overlay}/kustomization.yaml",
         _kustomization(
@@ -585,34 +421,60 @@ def _write_server_overlay(w: _Writer, prod: ProdDir, options: K8sOptions) -> str
     return name
 
 
-def _write_site_overlay(w: _Writer, site: SiteKit, project: str, options: K8sOptions) -> str:
+def _gpu_ops(site: SiteKit, gpus: int, options: K8sOptions) -> list[dict[str, Any]]:
+    pod = "/spec/template/spec"
+    container = f"{pod}/containers/0"
+    ops: list[dict[str, Any]] = [
+        {"op": "replace", "path": f"{container}/image", "value": o.GPU_IMAGE_PLACEHOLDER},
+        {
+            "op": "replace",
+            "path": f"{container}/imagePullPolicy",
+            "value": pull_policy(options, gpu=True),
+        },
+        {"op": "add", "path": f"{container}/resources/limits/nvidia.com~1gpu", "value": gpus},
+        # The GKE driver installer's libcuda; harmless where the driver is elsewhere.
+        {
+            "op": "add",
+            "path": f"{container}/env/-",
+            "value": {"name": "LD_LIBRARY_PATH", "value": o.GPU_LIBRARY_PATH},
+        },
+        {
+            "op": "add",
+            "path": f"{pod}/tolerations",
+            "value": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    ]
+    selector = dict(options.gpu_node_selector)
+    if not selector and site.gpu_type:
+        selector = {"cloud.google.com/gke-accelerator": site.gpu_type}
+    if selector:
+        ops.append({"op": "add", "path": f"{pod}/nodeSelector", "value": selector})
+    return ops
+
+
+def _write_site_overlay(w: _Writer, site: SiteKit, prod: ProdDir, options: K8sOptions) -> str:
     name = dns_label(site.name)
     overlay = f"overlays/{name}"
     gpus = options.gpus.get(site.name, site.gpus)
-    w.yaml(f"{overlay}/namespace.yaml", _namespace(site.namespace, "client", name))
-    secrets, config_maps = _kit_generators(w, overlay, site.path)
+    w.yaml(f"{overlay}/namespace.yaml", o.namespace(site.namespace, "client", name))
+    secrets, config_maps = _kit_generators(w, overlay, site.path, options)
     resources = ["namespace.yaml", "../../base/client"]
     ops: list[dict[str, Any]] = [
         # The base's generic name becomes the site's, so `kubectl logs deploy/site-1` works.
         {"op": "replace", "path": "/metadata/name", "value": name},
+        # The TLS name checked stays the server's, whatever address is dialled.
+        {
+            "op": "add",
+            "path": "/spec/template/spec/containers/0/env/-",
+            "value": {
+                "name": "SHOAL_SERVER_ADDRESS",
+                "value": site_server_address(prod, site, options),
+            },
+        },
     ]
     if gpus:
-        container = "/spec/template/spec/containers/0"
-        ops += [
-            {"op": "replace", "path": f"{container}/image", "value": GPU_IMAGE_PLACEHOLDER},
-            {"op": "add", "path": f"{container}/resources/limits/nvidia.com~1gpu", "value": gpus},
-            {
-                "op": "add",
-                "path": "/spec/template/spec/tolerations",
-                "value": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            },
-        ]
-    patches: list[dict[str, Any]] = [
-        {
-            "target": {"kind": "Deployment", "name": "shoal-client"},
-            "patch": yaml.safe_dump(ops, sort_keys=False),
-        }
-    ]
+        ops += _gpu_ops(site, gpus, options)
+    patches: list[dict[str, Any]] = [_json_patch("Deployment", "shoal-client", ops)]
     if options.bucket:
         resources.append("pv-workspace.yaml")
         patches += _bucket_volume(w, overlay, site.name, site.namespace, options)
@@ -621,7 +483,7 @@ def _write_site_overlay(w: _Writer, site: SiteKit, project: str, options: K8sOpt
         _kustomization(
             namespace=site.namespace,
             resources=resources,
-            labels=_overlay_labels(name, project),
+            labels=_overlay_labels(name, prod.project),
             secretGenerator=secrets,
             configMapGenerator=config_maps,
             patches=patches,

@@ -75,6 +75,9 @@ class SiteKit:
     """Kubernetes namespace the site runs in."""
     gpus: int
     """GPUs the site asks for, from ``local/resources.json`` (0 if it says nothing)."""
+    gpu_type: str | None = None
+    """Accelerator type from ``local/resources.json`` ``gpu_type`` (e.g. ``nvidia-l4``),
+    the node label GKE gives GPU nodes (``cloud.google.com/gke-accelerator``)."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,24 @@ def _site(kit: Path, data: Mapping[str, Any]) -> SiteKit:
         path=kit,
         namespace=_label(section, "namespace", f"shoal-{dns_label(name)}", source),
         gpus=_gpus_from_resources(kit / "local" / "resources.json"),
+        gpu_type=_gpu_type_from_resources(kit / "local" / "resources.json"),
     )
+
+
+def _gpu_type_from_resources(path: Path) -> str | None:
+    """``gpu_type`` at the top of ``local/resources.json`` or under ``resources``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    for section in (data, data.get("resources")):
+        if isinstance(section, dict) and isinstance(section.get("gpu_type"), str):
+            value: str = section["gpu_type"]
+            if re.fullmatch(r"[a-z0-9][a-z0-9.-]{0,62}", value):
+                return value
+    return None
 
 
 _GPU_KEYS = ("gpus", "num_gpus", "num_of_gpus", "gpu_count")

@@ -333,9 +333,14 @@ def safe_extract(
     an archive expanding past :data:`TOTAL_RATIO_GRACE_BYTES` in total at an
     overall ratio (total uncompressed / archive size) above ``max_ratio``;
     corrupt data. Sizes and ratios are checked from the central directory
-    before anything is written, and measured again while writing. Extraction goes to a temporary folder beside ``dest`` that
-    is renamed into place only when everything passed, so a refusal leaves
-    ``dest`` absent.
+    before anything is written, and measured again while writing. A refusal
+    leaves ``dest`` absent: it is removed again.
+
+    Files are written straight into ``dest``, never into a temporary folder
+    renamed into place: a bucket mounted with Cloud Storage FUSE refuses to
+    rename a non-empty folder. A crash mid-way can leave a partial ``dest``;
+    every caller extracts into a folder it owns and sweeps (the server's job
+    folder before its row exists, a site's job folder it re-extracts).
     """
     zip_path = Path(zip_path)
     dest = Path(dest)
@@ -343,7 +348,10 @@ def safe_extract(
         raise JobValidationError(f"{dest}: already exists")
     archive_size = check_archive_size(zip_path, max_archive_bytes)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        dest.mkdir(mode=0o700)
+    except FileExistsError:
+        raise JobValidationError(f"{dest}: already exists") from None
     try:
         try:
             with zipfile.ZipFile(zip_path) as zf:
@@ -357,7 +365,7 @@ def safe_extract(
                 stats = _extract_all(
                     zf,
                     plan,
-                    tmp,
+                    dest,
                     archive_size=archive_size,
                     max_total_bytes=max_total_bytes,
                     max_ratio=max_ratio,
@@ -371,9 +379,8 @@ def safe_extract(
             raise JobValidationError(
                 f"archive is corrupt or unsupported: {type(exc).__name__}: {exc}"
             ) from None
-        os.rename(tmp, dest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(dest, ignore_errors=True)
         raise
     logger.info(
         "extracted %s: %d files, %d bytes -> %s", zip_path, stats.files, stats.total_bytes, dest

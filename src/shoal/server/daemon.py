@@ -46,6 +46,7 @@ from shoal.server.admin_service import AdminParts, AdminService
 from shoal.server.fleet import FleetParts, FleetService
 from shoal.server.identity import Identities
 from shoal.server.jobrun import JobRun
+from shoal.server.lock import LOCK_FILE, ServerLock
 from shoal.server.runs import Runs
 from shoal.server.scheduler import Scheduler
 from shoal.server.sessions import SiteRegistry
@@ -80,6 +81,10 @@ class ServerOptions:
     heartbeat_interval_s: float | None = None
     #: Where jobs, the store and logs live (default: the kit's folder).
     workspace: Path | None = None
+    #: Where the job database (SQLite), the job-credential CA and the lock
+    #: live, if not in the workspace: a local or block volume, for a
+    #: workspace on a bucket (SQLite needs POSIX locks and fsync).
+    state_dir: Path | None = None
     #: Model transfers (to or from sites) streamed at once; the others wait
     #: their turn. Bounds the daemon's memory whatever the number of sites
     #: (each stream holds gRPC buffers); more does not help on a few cores.
@@ -105,6 +110,7 @@ class ServerDaemon:
         self.name = kit.name
         self.host = opts.host
         self.workspace = (opts.workspace or kit.root).resolve()
+        self.state_dir = (opts.state_dir or self.workspace).resolve()
         self._want_ports = {
             "fed": int(opts.fed_port if opts.fed_port is not None else cfg["fed_learn_port"]),
             "admin": int(opts.admin_port if opts.admin_port is not None else cfg["admin_port"]),
@@ -146,6 +152,7 @@ class ServerDaemon:
         self._servers: list[grpc.Server] = []
         self._health: HealthEndpoint | None = None
         self._crl_path = kit.local / "crl.pem"
+        self._lock: ServerLock | None = None
         self.exit_code = 0
 
     # -- lifecycle ----------------------------------------------------------
@@ -159,12 +166,18 @@ class ServerDaemon:
 
     def start(self) -> None:
         self.workspace.mkdir(parents=True, exist_ok=True)
-        store = self.store = JobStore(self.workspace)
+        # First: a second daemon on this store fails here, before touching it.
+        self._lock = ServerLock.acquire(self.state_dir / LOCK_FILE)
+        try:
+            store = self.store = JobStore(self.workspace, state_dir=self.state_dir)
+        except BaseException:
+            self._lock.release()
+            raise
         scheduler = self._scheduler = Scheduler(
             store=store,
             registry=self.registry,
             runs=self.runs,
-            secrets=lambda: secret_paths(self.kit.root, self.workspace),
+            secrets=lambda: [*secret_paths(self.kit.root, self.workspace), self.state_dir],
             stopping=self._stop,
         )
         scheduler.recover()
@@ -172,7 +185,7 @@ class ServerDaemon:
         tls = self.kit.tls
         # Job workers present a per-job certificate from the server's own
         # authority (shoal.provision.jobcreds), trusted on the site port only.
-        job_credentials = JobCredentialAuthority.load_or_create(self.workspace / "jobca", self.name)
+        job_credentials = JobCredentialAuthority.load_or_create(self.state_dir / "jobca", self.name)
         identities = Identities(
             crl_path=self._crl_path,
             ca_pem=tls.ca_pem,
@@ -215,6 +228,7 @@ class ServerDaemon:
             scheduler.close()
             store.close()
             self.store = None
+            self._lock.release()
             raise
         log.info("%s", describe(None, "server hooks run beside the daemon", confinement_mode()))
         scheduler.start()
@@ -301,6 +315,8 @@ class ServerDaemon:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._lock is not None:
+            self._lock.release()
         log.info("server %s stopped (%s)", self.name, reason)
 
     def _stop_servers(self, grace: float) -> None:

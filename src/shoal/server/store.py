@@ -6,11 +6,17 @@ jobs still in the store. :meth:`JobStore.create` checks it in the same
 transaction that adds the row, so concurrent submits cannot both slip under.
 
 Written so that a crash never leaves it corrupt: every metadata change is one
-SQLite transaction (WAL, synchronous=FULL); every file becomes visible by an
-atomic rename; a job's folder is created before its row and removed after it,
-and start-up sweeps folders that have no row (a crash between the two).
+SQLite transaction (WAL, synchronous=FULL); a job's folder is created (under
+its final name) before its row and removed after it, and start-up sweeps
+folders that have no row (a crash between the two). The row is the commit
+point: no folder is ever renamed, because a bucket mounted with Cloud Storage
+FUSE refuses to rename a non-empty folder (see docs/deploy-kubernetes.md).
 
-    WORKSPACE/store.db
+The database may live apart from the job folders (``state_dir``): SQLite
+needs the POSIX locks and fsync of a local or block volume, while the job
+folders may sit on a bucket.
+
+    STATE_DIR/store.db                    (STATE_DIR is WORKSPACE unless given)
     WORKSPACE/jobs/<job_id>/job.zip       the package as submitted
     WORKSPACE/jobs/<job_id>/job/          unpacked: job.yml + app/ (the workflow process runs it)
     WORKSPACE/jobs/<job_id>/run/          models, metrics, checkpoints, results
@@ -35,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal import jobstatus
-from shoal.errors import JobValidationError, NotFoundError
+from shoal.errors import ConfigError, JobValidationError, NotFoundError
 
 __all__ = [
     "DEFAULT_SUBMITTER_QUOTA_BYTES",
@@ -197,21 +203,25 @@ class JobRecord:
 class JobStore:
     """Jobs' metadata and folders. Thread-safe; one instance per server."""
 
-    def __init__(self, workspace: Path) -> None:
+    def __init__(self, workspace: Path, *, state_dir: Path | None = None) -> None:
         self.root = workspace
+        self.state_dir = state_dir if state_dir is not None else workspace
         self.jobs_dir = workspace / "jobs"
         # Private whatever the process's umask (a library user's may be 022):
-        # jobs hold user code, data and models. A job folder is a renamed
-        # staging folder, so it is 0700 too; SQLite gives store.db-wal and
-        # -shm the mode of store.db.
+        # jobs hold user code, data and models. A job folder is made by
+        # staging_folder(), 0700 too; SQLite gives store.db-wal and -shm the
+        # mode of store.db.
         self.jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.jobs_dir.chmod(0o700)
-        db_path = workspace / "store.db"
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db_path = self.state_dir / "store.db"
+        if not db_path.exists():
+            self._refuse_orphaned_jobs(db_path)
         os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
         db_path.chmod(0o600)
         for leftover in ("store.db-wal", "store.db-shm"):  # from a run before this rule
             with contextlib.suppress(FileNotFoundError):
-                (workspace / leftover).chmod(0o600)
+                (self.state_dir / leftover).chmod(0o600)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -252,9 +262,12 @@ class JobStore:
             shutil.rmtree(staged_folder, ignore_errors=True)
             raise JobValidationError(f"job.yml: workflow.{exc}") from None
         size = folder_bytes(staged_folder)
-        job_id = str(uuid.uuid4())
-        folder = self.jobs_dir / job_id
-        staged_folder.rename(folder)
+        # The staging folder already has the job's final name: adopting it is
+        # adding its row, no rename (see the module docstring).
+        folder = staged_folder
+        job_id = folder.name
+        if folder.parent != self.jobs_dir or not _is_uuid(job_id):
+            raise ValueError(f"{folder}: not a folder from staging_folder()")
         try:
             with self._tx() as db:
                 if quota_bytes is not None:
@@ -403,10 +416,28 @@ class JobStore:
     # -- internals ----------------------------------------------------------
 
     def staging_folder(self) -> Path:
-        """A fresh folder for a job being received; adopted by create()."""
-        path = self.jobs_dir / f".staging-{uuid.uuid4().hex}"
+        """A fresh folder for a job being received, named by its future job id;
+        adopted by create(), which adds its row. Until then it has no row, and
+        nothing lists it: a crash leaves it for the start-up sweep."""
+        path = self.jobs_dir / str(uuid.uuid4())
         path.mkdir(mode=0o700)
         return path
+
+    def _refuse_orphaned_jobs(self, db_path: Path) -> None:
+        """A new database beside existing job folders means the wrong state
+        folder (a volume not mounted, a changed ``--state-dir``): the start-up
+        sweep would delete every job. Refuse instead."""
+        try:
+            found = [p.name for p in self.jobs_dir.iterdir() if _is_uuid(p.name) and p.is_dir()]
+        except FileNotFoundError:
+            return
+        if found:
+            raise ConfigError(
+                f"{db_path}: no job database, but {self.jobs_dir} holds {len(found)} job "
+                f"folder(s) (e.g. {sorted(found)[0]}). Is the state folder the one this "
+                "workspace was used with? Starting would delete those jobs; move store.db "
+                "(with store.db-wal and store.db-shm) there, or remove the job folders"
+            )
 
     def _record(self, row: sqlite3.Row) -> JobRecord:
         return JobRecord(
@@ -480,3 +511,10 @@ class JobStore:
 
     def _iter_dirs(self) -> Iterator[Path]:
         yield from (p for p in self.jobs_dir.iterdir() if p.is_dir())
+
+
+def _is_uuid(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False

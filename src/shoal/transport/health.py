@@ -8,7 +8,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shoal.transport.channels import start_server
 
-__all__ = ["HealthEndpoint", "start_health"]
+__all__ = ["FLEET_SERVICE", "SITE_SERVICE", "HealthEndpoint", "start_health"]
+
+#: Per-service statuses a probe can ask for (grpc.health.v1 ``service``). The
+#: empty name is a daemon's liveness; these say whether it can do its job.
+#: A site serves ``SITE_SERVICE`` only while connected to its server, so a
+#: readiness probe asking for it fails while the site is cut off.
+SITE_SERVICE = "shoal.v1.Site"
+#: The server's site port; NOT_SERVING once the server is draining.
+FLEET_SERVICE = "shoal.v1.Fleet"
 
 
 class HealthEndpoint:

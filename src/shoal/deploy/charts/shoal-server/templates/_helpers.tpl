@@ -1,0 +1,77 @@
+{{/* Labels that select this participant's pods (the same as `shoal deploy k8s`). */}}
+{{- define "shoal.selectorLabels" -}}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/instance: {{ .root.Values.participant }}
+app.kubernetes.io/name: shoal
+{{- end }}
+
+{{/* Every object's labels. */}}
+{{- define "shoal.labels" -}}
+{{ include "shoal.selectorLabels" . }}
+app.kubernetes.io/part-of: {{ .root.Values.project }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end }}
+
+{{/* repository:tag or repository@digest. */}}
+{{- define "shoal.image" -}}
+{{- if .digest -}}
+{{ .repository }}@{{ .digest }}
+{{- else -}}
+{{ .repository }}:{{ .tag }}
+{{- end -}}
+{{- end }}
+
+{{/* IfNotPresent only for an image by digest: a tag can move. */}}
+{{- define "shoal.pullPolicy" -}}
+{{- if .pullPolicy -}}
+{{- if and (eq .pullPolicy "IfNotPresent") (not .digest) -}}
+{{- fail "image.pullPolicy IfNotPresent with a tag: nodes could run different code; set image.digest or use Always" -}}
+{{- end -}}
+{{ .pullPolicy }}
+{{- else if .digest -}}
+IfNotPresent
+{{- else -}}
+Always
+{{- end -}}
+{{- end }}
+
+{{/* A Service for one port (ctx: root, svc, portName, port). */}}
+{{- define "shoal.service" -}}
+{{- $svc := .svc -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $svc.name }}
+  labels:
+    {{- include "shoal.labels" (dict "root" .root "component" "server") | nindent 4 }}
+  {{- if or $svc.internal $svc.annotations }}
+  annotations:
+    {{- with $svc.annotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- if $svc.internal }}
+    networking.gke.io/load-balancer-type: Internal
+    {{- end }}
+  {{- end }}
+spec:
+  type: {{ $svc.type }}
+  selector:
+    {{- include "shoal.selectorLabels" (dict "root" .root "component" "server") | nindent 4 }}
+  ports:
+    - name: {{ .portName }}
+      port: {{ .port }}
+      targetPort: {{ .portName }}
+      protocol: TCP
+  {{- if and (ne $svc.type "LoadBalancer") (or $svc.loadBalancerSourceRanges $svc.loadBalancerIP $svc.internal) }}
+  {{- fail (printf "%s: source ranges, an internal LB or a static IP need type LoadBalancer" $svc.name) }}
+  {{- end }}
+  {{- with $svc.loadBalancerSourceRanges }}
+  loadBalancerSourceRanges:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $svc.loadBalancerIP }}
+  loadBalancerIP: {{ . }}
+  {{- end }}
+{{- end }}
