@@ -1,5 +1,10 @@
 """What travels beside the weights, in either direction, and its bounds.
 
+A task has a name (``FLModel.task``): :data:`TRAIN` (train on the model,
+send the new weights), :data:`VALIDATE` (evaluate the model on local data,
+send metrics and ``num_examples``, no weights) or :data:`SUBMIT_MODEL` (send
+this site's own local model); docs/client-api.md has the contract.
+
 Down, a task's meta holds the round (``task``, ``round``, ``current_round``,
 ``total_rounds``, ``site``: the names in :data:`RESERVED_TASK_META`), the
 job's ``client.config`` and whatever a workflow adds. Up, a result carries
@@ -31,11 +36,24 @@ __all__ = [
     "MAX_RESULT_META_KEYS",
     "PARAMS_TYPES",
     "RESERVED_TASK_META",
+    "SUBMIT_MODEL",
+    "TASK_NAMES",
+    "TRAIN",
+    "VALIDATE",
     "check_params_type",
     "check_result_meta",
     "join_extras",
     "split_extras",
 ]
+
+#: Train on the task's model, send the new weights (and metrics, num_examples).
+TRAIN = "train"
+#: Evaluate the task's model on local data; send metrics and num_examples, no weights.
+VALIDATE = "validate"
+#: Send this site's own local model (its best or final one).
+SUBMIT_MODEL = "submit_model"
+#: The task names shoal's workflows send.
+TASK_NAMES = (TRAIN, VALIDATE, SUBMIT_MODEL)
 
 #: Task meta keys the runtime sets; ``client.config`` may not use them.
 RESERVED_TASK_META = frozenset({"task", "round", "current_round", "total_rounds", "site"})

@@ -6,6 +6,9 @@
     while fl.is_running():
         model = fl.receive()                 # global weights for this round
         set_weights(net, model.params)
+        if fl.is_evaluate():                 # task "validate": metrics only
+            fl.send(fl.FLModel(metrics={"accuracy": ...}, num_examples=len(x_val)))
+            continue
         history = net.fit(...)
         fl.send(fl.FLModel(params=get_weights(net),
                            metrics={"accuracy": ...},
@@ -27,7 +30,13 @@ from shoal.client.model import ClientBackend, FLModel
 from shoal.errors import ConfigError, ShoalError
 from shoal.filters import FilterChain
 from shoal.frameworks import as_numpy_params
-from shoal.taskmeta import check_params_type, check_result_meta
+from shoal.taskmeta import (
+    SUBMIT_MODEL,
+    TRAIN,
+    VALIDATE,
+    check_params_type,
+    check_result_meta,
+)
 
 __all__ = [
     "ClientBackend",
@@ -35,7 +44,10 @@ __all__ = [
     "get_site_name",
     "get_job_id",
     "init",
+    "is_evaluate",
     "is_running",
+    "is_submit_model",
+    "is_train",
     "receive",
     "send",
     "system_info",
@@ -138,9 +150,63 @@ def receive() -> FLModel:
     return model
 
 
+def _task_name() -> str:
+    state = _require()
+    task = state.task if state.awaiting_send else state.pending
+    if task is None:
+        raise ShoalError("no task yet: call is_running() or receive() first")
+    return task.task
+
+
+def is_train() -> bool:
+    """Whether the current task is ``"train"``: train on ``task.params``,
+    send the new weights. (The current task: the one ``receive()`` returned,
+    or before that the one ``is_running()`` found.)"""
+    return _task_name() == TRAIN
+
+
+def is_evaluate() -> bool:
+    """Whether the current task is ``"validate"``: evaluate ``task.params`` on
+    local data and send ``FLModel(metrics=..., num_examples=n)``, no params."""
+    return _task_name() == VALIDATE
+
+
+def is_submit_model() -> bool:
+    """Whether the current task is ``"submit_model"``: send this site's own
+    local model (its best or final one)."""
+    return _task_name() == SUBMIT_MODEL
+
+
+def _check_for_task(task: str, model: FLModel) -> None:
+    """What each task's result must carry (docs/client-api.md): a script that
+    answers a task as if it were another fails here, the task named."""
+    if task == VALIDATE:
+        if model.params or model.extras:
+            raise ConfigError(
+                f"send(): the task is {VALIDATE!r} (evaluate the model on local data), and a "
+                f"{VALIDATE!r} result carries metrics and num_examples, no weights: this one "
+                f"has {len(model.params) + len(model.extras)} array(s). A script that only "
+                "trains must check the task first (if fl.is_evaluate(): ...), see "
+                "docs/client-api.md"
+            )
+        if not model.metrics:
+            raise ConfigError(f"send(): a {VALIDATE!r} result must carry metrics")
+        if model.num_examples <= 0:
+            raise ConfigError(
+                f"send(): a {VALIDATE!r} result's num_examples (the examples evaluated) "
+                f"must be > 0, got {model.num_examples}"
+            )
+    elif task == SUBMIT_MODEL and not model.params:
+        raise ConfigError(
+            f"send(): the task is {SUBMIT_MODEL!r}, whose result is this site's local model: "
+            "params is empty"
+        )
+
+
 def send(model: FLModel) -> None:
     """Send this round's result: weights, metrics and the number of examples
-    (and, optionally, ``meta``, ``extras`` and ``params_type``).
+    (and, optionally, ``meta``, ``extras`` and ``params_type``); for a
+    ``"validate"`` task, metrics and the number of examples only.
 
     The result passes the site's ``result_out`` filters first; what it
     carries is checked here, so a bad value fails in the script, named.
@@ -156,6 +222,7 @@ def send(model: FLModel) -> None:
     model = dataclasses.replace(
         model, params=as_numpy_params(model.params), extras=as_numpy_params(model.extras)
     )
+    _check_for_task(state.task.task, model)
     model = _filtered(state.backend, "result_out", model, state.task)
     check_result_meta(model.meta)
     check_params_type(model.params_type)

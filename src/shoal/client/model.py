@@ -24,7 +24,8 @@ class FLModel:
     """Weights plus what travels with them, in either direction.
 
     ``params`` maps stable names to arrays. From the server, ``task`` names
-    the task (``"train"``, ``"evaluate"``, ...), ``current_round`` and
+    the task (``"train"``, ``"validate"``, ``"submit_model"``: see
+    ``shoal.taskmeta``), ``current_round`` and
     ``total_rounds`` say where the job is, and ``meta`` holds the task's meta:
     those, the job's ``client.config`` and what the workflow adds. To the
     server, ``num_examples`` weights this site's contribution in the average,
