@@ -17,6 +17,12 @@ from shoal.workflows.api import TaskResult
 SiteFn = Callable[
     [dict[str, np.ndarray], int], "tuple[Mapping[str, np.ndarray], int, dict[str, float]] | None"
 ]
+#: (site, task's params, task's meta) -> (params, num_examples, metrics), or None:
+#: a site's answer to a task other than "train" (``FakeComm.task_fns``).
+TaskFn = Callable[
+    [str, dict[str, np.ndarray], dict[str, Any]],
+    "tuple[Mapping[str, np.ndarray], int, dict[str, float]] | None",
+]
 
 
 @dataclass
@@ -25,6 +31,8 @@ class FakeComm:
     results_dir: Path
     #: Raise this from gather() in this round (simulates a server crash).
     crash_in_round: int | None = None
+    #: Task name -> how every site answers it (tasks not here: ``site_fns``).
+    task_fns: dict[str, TaskFn] = field(default_factory=dict)
     scatters: list[dict[str, Any]] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
@@ -57,8 +65,12 @@ class FakeComm:
         if self.crash_in_round == rnd:
             raise RuntimeError("simulated crash")
         global_params = load_arrays(call["weights_path"], mmap=False)
+        task_fn = self.task_fns.get(call["task"])
         for site in call["sites"]:
-            answer = self.site_fns[site](dict(global_params), rnd)
+            if task_fn is not None:
+                answer = task_fn(site, dict(global_params), call["meta"])
+            else:
+                answer = self.site_fns[site](dict(global_params), rnd)
             if answer is None:
                 continue
             params, n, metrics = answer

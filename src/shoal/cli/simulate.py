@@ -67,14 +67,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _run(args: argparse.Namespace) -> int:
     from shoal.sim import RoundStats, SimulatorConfig, simulate
+    from shoal.taskmeta import TRAIN
 
     def progress(stats: RoundStats) -> None:
         total = f"/{stats.total_rounds}" if stats.total_rounds else ""
         shown = stats.global_metrics or stats.metrics
         label = "global " if stats.global_metrics else "sites' mean "
         metrics = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+        # A task of an evaluation workflow or phase is named ("validate", ...).
+        task = f"round {stats.round}{total}" if stats.task == TRAIN else stats.task
         print(
-            f"round {stats.round}{total}: {stats.answered}/{stats.asked} sites in "
+            f"{task}: {stats.answered}/{stats.asked} sites in "
             f"{stats.seconds:.1f}s" + (f"; {label}{metrics}" if metrics else ""),
             flush=True,
         )
@@ -94,9 +97,13 @@ def _run(args: argparse.Namespace) -> int:
         processes=args.processes,
     )
     result = simulate(config, on_round=progress)
+    rounds = len({r.round for r in result.rounds if r.task == TRAIN})
+    others = sum(1 for r in result.rounds if r.task != TRAIN)
     print(
         f"{'finished' if result.ok else 'FAILED'}: {result.job_name}, {len(result.sites)} "
-        f"site(s), {len(result.rounds)} round(s) in {result.seconds:.1f}s"
+        f"site(s), {rounds} round(s)"
+        + (f", {others} evaluation task(s)" if others else "")
+        + f" in {result.seconds:.1f}s"
     )
     if result.final_metrics:
         print(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import fedavg
+from shoal.workflows import evaluate, fedavg
 from shoal.workflows.api import WorkflowFn
 
 __all__ = [
@@ -89,5 +89,13 @@ register(
         run=fedavg.run,
         parse_params=fedavg.parse_params,
         check_spec=fedavg.check_spec,
+    )
+)
+register(
+    WorkflowEntry(
+        name="evaluate",
+        run=evaluate.run,
+        parse_params=evaluate.parse_params,
+        check_spec=evaluate.check_spec,
     )
 )
