@@ -246,8 +246,8 @@ def test_fedavgm_params_through_the_registry(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(
         JobValidationError,
         match=r"^job.yml: workflow.momentum: unknown fedavgm parameter \(known: "
-        r"keep_models, max_num_examples, num_rounds, round_timeout_s, sample_fraction, "
-        r"seed, server_lr, server_momentum\)$",
+        r"evaluate_after, keep_models, max_num_examples, num_rounds, round_timeout_s, "
+        r"sample_fraction, seed, server_lr, server_momentum\)$",
     ):
         parse_params("fedavgm", {"num_rounds": 2, "momentum": 0.5})
     with pytest.raises(JobValidationError, match="workflow.num_rounds: required integer"):

@@ -23,7 +23,10 @@ with round ``k-1``'s state. A result whose arrays differ from the global
 model's names/shapes/dtypes, hold NaN/Inf, or report ``num_examples <= 0``
 or over ``max_num_examples`` is refused (logged; the site counts as not
 answered). Metrics are kept finite (``shoal.workflows.metrics``). A run
-restarted after a crash resumes after the last checkpointed round.
+restarted after a crash resumes after the last checkpointed round. With
+``evaluate_after``, the final model then goes through a cross-site
+evaluation phase (``shoal.workflows.evaluation``) before the sites are told
+the job is over.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from shoal.filters import SERVER_POINTS, FilterChain, build_chain
 from shoal.taskmeta import join_extras
 from shoal.tensorboard import ScalarWriter
 from shoal.workflows.api import InMemoryResult, TaskResult, WorkflowContext
+from shoal.workflows.evaluation import Limits, cross_site_phase
 from shoal.workflows.hooks import load_attr
 from shoal.workflows.metrics import finite_metrics, short, weighted_metrics
 from shoal.workflows.params import param
@@ -128,11 +132,18 @@ class RoundParams:
         hi=MAX_NUM_EXAMPLES_LIMIT,
         text="[1, 2**53]",
     )
+    #: After the last round, a cross-site evaluation phase: each site's local
+    #: model and the final global model evaluated at every site
+    #: (``shoal.workflows.evaluation``, ``run/cross_site_eval.json``).
+    evaluate_after: bool = param(
+        False, doc="after the last round, evaluate every site's model and the global one everywhere"
+    )
 
 
 def needs_initial_model(workflow: str) -> Callable[[Any], None]:
     """A registry ``check_spec``: the job has ``server.model`` or
-    ``server.initial_weights`` to build the initial global model from."""
+    ``server.initial_weights`` to build the initial global model from (and,
+    with ``evaluate_after``, no ``model_out`` filter, which its phase does not run)."""
 
     def check(spec: Any) -> None:
         server = spec.server
@@ -140,6 +151,14 @@ def needs_initial_model(workflow: str) -> Callable[[Any], None]:
             raise JobValidationError(
                 f"job.yml: server: {workflow} needs server.model or server.initial_weights "
                 "to build the initial global model"
+            )
+        filters = getattr(spec, "filters", None) or {}
+        if spec.workflow.params.get("evaluate_after") is True and filters.get("model_out"):
+            # The phase sends the final model and the sites' own models as
+            # they are; a filter meant to change what leaves the server would not run.
+            raise JobValidationError(
+                "job.yml: workflow.evaluate_after: the cross-site phase does not run "
+                "server-side filters; it cannot be combined with filters.model_out"
             )
 
     return check
@@ -384,6 +403,14 @@ def run_rounds(
             log.info("job %s: final global model %s", ctx.job_id, final)
             if server_model.adapter is not None and server_model.adapter.suffix != ".safetensors":
                 _save_native(store, server_model, models[0])
+            if params.evaluate_after:
+                # Re-run whole after a restart: it keeps no checkpoint of its own.
+                limits = Limits(
+                    timeout_s=params.round_timeout_s, max_num_examples=params.max_num_examples
+                )
+                cross_site_phase(
+                    ctx, global_model=final, source="final", round=total, limits=limits
+                )
     finally:
         store.discard_spare()
         comm.finish()

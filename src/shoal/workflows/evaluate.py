@@ -41,7 +41,7 @@ from shoal.workflows.driver import (
     _initial_params,
     _server_model,
 )
-from shoal.workflows.evaluation import Limits, validate_at_sites
+from shoal.workflows.evaluation import Limits, sites_taking_part, validate_at_sites
 from shoal.workflows.params import load_params, param
 from shoal.workflows.store import RoundStore, atomic_write_bytes
 
@@ -174,13 +174,8 @@ def run(ctx: WorkflowContext) -> None:
     p = parse_params(ctx.params)
     log, comm = ctx.logger, ctx.comm
     try:
-        sites = sorted(comm.sites())
+        sites = sites_taking_part(ctx)
         min_clients = int(ctx.spec.min_clients)
-        if len(sites) < min_clients:
-            raise JobFailedError(
-                f"only {len(sites)} site(s) take part ({', '.join(sites) or 'none'}), "
-                f"min_clients={min_clients}"
-            )
         params, source = given_model(ctx, p.model_path, workflow="evaluate")
         model = save_arrays(ctx.run_dir / "models" / MODEL_FILE, params)
         del params

@@ -50,6 +50,7 @@ __all__ = [
     "check_num_examples",
     "collect_local_models",
     "cross_site_phase",
+    "sites_taking_part",
     "validate_at_sites",
 ]
 
@@ -105,6 +106,18 @@ class Submitted:
     paths: dict[str, Path] = field(default_factory=dict)
     #: Sites asked that gave no valid model, and why.
     missing: dict[str, str] = field(default_factory=dict)
+
+
+def sites_taking_part(ctx: WorkflowContext) -> list[str]:
+    """The job's sites, sorted; JobFailedError when fewer than ``min_clients``."""
+    sites = sorted(ctx.comm.sites())
+    min_clients = int(ctx.spec.min_clients)
+    if len(sites) < min_clients:
+        raise JobFailedError(
+            f"only {len(sites)} site(s) take part ({', '.join(sites) or 'none'}), "
+            f"min_clients={min_clients}"
+        )
+    return sites
 
 
 def check_num_examples(n: object, max_num_examples: int) -> int:
@@ -298,7 +311,7 @@ def cross_site_phase(
     ``"final"``, ``"app/<file>"``). JobFailedError when fewer than the job's
     ``min_clients`` sites evaluated the global model."""
     log = ctx.logger
-    sites = sorted(ctx.comm.sites())
+    sites = sites_taking_part(ctx)
     label = evalmatrix.global_label(sites)
     digest = checksum.of_file(global_model)
     started = time.monotonic()

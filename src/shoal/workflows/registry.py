@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import evaluate, fedavg
+from shoal.workflows import cross_site, evaluate, fedavg
 from shoal.workflows.api import WorkflowFn
 
 __all__ = [
@@ -97,5 +97,13 @@ register(
         run=evaluate.run,
         parse_params=evaluate.parse_params,
         check_spec=evaluate.check_spec,
+    )
+)
+register(
+    WorkflowEntry(
+        name="cross_site_eval",
+        run=cross_site.run,
+        parse_params=cross_site.parse_params,
+        check_spec=cross_site.check_spec,
     )
 )
