@@ -22,11 +22,15 @@ the job's own server hooks, so a reader trusts nothing in it:
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import stat
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["FILE_NAME", "GLOBAL", "MAX_BYTES", "check_matrix", "global_label"]
+__all__ = ["FILE_NAME", "GLOBAL", "MAX_BYTES", "check_matrix", "global_label", "read_matrix"]
 
 #: The file's name in the job's run folder.
 FILE_NAME = "cross_site_eval.json"
@@ -109,3 +113,28 @@ def check_matrix(doc: Any) -> dict[str, Any]:
         "missing": missing,
         "not_submitted": _reasons(doc.get("not_submitted"), columns),
     }
+
+
+def read_matrix(path: Path) -> dict[str, Any] | None:
+    """The matrix stored at ``path``, reduced by :func:`check_matrix`; None
+    when there is no such file. ValueError when it is not a plain file of at
+    most :data:`MAX_BYTES` holding a matrix (a link is not followed: the file
+    is the job's to write, the reader's files are not the job's to read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"cannot open it: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a plain file")
+        if info.st_size > MAX_BYTES:
+            raise ValueError(f"{info.st_size} bytes, more than {MAX_BYTES}")
+        data = f.read(MAX_BYTES + 1)
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    return check_matrix(doc)

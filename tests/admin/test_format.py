@@ -231,3 +231,53 @@ def test_errors_and_table_cells_are_shown_escaped() -> None:
     assert "\x1b" not in errors and "\\x1b[2Jboom" in errors
     table = fmt.format_jobs([{"job_id": "j1", "name": "evil\x1b]0;x\x07", "status": "RUNNING"}])
     assert "\x1b" not in table and "evil\\x1b]0;x\\x07" in table
+
+
+# run/cross_site_eval.json as the cross_site_eval workflow writes it (shoal.evalmatrix).
+MATRIX = {
+    "global_model": "final",
+    "models": ["global", "site-1", "site-2"],
+    "sites": ["site-1", "site-2"],
+    "results": {
+        "global": {
+            "site-1": {"num_examples": 64, "metrics": {"loss": 0.123456, "acc": 0.9}},
+            "site-2": {"num_examples": 32, "metrics": {"loss": 0.5, "acc": 0.75}},
+        },
+        "site-1": {"site-1": {"num_examples": 64, "metrics": {"loss": 0.01, "acc": 1.0}}},
+        "site-2": {
+            "site-1": {"num_examples": 64, "metrics": {"loss": 2.0}},
+            "site-2": {"num_examples": 32, "metrics": {"loss": 0.02}},
+        },
+    },
+    "missing": {"site-1": {"site-2": "no answer within 600 s (or the site left)"}},
+    "not_submitted": {"site-3": "refused: weight 'w': shape (3, 2) differs from (2, 3)"},
+}
+
+
+def test_stats_show_the_cross_site_matrix_one_table_per_metric() -> None:
+    out = fmt.format_stats({"current_round": 2, "num_rounds": 2, "cross_site_eval": MATRIX})
+    lines = out.splitlines()
+    assert lines[1] == (
+        "Cross-site evaluation: rows are models (global: the final global model), "
+        "columns the sites that evaluated them"
+    )
+    loss = lines.index("loss:")
+    assert lines[loss + 1 : loss + 8] == [
+        "------------------------------",
+        "| MODEL  | site-1  | site-2  |",
+        "------------------------------",
+        "| global | 0.1235  | 0.5000  |",
+        "| site-1 | 0.01000 | -       |",
+        "| site-2 | 2.000   | 0.02000 |",
+        "------------------------------",
+    ]
+    assert "acc:" in lines
+    assert "| site-2 | -      | -      |" in out  # site-2's model has no acc anywhere
+    assert "no model from site-3: refused: weight 'w'" in out
+    assert "site-1's model at site-2: no answer within 600 s (or the site left)" in out
+
+
+def test_cross_site_names_from_a_job_are_shown_escaped() -> None:
+    hostile = {**MATRIX, "not_submitted": {"site-1": "\x1b]0;pwned\x07"}}
+    assert "\\x1b]0;pwned\\x07" in fmt.format_cross_site(hostile)
+    assert "No results yet." in fmt.format_cross_site({"models": ["global"], "sites": ["a"]})

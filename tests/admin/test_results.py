@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from admin.test_format import MATRIX
 
 from shoal._proto import shoal_pb2 as pb
+from shoal.admin import CrossSiteEval
 from shoal.admin import format as fmt
 from shoal.admin.results import (
     FederationStatus,
@@ -406,3 +408,18 @@ def test_the_demo_follows_a_job_from_its_typed_stats() -> None:
         "   RUNNING              round 2 of 5 [#####-------------------]  20%"
         "  accuracy 0.9282  site-1: result received, site-2: task offered"
     )
+
+
+def test_stats_decode_the_cross_site_matrix() -> None:
+    stats = JobStats.from_json({**copy.deepcopy(STATS), "cross_site_eval": copy.deepcopy(MATRIX)})
+    matrix = stats.cross_site_eval
+    assert isinstance(matrix, CrossSiteEval)
+    assert matrix.models == ("global", "site-1", "site-2") and matrix.global_model == "final"
+    assert matrix.metrics("site-2", "site-1") == {"loss": 2.0}
+    assert matrix.metrics("site-1", "site-2") is None
+    assert matrix.metric_names() == ["loss", "acc"]
+    assert matrix.not_submitted == {"site-3": MATRIX["not_submitted"]["site-3"]}
+    assert matrix.to_dict() == MATRIX
+    assert JobStats.from_json(copy.deepcopy(STATS)).cross_site_eval is None
+    with pytest.raises(TransportError, match="'cross_site_eval.models' is an object"):
+        JobStats.from_json({**copy.deepcopy(STATS), "cross_site_eval": {"models": {}}})

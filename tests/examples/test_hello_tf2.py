@@ -94,3 +94,42 @@ def test_simulate_hello_tf2_reaches_96_percent(tmp_path: Path) -> None:
     assert (run / "models" / "global_final.keras").is_file()
     for site in ("site-1", "site-2"):
         assert "round 3/3" in (run / "logs" / f"{site}.log").read_text()
+
+
+@needs_mnist
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_hello_tf2_answers_validate_tasks(tmp_path: Path) -> None:
+    """The same script, in an evaluate job: each site evaluates the untrained
+    model on its test images and sends metrics, no weights."""
+    import shutil
+
+    job = tmp_path / "job"
+    shutil.copytree(JOB, job, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (job / "job.yml").read_text()
+    (job / "job.yml").write_text(
+        text.replace("  name: fedavg\n  num_rounds: 3\n", "  name: evaluate\n")
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shoal",
+            "simulate",
+            str(job),
+            "-n",
+            "2",
+            "-w",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=550,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads((tmp_path / "out" / "hello-tf2" / "evaluation.json").read_text())
+    assert [summary["sites"][s]["num_examples"] for s in ("site-1", "site-2")] == [5000, 5000]
+    # An untrained 10-class classifier: about chance.
+    assert 0.0 < summary["aggregated"]["accuracy"] < 0.3
+    assert summary["aggregated"]["loss"] > 1.0

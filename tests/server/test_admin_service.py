@@ -3,6 +3,7 @@ a real site registry, and a fake ``identify``."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,35 @@ def test_call_decodes_dispatches_and_maps_errors_to_status_codes(store: JobStore
     with pytest.raises(Aborted) as info:
         svc.Call(pb.AdminRequest(command="list_jobs", args_json="[1]"), FakeContext())
     assert info.value.details == "arguments must be a JSON object"
+
+
+def test_show_stats_carries_the_cross_site_matrix_in_its_shape_only(
+    store: JobStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = add_job(store, "admin@a", "a")
+    who = admin()
+    svc = service(store, who)
+    assert "cross_site_eval" not in svc.show_stats(who, {"job_id": rec.job_id})
+    rec.run_dir.mkdir(parents=True, exist_ok=True)
+    path = rec.run_dir / "cross_site_eval.json"
+    matrix = {
+        "global_model": "final",
+        "models": ["global"],
+        "sites": ["site-1"],
+        "results": {"global": {"site-1": {"num_examples": 3, "metrics": {"loss": 0.5}}}},
+        "missing": {},
+        "not_submitted": {},
+    }
+    # The run folder is the job's to write: what is not the matrix's shape is left out.
+    path.write_text(json.dumps({**matrix, "secret": "x"}))
+    assert svc.show_stats(who, {"job_id": rec.job_id})["cross_site_eval"] == matrix
+    path.write_text("{not json")
+    assert "cross_site_eval" not in svc.show_stats(who, {"job_id": rec.job_id})
+    assert "cross_site_eval.json left out of show_stats: not JSON" in caplog.text
+    # A link is not followed, to a JSON file of the server's or anywhere else.
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(matrix))
+    path.unlink()
+    path.symlink_to(elsewhere)
+    assert "cross_site_eval" not in svc.show_stats(who, {"job_id": rec.job_id})
+    assert "cannot open it" in caplog.text

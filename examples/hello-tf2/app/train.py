@@ -1,7 +1,10 @@
 """hello-tf2 site script: train the global model on this site's MNIST shard.
 
 Uses only the Client API, so it runs unchanged under a site daemon and in
-``shoal simulate``. Options (job.yml ``client.args``): ``--epochs``,
+``shoal simulate``. Besides ``train`` it answers the evaluation tasks
+(docs/client-api.md): ``validate`` (the given model's loss and accuracy on
+this site's test images, no weights back) and ``submit_model`` (this site's
+last trained weights, for cross-site evaluation). Options (job.yml ``client.args``): ``--epochs``,
 ``--batch-size``, ``--split`` (``even`` or weights like ``0.7,0.3``; also the
 ``HELLO_TF2_SPLIT`` environment variable) and ``--seed``.
 """
@@ -41,9 +44,22 @@ def main() -> None:
     print(f"{len(x_train)} training and {len(x_test)} test images", flush=True)
     model = build_model()
 
+    local = None  # this site's last trained weights
     while fl.is_running():
         task = fl.receive()
+        if fl.is_submit_model() and local is not None:
+            fl.send(fl.FLModel(params=local, num_examples=len(x_train)))
+            continue
         set_weights(model, task.params)
+        if fl.is_evaluate():
+            loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
+            fl.send(
+                fl.FLModel(
+                    metrics={"loss": float(loss), "accuracy": float(accuracy)},
+                    num_examples=len(x_test),
+                )
+            )
+            continue
         started = time.perf_counter()
         history = model.fit(
             x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0
@@ -62,7 +78,8 @@ def main() -> None:
             f"({time.perf_counter() - started:.1f}s)",
             flush=True,
         )
-        fl.send(fl.FLModel(params=get_weights(model), metrics=metrics, num_examples=len(x_train)))
+        local = get_weights(model)
+        fl.send(fl.FLModel(params=local, metrics=metrics, num_examples=len(x_train)))
 
 
 if __name__ == "__main__":

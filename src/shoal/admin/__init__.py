@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shoal.admin.results import (
+    CrossSiteEval,
     FederationStatus,
     JobErrors,
     JobMeta,
@@ -17,6 +18,7 @@ from shoal.admin.session import AdminSession
 
 __all__ = [
     "AdminSession",
+    "CrossSiteEval",
     "FederationStatus",
     "JobErrors",
     "JobMeta",

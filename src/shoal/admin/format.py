@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "format_ago",
+    "format_cross_site",
     "format_details",
     "format_duration",
     "format_job_detail",
@@ -275,6 +276,86 @@ def format_stats(stats: Answer) -> str:
     rounds = [r for r in plain.get("metrics") or [] if isinstance(r, Mapping)]
     if rounds:
         out.extend(_rounds_table(rounds))
+    matrix = plain.get("cross_site_eval")
+    if isinstance(matrix, Mapping):
+        out.append(format_cross_site(matrix))
+    return "\n".join(out)
+
+
+#: Lines saying why a cell or a row is empty, before the rest are counted.
+_REASONS_SHOWN = 10
+
+
+def format_cross_site(matrix: Answer) -> str:
+    """The cross-site evaluation matrix (``show_stats``): per metric, a table
+    with a row per model (the global model first) and a column per site that
+    evaluated it, then why a model or a cell is missing.
+
+    >>> print(format_cross_site({"global_model": "final", "models": ["global", "site-1"],
+    ...     "sites": ["site-1", "site-2"], "results": {
+    ...         "global": {"site-1": {"num_examples": 64, "metrics": {"loss": 0.25}},
+    ...                    "site-2": {"num_examples": 32, "metrics": {"loss": 0.5}}},
+    ...         "site-1": {"site-1": {"num_examples": 64, "metrics": {"loss": 0.125}}}},
+    ...     "missing": {"site-1": {"site-2": "no answer within 600 s"}}}))
+    Cross-site evaluation: rows are models (global: the final global model), columns the sites that evaluated them
+    loss:
+    ----------------------------
+    | MODEL  | site-1 | site-2 |
+    ----------------------------
+    | global | 0.2500 | 0.5000 |
+    | site-1 | 0.1250 | -      |
+    ----------------------------
+    site-1's model at site-2: no answer within 600 s
+    """
+    plain = _data(matrix)
+    models = [m for m in plain.get("models") or [] if isinstance(m, str)]
+    sites = [s for s in plain.get("sites") or [] if isinstance(s, str)]
+    results = plain.get("results") if isinstance(plain.get("results"), Mapping) else {}
+    source = plain.get("global_model")
+    origin = f"the {source} global model" if source in ("initial", "final") else source
+    out = [
+        "Cross-site evaluation: rows are models"
+        + (f" (global: {_cell(origin)})" if origin else "")
+        + ", columns the sites that evaluated them"
+    ]
+
+    def cell(model: str, site: str) -> Mapping[str, Any]:
+        row = results.get(model) if isinstance(results, Mapping) else None
+        value = row.get(site) if isinstance(row, Mapping) else None
+        metrics = value.get("metrics") if isinstance(value, Mapping) else None
+        return metrics if isinstance(metrics, Mapping) else {}
+
+    names: dict[str, None] = {}
+    for model in models:
+        for site in sites:
+            names.update(dict.fromkeys(map(str, cell(model, site))))
+    for name in names:
+        out.append(f"{name}:")
+        rows = [
+            [
+                model,
+                *(
+                    _metric(cell(model, site)[name]) if name in cell(model, site) else None
+                    for site in sites
+                ),
+            ]
+            for model in models
+        ]
+        out.append(format_table(["MODEL", *sites], rows))
+    if not names:
+        out.append("No results yet.")
+    reasons: list[str] = []
+    not_submitted = plain.get("not_submitted")
+    if isinstance(not_submitted, Mapping):
+        reasons += [f"no model from {site}: {why}" for site, why in not_submitted.items()]
+    missing = plain.get("missing")
+    if isinstance(missing, Mapping):
+        for model, row in missing.items():
+            if isinstance(row, Mapping):
+                reasons += [f"{model}'s model at {site}: {why}" for site, why in row.items()]
+    out.extend(_cell(r) for r in reasons[:_REASONS_SHOWN])
+    if len(reasons) > _REASONS_SHOWN:
+        out.append(f"and {len(reasons) - _REASONS_SHOWN} more (--json shows them all)")
     return "\n".join(out)
 
 

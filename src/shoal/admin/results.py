@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from shoal.errors import TransportError
 
 __all__ = [
+    "CrossSiteEval",
     "FederationStatus",
     "JobErrors",
     "JobMeta",
@@ -414,6 +415,52 @@ class SiteProgress(_ReplyView):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CrossSiteEval(_ReplyView):
+    """A job's cross-site evaluation (``show_stats``): each model evaluated at
+    each site, as the job stores it in ``run/cross_site_eval.json``."""
+
+    models: tuple[str, ...]
+    """Rows: ``"global"`` (the server's model), then each site whose model arrived."""
+    sites: tuple[str, ...]
+    """Columns: the sites that evaluated the models."""
+    global_model: str | None = None
+    """Where the global model came from: ``initial``, ``final`` or ``app/<file>``."""
+    results: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Model -> site -> ``{"num_examples": n, "metrics": {...}}``."""
+    missing: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Model -> site -> why that cell is empty."""
+    not_submitted: Mapping[str, str] = field(default_factory=dict)
+    """Site -> why its model has no row."""
+    _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def _decode(cls, f: _Fields) -> CrossSiteEval:
+        return cls(
+            models=f.strings("models"),
+            sites=f.strings("sites"),
+            global_model=f.optional("global_model", str),
+            results=f.mapping("results"),
+            missing=f.mapping("missing"),
+            not_submitted=f.mapping("not_submitted"),
+            _reply=f.data,
+        )
+
+    def metrics(self, model: str, site: str) -> Mapping[str, float] | None:
+        """The metrics ``site`` reported for ``model``'s model; None if none."""
+        cell = self.results.get(model, {}).get(site)
+        return cell.get("metrics") if isinstance(cell, Mapping) else None
+
+    def metric_names(self) -> list[str]:
+        """Every metric some cell holds, in order of first appearance."""
+        names: dict[str, None] = {}
+        for row in self.results.values():
+            for cell in row.values():
+                if isinstance(cell, Mapping) and isinstance(cell.get("metrics"), Mapping):
+                    names.update(dict.fromkeys(cell["metrics"]))
+        return list(names)
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobStats(_ReplyView):
     """``show_stats``: a job's progress and its metrics per round."""
 
@@ -431,6 +478,8 @@ class JobStats(_ReplyView):
     """The workflow's last progress message (``round`` and what it adds)."""
     metrics: tuple[Mapping[str, Any], ...] = ()
     """One row per finished round, as in the run's ``metrics.jsonl``."""
+    cross_site_eval: CrossSiteEval | None = None
+    """The cross-site evaluation matrix, once the job has one."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -438,7 +487,13 @@ class JobStats(_ReplyView):
         f = _Fields(data, "show_stats")
         sites = f.mapping("sites")
         rows = f.objects("metrics")
+        matrix = f.data.get("cross_site_eval")
         return cls(
+            cross_site_eval=(
+                None
+                if matrix is None
+                else CrossSiteEval._decode(f.nested("cross_site_eval", matrix))
+            ),
             job_id=f.required("job_id", str),
             status=f.required("status", str),
             current_round=f.optional("current_round", int),

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from shoal import checksum, jobstatus
+from shoal import checksum, evalmatrix, jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.errors import ConfigError, JobValidationError, NotFoundError
@@ -310,7 +310,7 @@ class AdminService(pb_grpc.AdminServicer):
         authorize(who, "show_stats", job=rec)
         run = self._runs.get(rec.job_id)
         metrics = _read_metrics(rec.run_dir / "metrics.jsonl")
-        return {
+        stats = {
             "job_id": rec.job_id,
             "status": rec.status,
             "current_round": (run.progress.get("round") if run else None) or rec.current_round,
@@ -319,6 +319,16 @@ class AdminService(pb_grpc.AdminServicer):
             "progress": dict(run.progress) if run else {},
             "metrics": metrics,
         }
+        try:
+            matrix = evalmatrix.read_matrix(rec.run_dir / evalmatrix.FILE_NAME)
+        except ValueError as exc:
+            log.warning(
+                "job %s: %s left out of show_stats: %s", rec.job_id, evalmatrix.FILE_NAME, exc
+            )
+            matrix = None
+        if matrix is not None:
+            stats["cross_site_eval"] = matrix
+        return stats
 
     def show_errors(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._job(args)
