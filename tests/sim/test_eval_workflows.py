@@ -146,3 +146,31 @@ def test_fedavg_with_evaluate_after(tmp_path: Path) -> None:
     doc = json.loads((run / "cross_site_eval.json").read_text())
     assert doc["global_model"] == "final"
     _check_matrix(doc, models, 2)
+
+
+@pytest.mark.parametrize("order", ["fixed", "shuffled"])
+def test_cyclic_visits_the_sites_in_turn(tmp_path: Path, order: str) -> None:
+    job = hello_numpy_job(
+        tmp_path / "job",
+        f"name: cyclic\nnum_rounds: 3\nround_timeout_s: 60\norder: {order}\nseed: 4",
+    )
+    result = run_simulation(job, 3, tmp_path / "out")
+    # One task per visit: three visits a round, one site each.
+    assert [(r.round, r.asked, r.answered) for r in result.rounds] == [
+        (k, 1, 1) for k in (1, 2, 3) for _ in range(3)
+    ]
+    lines = [json.loads(x) for x in result.metrics_path.read_text().splitlines()]
+    orders = [line["order"] for line in lines]
+    assert all(sorted(o) == ["site-1", "site-2", "site-3"] for o in orders)
+    if order == "fixed":
+        assert orders == [["site-1", "site-2", "site-3"]] * 3
+    # By hand: each site trains what the one before it returned.
+    example = _example_model()
+    model = example.initial_weights()
+    for visits in orders:
+        for site in visits:
+            model = _train(model, *example.make_data(seed=int(site[-1]) - 1, n=64))
+    final = load_arrays(result.models_dir / "global_final.safetensors")
+    np.testing.assert_allclose(final["w"], model["w"], rtol=1e-12)
+    np.testing.assert_allclose(final["b"], model["b"], rtol=1e-12)
+    assert result.final_metrics["loss"] == pytest.approx(example.evaluate(model, 3)["loss"])

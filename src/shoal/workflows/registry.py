@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import cross_site, evaluate, fedavg
+from shoal.workflows import cross_site, cyclic, evaluate, fedavg
 from shoal.workflows.api import WorkflowFn
 
 __all__ = [
@@ -105,5 +105,13 @@ register(
         run=cross_site.run,
         parse_params=cross_site.parse_params,
         check_spec=cross_site.check_spec,
+    )
+)
+register(
+    WorkflowEntry(
+        name="cyclic",
+        run=cyclic.run,
+        parse_params=cyclic.parse_params,
+        check_spec=cyclic.check_spec,
     )
 )
