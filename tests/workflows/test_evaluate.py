@@ -121,9 +121,15 @@ def test_a_weights_file_in_app_is_evaluated(tmp_path: Path) -> None:
     assert summary["sites"]["site-1"]["metrics"]["loss"] == 3.0
 
 
-def test_a_missing_weights_file_fails_the_job_named(tmp_path: Path) -> None:
+def test_a_missing_or_unusable_weights_file_fails_the_job_named(tmp_path: Path) -> None:
     with pytest.raises(JobFailedError, match=r"workflow.model_path 'nope.safetensors': no such"):
         _run(tmp_path, spec=_spec(model_path="nope.safetensors"))
+    save_arrays(tmp_path / "app" / "nan.safetensors", {"w": np.array([np.nan], np.float32)})
+    with pytest.raises(JobFailedError, match=r"model_path 'nan.safetensors': .*NaN"):
+        _run(tmp_path, spec=_spec(model_path="nan.safetensors"))
+    save_arrays(tmp_path / "app" / "empty.safetensors", {})
+    with pytest.raises(JobFailedError, match=r"model_path 'empty.safetensors': the file holds no"):
+        _run(tmp_path, spec=_spec(model_path="empty.safetensors"))
 
 
 def test_weights_in_a_validate_answer_are_refused_and_a_silent_site_missing(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -127,7 +127,7 @@ def no_server_filters(workflow: str, spec: Any) -> None:
             )
 
 
-def model_source_check(workflow: str) -> Any:
+def model_source_check(workflow: str) -> Callable[[Any], None]:
     """A registry ``check_spec``: the model to evaluate is given (``model_path``,
     ``server.model`` or ``server.initial_weights``), and no server filters."""
 
@@ -160,7 +160,8 @@ def given_model(
     if not path.is_relative_to(app) or not path.is_file():
         raise JobFailedError(f"{origin}: no such file in app/")
     try:
-        params = load_arrays(path, mmap=False)
+        # Mapped, not read: it is only checked and copied into the run folder.
+        params = load_arrays(path, mmap=True)
         if not params:
             raise ArrayFormatError("the file holds no arrays")
         check_finite(params)

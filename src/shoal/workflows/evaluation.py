@@ -36,7 +36,14 @@ from typing import Any
 import numpy as np
 
 from shoal import checksum, evalmatrix
-from shoal.arrays import array_specs, check_compatible, check_finite, load_arrays, save_arrays
+from shoal.arrays import (
+    WrittenArrays,
+    array_specs,
+    check_compatible,
+    check_finite,
+    load_arrays,
+    write_arrays,
+)
 from shoal.errors import ArrayFormatError, JobFailedError
 from shoal.taskmeta import SUBMIT_MODEL, VALIDATE
 from shoal.workflows.api import TaskResult, WorkflowContext
@@ -104,6 +111,8 @@ class Submitted:
 
     #: Each site's local model, saved in the run folder.
     paths: dict[str, Path] = field(default_factory=dict)
+    #: Their checksums (``shoal.checksum``), computed while saving them.
+    checksums: dict[str, str] = field(default_factory=dict)
     #: Sites asked that gave no valid model, and why.
     missing: dict[str, str] = field(default_factory=dict)
 
@@ -251,7 +260,7 @@ def collect_local_models(
         round=round,
         weights_path=model,
         sites=asked,
-        meta=_task_meta(ctx, round, evalmatrix.GLOBAL),
+        meta=_task_meta(ctx, round, evalmatrix.global_label(asked)),
         weights_checksum=model_checksum or checksum.of_file(model),
     )
     log.info("submit_model: asked %d site(s) for their local model", len(asked))
@@ -264,11 +273,12 @@ def collect_local_models(
             continue
         site = result.site
         try:
-            out.paths[site] = _save_local_model(result, reference, folder)
+            saved = _save_local_model(result, reference, folder)
         except ArrayFormatError as exc:
             out.missing[site] = f"refused: {exc}"
             log.warning("submit_model: refused the model of %s: %s", site, exc)
             continue
+        out.paths[site], out.checksums[site] = saved.path, saved.checksum
         log.info("submit_model: local model of %s saved", site)
     for site in asked:
         if site not in out.paths and site not in out.missing:
@@ -278,7 +288,7 @@ def collect_local_models(
 
 def _save_local_model(
     result: TaskResult, reference: Mapping[str, tuple[str, tuple[int, ...]]], folder: Path
-) -> Path:
+) -> WrittenArrays:
     if result.params_type != "full":
         raise ArrayFormatError(
             f"params_type is {result.params_type!r}: send the whole model ('full')"
@@ -287,7 +297,7 @@ def _save_local_model(
     check_compatible(reference, arrays)
     check_finite(arrays)
     # A copy: the runtime removes the result's file once the gather is over.
-    return save_arrays(folder / f"{result.site}.safetensors", arrays)
+    return write_arrays(folder / f"{result.site}.safetensors", arrays)
 
 
 def _write_matrix(run_dir: Path, doc: Mapping[str, Any]) -> None:
@@ -338,7 +348,7 @@ def cross_site_phase(
     _write_matrix(ctx.run_dir, doc)
     models: list[tuple[str, Path, str | None]] = [
         (label, global_model, digest),
-        *((s, p, None) for s, p in sorted(submitted.paths.items())),
+        *((s, p, submitted.checksums[s]) for s, p in sorted(submitted.paths.items())),
     ]
     for name, path, known in models:
         evals = validate_at_sites(
