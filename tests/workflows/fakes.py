@@ -33,6 +33,8 @@ class FakeComm:
     durations: dict[str, float] = field(default_factory=dict)
     #: The virtual clock of stream(): when the last result arrived.
     now: float = 0.0
+    #: Sites whose stream() results are ``params_type: diff``.
+    diff_sites: set[str] = field(default_factory=set)
     _ids: Iterator[int] = field(default_factory=itertools.count)
     _tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: stream()'s board: site -> its open task id, and (due, seq, site, task).
@@ -88,7 +90,13 @@ class FakeComm:
             params, n, metrics = answer
             path = save_arrays(self.results_dir / f"{task_id}-{site}.safetensors", params)
             yield TaskResult(
-                site=site, task_id=task_id, round=rnd, num_examples=n, metrics=metrics, path=path
+                site=site,
+                task_id=task_id,
+                round=rnd,
+                num_examples=n,
+                metrics=metrics,
+                path=path,
+                params_type="diff" if site in self.diff_sites else "full",
             )
             path.unlink(missing_ok=True)  # as the runtime does once the consumer moves on
 

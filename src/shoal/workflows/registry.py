@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import fedavg
+from shoal.workflows import fedavg, fedbuff
 from shoal.workflows.api import WorkflowFn
 
 __all__ = [
@@ -89,5 +89,14 @@ register(
         run=fedavg.run,
         parse_params=fedavg.parse_params,
         check_spec=fedavg.check_spec,
+    )
+)
+
+register(
+    WorkflowEntry(
+        name="fedbuff",
+        run=fedbuff.run,
+        parse_params=fedbuff.parse_params,
+        check_spec=fedbuff.check_spec,
     )
 )
