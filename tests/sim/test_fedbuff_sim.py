@@ -10,8 +10,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
-
 from shoal.arrays import load_arrays
 from shoal.cli.app import main
 
