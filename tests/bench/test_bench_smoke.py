@@ -108,3 +108,9 @@ def test_peers_quick_prints_one_table_of_ratios() -> None:
     out = _run("peers", "--quick")
     assert "peer / shoal" in out and "FAILED" not in out
     assert "NVIDIA FLARE" in out and "Flower" in out and "quoted from issue 7" in out
+
+
+@pytest.mark.slow
+def test_fedbuff_quick() -> None:
+    out = _run("fedbuff", "--quick", "--sites", "4")
+    assert "| fedbuff " in out and "| fedavg " in out

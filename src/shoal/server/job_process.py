@@ -51,6 +51,9 @@ class IpcCommunicator:
         self._sites = tuple(sites)
         self._targets: dict[str, frozenset[str]] = {}
         self._gone: set[str] = set()
+        #: Site -> its open task of those scattered with supersede="targets"
+        #: (what :meth:`stream` waits for).
+        self._open: dict[str, str] = {}
 
     def sites(self) -> Sequence[str]:
         return self._sites
@@ -64,21 +67,28 @@ class IpcCommunicator:
         sites: Sequence[str],
         meta: Mapping[str, Any] | None = None,
         weights_checksum: str | None = None,
+        supersede: str = "all",
     ) -> str:
+        if supersede not in ("all", "targets"):
+            raise ValueError(f"supersede must be 'all' or 'targets', got {supersede!r}")
         task_id = str(uuid.uuid4())
         self._targets[task_id] = frozenset(sites)
-        self._ipc.send(
-            {
-                "op": "scatter",
-                "task_id": task_id,
-                "task": task,
-                "round": round,
-                "weights_path": str(Path(weights_path).resolve()),
-                "sites": sorted(sites),
-                "meta": dict(meta or {}),
-                "checksum": weights_checksum,
-            }
-        )
+        msg: dict[str, Any] = {
+            "op": "scatter",
+            "task_id": task_id,
+            "task": task,
+            "round": round,
+            "weights_path": str(Path(weights_path).resolve()),
+            "sites": sorted(sites),
+            "meta": dict(meta or {}),
+            "checksum": weights_checksum,
+        }
+        if supersede == "targets":
+            msg["supersede"] = supersede
+            self._open.update(dict.fromkeys(sites, task_id))
+        else:
+            self._open.clear()
+        self._ipc.send(msg)
         return task_id
 
     def gather(self, task_id: str, *, timeout: float) -> Iterator[TaskResult]:
@@ -88,11 +98,7 @@ class IpcCommunicator:
         finally:
             # Folded in by now: a round's results never need to reach the
             # disk (deleted before writeback, they never do) or fill it up.
-            for path in files:
-                path.unlink(missing_ok=True)
-            for folder in {path.parent for path in files}:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            _remove(files)
 
     def _gather(self, task_id: str, timeout: float, files: list[Path]) -> Iterator[TaskResult]:
         targets = self._targets[task_id]
@@ -133,28 +139,79 @@ class IpcCommunicator:
                 self._gone.discard(site)
                 gone.discard(site)
                 answered.add(site)
-                fields: dict[str, Any] = {
-                    "site": site,
-                    "task_id": task_id,
-                    "round": int(msg["round"]),
-                    "num_examples": int(msg["num_examples"]),
-                    "metrics": dict(msg.get("metrics") or {}),
-                    "meta": dict(msg.get("meta") or {}),
-                    "params_type": str(msg.get("params_type") or "full"),
-                }
-                if "data_b64" in msg:
-                    yield InlineResult(
-                        **fields, path=Path(), data=base64.b64decode(msg["data_b64"])
+                yield _result(msg, files)
+
+    def stream(self, *, timeout: float) -> Iterator[TaskResult]:
+        files: list[Path] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                # The consumer is past the previous result: its file goes now.
+                _remove(files)
+                live = {s for s in self._open if s not in self._gone}
+                if not live:
+                    log.warning("no open task is held by a site still in the federation")
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning(
+                        "no result for %.0f s (waiting for %s)", timeout, ", ".join(sorted(live))
                     )
-                else:
-                    files.append(Path(msg["path"]))
-                    yield TaskResult(**fields, path=files[-1])
+                    return
+                msg = self._ipc.recv(timeout=remaining)
+                if msg is None:
+                    continue
+                op, site = msg.get("op"), str(msg.get("site"))
+                if op == "site_gone":
+                    if site not in self._gone and site in self._open:
+                        log.warning("site %s left: %s", site, msg.get("reason"))
+                    self._gone.add(site)
+                elif op == "site_back":
+                    self._gone.discard(site)
+                elif op == "result":
+                    if self._open.get(site) != msg.get("task_id"):
+                        if msg.get("path"):
+                            files.append(Path(msg["path"]))  # superseded: nobody reads it
+                        continue
+                    del self._open[site]
+                    self._gone.discard(site)
+                    yield _result(msg, files)
+                    deadline = time.monotonic() + timeout
+        finally:
+            _remove(files)
 
     def finish(self) -> None:
         self._ipc.send({"op": "finish"})
 
     def report(self, **progress: Any) -> None:
         self._ipc.send({"op": "report", **progress})
+
+
+def _result(msg: Mapping[str, Any], files: list[Path]) -> TaskResult:
+    """A result message as a TaskResult; its file, if any, joins ``files``."""
+    fields: dict[str, Any] = {
+        "site": str(msg["site"]),
+        "task_id": str(msg["task_id"]),
+        "round": int(msg["round"]),
+        "num_examples": int(msg["num_examples"]),
+        "metrics": dict(msg.get("metrics") or {}),
+        "meta": dict(msg.get("meta") or {}),
+        "params_type": str(msg.get("params_type") or "full"),
+    }
+    if "data_b64" in msg:
+        return InlineResult(**fields, path=Path(), data=base64.b64decode(msg["data_b64"]))
+    files.append(Path(msg["path"]))
+    return TaskResult(**fields, path=files[-1])
+
+
+def _remove(files: list[Path]) -> None:
+    """Remove ``files`` (and their folders once empty); empties the list."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for folder in {path.parent for path in files}:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    files.clear()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,8 +106,10 @@ class JobRun:
         self._cond = threading.Condition()
         self._listeners: list[Callable[[], None]] = []
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: The board: each site's open task (a result closes it for that
+        #: site), and the open tasks by id.
+        self._current: dict[str, Task] = {}
         self._tasks: dict[str, Task] = {}
-        self._current: Task | None = None
         self._finished = False
         self._ended = False
         self._aborting: str | None = None
@@ -313,9 +315,15 @@ class JobRun:
                 small=small,
                 small_checksum=small_checksum,
             )
+            supersede = str(msg.get("supersede") or "all")
             with self._cond:
-                self._tasks = {task.task_id: task}  # a new task supersedes the old one
-                self._current = task
+                if supersede == "targets":
+                    # Only the targeted sites move on; the others' tasks stay open.
+                    self._current.update(dict.fromkeys(sites, task))
+                else:
+                    # A new round supersedes the old one for everyone.
+                    self._current = dict.fromkeys(sites, task)
+                self._tasks = {t.task_id: t for t in self._current.values()}
                 self._board_changed()
             for s in sites:
                 self.site_states[s] = {"state": "task offered", "round": task.round}
@@ -360,8 +368,8 @@ class JobRun:
         with self._cond:
             if self._finished or self._aborting:
                 return DONE
-            t = self._current
-            if t is not None and site in t.sites and site not in t.answered:
+            t = self._current.get(site)
+            if t is not None and site not in t.answered:
                 t.delivered.add(site)
                 return t
             return None
@@ -410,6 +418,8 @@ class JobRun:
                 )
             if site not in task.sites:
                 raise PeerRejectedError(f"task {task.task_id} was not given to {site}")
+            if self._current.get(site) is not task:
+                raise PeerRejectedError(f"task {task.task_id} was superseded for {site}")
             if site in task.answered:
                 raise PeerRejectedError(f"duplicate result for task {task.task_id} from {site}")
             if site in task.receiving:
@@ -440,7 +450,7 @@ class JobRun:
                 elapsed = time.monotonic() - t0
             with self._cond:
                 # Re-check: the workflow may have moved on while we received.
-                if site in task.answered or self._tasks.get(task.task_id) is not task:
+                if site in task.answered or self._current.get(site) is not task:
                     if dest is not None:
                         dest.unlink(missing_ok=True)
                     raise PeerRejectedError(f"result for task {task.task_id} from {site} is stale")
@@ -520,7 +530,7 @@ class JobRun:
                     log.warning("job %s: workflow process unreachable: %s", self.job_id, exc)
 
     def max_result_bytes(self) -> int:
-        t = self._current
-        base = max(t.size, 0) if t is not None else 0
+        with self._cond:
+            base = max((max(t.size, 0) for t in self._tasks.values()), default=0)
         # Results mirror the global model; allow header slack, refuse anything far larger.
         return 2 * base + 16 * 1024 * 1024

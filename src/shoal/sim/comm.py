@@ -69,6 +69,8 @@ class _Task:
     started: float
     inbox: queue.SimpleQueue[TaskResult | str] = field(default_factory=queue.SimpleQueue)
     closed: bool = False
+    #: Scattered with supersede="targets": its results go to ``stream()``.
+    streamed: bool = False
 
 
 class SimCommunicator:
@@ -102,6 +104,10 @@ class SimCommunicator:
         # A finished gather waits here for the workflow's report of the round
         # (which carries the server's evaluation) before it is announced.
         self._unannounced: RoundStats | None = None
+        #: Results (and exits) of the tasks scattered with supersede="targets".
+        self._arrivals: queue.SimpleQueue[TaskResult | str] = queue.SimpleQueue()
+        #: Whether the workflow streams: its rounds are announced by its reports.
+        self._streaming = False
 
     # -- Communicator -------------------------------------------------------
 
@@ -117,10 +123,14 @@ class SimCommunicator:
         sites: Sequence[str],
         meta: Mapping[str, Any] | None = None,
         weights_checksum: str | None = None,
+        supersede: str = "all",
     ) -> str:
         unknown = [s for s in sites if s not in self._sites]
         if unknown:
             raise ConfigError(f"scatter: unknown site(s) {', '.join(unknown[:5])}")
+        if supersede not in ("all", "targets"):
+            raise ConfigError(f"scatter: supersede must be 'all' or 'targets', got {supersede!r}")
+        streamed = supersede == "targets"
         # The previous round is announced by its own "round_done" report,
         # which FedAvg sends once this task is out (see _round_done).
         self._drop_closed_tasks()
@@ -144,7 +154,16 @@ class SimCommunicator:
                 asked=len(sites),
                 pending=set(live),
                 started=time.monotonic(),
+                streamed=streamed,
             )
+            if streamed:
+                state.inbox = self._arrivals
+                self._streaming = True
+                # The targets' earlier tasks are superseded for them: a late
+                # result for one is dropped (the server refuses it).
+                for other in self._tasks.values():
+                    if other.streamed:
+                        other.pending.difference_update(sites)
             self._tasks[task_id] = state
         logger.info("round %s: %s offered to %d site(s)", round, task, len(live))
         for site in live:
@@ -199,6 +218,56 @@ class SimCommunicator:
                 state.closed = True
             self._round_done(state, results)
 
+    def stream(self, *, timeout: float) -> Iterator[TaskResult]:
+        deadline = time.monotonic() + timeout
+        held: TaskResult | None = None
+        try:
+            while True:
+                self._let_go(held)
+                held = None
+                with self._lock:
+                    live = any(t.pending for t in self._tasks.values() if t.streamed)
+                if not live:
+                    logger.warning("no open task is held by a site still running")
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    logger.warning("no result for %.0fs", timeout)
+                    return
+                try:
+                    item = self._arrivals.get(timeout=remaining)
+                except queue.Empty:
+                    continue
+                with self._lock:
+                    if isinstance(item, str):  # the site's script ended
+                        for t in self._tasks.values():
+                            if t.streamed:
+                                t.pending.discard(item)
+                        continue
+                    state = self._tasks.get(item.task_id)
+                    wanted = state is not None and item.site in state.pending
+                    if state is not None:
+                        state.pending.discard(item.site)
+                if not wanted:
+                    self._let_go(item)
+                    continue
+                held = item
+                yield item
+                deadline = time.monotonic() + timeout
+        finally:
+            self._let_go(held)
+
+    def _let_go(self, result: TaskResult | None) -> None:
+        """The stream's consumer is done with ``result``: its file goes, and
+        so do the folders of streamed tasks nobody answers any more."""
+        if result is not None and result.path.name:
+            with contextlib.suppress(OSError):
+                result.path.unlink()
+        with self._lock:
+            for t in self._tasks.values():
+                if t.streamed and not t.pending:
+                    t.closed = True
+
     def finish(self) -> None:
         self._announce()
         with self._lock:
@@ -213,6 +282,10 @@ class SimCommunicator:
         self.last_report = dict(progress)
         if self._on_report is not None:
             self._on_report(progress)
+        if self._streaming and progress.get("status") == "round_done":
+            # No gather ends a streamed "round": its report is all there is.
+            self._announce_report(progress)
+            return
         pending = self._unannounced
         if pending is not None and progress.get("round") == pending.round:
             total = progress.get("total_rounds")
@@ -224,6 +297,22 @@ class SimCommunicator:
                 self._announce()
             else:
                 self._unannounced = pending
+
+    def _announce_report(self, progress: Mapping[str, Any]) -> None:
+        sites = progress.get("sites")
+        sites = sites if isinstance(sites, Mapping) else {}
+        rnd, total = progress.get("round"), progress.get("total_rounds")
+        metrics = progress.get("metrics")
+        self._unannounced = RoundStats(
+            task="train",
+            round=int(rnd) if isinstance(rnd, int) else 0,
+            asked=len(sites),
+            answered=sum(1 for v in sites.values() if v == "ok"),
+            seconds=float(progress.get("duration_s") or 0.0),
+            total_rounds=total if isinstance(total, int) else None,
+            global_metrics=_numbers(metrics) if isinstance(metrics, Mapping) else {},
+        )
+        self._announce()
 
     def _announce(self) -> None:
         stats, self._unannounced = self._unannounced, None

@@ -90,6 +90,7 @@ class Communicator(Protocol):
         sites: Sequence[str],
         meta: Mapping[str, Any] | None = None,
         weights_checksum: str | None = None,
+        supersede: str = "all",
     ) -> str:
         """Offer ``weights_path`` as task ``task`` to ``sites``; returns the task id.
 
@@ -97,6 +98,12 @@ class Communicator(Protocol):
         ``weights_checksum`` (``shoal.checksum``), when the caller knows it,
         spares reading the file once more to checksum it (sites still verify
         what they receive against it).
+
+        The board holds one open task per site. ``supersede="all"`` (rounds)
+        closes every open task: a result for one of them is refused from
+        then on. ``supersede="targets"`` (asynchronous workflows) replaces
+        only the targeted sites' tasks; the other sites' stay open and
+        their results are still taken, by :meth:`stream`.
         """
 
     def gather(self, task_id: str, *, timeout: float) -> Iterator[TaskResult]:
@@ -107,6 +114,20 @@ class Communicator(Protocol):
         verified files: a partial upload is never yielded. A result's file
         belongs to the runtime and is removed once the gather is over: fold
         in (or copy) what you need while iterating.
+        """
+
+    def stream(self, *, timeout: float) -> Iterator[TaskResult]:
+        """Yield results of the open tasks scattered with
+        ``supersede="targets"``, in the order they arrive, whatever the task.
+
+        A site's task is closed by its result: give the site another with
+        ``scatter(..., sites=[site], supersede="targets")`` while holding the
+        result, and the stream goes on. Ends when no result came for
+        ``timeout`` seconds, or when no open task is held by a site still in
+        the federation (a site that left and came back counts again, as in
+        :meth:`gather`). A result's file is removed once the consumer asks
+        for the next result (or leaves the loop): fold in, or copy, what you
+        need while holding it.
         """
 
     def finish(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import cross_site, cyclic, evaluate, fedavg
+from shoal.workflows import cross_site, cyclic, evaluate, fedavg, fedbuff
 from shoal.workflows.api import WorkflowFn
 
 __all__ = [
@@ -113,5 +113,13 @@ register(
         run=cyclic.run,
         parse_params=cyclic.parse_params,
         check_spec=cyclic.check_spec,
+    )
+)
+register(
+    WorkflowEntry(
+        name="fedbuff",
+        run=fedbuff.run,
+        parse_params=fedbuff.parse_params,
+        check_spec=fedbuff.check_spec,
     )
 )

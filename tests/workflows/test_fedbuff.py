@@ -1,0 +1,182 @@
+"""FedBuff's arithmetic, against numbers computed by hand from the paper's
+Algorithm 1 (Nguyen et al., AISTATS 2022), through the fake communicator's
+virtual clock: site ``a`` answers every 1 s with ``+1``, site ``b`` every
+3 s with ``+4``, K = 2, server_lr = 1.
+
+    t=0  both get version 0
+    t=1  a (v0, tau 0, s 1)            buffer 1
+    t=2  a (v0, tau 0, s 1)            buffer 2        -> v1 = 0 + 2/2 = 1
+    t=3  b (v0, tau 1, s 1/sqrt 2)     buffer 4/sqrt 2
+    t=3  a (v1, tau 0, s 1)            buffer 1 + 2.83 -> v2 = 1 + (1 + 4/sqrt 2)/2
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shoal.arrays import load_arrays
+from shoal.errors import JobFailedError, JobValidationError
+from shoal.jobs import ClientAppSpec, JobSpec, ServerAppSpec, WorkflowSpec
+from shoal.workflows import WorkflowContext, get_workflow, parse_params
+from shoal.workflows.fedbuff import FedBuffParams, staleness_weight
+
+from .fakes import FakeComm, SiteFn, shift
+
+MODEL_PY = """\
+import numpy as np
+
+def initial():
+    return {"w": np.zeros(2, np.float32), "step": np.array(7, np.int64)}
+"""
+
+
+def _ctx(tmp_path: Path, comm: FakeComm, **params: Any) -> WorkflowContext:
+    app = tmp_path / "app"
+    app.mkdir(exist_ok=True)
+    (app / "model.py").write_text(MODEL_PY)
+    spec = JobSpec(
+        name="t",
+        min_clients=2,
+        workflow=WorkflowSpec(name="fedbuff", params={}),
+        client=ClientAppSpec(script="train.py"),
+        server=ServerAppSpec(initial_weights="model:initial"),
+    )
+    return WorkflowContext(
+        job_id="job-1",
+        spec=spec,
+        params={"num_versions": 2, "buffer_size": 2, **params},
+        app_dir=app,
+        run_dir=tmp_path / "run",
+        comm=comm,
+    )
+
+
+def _comm(tmp_path: Path, sites: dict[str, SiteFn] | None = None) -> FakeComm:
+    (tmp_path / "results").mkdir(exist_ok=True)
+    return FakeComm(
+        site_fns=sites or {"a": shift(1.0, 10, loss=1.0), "b": shift(4.0, 30, loss=3.0)},
+        results_dir=tmp_path / "results",
+        durations={"a": 1.0, "b": 3.0},
+    )
+
+
+def _final(tmp_path: Path) -> dict[str, np.ndarray]:
+    return load_arrays(tmp_path / "run" / "models" / "global_final.safetensors")
+
+
+def _metrics(tmp_path: Path) -> list[dict[str, Any]]:
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_staleness_weights_are_the_papers() -> None:
+    # s(tau) = 1/sqrt(1 + tau), the paper's choice; constant is 1.
+    assert staleness_weight(0) == 1.0
+    assert staleness_weight(3) == 0.5
+    assert staleness_weight(8) == pytest.approx(1 / 3)
+    assert staleness_weight(1, exponent=1.0) == 0.5
+    assert staleness_weight(99, kind="constant") == 1.0
+
+
+def test_each_version_is_the_buffers_weighted_mean_update(tmp_path: Path) -> None:
+    comm = _comm(tmp_path)
+    get_workflow("fedbuff")(_ctx(tmp_path, comm))
+    final = _final(tmp_path)
+    expected = 1 + (1 + 4 / math.sqrt(2)) / 2
+    np.testing.assert_allclose(final["w"], [expected, expected], rtol=1e-6)
+    assert int(final["step"]) == 7  # not a float: the global model's value stays
+    v1 = load_arrays(tmp_path / "run" / "models" / "global_round_0001.safetensors")
+    np.testing.assert_array_equal(v1["w"], [1.0, 1.0])
+    # The first task goes to everyone, then one task per answer, to that site
+    # only, on the newest model, never closing the other sites' tasks.
+    assert [(c["sites"], c["round"], c["supersede"]) for c in comm.scatters] == [
+        (["a", "b"], 1, "targets"),
+        (["a"], 1, "targets"),
+        (["a"], 2, "targets"),
+        (["b"], 2, "targets"),
+    ]
+    assert comm.scatters[2]["meta"]["model_version"] == 1
+    assert comm.finished
+    lines = _metrics(tmp_path)
+    assert [m["round"] for m in lines] == [1, 2]
+    assert lines[0]["contributions"] == {"a": 2}
+    assert lines[1]["contributions"] == {"a": 1, "b": 1}
+    assert lines[1]["staleness"] == {"mean": 0.5, "max": 1}
+    # Metrics are example-weighted over the buffer's results: (1*10 + 3*30)/40.
+    assert lines[1]["aggregated"]["loss"] == pytest.approx(2.5)
+    done = [r for r in comm.reports if r.get("status") == "round_done"]
+    assert [r["round"] for r in done] == [1, 2]
+    assert done[-1]["contributions"] == {"a": 3, "b": 1}
+    ckpt = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert ckpt["round"] == 2
+
+
+def test_constant_staleness_and_server_lr(tmp_path: Path) -> None:
+    get_workflow("fedbuff")(_ctx(tmp_path, _comm(tmp_path), staleness="constant", server_lr=0.5))
+    # v1 = 0 + 0.5 * 2/2 = 0.5; v2 = 0.5 + 0.5 * (4 + 1)/2 = 1.75
+    np.testing.assert_allclose(_final(tmp_path)["w"], [1.75, 1.75])
+
+
+def test_too_stale_results_are_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    get_workflow("fedbuff")(_ctx(tmp_path, _comm(tmp_path), max_staleness=0))
+    # b's result (tau 1) is dropped; a's two results on v1 make v2 = 1 + 2/2.
+    np.testing.assert_allclose(_final(tmp_path)["w"], [2.0, 2.0])
+    assert "dropped the result of b: trained on version 0, 1 version(s) old" in caplog.text
+    assert _metrics(tmp_path)[1]["contributions"] == {"a": 2}
+
+
+def test_diff_results_are_the_update_itself(tmp_path: Path) -> None:
+    def diff(value: float) -> SiteFn:
+        def fn(g: dict[str, np.ndarray], rnd: int) -> Any:
+            return {k: np.full_like(v, value) for k, v in g.items()}, 5, {}
+
+        return fn
+
+    comm = _comm(tmp_path, {"a": diff(1.0), "b": diff(4.0)})
+    comm.diff_sites = {"a", "b"}
+    get_workflow("fedbuff")(_ctx(tmp_path, comm))
+    expected = 1 + (1 + 4 / math.sqrt(2)) / 2
+    np.testing.assert_allclose(_final(tmp_path)["w"], [expected, expected], rtol=1e-6)
+
+
+def test_versions_held_by_open_tasks_stay_on_disk_and_a_run_resumes(tmp_path: Path) -> None:
+    # b holds old versions for 3 s while a publishes new ones: the fake reads
+    # each task's model file when the site answers, so one removed too early
+    # fails the run.
+    get_workflow("fedbuff")(_ctx(tmp_path, _comm(tmp_path), num_versions=6))
+    models = tmp_path / "run" / "models"
+    kept = sorted(p.name for p in models.glob("global_round_*"))
+    assert "global_round_0000.safetensors" in kept and "global_round_0006.safetensors" in kept
+    assert len(kept) < 7  # versions nobody holds are gone
+    before = _final(tmp_path)["w"].copy()
+    # Asked for more versions, the same run folder resumes after version 6.
+    comm = _comm(tmp_path)
+    get_workflow("fedbuff")(_ctx(tmp_path, comm, num_versions=7))
+    assert [m["round"] for m in _metrics(tmp_path)] == [1, 2, 3, 4, 5, 6, 7]
+    assert comm.scatters[0]["meta"]["model_version"] == 6
+    assert (_final(tmp_path)["w"] > before).all()
+
+
+def test_no_result_fails_the_job(tmp_path: Path) -> None:
+    comm = _comm(tmp_path, {"a": lambda g, r: None, "b": lambda g, r: None})
+    with pytest.raises(JobFailedError, match="0 of 2 version"):
+        get_workflow("fedbuff")(_ctx(tmp_path, comm))
+    assert comm.finished
+
+
+def test_params() -> None:
+    p = parse_params("fedbuff", {"num_versions": 5})
+    assert p == FedBuffParams(num_versions=5)
+    assert (p.buffer_size, p.staleness, p.staleness_exponent) == (3, "polynomial", 0.5)
+    with pytest.raises(JobValidationError, match="workflow.staleness"):
+        parse_params("fedbuff", {"num_versions": 5, "staleness": "hinge"})
+    with pytest.raises(JobValidationError, match="workflow.num_versions"):
+        parse_params("fedbuff", {})
