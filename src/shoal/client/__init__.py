@@ -14,6 +14,7 @@ from shoal.client.api import (
     is_running,
     receive,
     send,
+    state_dir,
     system_info,
     use_backend,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "is_running",
     "receive",
     "send",
+    "state_dir",
     "system_info",
     "use_backend",
 ]
