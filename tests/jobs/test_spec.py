@@ -86,7 +86,11 @@ def _with(tmp_path: Path, old: str, new: str) -> Path:
         ("min_clients: 2", "min_clients: 3", "job.yml: sites: 2 site"),
         ("sites: [site-1, site-2]", "sites: [site-1, site-1]", "listed twice"),
         ("sites: [site-1, site-2]", "sites: []", "job.yml: sites:"),
-        ("  name: fedavg", "  name: fedprox", "unknown workflow 'fedprox' \\(known: fedavg\\)"),
+        (
+            "  name: fedavg",
+            "  name: fedprox",
+            "unknown workflow 'fedprox' \\(known: fedavg, scaffold\\)",
+        ),
         ("  num_rounds: 3", "  num_rounds: 0", "job.yml: workflow.num_rounds:"),
         ("  num_rounds: 3", "  num_rounds: 3\n  bogus: 1", "job.yml: workflow.bogus:"),
         ("  round_timeout_s: 600", "  round_timeout_s: -1", "workflow.round_timeout_s"),

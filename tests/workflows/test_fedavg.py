@@ -442,7 +442,9 @@ def test_sampled_rounds_ask_a_subset(tmp_path: Path) -> None:
 def test_params_parse() -> None:
     p = parse_params("fedavg", {"num_rounds": 2, "sample_fraction": 0.5, "seed": 1})
     assert p == FedAvgParams(num_rounds=2, round_timeout_s=600.0, sample_fraction=0.5, seed=1)
-    with pytest.raises(JobValidationError, match="unknown workflow 'x' \\(known: fedavg\\)"):
+    with pytest.raises(
+        JobValidationError, match="unknown workflow 'x' \\(known: fedavg, scaffold\\)"
+    ):
         parse_params("x", {})
     with pytest.raises(JobValidationError, match="num_rounds"):
         parse_params("fedavg", {})

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import fedavg
+from shoal.workflows import fedavg, scaffold
 from shoal.workflows.api import WorkflowFn
 
 __all__ = [
@@ -89,5 +89,14 @@ register(
         run=fedavg.run,
         parse_params=fedavg.parse_params,
         check_spec=fedavg.check_spec,
+    )
+)
+
+register(
+    WorkflowEntry(
+        name="scaffold",
+        run=scaffold.run,
+        parse_params=scaffold.parse_params,
+        check_spec=scaffold.check_spec,
     )
 )
