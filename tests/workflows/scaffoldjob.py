@@ -12,8 +12,9 @@ Written by :func:`write_scaffold_job`, with a numpy site script
 (``shoal.client.scaffold.ControlVariates``) or a PyTorch one
 (``shoal.frameworks.torch.ScaffoldCorrection``); run by the simulator
 (tests/workflows) and by real daemons (tests/integration). With
-``$FAULT_GATE`` set, site scripts and the server's evaluate hook mark and
-hold at named files there, so a test can stop a site between rounds.
+``$FAULT_GATE`` set, the server's evaluate hook marks each round there,
+and site scripts mark each task and hold before training while a file
+``<site>.hold-r<round>`` exists, so a test can stop a site between rounds.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ def mean_loss(w):
 
 MODEL_PY = """
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +69,6 @@ def evaluate(params, round):
     gate = os.environ.get("FAULT_GATE")
     if gate:
         Path(gate, f"server.r{round}.aggregated").touch()
-        deadline = time.monotonic() + 300
-        while Path(gate, f"hold.r{round}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
     w = np.asarray(params["lin.weight"], np.float64)[0]
     best = optimum()
     return {"dist": float(np.linalg.norm(w - best)), "excess_loss": mean_loss(w) - mean_loss(best)}
