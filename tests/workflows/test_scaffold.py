@@ -291,3 +291,13 @@ def test_params() -> None:
         parse_params("scaffold", {"num_rounds": 3, "server_lr": 0})
     with pytest.raises(JobValidationError, match="workflow.lr: unknown scaffold parameter"):
         parse_params("scaffold", {"num_rounds": 3, "lr": 0.1})
+
+
+def test_docs_list_every_scaffold_parameter() -> None:
+    from shoal.workflows.params import param_docs
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "algorithms.md"
+    section = doc.read_text().split("## SCAFFOLD: `scaffold`", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in row.split("|")[1].split("`")[1::2]}
+    assert {d.name for d in param_docs(ScaffoldParams)} == documented
