@@ -42,7 +42,7 @@ def _task(x: list[float], c: list[float] | None, rnd: int) -> fl.FLModel:
 
 
 def test_option_two_by_hand_over_two_rounds(tmp_path: Path) -> None:
-    cv = ControlVariates(_task([1, 2], None, 1), state_dir=tmp_path)
+    cv = ControlVariates(_task([1, 2], None, 1), tmp_path)
     assert cv.names == ["w"]  # floating arrays only: not the int64 counter
     assert cv.is_zero and cv.loaded_round is None
     np.testing.assert_array_equal(cv.correction["w"], np.zeros(2, F))
@@ -52,7 +52,7 @@ def test_option_two_by_hand_over_two_rounds(tmp_path: Path) -> None:
     assert extras["delta_c/w"].dtype == F
     np.testing.assert_array_equal(load_arrays(tmp_path / STATE_FILE)["w"], np.array([1, -2], F))
 
-    cv = ControlVariates(_task([2, 2], [0.25, -1], 2), state_dir=tmp_path)
+    cv = ControlVariates(_task([2, 2], [0.25, -1], 2), tmp_path)
     assert not cv.is_zero and cv.loaded_round == 1
     np.testing.assert_array_equal(cv.c_i["w"], np.array([1, -2], F))
     np.testing.assert_array_equal(cv.correction["w"], np.array([-0.75, 1], F))
@@ -68,7 +68,7 @@ def test_plain_sgd_with_the_correction_makes_c_i_the_mean_gradient(tmp_path: Pat
     task = fl.FLModel(
         params={"w": rng.normal(size=4)}, extras={"c/w": rng.normal(size=4)}, current_round=5
     )
-    cv = ControlVariates(task, state_dir=tmp_path)
+    cv = ControlVariates(task, tmp_path)
     w = np.array(task.params["w"])
     grads = []
     for _ in range(7):
@@ -87,7 +87,7 @@ from shoal.client.scaffold import ControlVariates
 
 task = fl.FLModel(params={"w": np.array([2, 2], np.float32)},
                   extras={"c/w": np.array([0.25, -1], np.float32)}, current_round=2)
-cv = ControlVariates(task, state_dir=sys.argv[1])
+cv = ControlVariates(task, sys.argv[1])
 print(cv.loaded_round, cv.c_i["w"].tolist(), cv.correction["w"].tolist())
 """
 
@@ -95,7 +95,7 @@ print(cv.loaded_round, cv.c_i["w"].tolist(), cv.correction["w"].tolist())
 def test_c_i_survives_the_process(tmp_path: Path) -> None:
     # The script run twice against one state folder: the second process,
     # like a worker restarted for the same job, finds round 1's c_i.
-    cv = ControlVariates(_task([1, 2], None, 1), state_dir=tmp_path)
+    cv = ControlVariates(_task([1, 2], None, 1), tmp_path)
     cv.update({"w": np.array([0, 4], F)}, num_steps=2, lr=0.5)
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(RESTARTED), str(tmp_path)],
@@ -108,17 +108,17 @@ def test_c_i_survives_the_process(tmp_path: Path) -> None:
 
 def test_names_are_chosen_and_checked(tmp_path: Path) -> None:
     task = fl.FLModel(params={"a": np.zeros(2, F), "b": np.zeros(3, F)}, current_round=1)
-    cv = ControlVariates(task, ["b"], state_dir=tmp_path)
+    cv = ControlVariates(task, tmp_path, names=["b"])
     extras = cv.update({"a": np.ones(2, F), "b": np.ones(3, F)}, num_steps=1, lr=1.0)
     assert sorted(extras) == ["delta_c/b"]
     with pytest.raises(ArrayFormatError, match="'z' is not a weight of the task's model"):
-        ControlVariates(task, ["z"], state_dir=tmp_path)
+        ControlVariates(task, tmp_path, names=["z"])
     counter = fl.FLModel(params={"n": np.zeros(1, np.int64)})
     with pytest.raises(ArrayFormatError, match="'n' is not a floating-point weight"):
-        ControlVariates(counter, ["n"], state_dir=tmp_path)
+        ControlVariates(counter, tmp_path, names=["n"])
     # The kept c_i is for "b" alone: a model that changed names is refused.
     with pytest.raises(ArrayFormatError, match=r"does not fit the model \(missing \['a'\]"):
-        ControlVariates(task, state_dir=tmp_path)
+        ControlVariates(task, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -134,11 +134,11 @@ def test_a_server_control_variate_that_does_not_fit_is_refused(
 ) -> None:
     task = fl.FLModel(params={"w": np.zeros(2, F)}, extras={"other": np.ones(1), **extras})
     with pytest.raises(ArrayFormatError, match=message):
-        ControlVariates(task, state_dir=tmp_path)
+        ControlVariates(task, tmp_path)
 
 
 def test_update_refuses_what_it_cannot_use(tmp_path: Path) -> None:
-    cv = ControlVariates(_task([1, 2], None, 1), state_dir=tmp_path)
+    cv = ControlVariates(_task([1, 2], None, 1), tmp_path)
     y = {"w": np.zeros(2, F)}
     with pytest.raises(ConfigError, match="num_steps is 0; c_i needs at least one local step"):
         cv.update(y, num_steps=0, lr=0.1)
@@ -156,7 +156,7 @@ def test_update_refuses_what_it_cannot_use(tmp_path: Path) -> None:
 def test_an_unreadable_c_i_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(ConfigError, match="cannot read this site's c_i"):
-        ControlVariates(_task([1, 2], None, 1), state_dir=tmp_path)
+        ControlVariates(_task([1, 2], None, 1), tmp_path)
 
 
 def test_state_dir_needs_a_running_site() -> None:

@@ -66,9 +66,7 @@ def test_fit_by_hand_over_two_rounds(tmp_path: Path) -> None:
     model = _model(0.5)
     x = _start(model)
     c = {f"c/{K}": np.array([[0.5], [0.5]], F), f"c/{B}": np.zeros(1, F)}
-    scaffold = ScaffoldCorrection(
-        model, FLModel(params=x, extras=c, current_round=2), state_dir=tmp_path
-    )
+    scaffold = ScaffoldCorrection(model, FLModel(params=x, extras=c, current_round=2), tmp_path)
     # Trainable floating weights only: not the frozen kernel.
     assert scaffold.variates.names == [K, B]
     model.fit(X.repeat(2, axis=0), Y.repeat(2, axis=0), batch_size=1, epochs=1, verbose=0)
@@ -86,9 +84,7 @@ def test_fit_by_hand_over_two_rounds(tmp_path: Path) -> None:
     # correction, c - c_i = [[1], [1]] - [[1], [2]] = [[0], [-1]], [1] - [1] = [0].
     x3 = get_weights(model)
     c3 = {f"c/{K}": np.ones((2, 1), F), f"c/{B}": np.ones(1, F)}
-    scaffold = ScaffoldCorrection(
-        model, FLModel(params=x3, extras=c3, current_round=3), state_dir=tmp_path
-    )
+    scaffold = ScaffoldCorrection(model, FLModel(params=x3, extras=c3, current_round=3), tmp_path)
     model.fit(X, Y, batch_size=1, epochs=1, verbose=0)
     w = get_weights(model)
     # One step of lr 0.5 on [[1], [1]], [1].
@@ -108,7 +104,7 @@ def test_a_training_function_traced_before_is_traced_again(tmp_path: Path) -> No
     model.fit(X, Y, batch_size=1, epochs=1, verbose=0)  # traced without the hook
     x = _start(model)
     c = {f"c/{K}": np.array([[0.5], [0.5]], F), f"c/{B}": np.zeros(1, F)}
-    ScaffoldCorrection(model, FLModel(params=x, extras=c, current_round=1), state_dir=tmp_path)
+    ScaffoldCorrection(model, FLModel(params=x, extras=c, current_round=1), tmp_path)
     model.fit(X, Y, batch_size=1, epochs=1, verbose=0)
     np.testing.assert_array_equal(get_weights(model)[K], [[-1.5], [-2.5]])
 
@@ -116,4 +112,4 @@ def test_a_training_function_traced_before_is_traced_again(tmp_path: Path) -> No
 def test_an_uncompiled_model_is_refused(tmp_path: Path) -> None:
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(ConfigError, match="compile the Keras model"):
-        ScaffoldCorrection(model, FLModel(params=get_weights(model)), state_dir=tmp_path)
+        ScaffoldCorrection(model, FLModel(params=get_weights(model)), tmp_path)

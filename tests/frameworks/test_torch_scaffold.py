@@ -71,9 +71,7 @@ def test_two_steps_by_hand(tmp_path: Path) -> None:
     x = _zeros(net)
     set_weights(net, x)
     c = {"c/lin.weight": np.array([[0.5, 0.5]], F), "c/lin.bias": np.zeros(1, F)}
-    scaffold = ScaffoldCorrection(
-        net, FLModel(params=x, extras=c, current_round=2), state_dir=tmp_path
-    )
+    scaffold = ScaffoldCorrection(net, FLModel(params=x, extras=c, current_round=2), tmp_path)
     # Trainable floating parameters only: not the frozen one, not the buffers.
     assert scaffold.variates.names == ["lin.weight", "lin.bias"]
     assert scaffold.variates.loaded_round == 1
@@ -94,9 +92,7 @@ def test_two_steps_by_hand(tmp_path: Path) -> None:
     # above, gradient [[1, 1]], [1].
     x2 = {k: np.array(v, copy=True) for k, v in get_weights(net).items()}
     c2 = {"c/lin.weight": np.array([[1, 1]], F), "c/lin.bias": np.ones(1, F)}
-    scaffold = ScaffoldCorrection(
-        net, FLModel(params=x2, extras=c2, current_round=3), state_dir=tmp_path
-    )
+    scaffold = ScaffoldCorrection(net, FLModel(params=x2, extras=c2, current_round=3), tmp_path)
     assert scaffold.variates.loaded_round == 2
     _train(net, scaffold, steps=1, lr=1.0)
     np.testing.assert_array_equal(net.lin.weight.detach().numpy(), [[-1.5, -3.5]])
@@ -111,7 +107,7 @@ def test_a_fresh_site_has_nothing_to_correct(tmp_path: Path) -> None:
     net = Net()
     x = _zeros(net)
     set_weights(net, x)
-    scaffold = ScaffoldCorrection(net, FLModel(params=x, current_round=1), state_dir=tmp_path)
+    scaffold = ScaffoldCorrection(net, FLModel(params=x, current_round=1), tmp_path)
     assert scaffold.variates.is_zero and scaffold.variates.loaded_round is None
     _train(net, scaffold, steps=3, lr=0.5)
     # Plain SGD: 3 steps of lr 0.5 on [[1, 2]], [1].
@@ -127,9 +123,7 @@ def test_bfloat16_parameters(tmp_path: Path) -> None:
     set_weights(net, x)
     bf16 = ml_dtypes.bfloat16
     c = {"c/lin.weight": np.array([[0.5, 0.5]], bf16), "c/lin.bias": np.zeros(1, bf16)}
-    scaffold = ScaffoldCorrection(
-        net, FLModel(params=x, extras=c, current_round=1), state_dir=tmp_path
-    )
+    scaffold = ScaffoldCorrection(net, FLModel(params=x, extras=c, current_round=1), tmp_path)
     _train(net, scaffold, steps=1, lr=1.0)
     # gradient + c: [[1.5, 2.5]], [1].
     np.testing.assert_array_equal(net.lin.weight.detach().float().numpy(), [[-1.5, -2.5]])
@@ -144,9 +138,9 @@ def test_a_task_for_another_model_is_refused(tmp_path: Path) -> None:
     x = _zeros(net)
     c = {"c/lin.weight": np.zeros((2, 1), F)}
     with pytest.raises(ArrayFormatError, match="control variate 'lin.weight' is float32"):
-        ScaffoldCorrection(net, FLModel(params=x, extras=c), state_dir=tmp_path)
+        ScaffoldCorrection(net, FLModel(params=x, extras=c), tmp_path)
     with pytest.raises(ArrayFormatError, match="expected a torch.nn.Module"):
-        ScaffoldCorrection(x, FLModel(params=x), state_dir=tmp_path)
+        ScaffoldCorrection(x, FLModel(params=x), tmp_path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -155,9 +149,7 @@ def test_on_a_cuda_device(tmp_path: Path) -> None:
     x = _zeros(net)
     set_weights(net, x)
     c = {"c/lin.weight": np.array([[0.5, 0.5]], F), "c/lin.bias": np.zeros(1, F)}
-    scaffold = ScaffoldCorrection(
-        net, FLModel(params=x, extras=c, current_round=1), state_dir=tmp_path
-    )
+    scaffold = ScaffoldCorrection(net, FLModel(params=x, extras=c, current_round=1), tmp_path)
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
     opt.zero_grad()
     net(torch.tensor([[1.0, 2.0]], device="cuda")).sum().backward()

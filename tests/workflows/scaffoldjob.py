@@ -109,7 +109,7 @@ while fl.is_running():
     task = fl.receive()
     gate(info["site_name"], task.current_round)
     scaffold = bool(task.meta.get("scaffold"))
-    cv = ControlVariates(task) if scaffold else None
+    cv = ControlVariates(task, fl.state_dir()) if scaffold else None
     w = np.array(task.params["lin.weight"][0], np.float64)
     correction = cv.correction["lin.weight"][0] if cv else 0.0
     for _ in range(LOCAL_STEPS):
@@ -146,7 +146,9 @@ model = torch.nn.ModuleDict({"lin": torch.nn.Linear(DIM, 1, bias=False)})
 while fl.is_running():
     task = fl.receive()
     set_weights(model, task.params)
-    scaffold = ScaffoldCorrection(model, task) if task.meta.get("scaffold") else None
+    scaffold = (
+        ScaffoldCorrection(model, task, fl.state_dir()) if task.meta.get("scaffold") else None
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     for _ in range(LOCAL_STEPS):
         optimizer.zero_grad()

@@ -14,7 +14,7 @@ model ``x`` to ``y_i``::
 A numpy script uses it directly (the framework helpers in
 ``shoal.frameworks.torch`` and ``shoal.frameworks.keras`` wrap it)::
 
-    cv = ControlVariates(task)                       # c from the task, c_i from disk
+    cv = ControlVariates(task, fl.state_dir())       # c from the task, c_i kept there
     for _ in range(steps):
         g = gradient(w)
         w -= lr * (g + cv.correction[name])          # correction = c - c_i
@@ -57,18 +57,19 @@ class ControlVariates:
     """One round of SCAFFOLD at a site: ``c`` and ``c_i`` for ``names``.
 
     ``task`` is the round's task (its ``params`` are the global model ``x``,
-    its ``extras`` hold ``c``); ``names`` the weights to correct (default:
-    every floating array of ``task.params``; the framework helpers give the
-    trainable parameters, not buffers such as batch-norm statistics);
-    ``state_dir`` where ``c_i`` is kept (default ``shoal.client.state_dir()``).
+    its ``extras`` hold ``c``); ``state_dir`` where ``c_i`` is kept: the
+    site's state folder for the job, ``shoal.client.state_dir()``, which
+    outlives the worker; ``names`` the weights to correct (default: every
+    floating array of ``task.params``; the framework helpers give the
+    trainable parameters, not buffers such as batch-norm statistics).
     """
 
     def __init__(
         self,
         task: FLModel,
-        names: Iterable[str] | None = None,
+        state_dir: str | os.PathLike[str],
         *,
-        state_dir: Path | None = None,
+        names: Iterable[str] | None = None,
     ) -> None:
         x = task.params
         if names is None:
@@ -82,10 +83,6 @@ class ControlVariates:
                 raise ArrayFormatError(f"SCAFFOLD: {name!r} is not a floating-point weight")
         #: The global model this round started from (the task's arrays).
         self.x: dict[str, np.ndarray] = {n: np.asarray(x[n]) for n in self.names}
-        if state_dir is None:
-            from shoal.client.api import state_dir as site_state_dir
-
-            state_dir = site_state_dir()
         self.path = Path(state_dir) / STATE_FILE
         self.c = self._server_variate(task.extras)
         #: ``c_i`` as this round found it, and the round that computed it

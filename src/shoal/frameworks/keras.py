@@ -21,6 +21,7 @@ state and random-seed state are not.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,7 +231,7 @@ class ScaffoldCorrection:
     al. 2020, option II), in one line around ``fit``::
 
         set_weights(model, task.params)
-        scaffold = ScaffoldCorrection(model, task)     # c from the task, c_i from the site
+        scaffold = ScaffoldCorrection(model, task, fl.state_dir())  # c from the task, c_i kept there
         model.fit(x, y, epochs=2, batch_size=32)       # each step: grad + c - c_i
         extras = scaffold.result()                     # delta c_i; c_i+ saved at the site
         fl.send(fl.FLModel(params=get_weights(model), extras=extras, num_examples=n))
@@ -240,11 +241,12 @@ class ScaffoldCorrection:
     ``apply_gradients`` call; the TensorFlow and PyTorch backends), so it
     goes through the optimizer as the gradient does. The corrected weights
     are the trainable floating variables (not batch-norm statistics), under
-    their :func:`get_weights` names. ``c_i`` is kept in ``state_dir``
-    (default: the site's state folder for the job, ``shoal.client.state_dir()``).
+    their :func:`get_weights` names. ``c_i`` is kept in ``state_dir``: the
+    site's state folder for the job, ``shoal.client.state_dir()``, so that it
+    survives the worker.
     """
 
-    def __init__(self, model: Any, task: FLModel, *, state_dir: Path | None = None) -> None:
+    def __init__(self, model: Any, task: FLModel, state_dir: str | os.PathLike[str]) -> None:
         import keras
 
         from shoal.arrays import is_floating
@@ -260,7 +262,7 @@ class ScaffoldCorrection:
             for name, v in named_variables(model).items()
             if getattr(v, "trainable", True) and is_floating(_numpy_dtype(v))
         }
-        self.variates = ControlVariates(task, list(self._variables), state_dir=state_dir)
+        self.variates = ControlVariates(task, state_dir, names=list(self._variables))
         self._hook = _OptimizerHook.of(model)
         self._hook.set(self._variables, None if self.variates.is_zero else self.variates.correction)
         self._optimizer = self._hook.optimizer

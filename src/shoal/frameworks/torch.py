@@ -36,6 +36,7 @@ Needs PyTorch (``pip install 'shoal[pt]'``).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -381,7 +382,7 @@ class ScaffoldCorrection:
     al. 2020, option II), one call per step::
 
         set_weights(model, task.params)
-        scaffold = ScaffoldCorrection(model, task)    # c from the task, c_i from the site
+        scaffold = ScaffoldCorrection(model, task, fl.state_dir())   # c from the task, c_i kept there
         for xb, yb in batches:
             optimizer.zero_grad()
             loss_fn(model(xb), yb).backward()
@@ -393,13 +394,13 @@ class ScaffoldCorrection:
     The corrected weights are the module's floating parameters that require
     a gradient, under their ``named_parameters()`` names (the state-dict
     keys); buffers (batch-norm statistics, ``num_batches_tracked``) are not
-    corrected. ``c_i`` is kept in ``state_dir`` (default: the site's state
-    folder for the job, ``shoal.client.state_dir()``), so it survives the
-    worker. Build it after loading the task's weights; ``result`` reads the
-    trained parameters.
+    corrected. ``c_i`` is kept in ``state_dir``: the site's state folder for
+    the job, ``shoal.client.state_dir()``, so that it survives the worker.
+    Build it after loading the task's weights; ``result`` reads the trained
+    parameters.
     """
 
-    def __init__(self, model: Any, task: FLModel, *, state_dir: Path | None = None) -> None:
+    def __init__(self, model: Any, task: FLModel, state_dir: str | os.PathLike[str]) -> None:
         from shoal.client.scaffold import ControlVariates
 
         if not isinstance(model, torch.nn.Module):
@@ -412,7 +413,7 @@ class ScaffoldCorrection:
             for name, p in model.named_parameters()
             if p.requires_grad and p.is_floating_point()
         ]
-        self.variates = ControlVariates(task, [n for n, _ in self._params], state_dir=state_dir)
+        self.variates = ControlVariates(task, state_dir, names=[n for n, _ in self._params])
         correction = self.variates.correction
         #: (parameter, c - c_i on its device); empty while the correction is 0.
         self._pairs = (
