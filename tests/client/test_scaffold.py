@@ -79,6 +79,16 @@ def test_plain_sgd_with_the_correction_makes_c_i_the_mean_gradient(tmp_path: Pat
     np.testing.assert_allclose(cv.c_i["w"], np.mean(grads, axis=0), rtol=1e-12)
 
 
+def test_training_the_tasks_own_arrays_in_place(tmp_path: Path) -> None:
+    # The task's arrays are the script's (writable): x is kept apart.
+    task = _task([1, 2], None, 1)
+    cv = ControlVariates(task, tmp_path)
+    w = task.params["w"]
+    w -= np.array([1, -2], F)  # now [0, 4], the y of round 1
+    extras = cv.update({"w": w}, num_steps=2, lr=0.5)
+    np.testing.assert_array_equal(extras["delta_c/w"], np.array([1, -2], F))
+
+
 RESTARTED = """
 import sys
 import numpy as np

@@ -22,9 +22,11 @@ A numpy script uses it directly (the framework helpers in
     fl.send(fl.FLModel(params=new_params, extras=extras, num_examples=n))
 
 Control variates are kept for the names given (default: every floating
-array of the task), in each one's dtype; the arithmetic is done in float64,
-one array at a time. Memory beyond the task (which brings ``x`` and ``c``):
-``c_i`` and the correction, twice the corrected weights.
+array of the task), in each one's dtype; the arithmetic is done in float32
+(float64 for float64 weights), one array at a time. Memory beyond the task
+(which brings ``x`` and ``c``): ``c_i``, the correction and a copy of ``x``
+(a script may train the task's arrays in place), three times the corrected
+weights.
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ class ControlVariates:
                 raise ArrayFormatError(f"SCAFFOLD: {name!r} is not a weight of the task's model")
             if not is_floating(np.asarray(x[name]).dtype):
                 raise ArrayFormatError(f"SCAFFOLD: {name!r} is not a floating-point weight")
-        #: The global model this round started from (the task's arrays).
-        self.x: dict[str, np.ndarray] = {n: np.asarray(x[n]) for n in self.names}
+        #: The global model this round started from: a copy, since a script
+        #: may train the task's own arrays in place.
+        self.x: dict[str, np.ndarray] = {n: np.array(x[n], copy=True) for n in self.names}
         self.path = Path(state_dir) / STATE_FILE
         self.c = self._server_variate(task.extras)
         #: ``c_i`` as this round found it, and the round that computed it
@@ -91,10 +94,7 @@ class ControlVariates:
         #: ``c - c_i`` per name, in the weight's dtype: what each local step
         #: adds to the gradient.
         self.correction: dict[str, np.ndarray] = {
-            n: (self.c[n].astype(np.float64) - self.c_i[n].astype(np.float64)).astype(
-                self.x[n].dtype
-            )
-            for n in self.names
+            n: (_work(self.c[n]) - _work(self.c_i[n])).astype(self.x[n].dtype) for n in self.names
         }
         #: True while ``c`` and ``c_i`` are both zero (the first round of a
         #: site): the correction is zero and may be skipped.
@@ -170,11 +170,11 @@ class ControlVariates:
             y_n = np.asarray(y[name])
             _check_like(y_n, self.x[name], f"the trained weight {name!r}")
             dtype = self.x[name].dtype
-            # delta c_i = c_i+ - c_i = (x - y) / (K lr) - c; float64 for the
-            # arithmetic, one array at a time.
-            delta = (self.x[name].astype(np.float64) - y_n.astype(np.float64)) * scale
-            delta -= self.c[name].astype(np.float64)
-            new = self.c_i[name].astype(np.float64) + delta
+            # delta c_i = c_i+ - c_i = (x - y) / (K lr) - c, one array at a time.
+            delta = _work(self.x[name]) - _work(y_n)
+            delta *= scale
+            delta -= _work(self.c[name])
+            new = _work(self.c_i[name]) + delta
             if not (np.isfinite(new).all() and np.isfinite(delta).all()):
                 raise ArrayFormatError(
                     f"SCAFFOLD: c_i of {name!r} is not finite (did training diverge?)"
@@ -189,6 +189,13 @@ class ControlVariates:
         )
         self.c_i = c_i_next
         return extras
+
+
+def _work(a: np.ndarray) -> np.ndarray:
+    """``a`` in the dtype to compute in: float64 stays, the rest is float32
+    (half precision would round the small differences away; float64 for a
+    float32 model would double the temporaries of its largest layer)."""
+    return a.astype(np.float64 if a.dtype == np.float64 else np.float32)
 
 
 def _check_like(value: np.ndarray, like: np.ndarray, what: str) -> None:
