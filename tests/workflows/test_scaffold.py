@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from shoal.arrays import load_arrays
-from shoal.errors import ArrayFormatError, JobValidationError
+from shoal.errors import ArrayFormatError, JobFailedError, JobValidationError
 from shoal.jobs import ClientAppSpec, JobSpec, ServerAppSpec, WorkflowSpec
 from shoal.taskmeta import EXTRAS_PREFIX, join_extras, split_extras
 from shoal.workflows import WorkflowContext, get_workflow, parse_params
@@ -301,3 +301,17 @@ def test_docs_list_every_scaffold_parameter() -> None:
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     documented = {name for row in rows for name in row.split("|")[1].split("`")[1::2]}
     assert {d.name for d in param_docs(ScaffoldParams)} == documented
+
+
+def test_extras_left_in_the_model_fail_the_job(tmp_path: Path) -> None:
+    # fold_extras with an update that does not take the extras out: the
+    # driver refuses the model rather than publish arrays as weights.
+    from shoal.workflows import Policies, run_rounds
+    from shoal.workflows.scaffold import ScaffoldParams
+
+    seen: dict[Any, Any] = {}
+    comm = _four_sites(tmp_path, seen)
+    policies = Policies(aggregator=lambda reuse: ScaffoldAggregator(4), fold_extras=True)
+    with pytest.raises(JobFailedError, match="the server update's model is refused"):
+        run_rounds(_ctx(tmp_path, comm), ScaffoldParams(num_rounds=1), policies, workflow="x")
+    assert not (tmp_path / "run" / "models" / "global_round_0001.safetensors").exists()

@@ -673,8 +673,9 @@ class _Rounds:
             raise JobFailedError(f"round {k}: the aggregated model is refused: {exc}") from None
         step = self.policies.update(_OnDisk(self.store.model_path(k - 1)), aggregate, state)
         new_global = step.params
-        if self.policies.update is not keep_aggregate:
-            # Another update may have overflowed, or changed the model's form.
+        if self.policies.update is not keep_aggregate or self.policies.fold_extras:
+            # Another update may have overflowed, or changed the model's form
+            # (an aggregate with extras in it is not a model).
             try:
                 check_compatible(self.reference, new_global)
                 check_finite(new_global)
