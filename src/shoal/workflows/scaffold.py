@@ -63,8 +63,8 @@ class ScaffoldParams(RoundParams):
     """SCAFFOLD's ``workflow:`` parameters: the round driver's and the global step size."""
 
     #: ``eta_g``: the global model moves by ``server_lr`` times the mean of the
-    #: sites' changes. 1 (the paper's choice in its experiments): the mean of
-    #: the sites' models.
+    #: sites' changes. 1: it becomes the mean of the sites' models, as in
+    #: FedAvg.
     server_lr: float = param(
         1.0,
         doc="global step size eta_g: x <- x + eta_g * mean(y_i - x)",
