@@ -17,6 +17,7 @@ from shoal.client.api import (
     is_train,
     receive,
     send,
+    state_dir,
     system_info,
     use_backend,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "is_train",
     "receive",
     "send",
+    "state_dir",
     "system_info",
     "use_backend",
 ]

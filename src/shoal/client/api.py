@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from shoal.client.model import ClientBackend, FLModel
@@ -50,6 +51,7 @@ __all__ = [
     "is_train",
     "receive",
     "send",
+    "state_dir",
     "system_info",
     "use_backend",
 ]
@@ -247,3 +249,26 @@ def system_info() -> dict[str, Any]:
         "site_index": b.site_index,
         "num_sites": b.num_sites,
     }
+
+
+def state_dir() -> Path:
+    """A folder of this site's own for this job, kept while the job runs.
+
+    What a script writes there is there again for the next round and for a
+    worker the site daemon restarts for the same job (after the site itself
+    restarted, say): state a site keeps between rounds, such as SCAFFOLD's
+    control variate, belongs here, not in the working directory (the job's
+    unpacked copy, unpacked afresh on a restart) nor in memory. Under a site
+    daemon it is ``jobs/<job id>/state/`` in the site's workspace, removed
+    with the job's folder; in ``shoal simulate``, ``site_state/<site>/`` in
+    the run folder, one per simulated site. Created on first use.
+    """
+    backend = _require().backend
+    folder = getattr(backend, "state_dir", None)
+    if folder is None:
+        raise ConfigError(
+            f"this site's backend ({type(backend).__name__}) keeps no state folder for the job"
+        )
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder

@@ -411,14 +411,18 @@ class SiteDaemon:
     ) -> subprocess.Popen[bytes]:
         """Start the job's script, confined (shoal.sandbox) and with its own credential.
 
-        Job code may write in the unpacked job, its own home and temporary
-        folders, and read its credential and configuration; the log is
+        Job code may write in the unpacked job, its own home, temporary
+        and state folders, and read its credential and configuration. The
+        state folder (``shoal.client.state_dir()``) is the one a worker
+        restarted for the same job finds as the last one left it: the
+        unpacked job is unpacked afresh. The log is
         written through the descriptor it inherits, so the job cannot
         rewrite it by path. Nothing else of the workspace or the kit is in
         reach, nor, when the daemon runs as root, anything of its user.
         """
         home, tmp, creds = job_dir / "home", job_dir / "tmp", job_dir / "credentials"
-        for folder in (home, tmp, creds):
+        state = job_dir / "state"
+        for folder in (home, tmp, state, creds):
             folder.mkdir(mode=0o700, exist_ok=True)
         key_path, cert_path, ca_path = creds / "worker.key", creds / "worker.crt", creds / "ca.pem"
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -427,7 +431,9 @@ class SiteDaemon:
         cert_path.write_bytes(job.cert_pem)
         ca_path.write_bytes(self.kit.tls.ca_pem)
         config = self._worker_config(job_id, job_dir, job.meta, key_path, cert_path, ca_path)
-        config = dataclasses.replace(config, filters=job.filters, app_dir=str(job.script.parent))
+        config = dataclasses.replace(
+            config, filters=job.filters, app_dir=str(job.script.parent), state_dir=str(state)
+        )
         config_path = job_dir / "worker.json"
         config_path.write_text(config.to_json())
         app_dir = job.script.parent
@@ -444,7 +450,7 @@ class SiteDaemon:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(app_dir), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]
         )
-        writable = [job_dir / "job", home, tmp]
+        writable = [job_dir / "job", home, tmp, state]
         plan = Confinement.for_job(
             writable,
             deny=secret_paths(self.kit.root, self.workspace),

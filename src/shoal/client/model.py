@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -56,6 +57,11 @@ class ClientBackend(Protocol):
     #: count: lets a script pick its own shard of a shared demo data set.
     site_index: int
     num_sites: int
+    #: A folder of this site's own for this job that outlives the script: a
+    #: worker restarted for the same job finds what the last one left there
+    #: (SCAFFOLD's site control variate). None: the backend keeps no such
+    #: folder. ``shoal.client.state_dir()`` creates it on first use.
+    state_dir: Path | None
 
     @property
     def filters(self) -> Mapping[str, Any]:

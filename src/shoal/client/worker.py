@@ -91,6 +91,9 @@ class WorkerConfig:
     filters: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: The job's ``app/`` folder, where job filters resolve.
     app_dir: str = ""
+    #: The site's folder for this job's state (``shoal.client.state_dir()``):
+    #: kept when the daemon restarts the job's worker; "" for none.
+    state_dir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -173,6 +176,7 @@ class GrpcBackend:
         self.job_id = config.job_id
         self.site_index = config.site_index
         self.num_sites = config.num_sites
+        self.state_dir = Path(config.state_dir) if config.state_dir else None
         self.filters: dict[str, FilterChain] = {
             point: build_chain(
                 point,

@@ -14,19 +14,24 @@ state and random-seed state are not.
     params = get_weights(model)        # {"layers.1.0.kernel": array(784, 128), ...}
     set_weights(model, params)
 
-Needs Keras (``pip install 'shoal[tf]'``).
+``ScaffoldCorrection`` is SCAFFOLD's local step correction
+(``shoal.client.scaffold``). Needs Keras (``pip install 'shoal[tf]'``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shoal.errors import ArrayFormatError, ConfigError
+
+if TYPE_CHECKING:
+    from shoal.client.model import FLModel
 
 try:
     import keras  # noqa: F401 - imported to fail early with a clear message
@@ -36,7 +41,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install 'shoal[tf]'"
     ) from exc
 
-__all__ = ["KerasAdapter", "get_weights", "named_variables", "save", "set_weights"]
+__all__ = [
+    "KerasAdapter",
+    "ScaffoldCorrection",
+    "get_weights",
+    "named_variables",
+    "save",
+    "set_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +159,133 @@ class KerasAdapter:
 
     def save(self, model: Any, path: Path) -> None:
         save(model, path)
+
+
+class _OptimizerHook:
+    """Adds a per-variable correction to every gradient an optimizer applies.
+
+    Installed once per optimizer, in its ``apply`` (which ``apply_gradients``
+    and Keras's ``train_step`` call): the corrections are Keras variables,
+    read by the traced training function at each step, so a new round only
+    assigns new values and nothing is traced again.
+    """
+
+    def __init__(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+        #: id(model variable) -> its correction (a non-trainable variable).
+        self.corrections: dict[int, Any] = {}
+        original = optimizer.apply
+
+        def apply(grads: Sequence[Any], trainable_variables: Any = None) -> Any:
+            if trainable_variables is None:
+                variables = list(optimizer._trainable_variables)
+            else:
+                trainable_variables = list(trainable_variables)
+                variables = trainable_variables
+            # Gradients reach apply() multiplied by the loss scale, if any.
+            scale = getattr(optimizer, "loss_scale_factor", None)
+            corrected = []
+            for g, v in zip(grads, variables, strict=True):
+                d = self.corrections.get(id(v))
+                if g is not None and d is not None:
+                    g = g + (d if scale is None else d * scale)
+                corrected.append(g)
+            return original(corrected, trainable_variables)
+
+        optimizer.apply = apply
+
+    @classmethod
+    def of(cls, model: Any) -> _OptimizerHook:
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise ConfigError("SCAFFOLD: compile the Keras model (with its optimizer) first")
+        hook = getattr(optimizer, "_shoal_scaffold_hook", None)
+        if hook is None:
+            hook = cls(optimizer)
+            optimizer._shoal_scaffold_hook = hook
+            # A training function traced before the hook would not call it.
+            if getattr(model, "train_function", None) is not None:
+                model.train_function = None
+        return hook
+
+    def set(self, variables: Mapping[str, Any], values: Mapping[str, np.ndarray] | None) -> None:
+        """The corrections of ``variables`` (zero where ``values`` is None)."""
+        import keras
+
+        for name, v in variables.items():
+            d = self.corrections.get(id(v))
+            if d is None:
+                d = self.corrections[id(v)] = keras.Variable(
+                    np.zeros(tuple(v.shape), _numpy_dtype(v)),
+                    trainable=False,
+                    dtype=v.dtype,
+                    name="shoal_scaffold_correction",
+                )
+            d.assign(
+                values[name] if values is not None else np.zeros(tuple(v.shape), _numpy_dtype(v))
+            )
+
+
+class ScaffoldCorrection:
+    """SCAFFOLD's correction of a Keras model's local steps (Karimireddy et
+    al. 2020, option II), in one line around ``fit``::
+
+        set_weights(model, task.params)
+        scaffold = ScaffoldCorrection(model, task, fl.state_dir())  # c from the task, c_i kept there
+        model.fit(x, y, epochs=2, batch_size=32)       # each step: grad + c - c_i
+        extras = scaffold.result()                     # delta c_i; c_i+ saved at the site
+        fl.send(fl.FLModel(params=get_weights(model), extras=extras, num_examples=n))
+
+    The model must be compiled: the correction is added to each gradient its
+    optimizer applies (``optimizer.apply``, which ``fit`` and
+    ``apply_gradients`` call; the TensorFlow and PyTorch backends), so it
+    goes through the optimizer as the gradient does. The corrected weights
+    are the trainable floating variables (not batch-norm statistics), under
+    their :func:`get_weights` names. ``c_i`` is kept in ``state_dir``: the
+    site's state folder for the job, ``shoal.client.state_dir()``, so that it
+    survives the worker.
+    """
+
+    def __init__(self, model: Any, task: FLModel, state_dir: str | os.PathLike[str]) -> None:
+        import keras
+
+        from shoal.arrays import is_floating
+        from shoal.client.scaffold import ControlVariates
+
+        if keras.backend.backend() == "jax":
+            raise ConfigError(
+                "SCAFFOLD's Keras helper needs the TensorFlow or PyTorch backend "
+                "(JAX applies gradients statelessly, out of the optimizer's apply())"
+            )
+        self._variables = {
+            name: v
+            for name, v in named_variables(model).items()
+            if getattr(v, "trainable", True) and is_floating(_numpy_dtype(v))
+        }
+        self.variates = ControlVariates(task, state_dir, names=list(self._variables))
+        self._hook = _OptimizerHook.of(model)
+        self._hook.set(self._variables, None if self.variates.is_zero else self.variates.correction)
+        self._optimizer = self._hook.optimizer
+        self._start = int(self._optimizer.iterations.numpy())
+
+    @property
+    def steps(self) -> int:
+        """The optimizer's steps since this round's correction was set."""
+        return int(self._optimizer.iterations.numpy()) - self._start
+
+    def result(
+        self, *, lr: float | None = None, num_steps: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """The extras to send (``delta_c/<name>``: ``c_i+ - c_i``), having
+        saved ``c_i+ = c_i - c + (x - y_i) / (K * lr)`` at the site, and
+        the correction set back to zero (training outside a SCAFFOLD round
+        is not corrected). ``lr`` defaults to the optimizer's current
+        learning rate (give it when a schedule changes it), ``num_steps``
+        (``K``) to the optimizer's steps since this object was made."""
+        if lr is None:
+            lr = float(np.asarray(self._optimizer.learning_rate))
+        steps = self.steps if num_steps is None else num_steps
+        y = {name: np.asarray(v.numpy()) for name, v in self._variables.items()}
+        extras = self.variates.update(y, num_steps=steps, lr=lr)
+        self._hook.set(self._variables, None)
+        return extras

@@ -27,7 +27,8 @@ bool. Other dtypes (float8, complex, quantized) are refused, naming the key.
   naming it (the first one first), and the module is left as it was.
 
 ``to_numpy_params`` converts a mapping that holds tensors (a ``state_dict()``
-put straight into ``FLModel.params``) the same way.
+put straight into ``FLModel.params``) the same way. ``ScaffoldCorrection``
+is SCAFFOLD's local step correction (``shoal.client.scaffold``).
 
 Needs PyTorch (``pip install 'shoal[pt]'``).
 """
@@ -35,13 +36,17 @@ Needs PyTorch (``pip install 'shoal[pt]'``).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shoal.errors import ArrayFormatError, ConfigError
+
+if TYPE_CHECKING:
+    from shoal.client.model import FLModel
 
 try:
     import torch
@@ -50,7 +55,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         f"shoal.frameworks.torch needs PyTorch ({exc}); install shoal[pt]: pip install 'shoal[pt]'"
     ) from exc
 
-__all__ = ["TorchAdapter", "get_weights", "save", "set_weights", "to_numpy_params"]
+__all__ = [
+    "ScaffoldCorrection",
+    "TorchAdapter",
+    "get_weights",
+    "save",
+    "set_weights",
+    "to_numpy_params",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -357,3 +369,75 @@ class TorchAdapter:
 
     def save(self, model: Any, path: Path) -> None:
         save(model, path)
+
+
+def _tensor_like(value: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """``value`` (the dtype ``like`` has in numpy) as a tensor on ``like``'s device."""
+    bits = np.ascontiguousarray(_bits(value))
+    return torch.from_numpy(bits).view(like.dtype).to(like.device)
+
+
+class ScaffoldCorrection:
+    """SCAFFOLD's correction of a PyTorch module's local steps (Karimireddy et
+    al. 2020, option II), one call per step::
+
+        set_weights(model, task.params)
+        scaffold = ScaffoldCorrection(model, task, fl.state_dir())   # c from the task, c_i kept there
+        for xb, yb in batches:
+            optimizer.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            scaffold.apply()                           # grad += c - c_i
+            optimizer.step()
+        extras = scaffold.result(lr=lr)                # delta c_i; c_i+ saved at the site
+        fl.send(fl.FLModel(params=get_weights(model), extras=extras, num_examples=n))
+
+    The corrected weights are the module's floating parameters that require
+    a gradient, under their ``named_parameters()`` names (the state-dict
+    keys); buffers (batch-norm statistics, ``num_batches_tracked``) are not
+    corrected. ``c_i`` is kept in ``state_dir``: the site's state folder for
+    the job, ``shoal.client.state_dir()``, so that it survives the worker.
+    Build it after loading the task's weights; ``result`` reads the trained
+    parameters.
+    """
+
+    def __init__(self, model: Any, task: FLModel, state_dir: str | os.PathLike[str]) -> None:
+        from shoal.client.scaffold import ControlVariates
+
+        if not isinstance(model, torch.nn.Module):
+            raise ArrayFormatError(
+                f"expected a torch.nn.Module, got {type(model).__module__}."
+                f"{type(model).__qualname__}"
+            )
+        self._params = [
+            (name, p)
+            for name, p in model.named_parameters()
+            if p.requires_grad and p.is_floating_point()
+        ]
+        self.variates = ControlVariates(task, state_dir, names=[n for n, _ in self._params])
+        correction = self.variates.correction
+        #: (parameter, c - c_i on its device); empty while the correction is 0.
+        self._pairs = (
+            []
+            if self.variates.is_zero
+            else [(p, _tensor_like(correction[name], p)) for name, p in self._params]
+        )
+        #: Calls of :meth:`apply` so far: the local steps taken.
+        self.steps = 0
+
+    def apply(self) -> None:
+        """Add ``c - c_i`` to each corrected parameter's gradient (call it
+        after ``backward()``, before ``optimizer.step()``); counts a step."""
+        with torch.no_grad():
+            for p, correction in self._pairs:
+                if p.grad is not None:
+                    p.grad.add_(correction)
+        self.steps += 1
+
+    def result(self, *, lr: float, num_steps: int | None = None) -> dict[str, np.ndarray]:
+        """The extras to send (``delta_c/<name>``: ``c_i+ - c_i``), having
+        saved ``c_i+ = c_i - c + (x - y_i) / (K * lr)`` at the site. ``lr``:
+        the local learning rate; ``num_steps`` (``K``): the local steps,
+        by default the calls of :meth:`apply`."""
+        steps = self.steps if num_steps is None else num_steps
+        y = {name: _to_numpy(p, name) for name, p in self._params}
+        return self.variates.update(y, num_steps=steps, lr=lr)

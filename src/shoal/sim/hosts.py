@@ -82,6 +82,9 @@ class HostSetup:
     filters: Mapping[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: The job's ``app/`` folder, where its filters resolve.
     app_dir: Path | None = None
+    #: Where each site's state folder lives (``shoal.client.state_dir()``):
+    #: ``state_root/<site>``, on a filesystem the site can write; None: none.
+    state_root: Path | None = None
 
 
 class SiteHost(Protocol):
@@ -126,6 +129,7 @@ class ThreadsHost:
             in_memory=True,
             filters=setup.filters,
             app_dir=setup.app_dir,
+            state_root=setup.state_root,
         )
 
     def start(self) -> None:
@@ -177,6 +181,7 @@ class ProcessesHost:
                     "stack_size": _stack_size(config, len(share)),
                     "filters": dict(setup.filters),
                     "app_dir": str(setup.app_dir) if setup.app_dir else None,
+                    "state_root": str(setup.state_root) if setup.state_root else None,
                 },
                 on_message=setup.emit,
             )

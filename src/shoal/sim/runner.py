@@ -345,6 +345,7 @@ def _simulate(
                 if spec.filters.get(point)
             },
             app_dir=app_dir,
+            state_root=run_dir / "site_state",
         )
         logger.info(
             "simulating job %s with %d site(s) in %s mode; results in %s",

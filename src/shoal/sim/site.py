@@ -102,8 +102,10 @@ class SimBackend:
         slots: threading.Semaphore,
         weights: _WeightsCache | None = None,
         filters: dict[str, FilterChain] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.site_name = site.name
+        self.state_dir = state_dir
         self.filters: dict[str, FilterChain] = filters or {}
         self.job_id = job_id
         self.site_index = site.index
@@ -220,6 +222,7 @@ class SiteRuntime:
         in_memory: bool = False,
         filters: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         app_dir: Path | None = None,
+        state_root: Path | None = None,
     ) -> None:
         self._script = script
         self._code: CodeType = compile(script.read_bytes(), str(script), "exec")
@@ -241,6 +244,7 @@ class SiteRuntime:
                     point: build_chain(point, specs_from_json(specs), app_dir=app_dir)
                     for point, specs in (filters or {}).items()
                 },
+                state_dir=state_root / s.name if state_root is not None else None,
             )
             for s in sites
         }

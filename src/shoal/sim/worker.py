@@ -156,6 +156,7 @@ def worker_main(conn: Connection, config_json: str) -> None:
             stack_size=config["stack_size"],
             filters=config.get("filters") or {},
             app_dir=Path(config["app_dir"]) if config.get("app_dir") else None,
+            state_root=Path(config["state_root"]) if config.get("state_root") else None,
         )
         runtime.start()
 

@@ -27,6 +27,12 @@ restarted after a crash resumes after the last checkpointed round. With
 ``evaluate_after``, the final model then goes through a cross-site
 evaluation phase (``shoal.workflows.evaluation``) before the sites are told
 the job is over.
+
+Arrays beside the weights (``FLModel.extras``) go down only when the
+policies' ``task_extras`` gives some (or a ``model_out`` filter adds them):
+the round's task is then a file of its own, ``run/published/round_NNNN``,
+the model and those arrays together; otherwise it is the model file itself.
+They reach the aggregator only when ``fold_extras`` is set.
 """
 
 from __future__ import annotations
@@ -500,7 +506,7 @@ class _Rounds:
         )
         started = time.monotonic()
         started_wall = time.time()
-        task_id = self._scatter(k, selected)
+        task_id = self._scatter(k, selected, state)
         # The sites are downloading: commit the previous round meanwhile.
         self.commit_pending()
         comm.report(round=k, total_rounds=total, status="training", sites=list(selected))
@@ -531,13 +537,15 @@ class _Rounds:
         models.append(new_global)
         return state
 
-    def _scatter(self, k: int, selected: list[str]) -> str:
+    def _scatter(self, k: int, selected: list[str], state: ServerState) -> str:
         store, total = self.store, self.params.num_rounds
         weights_path = store.model_path(k - 1)
         checksum: str | None = None
-        if self.filters.get("model_out"):
-            weights_path = self._publish(k, weights_path)
+        extras = self._task_extras(k, state)
+        if self.filters.get("model_out") or extras:
+            weights_path = self._publish(k, weights_path, extras)
         else:
+            # The model file itself: no copy, and its checksum is known.
             checksum = store.model_checksum(weights_path)
         task_id = self.ctx.comm.scatter(
             task="train",
@@ -557,17 +565,31 @@ class _Rounds:
         )
         return task_id
 
-    def _publish(self, k: int, model_path: Path) -> Path:
-        """Round ``k``'s task through the ``model_out`` filters, into a file of
-        its own (the global model on disk stays what the rounds computed)."""
-        chain = self.filters["model_out"]
+    def _task_extras(self, k: int, state: ServerState) -> Mapping[str, np.ndarray]:
+        """The arrays the workflow sends beside round ``k``'s model ({} if none)."""
+        make = self.policies.task_extras
+        if make is None:
+            return {}
+        extras = make(state)
+        try:
+            check_finite(extras)
+        except ArrayFormatError as exc:
+            raise JobFailedError(f"round {k}: the task's extras are refused: {exc}") from None
+        return extras
+
+    def _publish(self, k: int, model_path: Path, extras: Mapping[str, np.ndarray]) -> Path:
+        """Round ``k``'s task, the model and ``extras``, through the
+        ``model_out`` filters if any, into a file of its own (the global
+        model on disk stays what the rounds computed)."""
         model = FLModel(
             params=load_arrays(model_path, mmap=True),
+            extras=extras,
             current_round=k,
             total_rounds=self.params.num_rounds,
             task="train",
         )
-        out = _apply(chain, model, job_id=self.ctx.job_id, site="*", round=k)
+        chain = self.filters.get("model_out")
+        out = _apply(chain, model, job_id=self.ctx.job_id, site="*", round=k) if chain else model
         folder = self.store.run_dir / "published"
         target = folder / f"round_{k:04d}.safetensors"
         save_arrays(target, join_extras(out.params, out.extras), durable=False)
@@ -643,6 +665,10 @@ class _Rounds:
                 max_num_examples=self.params.max_num_examples,
                 global_model=functools.partial(_OnDisk, self.store.model_path(k - 1)),
             )
+            if self.policies.fold_extras:
+                extras = result.extras()
+                check_finite(extras)
+                arrays = join_extras(arrays, extras)
             aggregator.add(arrays, weight=result.num_examples)
         except ArrayFormatError as exc:
             gathered.refused[result.site] = str(exc)
@@ -676,8 +702,9 @@ class _Rounds:
             raise JobFailedError(f"round {k}: the aggregated model is refused: {exc}") from None
         step = self.policies.update(_OnDisk(self.store.model_path(k - 1)), aggregate, state)
         new_global = step.params
-        if self.policies.update is not keep_aggregate:
-            # Another update may have overflowed, or changed the model's form.
+        if self.policies.update is not keep_aggregate or self.policies.fold_extras:
+            # Another update may have overflowed, or changed the model's form
+            # (an aggregate with extras in it is not a model).
             try:
                 check_compatible(self.reference, new_global)
                 check_finite(new_global)

@@ -12,12 +12,18 @@ may change it in place), ``state`` what the update returned last round
 (``{}`` in the first round). State maps names to numpy arrays or JSON
 scalars (``int``, ``float``, ``str``, ``bool``, ``None``); the driver
 checkpoints it with each round and hands it back on resume.
+
+Two more policies let an algorithm exchange arrays beside the weights
+(``FLModel.extras``), e.g. SCAFFOLD's control variates: ``task_extras``
+turns the state into the arrays each round's task carries down with the
+model, and ``fold_extras`` has the aggregator get each result's extras
+too. Neither costs anything when unset, as FedAvg leaves them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +35,7 @@ __all__ = [
     "Policies",
     "ServerState",
     "ServerUpdate",
+    "TaskExtras",
     "UpdateResult",
     "check_state",
     "keep_aggregate",
@@ -67,6 +74,10 @@ def keep_aggregate(
     return UpdateResult(params=aggregate, state=state)
 
 
+#: State -> the named arrays a round's task carries beside the model.
+TaskExtras = Callable[[ServerState], Mapping[str, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class Policies:
     """What makes one workflow differ from another under the same driver."""
@@ -75,6 +86,19 @@ class Policies:
     aggregator: AggregatorFactory
     #: Aggregate -> new global model.
     update: ServerUpdate = keep_aggregate
+    #: The arrays round ``k``'s task carries beside the model (a site reads
+    #: them as ``task.extras``), from the state the update returned after
+    #: round ``k - 1`` (``{}`` before round 1). When it gives none the task
+    #: is the model file as it is; otherwise the driver writes the model and
+    #: these into the round's published file (``run/published/``), through
+    #: the ``model_out`` filters if the job has any.
+    task_extras: TaskExtras | None = None
+    #: The aggregator's ``add`` gets each result's extras too, beside its
+    #: weights under ``shoal.taskmeta.EXTRAS_PREFIX`` (``join_extras``), after
+    #: the driver checked them finite; the aggregate may hold them, and the
+    #: update must take them out (``split_extras``): the new global model
+    #: has the old one's names. False: extras never reach the aggregator.
+    fold_extras: bool = False
 
 
 def check_state(state: object) -> ServerState:

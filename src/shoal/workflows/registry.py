@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import cross_site, cyclic, evaluate, fedavg, fedbuff
+from shoal.workflows import cross_site, cyclic, evaluate, fedavg, fedbuff, scaffold
 from shoal.workflows.api import WorkflowFn
 
 __all__ = [
@@ -121,5 +121,13 @@ register(
         run=fedbuff.run,
         parse_params=fedbuff.parse_params,
         check_spec=fedbuff.check_spec,
+    )
+)
+register(
+    WorkflowEntry(
+        name="scaffold",
+        run=scaffold.run,
+        parse_params=scaffold.parse_params,
+        check_spec=scaffold.check_spec,
     )
 )
