@@ -23,7 +23,10 @@ with round ``k-1``'s state. A result whose arrays differ from the global
 model's names/shapes/dtypes, hold NaN/Inf, or report ``num_examples <= 0``
 or over ``max_num_examples`` is refused (logged; the site counts as not
 answered). Metrics are kept finite (``shoal.workflows.metrics``). A run
-restarted after a crash resumes after the last checkpointed round.
+restarted after a crash resumes after the last checkpointed round. When the
+runtime asks the workflow to stop (``ctx.stop_requested()``, its server is
+stopping), the round in progress finishes, is checkpointed, and the run
+raises ``WorkflowSuspended`` instead of offering the next round.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from shoal.errors import (
     JobFailedError,
     JobValidationError,
     ShoalError,
+    WorkflowSuspended,
 )
 from shoal.filters import SERVER_POINTS, FilterChain, build_chain
 from shoal.taskmeta import join_extras
@@ -375,7 +379,21 @@ def run_rounds(
             )
             try:
                 for k in range(start, total + 1):
-                    state = rounds.run(k, models, state)
+                    try:
+                        state = rounds.run(k, models, state)
+                    except JobFailedError as exc:
+                        if not ctx.stop_requested():
+                            raise
+                        # Sites stopping with the server cost round k its
+                        # quorum: not the job's failure. Round k-1 is
+                        # checkpointed (its commit ran once k's task was out).
+                        log.warning("round %d could not finish while stopping: %s", k, exc)
+                        raise WorkflowSuspended(k - 1) from None
+                    if k < total and ctx.stop_requested():
+                        # Round k is gathered and its model written: the
+                        # commit below checkpoints it; round k+1 is never
+                        # offered. The job resumes from there.
+                        raise WorkflowSuspended(k)
             finally:
                 # The last round's commit, or a completed round's whose
                 # successor failed: what finished is recorded.
