@@ -12,7 +12,8 @@
     ├── NotAuthorizedError     an admin command beyond the caller's role
     ├── NotFoundError          no such job, site or file
     ├── ArrayFormatError       a weights file/stream is malformed or does not match
-    └── JobFailedError         a job ended in a failure state
+    ├── JobFailedError         a job ended in a failure state
+    └── WorkflowSuspended      a workflow stopped at a round boundary; its job resumes
 
 Library code raises these; only the CLI turns them into exit codes.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "ShoalError",
     "TransportError",
     "UnavailableError",
+    "WorkflowSuspended",
 ]
 
 
@@ -87,3 +89,12 @@ class ArrayFormatError(ShoalError):
 
 class JobFailedError(ShoalError):
     """A job ended in a failure state (EXECUTION_EXCEPTION, ABORTED, ABANDONED)."""
+
+
+class WorkflowSuspended(ShoalError):
+    """A workflow stopped after checkpointing ``round`` because its server is
+    stopping: not a failure, the job resumes from ``round + 1``."""
+
+    def __init__(self, round: int) -> None:
+        super().__init__(f"suspended after round {round} (checkpointed) for the server's shutdown")
+        self.round = round

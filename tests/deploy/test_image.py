@@ -7,12 +7,14 @@ machine without the linters still catches a regression.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,49 @@ def test_dockerfile_rules() -> None:
     assert deps < wheel
 
 
+def test_any_builder_any_debian_base() -> None:
+    """Classic builder and BuildKit alike, on any Debian-like base with python3 (item 11)."""
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "BuildKit would fetch a frontend"
+    instructions = _instructions()
+    for word, rest in instructions:
+        assert not (word in ("COPY", "ADD") and "--chmod" in rest), "COPY --chmod needs BuildKit"
+        if word == "RUN":
+            assert not re.search(r"(^|[;&|(]\s*|\s)python(\s|$)", rest), (
+                f"python3, not python: {rest}"
+            )
+    assert "python3 >= 3.11" in text, "tomllib: the base's requirement is stated"
+    assert "@sha256:" in text, "how to pin the base by digest is shown"
+
+
+def test_tini_labels_healthcheck_and_locked_core() -> None:
+    instructions = _instructions()
+    (entrypoint,) = [json.loads(a) for w, a in instructions if w == "ENTRYPOINT"]
+    assert entrypoint == ["tini", "--", "/usr/local/bin/shoal-entrypoint"]
+    runs = [a for w, a in instructions if w == "RUN"]
+    assert any("apt-get install" in r and " tini" in r for r in runs)
+    labels = " ".join(a for w, a in instructions if w == "LABEL")
+    for key in ("title", "version", "revision", "created", "source", "licenses"):
+        if key == "source":
+            continue  # no public repository URL to name yet
+        assert f"org.opencontainers.image.{key}=" in labels, key
+    (health,) = [a for w, a in instructions if w == "HEALTHCHECK"]
+    assert health.endswith('CMD ["python3", "-m", "shoal.deploy.healthcheck"]')
+    (locked,) = [r for r in runs if "requirements.lock" in r]
+    assert "--require-hashes" in locked and "--only-binary=:all:" in locked
+    lock = (ROOT / "deploy" / "requirements.lock").read_text()
+    for line in lock.splitlines():
+        if "==" in line:
+            assert line.endswith("\\"), f"every pin carries hashes: {line}"
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "lock_requirements.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 def _arg_defaults() -> dict[str, str]:
     args = [a for w, a in _instructions() if w == "ARG"]
     return {a.split("=", 1)[0]: a.split("=", 1)[1].strip('"') if "=" in a else "" for a in args}
@@ -95,7 +140,7 @@ def test_pytorch_variant() -> None:
     (torch_run,) = [r for r in runs if "torch==" in r]
     assert '--index-url "$TORCH_INDEX/$TORCH" "torch==$TORCH_VERSION"' in torch_run
     assert "--extra-index-url" not in torch_run, "no second index to confuse torch's dependencies"
-    assert 'if [ -n "$TORCH" ]' in torch_run and 'python -c "import torch"' in torch_run
+    assert 'if [ -n "$TORCH" ]' in torch_run and 'python3 -c "import torch"' in torch_run
     requirements = next(i for i, r in enumerate(runs) if "-r /opt/shoal/requirements.txt" in r)
     assert runs.index(torch_run) < requirements, "heaviest layer first"
 
@@ -178,7 +223,13 @@ def _run_entrypoint(fake_python: Path, *args: str, **env: str) -> subprocess.Com
         capture_output=True,
         text=True,
         timeout=30,
-        env={"PATH": os.environ["PATH"], "SHOAL_PYTHON": str(fake_python), **env},
+        env={
+            "PATH": os.environ["PATH"],
+            "SHOAL_PYTHON": str(fake_python),
+            # These tests may run as root; the root refusal has its own test.
+            "SHOAL_ALLOW_ROOT": "1",
+            **env,
+        },
     )
 
 
@@ -267,3 +318,80 @@ def test_entrypoint_runs_other_commands_and_usage(fake_python: Path) -> None:
     assert _run_entrypoint(fake_python).returncode == 2
     helped = _run_entrypoint(fake_python, "--help")
     assert helped.returncode == 0 and "shoal-entrypoint server" in helped.stdout
+
+
+def test_entrypoint_refuses_root_and_says_what_to_run(fake_python: Path, tmp_path: Path) -> None:
+    (tmp_path / "kit" / "startup").mkdir(parents=True)
+    as_root = _run_entrypoint(
+        fake_python, "server", SHOAL_KIT_DIR=str(tmp_path / "kit"), SHOAL_ALLOW_ROOT=""
+    )
+    if os.geteuid() != 0:
+        assert as_root.returncode == 0, "only UID 0 is refused"
+        return
+    assert as_root.returncode == 2 and as_root.stdout == ""
+    assert "refusing to run the server as root" in as_root.stderr
+    assert "chown -R 10001:10001" in as_root.stderr
+
+
+def test_entrypoint_names_an_unreadable_kit_file(tmp_path: Path) -> None:
+    """Kits provisioned by another user (keys 0600): which file, whose, what to run."""
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root")
+        # As root every file is readable: run as nobody, from a folder nobody can enter.
+        drop = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        base = Path(tempfile.mkdtemp(prefix="shoal-kit-", dir="/tmp"))
+    else:
+        drop, base = [], tmp_path
+    try:
+        base.chmod(0o755)
+        python = base / "fakepython"
+        python.write_text('#!/bin/sh\necho STARTED "$@"\n')
+        python.chmod(0o755)
+        kit = base / "kit"
+        (kit / "startup").mkdir(parents=True)
+        for d in (kit, kit / "startup"):
+            d.chmod(0o755)
+        key = kit / "startup" / "server.key"
+        key.write_text("KEY")
+        key.chmod(0o600 if drop else 0o000)
+        owner = f"{key.stat().st_uid}:{key.stat().st_gid}"
+        result = subprocess.run(
+            [*drop, "sh", str(ENTRYPOINT), "server"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={
+                "PATH": os.environ["PATH"],
+                "SHOAL_PYTHON": str(python),
+                "SHOAL_KIT_DIR": str(kit),
+            },
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "STARTED" not in result.stdout, "the daemon is not started"
+        assert f"cannot read {key}" in result.stderr
+        assert f"owner {owner}, mode {'600' if drop else '0'}" in result.stderr
+        assert f"sudo chown -R 65534:65534 {kit}" in result.stderr or not drop
+        assert "Traceback" not in result.stderr
+    finally:
+        if drop:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def test_entrypoint_passes_the_health_port_unless_given(fake_python: Path, tmp_path: Path) -> None:
+    kit = tmp_path / "kit"
+    (kit / "startup").mkdir(parents=True)
+    result = _run_entrypoint(
+        fake_python, "client", SHOAL_KIT_DIR=str(kit), SHOAL_HEALTH_PORT="8005"
+    )
+    assert result.stdout.split()[-2:] == ["--health-port", "8005"]
+    given = _run_entrypoint(
+        fake_python,
+        "client",
+        "--health-port",
+        "9",
+        SHOAL_KIT_DIR=str(kit),
+        SHOAL_HEALTH_PORT="8005",
+    )
+    assert given.stdout.split().count("--health-port") == 1 and "8005" not in given.stdout

@@ -314,3 +314,36 @@ def test_cli_bad_options_are_usage_errors(
 ) -> None:
     args = ["deploy", "k8s", "--prod-dir", str(make_prod()), "-o", str(tmp_path / "o"), *extra]
     assert main(args) == EXIT_USAGE
+
+
+# -- item 10: the server gets the data by the same switch as the sites -----------------
+
+
+def test_data_claim_reaches_the_server_and_every_site(make_prod: MakeProd, tmp_path: Path) -> None:
+    plain = render_tree(make_prod(), tmp_path / "plain", K8sOptions())
+    for dep in by_kind(plain, "Deployment"):
+        assert "SHOAL_MNIST_PATH" not in env(dep)
+        assert "data" not in {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
+    docs = render_tree(make_prod(), tmp_path / "data", K8sOptions(data_claim="fl-data"))
+    deps = by_kind(docs, "Deployment")
+    roles = sorted(d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deps)
+    assert roles == ["client", "client", "server"], "hello-tf2 evaluates on the server too"
+    for dep in deps:
+        assert env(dep)["SHOAL_MNIST_PATH"] == "/data/mnist.npz"
+        assert env(dep)["SHOAL_DATA_PATHS"] == "/data"
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["data"]["persistentVolumeClaim"] == {
+            "claimName": "fl-data",
+            "readOnly": True,
+        }
+        mounts = {m["name"]: m for m in container(dep)["volumeMounts"]}
+        assert mounts["data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
+    with pytest.raises(ConfigError, match="--mnist-file"):
+        write_manifests(
+            make_prod(), tmp_path / "bad", K8sOptions(data_claim="d", mnist_file="../x")
+        )
+
+
+def render_tree(prod: Path, out: Path, options: K8sOptions) -> list[dict[str, Any]]:
+    write_manifests(prod, out, options)
+    return render(out)

@@ -96,6 +96,8 @@ def _pod_env(tmp_path: Path, who: str, secret: dict[str, Any], **extra: str) -> 
         "SHOAL_KIT_DIR": str(tmp_path / who / "run-kit"),
         "SHOAL_WORKSPACE_DIR": str(tmp_path / who / "workspace"),
         "HOME": str(tmp_path / who),
+        # The tests may run as root; the pods never do (runAsNonRoot).
+        "SHOAL_ALLOW_ROOT": "1",
         **extra,
     }
 

@@ -122,6 +122,18 @@ def add_k8s_options(parser: argparse.ArgumentParser) -> None:
     )
 
     storage = parser.add_argument_group("storage")
+    storage.add_argument(
+        "--data-claim",
+        metavar="PVC",
+        help="existing PVC (in every namespace) mounted read-only at /data in the server "
+        "and every site, for job code's data sets (SHOAL_DATA_PATHS=/data)",
+    )
+    storage.add_argument(
+        "--mnist-file",
+        default="mnist.npz",
+        metavar="NAME",
+        help="MNIST inside --data-claim: SHOAL_MNIST_PATH=/data/NAME (default: mnist.npz)",
+    )
     storage.add_argument("--storage-class", metavar="NAME", help="StorageClass of workspace PVCs")
     storage.add_argument(
         "--storage-size", default="10Gi", metavar="SIZE", help="workspace size (default: 10Gi)"
@@ -290,6 +302,8 @@ def options_from_args(args: argparse.Namespace) -> K8sOptions:
         site_health_port=args.site_health_port,
         pdb=not args.no_pdb,
         init=args.init,
+        data_claim=args.data_claim,
+        mnist_file=args.mnist_file,
     )
 
 

@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stored job bytes one submitter may hold "
         "(default $SHOAL_SUBMITTER_QUOTA_BYTES, the kit's, or 2 GiB)",
     )
+    p.add_argument(
+        "--stop-grace-s",
+        type=float,
+        help="on SIGTERM, seconds running jobs get to finish and checkpoint their round "
+        "in progress before they are stopped mid-round (default $SHOAL_STOP_GRACE_S or 45; "
+        "keep it below the container's grace period)",
+    )
     p.set_defaults(func=run)
 
 
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             max_transfers=args.max_transfers,
             transfer_stall_s=args.transfer_stall_s,
             submitter_quota_bytes=args.submitter_quota_bytes,
+            stop_grace_s=args.stop_grace_s,
         ),
     )
 

@@ -50,6 +50,8 @@ WORKSPACE = "/workspace"
 STATE_DIR = "/var/lib/shoal"
 #: The image's HOME (deploy/Dockerfile); an emptyDir, the root filesystem being read-only.
 HOME = "/home/shoal"
+#: Where ``K8sOptions.data_claim`` is mounted (read-only) in every pod.
+DATA_DIR = "/data"
 #: The entrypoint, for when the manifests set the command (``init: tini``).
 ENTRYPOINT = "/usr/local/bin/shoal-entrypoint"
 
@@ -187,6 +189,14 @@ def _container(
             ],
         }
     )
+    if options.data_claim:
+        # The same switch for the server and the sites: whoever runs job code
+        # that needs the data gets it.
+        container["env"] += [
+            {"name": "SHOAL_DATA_PATHS", "value": DATA_DIR},
+            {"name": "SHOAL_MNIST_PATH", "value": f"{DATA_DIR}/{options.mnist_file}"},
+        ]
+        container["volumeMounts"].append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
     return container
 
 
@@ -237,6 +247,13 @@ def _deployment(
             ],
         }
     )
+    if options.data_claim:
+        pod["volumes"].append(
+            {
+                "name": "data",
+                "persistentVolumeClaim": {"claimName": options.data_claim, "readOnly": True},
+            }
+        )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})")
 
 
@@ -105,6 +106,14 @@ class K8sOptions:
     init: Literal["pod", "tini", "none"] = "pod"
     """Who reaps orphaned processes as PID 1: the pod's pause process
     (``shareProcessNamespace``), ``tini`` from the image, or nobody."""
+    data_claim: str | None = None
+    """An existing PVC (same name in every participant's namespace, e.g. a
+    ``ReadOnlyMany`` copy of the data sets) mounted read-only at ``/data`` in
+    the server *and* every site: job code on either side may need data
+    (hello-tf2 trains on the sites and evaluates on the server). Job code may
+    read it (``SHOAL_DATA_PATHS``) and finds MNIST at ``SHOAL_MNIST_PATH``."""
+    mnist_file: str = "mnist.npz"
+    """MNIST's file inside ``data_claim`` (``SHOAL_MNIST_PATH=/data/<mnist_file>``)."""
 
 
 #: Name of the StorageClass written for ``retain_provisioner`` without ``storage_class``.
@@ -170,6 +179,10 @@ def check_options(options: K8sOptions, prod: ProdDir) -> None:
     for what, digest in (("--digest", options.digest), ("--gpu-digest", options.gpu_digest)):
         if digest is not None and not _DIGEST.fullmatch(digest):
             raise ConfigError(f"{what} {digest!r}: expected sha256: and 64 hex digits")
+    if options.data_claim is not None and not _DNS_SUBDOMAIN.fullmatch(options.data_claim):
+        raise ConfigError(f"--data-claim {options.data_claim!r}: not a PVC name")
+    if "/" in options.mnist_file or options.mnist_file in ("", ".", ".."):
+        raise ConfigError(f"--mnist-file {options.mnist_file!r}: a file name inside the claim")
     if options.pull_policy not in (None, "Always", "IfNotPresent"):
         raise ConfigError(f"--pull-policy {options.pull_policy!r}: use Always or IfNotPresent")
     gpu_sites = [s.name for s in prod.sites if options.gpus.get(s.name, s.gpus)]

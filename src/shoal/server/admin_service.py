@@ -32,7 +32,7 @@ import grpc
 from shoal import checksum, evalmatrix, jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
-from shoal.errors import ConfigError, JobValidationError, NotFoundError
+from shoal.errors import ConfigError, JobValidationError, NotFoundError, UnavailableError
 from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
 from shoal.provision import Identity
 from shoal.server.authz import authorize, can_see
@@ -78,6 +78,8 @@ class AdminParts:
     project_sites: tuple[str, ...]
     #: Stored job bytes one submitter may hold.
     submitter_quota_bytes: int
+    #: True once the server is stopping: no new job is taken then.
+    stopping: Callable[[], bool] = lambda: False
 
 
 class AdminService(pb_grpc.AdminServicer):
@@ -165,6 +167,8 @@ class AdminService(pb_grpc.AdminServicer):
         size before anything is received, and exactly when the job is stored.
         """
         store = self._store
+        if self._parts.stopping():
+            raise UnavailableError("the server is stopping: submit the job again once it is back")
         if header.size > MAX_ARCHIVE_BYTES:
             # Refuse on the announced size, before a byte is stored.
             raise JobValidationError(

@@ -6,8 +6,9 @@
 
 A daemon is a context manager: ``start()`` binds every port before it returns
 (ports 0 pick free ones, reported in ``ports`` and in ``server_ready.json``);
-``stop()`` stops accepting, tells connected sites, leaves running jobs
-resumable, and returns.
+``stop()`` stops accepting new sites and jobs, lets each running job finish
+and checkpoint its round in progress (``stop_grace_s``), then tells the
+connected sites, leaves the jobs resumable, and returns.
 
 Threads: the Fleet port (sites and their job workers) is a ``grpc.aio``
 server on an event loop of its own thread, where a held stream costs a
@@ -98,6 +99,17 @@ class ServerOptions:
     #: transfer, not the federation its slots. None: $SHOAL_TRANSFER_STALL_S,
     #: else 30.
     transfer_stall_s: float | None = None
+    #: Seconds a stopping server (SIGTERM, ``shutdown``) waits for each
+    #: running job to finish and checkpoint its round in progress before it
+    #: stops the job's workflow mid-round (the job resumes either way). Below
+    #: the grace period the container runtime gives (60 s in the shipped
+    #: manifests), so the checkpoint lands before a SIGKILL. None:
+    #: $SHOAL_STOP_GRACE_S, else 45; 0 stops at once.
+    stop_grace_s: float | None = None
+
+
+#: ServerOptions.stop_grace_s when neither it nor $SHOAL_STOP_GRACE_S is set.
+DEFAULT_STOP_GRACE_S = 45.0
 
 
 class ServerDaemon:
@@ -141,6 +153,12 @@ class ServerDaemon:
         )
         if not self.transfer_stall_s > 0:
             raise ConfigError(f"transfer_stall_s must be > 0, got {self.transfer_stall_s!r}")
+        grace = opts.stop_grace_s
+        if grace is None:
+            grace = float(os.environ.get("SHOAL_STOP_GRACE_S") or DEFAULT_STOP_GRACE_S)
+        if not grace >= 0:
+            raise ConfigError(f"stop_grace_s must be >= 0, got {grace!r}")
+        self.stop_grace_s = float(grace)
         self.start_time = time.time()
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.runs = Runs()
@@ -148,6 +166,9 @@ class ServerDaemon:
         self.store: JobStore | None = None
         self._scheduler: Scheduler | None = None
         self._stop = threading.Event()
+        #: Set first when stopping: new site sessions and jobs are refused
+        #: while the rounds in progress finish.
+        self._draining = threading.Event()
         self._fleet_server: AioServer | None = None
         self._servers: list[grpc.Server] = []
         self._health: HealthEndpoint | None = None
@@ -265,6 +286,7 @@ class ServerDaemon:
                 job_credentials=job_credentials,
                 server_name=self.name,
                 heartbeat_interval_s=self.heartbeat_interval_s,
+                accepting=lambda: not self._draining.is_set(),
             ),
             max_transfers=self.max_transfers,
             stall_s=self.transfer_stall_s,
@@ -281,6 +303,7 @@ class ServerDaemon:
                 wake_scheduler=scheduler.wake,
                 project_sites=self.project_sites,
                 submitter_quota_bytes=self.submitter_quota_bytes,
+                stopping=self._draining.is_set,
             )
         )
         return fleet, admin
@@ -290,21 +313,31 @@ class ServerDaemon:
 
     def request_stop(self, *, restart: bool = False) -> None:
         self.exit_code = EXIT_RESTART if restart else 0
-        self._stop.set()
-        self.wake_scheduler()
-
-    def stop(self, reason: str = "shutting down") -> None:
+        # Refuse newcomers from now on, not only once stop() runs.
+        self._draining.set()
         if self._health is not None:
             self._health.draining()
         self._stop.set()
         self.wake_scheduler()
-        # Tell sites first: they reconnect with backoff when we are back.
+
+    def stop(self, reason: str = "shutting down") -> None:
+        self._draining.set()
+        if self._health is not None:
+            self._health.draining()
+        # The scheduler dispatches nothing more; it still records how the
+        # running jobs end (a last round may complete a job meanwhile).
+        self._stop.set()
+        self.wake_scheduler()
+        self._drain_runs()
+        for run in self.runs.all():
+            # Past the grace period: stopped mid-round, not aborted. The job
+            # stays RUNNING in the store and resumes from its last checkpoint.
+            # Before the sites go: a workflow that saw them leave would fail
+            # its round for want of a quorum.
+            run.detach()
+        # Then tell sites: they reconnect with backoff when we are back.
         self.registry.broadcast(pb.ServerEvent(shutdown=pb.Shutdown(reason=reason)))
         time.sleep(0.1)
-        for run in self.runs.all():
-            # Not aborted: the job stays RUNNING in the store and resumes from
-            # its last completed round when the server starts again.
-            run.detach()
         self._stop_servers(grace=1.0)
         for session in self.registry.sessions():
             self.registry.end(session, "server stopped")
@@ -318,6 +351,34 @@ class ServerDaemon:
         if self._lock is not None:
             self._lock.release()
         log.info("server %s stopped (%s)", self.name, reason)
+
+    def _drain_runs(self) -> None:
+        """Let each running job finish and checkpoint its round in progress,
+        for up to ``stop_grace_s`` in all; the sites stay connected meanwhile."""
+        runs = self.runs.all()
+        if not runs or self.stop_grace_s <= 0:
+            return
+        log.info(
+            "server stopping: %d running job(s) finish their round in progress "
+            "(up to %.0f s), then stop and resume at the next start; new sites and jobs "
+            "are refused",
+            len(runs),
+            self.stop_grace_s,
+        )
+        for run in runs:
+            run.drain()
+        deadline = time.monotonic() + self.stop_grace_s
+        for run in runs:
+            if not run.wait_ended(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "job %s: round in progress not finished within the %.0f s grace period",
+                    run.job_id,
+                    self.stop_grace_s,
+                )
+        # The scheduler records a run's end on the run's own thread: let it.
+        end = time.monotonic() + 12.0
+        while any(r.job_id in self.runs for r in runs if r.ended) and time.monotonic() < end:
+            time.sleep(0.05)
 
     def _stop_servers(self, grace: float) -> None:
         if self._fleet_server is not None:

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +111,9 @@ class FleetParts:
     server_name: str
     #: How often sites send a heartbeat, told to each site in its welcome.
     heartbeat_interval_s: float
+    #: False once the server is stopping: no new site session is opened then
+    #: (the sites already here finish the round in progress).
+    accepting: Callable[[], bool] = lambda: True
 
 
 class FleetService:
@@ -154,6 +157,14 @@ class FleetService:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"certificate is for {who.name}; cannot register as {request.site!r}",
+            )
+        if not self._parts.accepting():
+            log.info(
+                "refused a session of %s from %s: the server is stopping", who.name, context.peer()
+            )
+            # UNAVAILABLE: the site retries with backoff and finds the server once it is back.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the server is stopping; connect again later"
             )
         try:
             resources = json.loads(request.resources_json) if request.resources_json else {}

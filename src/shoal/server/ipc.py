@@ -15,10 +15,15 @@ import socket
 import threading
 from typing import Any
 
-__all__ = ["IPC_INLINE_MAX", "IpcChannel"]
+__all__ = ["EXIT_SUSPENDED", "IPC_INLINE_MAX", "IpcChannel"]
 
 #: Largest result handed to the workflow inside its message (base64).
 IPC_INLINE_MAX = 64 * 1024
+
+#: The workflow process's exit code when it stopped at a round boundary,
+#: the round checkpointed, because the daemon asked it to (op "drain"):
+#: the job is not over and resumes when the server starts again.
+EXIT_SUSPENDED = 77
 
 #: A message larger than this is a bug or an attack; refuse it.
 MAX_LINE = 4 * 1024 * 1024
@@ -36,12 +41,13 @@ class IpcChannel:
             self.sock.sendall(data)
 
     def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """The next message; None on timeout. Raises EOFError when closed."""
+        """The next message; None on timeout (0: none waiting). Raises
+        EOFError when closed."""
         while b"\n" not in self._buf:
             self.sock.settimeout(timeout)
             try:
                 chunk = self.sock.recv(65536)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):
                 return None
             if not chunk:
                 raise EOFError("IPC channel closed")

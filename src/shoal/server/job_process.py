@@ -4,13 +4,16 @@ Started by the server daemon, one per running job, so user code (model
 builders, evaluators, custom workflows) never runs inside the daemon. It
 talks to the daemon through ``shoal.server.ipc`` and exits 0 when the
 workflow completes; on an exception it writes the reason to
-``run/error.txt``, the traceback to its log, and exits 1.
+``run/error.txt``, the traceback to its log, and exits 1. Asked to stop
+(op "drain": the daemon is stopping), it lets the round in progress finish,
+checkpoints it and exits ``EXIT_SUSPENDED``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import logging
 import os
@@ -27,7 +30,8 @@ from typing import Any
 from shoal._memory import tune_allocator
 from shoal._watchdog import exit_with_parent
 from shoal.arrays import arrays_from_bytes
-from shoal.server.ipc import IpcChannel
+from shoal.errors import WorkflowSuspended
+from shoal.server.ipc import EXIT_SUSPENDED, IpcChannel
 from shoal.workflows.api import TaskResult, WorkflowContext
 
 log = logging.getLogger("shoal.workflow")
@@ -54,6 +58,34 @@ class IpcCommunicator:
         #: Site -> its open task of those scattered with supersede="targets"
         #: (what :meth:`stream` waits for).
         self._open: dict[str, str] = {}
+        #: Messages read while looking for a "drain" between rounds, for the next gather.
+        self._backlog: collections.deque[dict[str, Any]] = collections.deque()
+        self._stop = False
+
+    def stop_requested(self) -> bool:
+        """True once the daemon asked the workflow to stop at the next round
+        boundary (it is stopping). Never waits: reads what is already there."""
+        while not self._stop:
+            msg = self._ipc.recv(timeout=0)
+            if msg is None:
+                break
+            if msg.get("op") == "drain":
+                self._stop = True
+            else:
+                self._backlog.append(msg)
+        return self._stop
+
+    def _next(self, timeout: float) -> dict[str, Any] | None:
+        if self._backlog:
+            return self._backlog.popleft()
+        msg = self._ipc.recv(timeout=timeout)
+        if msg is not None and msg.get("op") == "drain":
+            # The round in progress goes on: sites finish it, the driver
+            # checkpoints it and then asks stop_requested().
+            log.info("the server is stopping: this round is the last before the job resumes")
+            self._stop = True
+            return None
+        return msg
 
     def sites(self) -> Sequence[str]:
         return self._sites
@@ -114,7 +146,7 @@ class IpcCommunicator:
                     ", ".join(sorted(targets - answered - gone)),
                 )
                 return
-            msg = self._ipc.recv(timeout=remaining)
+            msg = self._next(remaining)
             if msg is None:
                 continue
             op = msg.get("op")
@@ -158,7 +190,7 @@ class IpcCommunicator:
                         "no result for %.0f s (waiting for %s)", timeout, ", ".join(sorted(live))
                     )
                     return
-                msg = self._ipc.recv(timeout=remaining)
+                msg = self._next(remaining)
                 if msg is None:
                     continue
                 op, site = msg.get("op"), str(msg.get("site"))
@@ -244,19 +276,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         app_dir = root / APP_DIR
         sites = [s for s in args.sites.split(",") if s]
         os.chdir(run_dir)
+        comm = IpcCommunicator(ipc, sites)
         ctx = WorkflowContext(
             job_id=args.job_id,
             spec=spec,
             params=spec.workflow.params,
             app_dir=app_dir,
             run_dir=run_dir,
-            comm=IpcCommunicator(ipc, sites),
+            comm=comm,
             logger=log,
+            stop_requested=comm.stop_requested,
         )
         log.info("job %s: running workflow %s on %s", args.job_id, spec.workflow.name, sites)
         get_workflow(spec.workflow.name)(ctx)
         log.info("job %s: workflow completed", args.job_id)
         return 0
+    except WorkflowSuspended as exc:
+        log.info("job %s: %s; it resumes from round %d", args.job_id, exc, exc.round + 1)
+        with contextlib.suppress(OSError):  # the daemon's log says where the job stands
+            ipc.send({"op": "report", "status": "suspended", "round": exc.round})
+        return EXIT_SUSPENDED
     except BaseException as exc:  # noqa: BLE001 - everything is recorded, then reported by exit code
         traceback.print_exc()
         reason = f"{type(exc).__name__}: {exc}".strip()

@@ -35,7 +35,7 @@ from typing import Any
 from shoal import checksum, jobstatus
 from shoal.errors import ConfigError, PeerRejectedError
 from shoal.sandbox import Confinement, job_env
-from shoal.server.ipc import IPC_INLINE_MAX, IpcChannel
+from shoal.server.ipc import EXIT_SUSPENDED, IPC_INLINE_MAX, IpcChannel
 from shoal.server.store import JobRecord
 from shoal.taskmeta import check_params_type, check_result_meta
 from shoal.transport.frames import (
@@ -47,12 +47,19 @@ from shoal.transport.frames import (
     receive_to_file_async,
 )
 
-__all__ = ["DONE", "JobRun", "Task"]
+__all__ = ["DONE", "STOPPED", "SUSPENDED", "JobRun", "Task"]
 
 log = logging.getLogger(__name__)
 
 #: Returned by ``take_task`` when the job has no more work for the site.
 DONE = object()
+#: How a run ends when the server stops (not job statuses: the job stays
+#: RUNNING in the store and resumes when the server starts again).
+#: SUSPENDED: the workflow checkpointed the round in progress and stopped.
+SUSPENDED = "suspended"
+#: STOPPED: the workflow was stopped mid-round (the grace period ran out, or
+#: the server did not wait); the job resumes from its last checkpoint.
+STOPPED = "stopped"
 #: Ends the thread that writes to the workflow process.
 _STOP_SENDING = object()
 
@@ -113,6 +120,11 @@ class JobRun:
         self._finished = False
         self._ended = False
         self._aborting: str | None = None
+        #: Set by drain() and detach(): the server is stopping.
+        self._draining = False
+        self._detached = False
+        #: The last round the workflow reported checkpointed in this run.
+        self.checkpointed_round: int | None = None
         self._failed_sites: dict[str, str] = {}
         self.site_states: dict[str, dict[str, Any]] = {s: {"state": "starting"} for s in self.sites}
         self.progress: dict[str, Any] = {}
@@ -210,9 +222,33 @@ class JobRun:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
+    def drain(self) -> None:
+        """The server is stopping: the workflow finishes and checkpoints the
+        round in progress, then exits EXIT_SUSPENDED instead of offering the
+        next one (its last round it completes). Sites go on answering meanwhile."""
+        with self._cond:
+            if self._ended or self._draining:
+                return
+            self._draining = True
+        self._send({"op": "drain"})
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the workflow process to exit."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._ended:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
     def detach(self) -> None:
         """Stop the workflow process without ending the job (server shutdown)."""
         with self._cond:
+            if self._ended:
+                return
+            self._detached = True
             self._finished = True
             self._board_changed()
         self._kill()
@@ -250,9 +286,18 @@ class JobRun:
             self._ended = True
             self._finished = True
             self._board_changed()
+            self._cond.notify_all()
         self._outbox.put(_STOP_SENDING)
         if self._aborting:
             status, error = jobstatus.ABORTED, self._aborting
+        elif code == EXIT_SUSPENDED and self._draining:
+            status, error = SUSPENDED, None
+        elif code != 0 and (self._draining or self._detached):
+            # Killed by the server's shutdown, or failed while the
+            # federation stops around it (sites stopped at the same time):
+            # not the job's failure; it resumes and is judged then.
+            status = STOPPED
+            error = None if self._detached else self._failure_reason(code)
         elif code == 0:
             status, error = jobstatus.COMPLETED, None
         else:
@@ -344,6 +389,9 @@ class JobRun:
                 self._board_changed()
         elif op == "report":
             self.progress = {k: v for k, v in msg.items() if k != "op"}
+            checkpointed = msg.get("status") in ("round_done", "suspended")
+            if checkpointed and isinstance(msg.get("round"), int):
+                self.checkpointed_round = msg["round"]
             if self._on_progress is not None:
                 self._on_progress(self)
         else:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from shoal import jobstatus
 from shoal._proto import shoal_pb2 as pb
-from shoal.server.jobrun import JobRun
+from shoal.server.jobrun import STOPPED, SUSPENDED, JobRun
 from shoal.server.runs import Runs
 from shoal.server.sessions import SiteRegistry
 from shoal.server.store import JobRecord, JobStore, utc_now
@@ -184,8 +184,35 @@ class Scheduler:
     # -- what running jobs report ---------------------------------------------
 
     def job_ended(self, run: JobRun, status: str, error: str | None) -> None:
-        if self._closed or self._stopping.is_set():
-            return  # shutting down: the job stays resumable
+        if status == jobstatus.EXECUTION_EXCEPTION and self._stopping.is_set():
+            # Failed as the federation stopped around it: judged when it resumes.
+            status = STOPPED
+        if status in (SUSPENDED, STOPPED):
+            # The server is stopping: the job stays RUNNING in the store and
+            # recover() resumes it at the next start. Say exactly from where.
+            self._runs.pop(run.job_id)
+            done = run.checkpointed_round
+            if status == SUSPENDED:
+                log.info(
+                    "job %s (%s): round %s checkpointed, workflow stopped for the server's "
+                    "shutdown; the job stays RUNNING and resumes from round %s",
+                    run.job_id,
+                    run.record.name,
+                    done if done is not None else "?",
+                    done + 1 if done is not None else "?",
+                )
+            else:
+                log.warning(
+                    "job %s (%s): workflow stopped mid-round for the server's shutdown%s; "
+                    "the round in progress is lost, the job stays RUNNING and resumes after %s",
+                    run.job_id,
+                    run.record.name,
+                    f" ({error})" if error else "",
+                    f"round {done}" if done is not None else "its last checkpoint",
+                )
+            return
+        if self._closed:
+            return
         if status != jobstatus.COMPLETED:
             abort = pb.ServerEvent(abort_job=pb.AbortJob(job_id=run.job_id, reason=status))
             for site in run.sites:

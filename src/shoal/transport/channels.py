@@ -204,6 +204,7 @@ _TO_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (IntegrityError, grpc.StatusCode.DATA_LOSS),
     (JobValidationError, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ShoalError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 _FROM_STATUS: dict[grpc.StatusCode, type[ShoalError]] = {

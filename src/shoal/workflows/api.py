@@ -13,7 +13,7 @@ file the workflow memory-maps.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -152,6 +152,11 @@ class WorkflowContext:
     run_dir: Path
     comm: Communicator
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("shoal.workflow"))
+    #: True once the runtime wants the workflow to stop at the next round
+    #: boundary (its server is stopping): a round-based workflow then
+    #: checkpoints the round in progress and raises ``WorkflowSuspended``.
+    #: Asked between rounds, so it must return at once.
+    stop_requested: Callable[[], bool] = field(default=lambda: False)
 
     def task_meta(self, **meta: Any) -> dict[str, Any]:
         """A task's meta: the job's ``client.config``, then the workflow's own

@@ -32,7 +32,10 @@ Arrays beside the weights (``FLModel.extras``) go down only when the
 policies' ``task_extras`` gives some (or a ``model_out`` filter adds them):
 the round's task is then a file of its own, ``run/published/round_NNNN``,
 the model and those arrays together; otherwise it is the model file itself.
-They reach the aggregator only when ``fold_extras`` is set.
+They reach the aggregator only when ``fold_extras`` is set. When the
+runtime asks the workflow to stop (``ctx.stop_requested()``, its server is
+stopping), the round in progress finishes, is checkpointed, and the run
+raises ``WorkflowSuspended`` instead of offering the next round.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from shoal.errors import (
     JobFailedError,
     JobValidationError,
     ShoalError,
+    WorkflowSuspended,
 )
 from shoal.filters import SERVER_POINTS, FilterChain, build_chain
 from shoal.taskmeta import join_extras
@@ -400,7 +404,21 @@ def run_rounds(
             )
             try:
                 for k in range(start, total + 1):
-                    state = rounds.run(k, models, state)
+                    try:
+                        state = rounds.run(k, models, state)
+                    except JobFailedError as exc:
+                        if not ctx.stop_requested():
+                            raise
+                        # Sites stopping with the server cost round k its
+                        # quorum: not the job's failure. Round k-1 is
+                        # checkpointed (its commit ran once k's task was out).
+                        log.warning("round %d could not finish while stopping: %s", k, exc)
+                        raise WorkflowSuspended(k - 1) from None
+                    if k < total and ctx.stop_requested():
+                        # Round k is gathered and its model written: the
+                        # commit below checkpoints it; round k+1 is never
+                        # offered. The job resumes from there.
+                        raise WorkflowSuspended(k)
             finally:
                 # The last round's commit, or a completed round's whose
                 # successor failed: what finished is recorded.
