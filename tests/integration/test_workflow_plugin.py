@@ -1,5 +1,5 @@
 """A workflow built from the round driver with another server update (the
-test-only FedAvgM of tests/workflows/fedavgm.py) runs through real daemons
+test-only ``my_fedavgm`` of tests/workflows/fedavgm.py) runs through real daemons
 from real kits, and a server SIGKILLed mid-job resumes it with its state.
 
 The workflow is not in shoal's registry: a ``sitecustomize`` on the daemons'
@@ -93,7 +93,8 @@ def test_a_workflow_of_its_own_runs_and_resumes_with_its_state(fed_factory, tmp_
     assert "  name: fedavg\n" in yml
     (job / "job.yml").write_text(
         yml.replace(
-            "  name: fedavg\n", f"  name: fedavgm\n  server_lr: {LR}\n  server_momentum: {BETA}\n"
+            "  name: fedavg\n",
+            f"  name: my_fedavgm\n  server_lr: {LR}\n  server_momentum: {BETA}\n",
         )
     )
     job_id = admin.submit_job(job)
@@ -114,7 +115,7 @@ def test_a_workflow_of_its_own_runs_and_resumes_with_its_state(fed_factory, tmp_
     assert meta["status"] == "FINISHED:COMPLETED", meta
 
     log = (fed.workspace / "jobs" / job_id / "logs" / "server.log").read_text()
-    assert "running workflow fedavgm on ['site-1', 'site-2']" in log
+    assert "running workflow my_fedavgm on ['site-1', 'site-2']" in log
     assert f"resuming job {job_id} after round {done}" in log
     assert [m["round"] for m in fed.metrics(job_id)] == list(range(1, rounds + 1))
 

@@ -157,8 +157,8 @@ def test_the_cli_refuses_a_bad_name_as_a_usage_error(
 
 
 def test_unknown_workflow_or_missing_parent_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"unknown workflow 'fedprox' \(known: [^)]*\bfedavg\b"):
-        new_job("j", framework="numpy", workflow="fedprox", parent=tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown workflow 'fedsgd' \(known: [^)]*\bfedavg\b"):
+        new_job("j", framework="numpy", workflow="fedsgd", parent=tmp_path)
     with pytest.raises(ConfigError, match="no such folder"):
         new_job("j", framework="numpy", parent=tmp_path / "missing")
     with pytest.raises(ConfigError, match="unknown framework 'jax'"):

@@ -88,8 +88,8 @@ def _with(tmp_path: Path, old: str, new: str) -> Path:
         ("sites: [site-1, site-2]", "sites: []", "job.yml: sites:"),
         (
             "  name: fedavg",
-            "  name: fedprox",
-            r"unknown workflow 'fedprox' \(known: [^)]*\bfedavg\b[^)]*\)",
+            "  name: fedsgd",
+            r"unknown workflow 'fedsgd' \(known: [^)]*\bfedavg\b[^)]*\)",
         ),
         ("  num_rounds: 3", "  num_rounds: 0", "job.yml: workflow.num_rounds:"),
         ("  num_rounds: 3", "  num_rounds: 3\n  bogus: 1", "job.yml: workflow.bogus:"),

@@ -1,7 +1,9 @@
-"""FedAvgM (server momentum; Hsu et al. 2019, Reddi et al. 2021): the round
-driver with another server update, in ~30 lines. Test-only: registered by the
-tests that use it, in their own process or, through a ``sitecustomize``, in
-real daemons (tests/integration/test_workflow_plugin.py)."""
+"""A deployment's own workflow, ``my_fedavgm``: server momentum (Hsu et al.
+2019) written against shoal's public workflow API in ~30 lines, the way
+docs/extending.md shows. shoal ships its own (``fedavgm``,
+``shoal.workflows.fedopt``); this one stays outside shoal's registry and is
+registered through a ``sitecustomize`` in real daemons
+(tests/integration/test_workflow_plugin.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def momentum(lr: float, beta: float) -> wf.ServerUpdate:
     return update
 
 
-parse_params = wf.parser(FedAvgMParams, workflow="fedavgm")
+parse_params = wf.parser(FedAvgMParams, workflow="my_fedavgm")
 
 
 def run(ctx: wf.WorkflowContext) -> None:
@@ -46,9 +48,12 @@ def run(ctx: wf.WorkflowContext) -> None:
     policies = wf.Policies(
         aggregator=weighted_mean, update=momentum(p.server_lr, p.server_momentum)
     )
-    wf.run_rounds(ctx, p, policies, workflow="fedavgm")
+    wf.run_rounds(ctx, p, policies, workflow="my_fedavgm")
 
 
 ENTRY = wf.WorkflowEntry(
-    name="fedavgm", run=run, parse_params=parse_params, check_spec=wf.needs_initial_model("fedavgm")
+    name="my_fedavgm",
+    run=run,
+    parse_params=parse_params,
+    check_spec=wf.needs_initial_model("my_fedavgm"),
 )

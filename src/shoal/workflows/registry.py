@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import cross_site, cyclic, evaluate, fedavg, fedbuff, scaffold
+from shoal.workflows import cross_site, cyclic, evaluate, fedavg, fedbuff, fedopt, scaffold
 from shoal.workflows.api import WorkflowFn
+from shoal.workflows.driver import needs_initial_model
 
 __all__ = [
     "WorkflowEntry",
@@ -129,5 +130,37 @@ register(
         run=scaffold.run,
         parse_params=scaffold.parse_params,
         check_spec=scaffold.check_spec,
+    )
+)
+register(
+    WorkflowEntry(
+        name="fedavgm",
+        run=fedopt.run_fedavgm,
+        parse_params=fedopt.parse_fedavgm,
+        check_spec=needs_initial_model("fedavgm"),
+    )
+)
+register(
+    WorkflowEntry(
+        name="fedadam",
+        run=fedopt.run_fedadam,
+        parse_params=fedopt.parse_fedadam,
+        check_spec=needs_initial_model("fedadam"),
+    )
+)
+register(
+    WorkflowEntry(
+        name="fedyogi",
+        run=fedopt.run_fedyogi,
+        parse_params=fedopt.parse_fedyogi,
+        check_spec=needs_initial_model("fedyogi"),
+    )
+)
+register(
+    WorkflowEntry(
+        name="fedadagrad",
+        run=fedopt.run_fedadagrad,
+        parse_params=fedopt.parse_fedadagrad,
+        check_spec=needs_initial_model("fedadagrad"),
     )
 )
