@@ -8,7 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from shoal.aggregation import WeightedMean, median, trimmed_mean
+from shoal.aggregation import WeightedMean, krum, median, multi_krum, trimmed_mean
+from shoal.aggregation.robust import krum_scores
 from shoal.arrays import load_arrays, save_arrays
 from shoal.errors import ArrayFormatError, ShoalError
 
@@ -251,3 +252,86 @@ def test_robust_aggregates_of_half_precision(dtype: type) -> None:
     trimmed = trimmed_mean(sites, trim_fraction=0.34)["w"]
     assert trimmed.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(trimmed.astype(np.float64), [2.0, big, -4.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_median_of_the_largest_values_does_not_overflow(dtype: type) -> None:
+    """numpy's median is (lo + hi) / 2: Inf for two finite float32 3e38s."""
+    big = np.finfo(dtype).max
+    cs = [{"w": np.array([big, -big, big], dtype)}, {"w": np.array([big, big, -big], dtype)}]
+    out = median(cs)["w"]
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, np.array([big, 0, 0], dtype))
+    # And an odd count takes the middle value itself.
+    np.testing.assert_array_equal(
+        median([*cs, {"w": np.full(3, -big, dtype)}])["w"], [big, -big, -big]
+    )
+
+
+def test_median_of_bfloat16() -> None:
+    bf = ml_dtypes.bfloat16
+    big = float(ml_dtypes.finfo(bf).max)
+    cs = [{"w": np.array([big, 1.0], bf)}, {"w": np.array([big, 2.0], bf)}]
+    out = median(cs)["w"]
+    assert out.dtype == bf
+    np.testing.assert_array_equal(out.astype(np.float32), [big, 1.5])
+
+
+def _krum_set() -> list[dict[str, np.ndarray]]:
+    # Five sites, f = 1: one far off. "w" and "b" both count in the distances;
+    # "step" (int) does not.
+    w = [0.0, 1.0, 2.0, 4.0, 100.0]
+    b = [0.0, 0.0, 0.0, 0.0, -50.0]
+    return [
+        {"w": np.array([wi]), "b": np.array([bi, bi]), "step": np.array(i)}
+        for i, (wi, bi) in enumerate(zip(w, b, strict=True))
+    ]
+
+
+def test_krum_scores_by_hand() -> None:
+    # n = 5, f = 1: each sums its n - f - 2 = 2 nearest squared distances.
+    #   0: to 1, 2, 4 -> 1, 4, 16: 1 + 4 = 5
+    #   1: to 0, 2, 4 -> 1, 1, 9:  1 + 1 = 2
+    #   2: to 0, 1, 4 -> 4, 1, 4:  1 + 4 = 5
+    #   4: to 0, 1, 2 -> 16, 9, 4: 4 + 9 = 13
+    #   100 (b = -50, -50: +2500 + 2500 to every other):
+    #      96**2 + 5000 = 14216, 98**2 + 5000 = 14604 -> 28820
+    scores = krum_scores(_krum_set(), byzantine=1)
+    np.testing.assert_array_equal(scores, [5, 2, 5, 13, 28820])
+    # f = 0: the 3 nearest. 0: 1+4+16 = 21; 1: 1+1+9 = 11; 2: 4+1+4 = 9;
+    # 4: 16+9+4 = 29; 100: 14216 + 14604 + (99**2 + 5000 = 14801) = 43621.
+    np.testing.assert_array_equal(krum_scores(_krum_set(), byzantine=0), [21, 11, 9, 29, 43621])
+
+
+def test_krum_and_multi_krum_by_hand() -> None:
+    cs = _krum_set()
+    out = krum(cs, byzantine=1)  # the lowest score, 2: contribution 1, whole
+    np.testing.assert_array_equal(out["w"], [1.0])
+    np.testing.assert_array_equal(out["b"], [0.0, 0.0])
+    assert int(out["step"]) == 1
+    assert out["w"] is not cs[1]["w"]  # a copy
+    # m = n - f = 4: scores 2, 5, 5, 13 -> w 1, 0, 2, 4: mean 1.75; steps 1, 0, 2, 3:
+    # lower median 1.
+    multi = multi_krum(cs, byzantine=1)
+    np.testing.assert_array_equal(multi["w"], [1.75])
+    np.testing.assert_array_equal(multi["b"], [0.0, 0.0])
+    assert int(multi["step"]) == 1
+    # m = 3: w 1, 0, 2 -> 1.0; m = 5 (every one): the plain mean, 21.4.
+    np.testing.assert_array_equal(multi_krum(cs, byzantine=1, m=3)["w"], [1.0])
+    np.testing.assert_allclose(multi_krum(cs, byzantine=1, m=5)["w"], [21.4], rtol=1e-15)
+    # m past n is n.
+    np.testing.assert_allclose(multi_krum(cs, byzantine=1, m=50)["w"], [21.4], rtol=1e-15)
+    assert multi["w"].dtype == np.float64
+
+
+def test_krum_distances_span_slabs_and_keep_the_dtype() -> None:
+    # 2**17 + 3 elements: three slabs of 2**16. Sites at 0, 0.001, 0.003, 0.006
+    # and 1 everywhere; per element, site 1's two nearest are 1e-6 + 4e-6 away,
+    # site 0's 1e-6 + 9e-6, site 2's 4e-6 + 9e-6, site 3's 9e-6 + 25e-6.
+    n = 2**17 + 3
+    cs = [{"w": np.full(n, v, np.float32)} for v in (0.0, 0.001, 0.003, 0.006, 1.0)]
+    scores = krum_scores(cs, byzantine=1)
+    np.testing.assert_allclose(scores[:4], np.array([10, 5, 13, 34]) * 1e-6 * n, rtol=1e-4)
+    assert scores[4] > 1000 * scores[0]
+    out = krum(cs, byzantine=1)["w"]
+    assert out.dtype == np.float32 and float(out[0]) == np.float32(0.001)

@@ -40,8 +40,9 @@ BROKEN_PROBLEMS = [
     "server, resources, start_timeout_s, filters)",
     "job.yml: name: required, [A-Za-z0-9][A-Za-z0-9._-]{0,63}, got 'bad name!'",
     "job.yml: min_clients: required integer in 1..10000, got 0",
-    "job.yml: workflow.colour: unknown fedavg parameter (known: evaluate_after, keep_models, "
-    "max_num_examples, num_rounds, round_timeout_s, sample_fraction, seed)",
+    "job.yml: workflow.colour: unknown fedavg parameter (known: aggregator, evaluate_after, "
+    "keep_models, krum_byzantine, max_num_examples, multi_krum_m, num_rounds, "
+    "round_timeout_s, sample_fraction, seed, trim_fraction)",
     "job.yml: client.script: 'trian.py' not found in app/",
     "job.yml: server.model: hook 'nomodule:build': module 'nomodule' not found in app/ "
     "(expected app/nomodule.py)",

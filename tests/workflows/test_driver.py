@@ -229,8 +229,9 @@ def test_fedavgm_params_through_the_registry() -> None:
     with pytest.raises(
         JobValidationError,
         match=r"^job.yml: workflow.momentum: unknown fedavgm parameter \(known: "
-        r"evaluate_after, keep_models, max_num_examples, num_rounds, round_timeout_s, "
-        r"sample_fraction, seed, server_lr, server_momentum\)$",
+        r"aggregator, evaluate_after, keep_models, krum_byzantine, max_num_examples, "
+        r"multi_krum_m, num_rounds, round_timeout_s, sample_fraction, seed, server_lr, "
+        r"server_momentum, trim_fraction\)$",
     ):
         parse_params("fedavgm", {"num_rounds": 2, "momentum": 0.5})
     with pytest.raises(JobValidationError, match="workflow.num_rounds: required integer"):

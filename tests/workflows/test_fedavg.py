@@ -299,16 +299,16 @@ def test_tampered_checkpoint_model_is_not_trusted(tmp_path: Path) -> None:
 def test_the_previous_model_is_filled_again_when_nothing_else_holds_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shoal.workflows import fedavg
+    from shoal.aggregation import factory
 
     reused: list[bool] = []
 
-    class Recording(fedavg.WeightedMean):
+    class Recording(factory.WeightedMean):
         def __init__(self, reuse: Any = None) -> None:
             reused.append(reuse is not None)
             super().__init__(reuse=reuse)
 
-    monkeypatch.setattr(fedavg, "WeightedMean", Recording)
+    monkeypatch.setattr(factory, "WeightedMean", Recording)
     comm = _comm(tmp_path, {"site-1": shift(1.0, 100), "site-2": shift(3.0, 300)})
     get_workflow("fedavg")(_ctx(tmp_path, comm, num_rounds=4))
     assert reused == [True, True, True, True]

@@ -6,7 +6,9 @@ mean.add(site_b, weight=200)
 params = mean.result()
 
 A round driver takes them through one factory (``aggregator_factory``):
-``weighted_mean`` (FedAvg's), ``median`` and ``trimmed_mean``.
+``weighted_mean`` (FedAvg's), ``median``, ``trimmed_mean``, ``krum`` and
+``multi_krum``. ``serveropt`` holds the server optimizers' arithmetic
+(FedAvgM, FedAdam, FedYogi, FedAdagrad).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from shoal.aggregation.factory import (
     aggregator_names,
     weighted_mean,
 )
-from shoal.aggregation.robust import median, trimmed_mean
+from shoal.aggregation.robust import krum, median, multi_krum, trimmed_mean
 from shoal.aggregation.weighted import WeightedMean
 
 __all__ = [
@@ -29,7 +31,9 @@ __all__ = [
     "WeightedMean",
     "aggregator_factory",
     "aggregator_names",
+    "krum",
     "median",
+    "multi_krum",
     "trimmed_mean",
     "weighted_mean",
 ]

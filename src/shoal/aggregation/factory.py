@@ -9,10 +9,11 @@ result as it arrives, and takes the aggregate once the gather is over::
         agg.add(arrays, weight=n)
     params = agg.result()
 
-``weighted_mean`` streams (memory of one model); ``median`` and
-``trimmed_mean`` need every contribution at once, so they copy each one as it
-is added: a result's arrays are memory-mapped from a file the round reuses
-as soon as the result is folded in. They ignore the weights.
+``weighted_mean`` streams (memory of one model); ``median``,
+``trimmed_mean``, ``krum`` and ``multi_krum`` need every contribution at
+once, so they copy each one as it is added: a result's arrays are
+memory-mapped from a file the round reuses as soon as the result is folded
+in. They ignore the weights.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shoal.aggregation.robust import median, trimmed_mean
+from shoal.aggregation.robust import krum, median, multi_krum, trimmed_mean
 from shoal.aggregation.weighted import WeightedMean
 from shoal.arrays import array_specs, check_compatible, check_finite
 from shoal.errors import ArrayFormatError, ShoalError
@@ -103,10 +104,25 @@ def _trimmed(trim_fraction: float = 0.1) -> AggregatorFactory:
     return _buffered(trimmed_mean, trim_fraction=trim_fraction)
 
 
+def _krum(byzantine: int = 1) -> AggregatorFactory:
+    if isinstance(byzantine, bool) or not isinstance(byzantine, int) or byzantine < 0:
+        raise ValueError(f"byzantine must be an integer >= 0, got {byzantine!r}")
+    return _buffered(krum, byzantine=byzantine)
+
+
+def _multi_krum(byzantine: int = 1, m: int = 0) -> AggregatorFactory:
+    _krum(byzantine)
+    if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+        raise ValueError(f"m must be an integer >= 0 (0: n - byzantine), got {m!r}")
+    return _buffered(multi_krum, byzantine=byzantine, m=m)
+
+
 _FACTORIES: dict[str, Callable[..., AggregatorFactory]] = {
     "weighted_mean": lambda: weighted_mean,
     "median": lambda: _buffered(median),
     "trimmed_mean": _trimmed,
+    "krum": _krum,
+    "multi_krum": _multi_krum,
 }
 
 
@@ -117,7 +133,8 @@ def aggregator_names() -> list[str]:
 
 def aggregator_factory(name: str, **options: Any) -> AggregatorFactory:
     """The factory called ``name`` with its ``options`` (``trimmed_mean``:
-    ``trim_fraction``); ValueError naming the known ones."""
+    ``trim_fraction``; ``krum``: ``byzantine``; ``multi_krum``: ``byzantine``,
+    ``m``); ValueError naming the known ones."""
     try:
         make = _FACTORIES[name]
     except KeyError:

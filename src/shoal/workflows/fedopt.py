@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from shoal.aggregation import weighted_mean
 from shoal.aggregation.serveropt import Scratch, adaptive_step, momentum_step, state_dtype
 from shoal.arrays import is_floating
 from shoal.workflows.api import WorkflowContext, WorkflowFn
 from shoal.workflows.driver import RoundParams, run_rounds
 from shoal.workflows.params import param, parser
 from shoal.workflows.policies import Policies, ServerState, ServerUpdate, UpdateResult
+from shoal.workflows.robust import AggregatorParams, round_aggregator
 
 __all__ = [
     "AdaptiveParams",
@@ -46,7 +46,7 @@ _MAX_LR = 1e6
 
 
 @dataclass(frozen=True)
-class FedAvgMParams(RoundParams):
+class FedAvgMParams(AggregatorParams, RoundParams):
     """``fedavgm``: server momentum (Hsu et al. 2019)."""
 
     server_lr: float = param(0.1, doc="server learning rate (eta)", lo=0, lo_open=True, hi=_MAX_LR)
@@ -54,7 +54,7 @@ class FedAvgMParams(RoundParams):
 
 
 @dataclass(frozen=True)
-class AdaptiveParams(RoundParams):
+class AdaptiveParams(AggregatorParams, RoundParams):
     """``fedadam``, ``fedyogi``, ``fedadagrad`` (Reddi et al. 2021)."""
 
     server_lr: float = param(0.01, doc="server learning rate (eta)", lo=0, lo_open=True, hi=_MAX_LR)
@@ -145,7 +145,9 @@ parse_fedadagrad = parser(AdaptiveParams, workflow="fedadagrad")
 def run_fedavgm(ctx: WorkflowContext) -> None:
     """Run (or resume) FedAvgM; see ``shoal.workflows.driver``."""
     p = parse_fedavgm(ctx.params)
-    policies = Policies(aggregator=weighted_mean, update=momentum(p.server_lr, p.server_momentum))
+    policies = Policies(
+        aggregator=round_aggregator(p), update=momentum(p.server_lr, p.server_momentum)
+    )
     run_rounds(ctx, p, policies, workflow="fedavgm")
 
 
@@ -155,7 +157,9 @@ def _adaptive_run(
     def run(ctx: WorkflowContext) -> None:
         p = parse(ctx.params)
         update = adaptive(rule, lr=p.server_lr, beta1=p.beta1, beta2=p.beta2, tau=p.tau)
-        run_rounds(ctx, p, Policies(aggregator=weighted_mean, update=update), workflow=workflow)
+        run_rounds(
+            ctx, p, Policies(aggregator=round_aggregator(p), update=update), workflow=workflow
+        )
 
     run.__doc__ = f"Run (or resume) {workflow}; see ``shoal.workflows.driver``."
     return run

@@ -18,7 +18,7 @@ from typing import Any
 from shoal.errors import JobValidationError
 from shoal.workflows import cross_site, cyclic, evaluate, fedavg, fedbuff, fedopt, scaffold
 from shoal.workflows.api import WorkflowFn
-from shoal.workflows.driver import needs_initial_model
+from shoal.workflows.robust import needs_model_and_aggregator
 
 __all__ = [
     "WorkflowEntry",
@@ -137,7 +137,7 @@ register(
         name="fedavgm",
         run=fedopt.run_fedavgm,
         parse_params=fedopt.parse_fedavgm,
-        check_spec=needs_initial_model("fedavgm"),
+        check_spec=needs_model_and_aggregator("fedavgm"),
     )
 )
 register(
@@ -145,7 +145,7 @@ register(
         name="fedadam",
         run=fedopt.run_fedadam,
         parse_params=fedopt.parse_fedadam,
-        check_spec=needs_initial_model("fedadam"),
+        check_spec=needs_model_and_aggregator("fedadam"),
     )
 )
 register(
@@ -153,7 +153,7 @@ register(
         name="fedyogi",
         run=fedopt.run_fedyogi,
         parse_params=fedopt.parse_fedyogi,
-        check_spec=needs_initial_model("fedyogi"),
+        check_spec=needs_model_and_aggregator("fedyogi"),
     )
 )
 register(
@@ -161,6 +161,6 @@ register(
         name="fedadagrad",
         run=fedopt.run_fedadagrad,
         parse_params=fedopt.parse_fedadagrad,
-        check_spec=needs_initial_model("fedadagrad"),
+        check_spec=needs_model_and_aggregator("fedadagrad"),
     )
 )
