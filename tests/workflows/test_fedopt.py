@@ -253,7 +253,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path, name
 def test_the_same_seed_samples_the_same_sites_in_every_workflow(tmp_path: Path) -> None:
     sites = {f"site-{i}": shift(float(i), 10 * i) for i in range(1, 7)}
     picked: dict[str, list[list[str]]] = {}
-    for name in ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
+    for name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
         for run in ("a", "b"):
             comm = _comm(tmp_path, sites)
             ctx = _ctx(

@@ -19,7 +19,7 @@ from shoal.workflows.fedopt import adaptive, momentum
 from .fakes import SiteFn
 from .test_fedavg import _comm, _ctx
 
-ROUND_WORKFLOWS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+ROUND_WORKFLOWS = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 def _spec(params: dict[str, Any], *, min_clients: int = 5, name: str = "fedavg") -> JobSpec:

@@ -15,7 +15,10 @@ state and random-seed state are not.
     set_weights(model, params)
 
 ``ScaffoldCorrection`` is SCAFFOLD's local step correction
-(``shoal.client.scaffold``). Needs Keras (``pip install 'shoal[tf]'``).
+(``shoal.client.scaffold``). FedProx's term: ``proximal_term(model, task)``
+in a custom loop, ``callbacks=[ProximalTerm(task)]`` with ``model.fit``.
+
+Needs Keras (``pip install 'shoal[tf]'``).
 """
 
 from __future__ import annotations
@@ -41,11 +44,16 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install 'shoal[tf]'"
     ) from exc
 
+from shoal.frameworks._keras_names import named_variables  # noqa: E402 - needs keras
+from shoal.frameworks._keras_prox import ProximalTerm, proximal_term  # noqa: E402
+
 __all__ = [
     "KerasAdapter",
+    "ProximalTerm",
     "ScaffoldCorrection",
     "get_weights",
     "named_variables",
+    "proximal_term",
     "save",
     "set_weights",
 ]
@@ -54,32 +62,6 @@ logger = logging.getLogger(__name__)
 
 # Shown in error messages; more names than this are summarised by a count.
 _MAX_LISTED = 5
-
-
-def _short_name(variable: Any) -> str:
-    # Keras 3 names a variable "kernel"; tf_keras (Keras 2) "dense_3/kernel:0".
-    name = str(getattr(variable, "name", "") or "var")
-    return name.rsplit("/", 1)[-1].split(":", 1)[0]
-
-
-def named_variables(model: Any) -> dict[str, Any]:
-    """``{stable name: Keras variable}`` for every weight of ``model``, in model order.
-
-    Weights not owned by any entry of ``model.layers`` (rare: variables created
-    directly on a subclassed model) are named ``extra.{k}.{variable name}``.
-    """
-    out: dict[str, Any] = {}
-    seen: set[int] = set()
-    for i, layer in enumerate(getattr(model, "layers", ())):
-        for j, variable in enumerate(layer.weights):
-            if id(variable) in seen:  # a layer shared between two positions
-                continue
-            seen.add(id(variable))
-            out[f"layers.{i}.{j}.{_short_name(variable)}"] = variable
-    extra = [v for v in model.weights if id(v) not in seen]
-    for k, variable in enumerate(extra):
-        out[f"extra.{k}.{_short_name(variable)}"] = variable
-    return out
 
 
 def _numpy_dtype(variable: Any) -> np.dtype[Any]:

@@ -28,7 +28,9 @@ bool. Other dtypes (float8, complex, quantized) are refused, naming the key.
 
 ``to_numpy_params`` converts a mapping that holds tensors (a ``state_dict()``
 put straight into ``FLModel.params``) the same way. ``ScaffoldCorrection``
-is SCAFFOLD's local step correction (``shoal.client.scaffold``).
+is SCAFFOLD's local step correction (``shoal.client.scaffold``);
+``proximal_term`` is FedProx's term for the loss
+(``loss = loss_fn(...) + proximal_term(model, task)``).
 
 Needs PyTorch (``pip install 'shoal[pt]'``).
 """
@@ -55,10 +57,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         f"shoal.frameworks.torch needs PyTorch ({exc}); install shoal[pt]: pip install 'shoal[pt]'"
     ) from exc
 
+from shoal.frameworks._torch_prox import proximal_term  # noqa: E402 - needs torch, checked above
+
 __all__ = [
     "ScaffoldCorrection",
     "TorchAdapter",
     "get_weights",
+    "proximal_term",
     "save",
     "set_weights",
     "to_numpy_params",

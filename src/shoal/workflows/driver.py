@@ -570,7 +570,7 @@ class _Rounds:
             round=k,
             weights_path=weights_path,
             sites=selected,
-            meta=self.ctx.task_meta(current_round=k, total_rounds=total),
+            meta=self.ctx.task_meta(**self.policies.task_meta, current_round=k, total_rounds=total),
             weights_checksum=checksum,
         )
         self.log.info(

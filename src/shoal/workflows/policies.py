@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -99,6 +99,10 @@ class Policies:
     #: update must take them out (``split_extras``): the new global model
     #: has the old one's names. False: extras never reach the aggregator.
     fold_extras: bool = False
+    #: The workflow's own keys in every task's meta (JSON scalars, e.g.
+    #: FedProx's ``{"fedprox_mu": 0.01}``), beside the driver's
+    #: ``current_round`` and ``total_rounds``, over the job's ``client.config``.
+    task_meta: Mapping[str, Any] = field(default_factory=dict)
 
 
 def check_state(state: object) -> ServerState:

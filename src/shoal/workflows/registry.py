@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import cross_site, cyclic, evaluate, fedavg, fedbuff, fedopt, scaffold
+from shoal.workflows import cross_site, cyclic, evaluate, fedavg, fedbuff, fedopt, fedprox, scaffold
 from shoal.workflows.api import WorkflowFn
 from shoal.workflows.robust import needs_model_and_aggregator
 
@@ -162,5 +162,13 @@ register(
         run=fedopt.run_fedadagrad,
         parse_params=fedopt.parse_fedadagrad,
         check_spec=needs_model_and_aggregator("fedadagrad"),
+    )
+)
+register(
+    WorkflowEntry(
+        name="fedprox",
+        run=fedprox.run,
+        parse_params=fedprox.parse_params,
+        check_spec=fedprox.check_spec,
     )
 )
