@@ -189,15 +189,19 @@ def write_job(
     round_timeout_s: float = 3600,
     num_examples: int = 10,
     log: bool = True,
+    workflow: str = "fedavg",
+    params: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a numpy FedAvg job (no server evaluate hook) into ``parent/name``."""
+    """Write a numpy job (FedAvg unless ``workflow`` and its ``params`` say
+    otherwise; no server evaluate hook) into ``parent/name``."""
     job = parent / name
     (job / "app").mkdir(parents=True, exist_ok=True)
     wf = [
         "workflow:",
-        "  name: fedavg",
+        f"  name: {workflow}",
         f"  num_rounds: {num_rounds}",
         f"  round_timeout_s: {round_timeout_s}",
+        *(f"  {k}: {v}" for k, v in (params or {}).items()),
     ]
     if sample_fraction < 1:
         wf.append(f"  sample_fraction: {sample_fraction}")

@@ -3,6 +3,7 @@
 aggregates incrementally and streams every payload through files in chunks.
 
     python bench/memory.py [--quick] [--size 100M] [--sites 2,8,32] [--rounds 2]
+                           [--workflow fedavg] [--param aggregator=median ...]
 
 Server peak = VmHWM of the daemon + VmHWM of the job's workflow process;
 site peak = the largest, over sites, of VmHWM of the site daemon + its job
@@ -34,7 +35,14 @@ from _common import (  # noqa: E402
 from transfer import parse_size  # noqa: E402
 
 
-def measure(size: int, sites: int, rounds: int, tmp: Path) -> dict:
+def measure(
+    size: int,
+    sites: int,
+    rounds: int,
+    tmp: Path,
+    workflow: str = "fedavg",
+    params: dict | None = None,
+) -> dict:
     with federation(sites, timeout=300) as fed:
         job = write_job(
             tmp,
@@ -43,6 +51,8 @@ def measure(size: int, sites: int, rounds: int, tmp: Path) -> dict:
             model_bytes=size,
             num_arrays=8,
             min_clients=sites,
+            workflow=workflow,
+            params=params,
         )
         r, peaks = run_job_sampled(fed, job)
         site_totals = {s: peaks.total(s) for s in fed.layout.site_kits}
@@ -65,17 +75,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--size", default="100M")
     p.add_argument("--sites", default="2,8,32")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--workflow", default="fedavg", help="a registered workflow")
+    p.add_argument(
+        "--param", action="append", default=[], help="key=value: a workflow parameter (repeatable)"
+    )
     args = p.parse_args(argv)
+    params = dict(kv.split("=", 1) for kv in args.param)
     if args.quick:
         args.size, args.sites, args.rounds = "4M", "2,4", 1
     size = parse_size(args.size)
-    header(f"memory: peak RSS of server and site, {mib(size)} model, by number of sites")
+    what = args.workflow + "".join(f", {k}={v}" for k, v in params.items())
+    header(f"memory: peak RSS of server and site, {mib(size)} model, {what}, by number of sites")
     results = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-jobs-") as tmp:
         for n in [int(x) for x in args.sites.split(",")]:
             emit(f"... {n} sites")
             try:
-                res = measure(size, n, args.rounds, Path(tmp))
+                res = measure(size, n, args.rounds, Path(tmp), args.workflow, params)
             except Exception as exc:
                 emit(f"    FAILED: {type(exc).__name__}: {exc}")
                 results.append({"sites": n, "error": f"{type(exc).__name__}: {exc}"})

@@ -43,7 +43,10 @@ def _check(contributions: Sequence[Mapping[str, np.ndarray]]) -> None:
 
 
 def _lower_median(stack: np.ndarray) -> np.ndarray:
-    return np.sort(stack, axis=0)[(stack.shape[0] - 1) // 2]
+    """The lower median along axis 0; ``stack`` (the caller's own) is reordered."""
+    k = (stack.shape[0] - 1) // 2
+    stack.partition(k, axis=0)
+    return stack[k].copy()
 
 
 def _float_median(stack: np.ndarray) -> np.ndarray:
@@ -53,11 +56,14 @@ def _float_median(stack: np.ndarray) -> np.ndarray:
     two finite contributions gave an Inf median; halving first is exact
     (but for subnormals) and the sum of halves cannot overflow."""
     n = stack.shape[0]
+    # In place: the stack is the caller's own, and a partitioned copy would
+    # be one more array of n contributions.
     if n % 2:
-        return np.partition(stack, n // 2, axis=0)[n // 2]
-    parts = np.partition(stack, [n // 2 - 1, n // 2], axis=0)
+        stack.partition(n // 2, axis=0)
+        return stack[n // 2].copy()
+    stack.partition([n // 2 - 1, n // 2], axis=0)
     half = stack.dtype.type(0.5)
-    return parts[n // 2 - 1] * half + parts[n // 2] * half
+    return stack[n // 2 - 1] * half + stack[n // 2] * half
 
 
 def median(contributions: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -92,7 +98,8 @@ def trimmed_mean(
     for name, first in contributions[0].items():
         stack = np.stack([c[name] for c in contributions])
         if is_floating(first.dtype):
-            kept = np.sort(stack, axis=0)[k : n - k]
+            stack.sort(axis=0)  # in place: the stack is ours
+            kept = stack[k : n - k]
             if kept.dtype.kind != "f":
                 # bfloat16: numpy's mean(dtype=float64) adds in bfloat16.
                 kept = kept.astype(np.float64)
