@@ -27,6 +27,7 @@ SCRIPTS = [
     "round_overhead",
     "transfer",
     "memory",
+    "algorithms",
     "simulator",
     "scale",
     "poc_startup",

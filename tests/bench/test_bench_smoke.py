@@ -48,6 +48,12 @@ def test_memory_quick() -> None:
     assert "server peak RSS" in out and "FAILED" not in out
 
 
+def test_algorithms_quick() -> None:
+    out = _run("algorithms", "--quick", "--only", "fedavg,fedadam,krum")
+    assert "over the start" in out and "FAILED" not in out
+    assert all(f"| {name} " in out for name in ("fedavg", "fedadam", "krum"))
+
+
 def test_host_costs_quick() -> None:
     out = _run("host_costs", "--quick")
     assert "XXH3-128" in out and "filling" in out and "over a cached file" in out
