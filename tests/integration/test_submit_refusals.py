@@ -109,7 +109,7 @@ def case_zip_without_job_yml(root: Path) -> Path:
 
 
 def case_unknown_workflow(root: Path) -> Path:
-    return edit_yml(good_job(root), "name: fedavg", "name: fedprox")
+    return edit_yml(good_job(root), "name: fedavg", "name: fedsgd")
 
 
 def case_min_clients_above_project(root: Path) -> Path:
@@ -166,7 +166,7 @@ def case_archive_over_cap(root: Path) -> Path:
 CASES = {
     "no job.yml": (case_no_job_yml, "job.yml"),
     "archive without job.yml": (case_zip_without_job_yml, "job.yml"),
-    "unknown workflow": (case_unknown_workflow, "unknown workflow 'fedprox'"),
+    "unknown workflow": (case_unknown_workflow, "unknown workflow 'fedsgd'"),
     "min_clients above the project": (case_min_clients_above_project, "min_clients"),
     "site not in the project": (case_unknown_site, "site-9 not in the project"),
     "entry with ..": (case_dotdot_entry, ".."),

@@ -98,7 +98,7 @@ SINGLE_FAULTS = [
     ("min_clients", "2"),
     ("sites", ["site-1", "site-1"]),
     ("sites", ["site-1"]),  # fewer than min_clients
-    ("workflow.name", "fedprox"),
+    ("workflow.name", "fedsgd"),  # not a registered workflow
     ("workflow.num_rounds", 0),
     ("workflow", _DELETE),
     ("client.script", "../train.py"),
