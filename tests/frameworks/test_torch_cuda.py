@@ -57,3 +57,19 @@ def test_to_numpy_params_of_cuda_tensors() -> None:
     out = to_numpy_params(state)
     assert out["w"].dtype.name == "bfloat16" and int(out["n"]) == 3
     assert _same_bits(torch.from_numpy(out["w"].view(np.int16)), state["w"].cpu().view(torch.int16))
+
+
+def test_the_proximal_term_keeps_the_global_weights_on_the_gpu() -> None:
+    from shoal.frameworks._torch_prox import _ANCHORS
+    from shoal.frameworks.torch import proximal_term
+
+    model = nn.Linear(2, 1).cuda()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model.bias.copy_(torch.tensor([0.5]))
+    glob = {"weight": np.array([[0.0, 1.0]], np.float32), "bias": np.array([1.5], np.float32)}
+    term = proximal_term(model, glob, mu=0.5)  # 0.25 * (1 + 1 + 1)
+    assert term.device.type == "cuda" and float(term.detach()) == 0.75
+    assert all(g.device.type == "cuda" for _, g in _ANCHORS[model].pairs)
+    term.backward()
+    np.testing.assert_array_equal(model.weight.grad.cpu().numpy(), [[0.5, 0.5]])
