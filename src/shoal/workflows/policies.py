@@ -17,7 +17,9 @@ Two more policies let an algorithm exchange arrays beside the weights
 (``FLModel.extras``), e.g. SCAFFOLD's control variates: ``task_extras``
 turns the state into the arrays each round's task carries down with the
 model, and ``fold_extras`` has the aggregator get each result's extras
-too. Neither costs anything when unset, as FedAvg leaves them.
+too. Neither costs anything when unset, as FedAvg leaves them. And
+``task_meta`` adds the workflow's own keys to every task's meta (FedProx's
+``fedprox_mu``).
 """
 
 from __future__ import annotations
