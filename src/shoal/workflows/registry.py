@@ -84,91 +84,31 @@ def check_spec(name: str, spec: Any) -> None:
         check(spec)
 
 
-register(
-    WorkflowEntry(
-        name="fedavg",
-        run=fedavg.run,
-        parse_params=fedavg.parse_params,
-        check_spec=fedavg.check_spec,
+# A module-level workflow: its module's run, parse_params and check_spec.
+for _name, _module in (
+    ("fedavg", fedavg),
+    ("evaluate", evaluate),
+    ("cross_site_eval", cross_site),
+    ("cyclic", cyclic),
+    ("fedbuff", fedbuff),
+    ("scaffold", scaffold),
+    ("fedprox", fedprox),
+):
+    register(
+        WorkflowEntry(
+            name=_name,
+            run=_module.run,
+            parse_params=_module.parse_params,
+            check_spec=_module.check_spec,
+        )
     )
-)
-register(
-    WorkflowEntry(
-        name="evaluate",
-        run=evaluate.run,
-        parse_params=evaluate.parse_params,
-        check_spec=evaluate.check_spec,
+# The FedOpt family shares one module: an entry per server optimizer.
+for _name in ("fedavgm", "fedadam", "fedyogi", "fedadagrad"):
+    register(
+        WorkflowEntry(
+            name=_name,
+            run=getattr(fedopt, f"run_{_name}"),
+            parse_params=getattr(fedopt, f"parse_{_name}"),
+            check_spec=needs_model_and_aggregator(_name),
+        )
     )
-)
-register(
-    WorkflowEntry(
-        name="cross_site_eval",
-        run=cross_site.run,
-        parse_params=cross_site.parse_params,
-        check_spec=cross_site.check_spec,
-    )
-)
-register(
-    WorkflowEntry(
-        name="cyclic",
-        run=cyclic.run,
-        parse_params=cyclic.parse_params,
-        check_spec=cyclic.check_spec,
-    )
-)
-register(
-    WorkflowEntry(
-        name="fedbuff",
-        run=fedbuff.run,
-        parse_params=fedbuff.parse_params,
-        check_spec=fedbuff.check_spec,
-    )
-)
-register(
-    WorkflowEntry(
-        name="scaffold",
-        run=scaffold.run,
-        parse_params=scaffold.parse_params,
-        check_spec=scaffold.check_spec,
-    )
-)
-register(
-    WorkflowEntry(
-        name="fedavgm",
-        run=fedopt.run_fedavgm,
-        parse_params=fedopt.parse_fedavgm,
-        check_spec=needs_model_and_aggregator("fedavgm"),
-    )
-)
-register(
-    WorkflowEntry(
-        name="fedadam",
-        run=fedopt.run_fedadam,
-        parse_params=fedopt.parse_fedadam,
-        check_spec=needs_model_and_aggregator("fedadam"),
-    )
-)
-register(
-    WorkflowEntry(
-        name="fedyogi",
-        run=fedopt.run_fedyogi,
-        parse_params=fedopt.parse_fedyogi,
-        check_spec=needs_model_and_aggregator("fedyogi"),
-    )
-)
-register(
-    WorkflowEntry(
-        name="fedadagrad",
-        run=fedopt.run_fedadagrad,
-        parse_params=fedopt.parse_fedadagrad,
-        check_spec=needs_model_and_aggregator("fedadagrad"),
-    )
-)
-register(
-    WorkflowEntry(
-        name="fedprox",
-        run=fedprox.run,
-        parse_params=fedprox.parse_params,
-        check_spec=fedprox.check_spec,
-    )
-)
