@@ -46,11 +46,6 @@ from shoal.tensorboard import ScalarWriter
 from shoal.workflows.api import TaskResult, WorkflowContext
 from shoal.workflows.driver import (
     RoundParams,
-    _call_hook,
-    _initial_params,
-    _save_native,
-    _server_model,
-    _validate,
     needs_initial_model,
     select_sites,
 )
@@ -59,6 +54,8 @@ from shoal.workflows.evaluation import Limits, cross_site_phase, sites_taking_pa
 from shoal.workflows.hooks import load_attr
 from shoal.workflows.metrics import finite_metrics, weighted_metrics
 from shoal.workflows.params import param, parser
+from shoal.workflows.results import validate_result
+from shoal.workflows.servermodel import call_hook, initial_params, save_native, server_model_of
 from shoal.workflows.store import RoundStore
 
 __all__ = ["CyclicParams", "check_spec", "parse_params", "run", "visit_order"]
@@ -122,14 +119,14 @@ def run(ctx: WorkflowContext) -> None:
     store = RoundStore(ctx.run_dir)
     try:
         sites = sites_taking_part(ctx)
-        server_model = _server_model(ctx)
+        server_model = server_model_of(ctx)
         ckpt = store.load_checkpoint()
         if ckpt is not None:
             model = store.load_model(ckpt)
             start = ckpt.round + 1
             log.info("resuming job %s after round %d of %d", ctx.job_id, ckpt.round, p.num_rounds)
         else:
-            model = _initial_params(ctx, server_model, "cyclic")
+            model = initial_params(ctx, server_model, "cyclic")
             store.save_checkpoint(0, store.write_model(0, model))
             start = 1
         store.trim_metrics(start - 1)
@@ -142,7 +139,7 @@ def run(ctx: WorkflowContext) -> None:
         final = store.write_model(p.num_rounds, last, final=True)
         log.info("job %s: final model %s", ctx.job_id, final)
         if server_model.adapter is not None and server_model.adapter.suffix != ".safetensors":
-            _save_native(store, server_model, last)
+            save_native(store, server_model, last)
         del last
         if p.evaluate_after:
             limits = Limits(timeout_s=p.round_timeout_s, max_num_examples=p.max_num_examples)
@@ -274,7 +271,7 @@ class _Cycle:
                     continue
                 answered = True
                 try:
-                    arrays = _validate(
+                    arrays = validate_result(
                         result,
                         self.reference,
                         max_num_examples=p.max_num_examples,
@@ -308,7 +305,7 @@ class _Cycle:
         if self.evaluate is None:
             return {}
         hook = self.ctx.spec.server.evaluate
-        raw = _call_hook("evaluate", hook, self.evaluate, model, k)
+        raw = call_hook("evaluate", hook, self.evaluate, model, k)
         if raw is not None and not isinstance(raw, Mapping):
             raise JobFailedError(f"server.evaluate hook {hook!r} must return a dict of numbers")
         return finite_metrics(raw, source=f"server.evaluate {hook!r}", log=self.log, round=k)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,21 +56,25 @@ from shoal.arrays import array_specs, check_compatible, check_finite, load_array
 from shoal.client.model import FLModel
 from shoal.errors import (
     ArrayFormatError,
-    ConfigError,
     JobFailedError,
     JobValidationError,
-    ShoalError,
     WorkflowSuspended,
 )
-from shoal.filters import SERVER_POINTS, FilterChain, build_chain
 from shoal.taskmeta import join_extras
 from shoal.tensorboard import ScalarWriter
 from shoal.workflows.api import InMemoryResult, TaskResult, WorkflowContext
 from shoal.workflows.evaluation import Limits, cross_site_phase
 from shoal.workflows.hooks import load_attr
-from shoal.workflows.metrics import finite_metrics, short, weighted_metrics
+from shoal.workflows.metrics import finite_metrics, weighted_metrics
 from shoal.workflows.params import param
 from shoal.workflows.policies import Policies, ServerState, check_state, keep_aggregate
+from shoal.workflows.results import (
+    apply_filters,
+    server_filters,
+    validate_result,
+    without_arrays,
+)
+from shoal.workflows.servermodel import call_hook, initial_params, save_native, server_model_of
 from shoal.workflows.store import RoundStore
 
 __all__ = [
@@ -189,140 +192,6 @@ def select_sites(
     return [ordered[i] for i in picked]
 
 
-def _call_hook(kind: str, spec: str, fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except ShoalError:
-        raise
-    except Exception as exc:
-        raise JobFailedError(
-            f"server.{kind} hook {spec!r} raised {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-@dataclass(frozen=True)
-class _ServerModel:
-    """The ``server.model`` hook's model and its framework adapter, if any."""
-
-    model: Any = None
-    adapter: Any = None
-
-
-def _server_model(ctx: WorkflowContext) -> _ServerModel:
-    hook = ctx.spec.server.model
-    if not hook:
-        return _ServerModel()
-    from shoal.frameworks import adapter_for
-
-    model = _call_hook("model", hook, load_attr(ctx.app_dir, hook))
-    return _ServerModel(model=model, adapter=adapter_for(model))
-
-
-def _initial_params(
-    ctx: WorkflowContext, server_model: _ServerModel, workflow: str
-) -> dict[str, np.ndarray]:
-    server = ctx.spec.server
-    if server_model.model is not None:
-        raw = server_model.adapter.get_weights(server_model.model)
-        origin = f"server.model {server.model!r}"
-    elif server.initial_weights:
-        fn = load_attr(ctx.app_dir, server.initial_weights)
-        raw = _call_hook("initial_weights", server.initial_weights, fn)
-        origin = f"server.initial_weights {server.initial_weights!r}"
-    else:
-        raise JobValidationError(
-            f"job.yml: server: {workflow} needs server.model or server.initial_weights"
-        )
-    if not isinstance(raw, Mapping) or not raw:
-        raise JobFailedError(
-            f"{origin} must give a non-empty dict of arrays, got {type(raw).__name__}"
-        )
-    from shoal.frameworks import as_numpy_params  # a state_dict() of tensors, say
-
-    try:
-        raw = as_numpy_params(raw)
-    except ArrayFormatError as exc:
-        raise JobFailedError(f"{origin}: {exc}") from None
-    params = {str(k): np.asarray(v) for k, v in raw.items()}
-    try:
-        check_finite(params)
-    except ArrayFormatError as exc:
-        raise JobFailedError(f"{origin}: initial weights are not finite: {exc}") from None
-    return params
-
-
-def _validate(
-    result: TaskResult,
-    reference: Mapping[str, tuple[str, tuple[int, ...]]],
-    *,
-    max_num_examples: int,
-    global_model: Callable[[], Mapping[str, np.ndarray]],
-) -> dict[str, np.ndarray]:
-    n = result.num_examples
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ArrayFormatError(f"num_examples is {short(n)}, must be an integer")
-    if n <= 0:
-        raise ArrayFormatError(f"num_examples is {n}, must be > 0")
-    if n > max_num_examples:
-        # Compared as ints: a float of 10**400 would raise, not compare.
-        raise ArrayFormatError(
-            f"num_examples is {short(n)}, over the job's "
-            f"workflow.max_num_examples={max_num_examples}"
-        )
-    arrays = result.arrays()
-    check_compatible(reference, arrays)
-    check_finite(arrays)
-    if result.params_type == "diff":
-        arrays = _plus_global(arrays, global_model())
-        check_finite(arrays)
-    return arrays
-
-
-def _plus_global(
-    diff: Mapping[str, np.ndarray], global_model: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """A ``params_type: diff`` result as weights: the global model it was sent
-    plus the difference (bool arrays, which have no difference, travel whole)."""
-    out: dict[str, np.ndarray] = {}
-    with np.errstate(over="ignore", invalid="ignore"):
-        for name, d in diff.items():
-            out[name] = d if d.dtype == np.bool_ else np.add(global_model[name], d, dtype=d.dtype)
-    return out
-
-
-def server_filters(ctx: WorkflowContext) -> dict[str, FilterChain]:
-    """The job's server-side filter chains (``result_in``, ``model_out``), built."""
-    filters = getattr(ctx.spec, "filters", None) or {}
-    return {
-        point: build_chain(point, filters[point], app_dir=ctx.app_dir)
-        for point in SERVER_POINTS
-        if filters.get(point)
-    }
-
-
-def _apply(chain: FilterChain, model: FLModel, *, job_id: str, site: str, round: int) -> FLModel:
-    try:
-        return chain.apply(model, job_id=job_id, site=site, round=round, task=model.task)
-    except ConfigError as exc:
-        raise JobFailedError(f"round {round}: {exc}") from exc
-
-
-def _without_arrays(result: TaskResult) -> TaskResult:
-    """What a round keeps of a folded result: no reference to its arrays."""
-    if isinstance(result, InMemoryResult):
-        return TaskResult(
-            site=result.site,
-            task_id=result.task_id,
-            round=result.round,
-            num_examples=result.num_examples,
-            metrics=result.metrics,
-            path=Path(),
-            meta=result.meta,
-            params_type=result.params_type,
-        )
-    return result
-
-
 def _unshared(models: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
     """The model in ``models`` (taken out of it), if nothing else refers to it
     or to its arrays any more: a server hook (evaluate, a model adapter) may
@@ -342,17 +211,6 @@ def _unshared(models: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | No
     return params
 
 
-def _save_native(store: RoundStore, server_model: _ServerModel, params: Mapping[str, Any]) -> None:
-    adapter, model = server_model.adapter, server_model.model
-    adapter.set_weights(model, params)
-    target = store.final_path(adapter.suffix)
-    tmp = target.with_name(f".global_final.tmp{adapter.suffix}")
-    adapter.save(model, tmp)
-    # Private, as the safetensors models are, whatever the framework wrote.
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, target)
-
-
 def run_rounds(
     ctx: WorkflowContext, params: RoundParams, policies: Policies, *, workflow: str
 ) -> None:
@@ -368,7 +226,7 @@ def run_rounds(
             f"only {len(sites)} site(s) take part ({', '.join(sites) or 'none'}), "
             f"min_clients={min_clients}"
         )
-    server_model = _server_model(ctx)
+    server_model = server_model_of(ctx)
     state: ServerState = {}
     ckpt = store.load_checkpoint()
     if ckpt is not None:
@@ -379,7 +237,7 @@ def run_rounds(
             "resuming job %s after round %d of %d (%s)", ctx.job_id, ckpt.round, total, ckpt.model
         )
     else:
-        global_params = _initial_params(ctx, server_model, workflow)
+        global_params = initial_params(ctx, server_model, workflow)
         store.save_checkpoint(0, store.write_model(0, global_params))
         start = 1
     store.trim_metrics(start - 1)
@@ -426,7 +284,7 @@ def run_rounds(
             final = store.write_model(total, models[0], final=True)
             log.info("job %s: final global model %s", ctx.job_id, final)
             if server_model.adapter is not None and server_model.adapter.suffix != ".safetensors":
-                _save_native(store, server_model, models[0])
+                save_native(store, server_model, models[0])
             if params.evaluate_after:
                 # Re-run whole after a restart: it keeps no checkpoint of its own.
                 limits = Limits(
@@ -607,7 +465,11 @@ class _Rounds:
             task="train",
         )
         chain = self.filters.get("model_out")
-        out = _apply(chain, model, job_id=self.ctx.job_id, site="*", round=k) if chain else model
+        out = (
+            apply_filters(chain, model, job_id=self.ctx.job_id, site="*", round=k)
+            if chain
+            else model
+        )
         folder = self.store.run_dir / "published"
         target = folder / f"round_{k:04d}.safetensors"
         save_arrays(target, join_extras(out.params, out.extras), durable=False)
@@ -631,7 +493,7 @@ class _Rounds:
             total_rounds=self.params.num_rounds,
             task="train",
         )
-        out = _apply(
+        out = apply_filters(
             self.filters["result_in"], model, job_id=self.ctx.job_id, site=result.site, round=k
         )
         return InMemoryResult(
@@ -665,7 +527,7 @@ class _Rounds:
                 result = self._filter_result(k, result)
             if not self._fold(k, result, aggregator, gathered):
                 continue
-            gathered.accepted[site] = _without_arrays(result)
+            gathered.accepted[site] = without_arrays(result)
             if result.path.name:
                 # Folded in, its arrays dropped: the new model is written over it.
                 self.store.adopt_spare(result.path)
@@ -677,7 +539,7 @@ class _Rounds:
     ) -> bool:
         arrays: dict[str, np.ndarray] | None = None
         try:
-            arrays = _validate(
+            arrays = validate_result(
                 result,
                 self.reference,
                 max_num_examples=self.params.max_num_examples,
@@ -771,7 +633,7 @@ class _Rounds:
         if self.evaluate is None:
             return {}
         hook = self.ctx.spec.server.evaluate
-        raw = _call_hook("evaluate", hook, self.evaluate, o.model, o.round)
+        raw = call_hook("evaluate", hook, self.evaluate, o.model, o.round)
         if raw is not None and not isinstance(raw, Mapping):
             raise JobFailedError(f"server.evaluate hook {hook!r} must return a dict of numbers")
         return finite_metrics(raw, source=f"server.evaluate {hook!r}", log=self.log, round=o.round)

@@ -38,11 +38,10 @@ from shoal.workflows.api import WorkflowContext
 from shoal.workflows.driver import (
     DEFAULT_MAX_NUM_EXAMPLES,
     MAX_NUM_EXAMPLES_LIMIT,
-    _initial_params,
-    _server_model,
 )
 from shoal.workflows.evaluation import Limits, sites_taking_part, validate_at_sites
 from shoal.workflows.params import load_params, param
+from shoal.workflows.servermodel import initial_params, server_model_of
 from shoal.workflows.store import RoundStore, atomic_write_bytes
 
 __all__ = [
@@ -153,7 +152,7 @@ def given_model(
     """The model to evaluate, and where it came from: ``app/<model_path>``, or
     ``"initial"`` (``server.model`` / ``server.initial_weights``)."""
     if not model_path:
-        return _initial_params(ctx, _server_model(ctx), workflow), "initial"
+        return initial_params(ctx, server_model_of(ctx), workflow), "initial"
     app = ctx.app_dir.resolve()
     path = (app / model_path).resolve()
     origin = f"workflow.model_path {model_path!r}"

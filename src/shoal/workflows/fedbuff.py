@@ -47,17 +47,13 @@ from shoal.workflows.api import TaskResult, WorkflowContext
 from shoal.workflows.driver import (
     DEFAULT_MAX_NUM_EXAMPLES,
     MAX_NUM_EXAMPLES_LIMIT,
-    _call_hook,
-    _initial_params,
-    _save_native,
-    _server_model,
-    _validate,
-    _without_arrays,
     needs_initial_model,
 )
 from shoal.workflows.hooks import load_attr
 from shoal.workflows.metrics import finite_metrics, weighted_metrics
 from shoal.workflows.params import param, parser
+from shoal.workflows.results import validate_result, without_arrays
+from shoal.workflows.servermodel import call_hook, initial_params, save_native, server_model_of
 from shoal.workflows.store import RoundStore
 
 __all__ = ["FedBuffParams", "check_spec", "parse_params", "run", "staleness_weight"]
@@ -177,8 +173,12 @@ def _delta(
     if result.params_type == "diff":
         # Already the update: checked as weights are, never added to a model.
         plain = dataclasses.replace(result, params_type="full")
-        return _validate(plain, reference, max_num_examples=max_num_examples, global_model=dict)
-    weights = _validate(result, reference, max_num_examples=max_num_examples, global_model=dict)
+        return validate_result(
+            plain, reference, max_num_examples=max_num_examples, global_model=dict
+        )
+    weights = validate_result(
+        result, reference, max_num_examples=max_num_examples, global_model=dict
+    )
     old = load_arrays(store.run_dir / sent, mmap=True)
     with np.errstate(over="ignore", invalid="ignore"):
         delta = {k: np.subtract(v, old[k]) for k, v in weights.items() if v.dtype.kind == "f"}
@@ -212,7 +212,7 @@ class _FedBuff:
 
     def run(self) -> None:
         store, p, log = self.store, self.p, self.log
-        server_model = _server_model(self.ctx)
+        server_model = server_model_of(self.ctx)
         ckpt = store.load_checkpoint()
         if ckpt is not None:
             model, version = store.load_model(ckpt), ckpt.round
@@ -220,7 +220,7 @@ class _FedBuff:
                 "resuming job %s at version %d of %d", self.ctx.job_id, version, p.num_versions
             )
         else:
-            model, version = _initial_params(self.ctx, server_model, "fedbuff"), 0
+            model, version = initial_params(self.ctx, server_model, "fedbuff"), 0
             store.save_checkpoint(0, store.write_model(0, model))
         store.trim_metrics(version)
         try:
@@ -230,7 +230,7 @@ class _FedBuff:
             final = store.write_model(p.num_versions, model, final=True)
             log.info("job %s: final global model %s", self.ctx.job_id, final)
             if server_model.adapter is not None and server_model.adapter.suffix != ".safetensors":
-                _save_native(store, server_model, model)
+                save_native(store, server_model, model)
         finally:
             self.comm.finish()
 
@@ -323,7 +323,7 @@ class _FedBuff:
         weight = staleness_weight(tau, kind=p.staleness, exponent=p.staleness_exponent)
         buffer.add(delta, weight)
         del delta
-        buffer.results.append(_without_arrays(result))
+        buffer.results.append(without_arrays(result))
         buffer.stalenesses.append(tau)
         self.contributions[result.site] += 1
         log.info(
@@ -364,7 +364,7 @@ class _FedBuff:
         server_metrics: dict[str, float] = {}
         if self.evaluate is not None:
             hook = self.ctx.spec.server.evaluate
-            raw = _call_hook("evaluate", hook, self.evaluate, model, version)
+            raw = call_hook("evaluate", hook, self.evaluate, model, version)
             if raw is not None and not isinstance(raw, Mapping):
                 raise JobFailedError(f"server.evaluate hook {hook!r} must return a dict of numbers")
             server_metrics = finite_metrics(
