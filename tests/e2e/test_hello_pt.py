@@ -14,18 +14,15 @@ about a minute on two cores.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from shoal import jobstatus, poc
+from shoal import poc
+
+from .conftest import EXAMPLES, MNIST, check_round_logs, require_mnist, run_example
 
 pytestmark = [
     pytest.mark.e2e,
@@ -35,14 +32,7 @@ pytestmark = [
     pytest.mark.filterwarnings(r"ignore:subprocess \d+ is still running:ResourceWarning"),
 ]
 
-HELLO_PT = Path(__file__).resolve().parents[2] / "examples" / "hello-pt"
-MNIST = os.environ.get("SHOAL_MNIST_PATH", "")
-
-if not MNIST or not Path(MNIST).is_file():
-    pytest.skip(
-        "SHOAL_MNIST_PATH is not set to a local mnist.npz (the e2e test never downloads)",
-        allow_module_level=True,
-    )
+require_mnist()
 if importlib.util.find_spec("torch") is None:
     pytest.skip("PyTorch is not installed (pip install -e '.[pt]')", allow_module_level=True)
 
@@ -59,7 +49,7 @@ ROUNDS = 5
 
 def _network() -> Any:
     spec = importlib.util.spec_from_file_location(
-        "hello_pt_e2e_model", HELLO_PT / "app" / "model.py"
+        "hello_pt_e2e_model", EXAMPLES / "hello-pt" / "app" / "model.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -78,57 +68,16 @@ def _accuracy(net: Any) -> float:
     return float((predicted == y).double().mean())
 
 
-@pytest.fixture
-def federation(tmp_path: Path) -> Iterator[poc.PocLayout]:
-    ws = tmp_path / "poc"
-    poc.prepare(ws, num_sites=2)
-    layout = poc.start(ws, env={"SHOAL_MNIST_PATH": MNIST}, timeout=120)
-    try:
-        yield layout
-    finally:
-        poc.stop(ws)
-
-
 def test_hello_pt_end_to_end(federation: poc.PocLayout, tmp_path: Path) -> None:
-    layout = federation
-    shutil.copytree(
-        HELLO_PT,
-        layout.admin_kit / "transfer" / "hello-pt",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    started = time.monotonic()
-    with poc.admin_session(layout.workspace) as s:
-        connected = {site["name"] for site in s.check_status()["sites"] if site["connected"]}
-        assert connected == {"site-1", "site-2"}
-        job_id = s.submit_job("hello-pt")  # looked up in the admin kit's transfer/
-
-        states: list[str] = []
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            status = s.get_job_meta(job_id)["status"]
-            if not states or states[-1] != status:
-                states.append(status)
-            if jobstatus.is_finished(status):
-                break
-            time.sleep(0.2)
-        print("states seen:", " -> ".join(states), f"in {time.monotonic() - started:.1f}s")
-        assert states[-1] == jobstatus.COMPLETED, (states, s.get_job_meta(job_id)["error"])
-        assert jobstatus.RUNNING in states, states
-
-        out = s.download_job(job_id, tmp_path / "download")
-
-    rounds = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
-    assert set(rounds[-1]["sites"]) == {"site-1", "site-2"} and rounds[-1]["missing"] == []
+    done = run_example(federation, "hello-pt", tmp_path / "download")
+    check_round_logs(done, ROUNDS, "round {k}/{n} loss=")  # train.py's own line
     # The split is non-IID: the sites hold different numbers of images (36227 and 23773).
-    site_logs = {p.name: p.read_text(errors="replace") for p in (out / "logs").glob("*.log")}
-    assert "36227 training and 6028 test images" in site_logs["site-1.log"]
-    assert "23773 training and 3972 test images" in site_logs["site-2.log"]
-    server_accuracy = rounds[-1]["server"]["accuracy"]
-    print("server accuracy by round:", [round(r["server"]["accuracy"], 4) for r in rounds])
+    assert "36227 training and 6028 test images" in done.logs["site-1.log"]
+    assert "23773 training and 3972 test images" in done.logs["site-2.log"]
+    server_accuracy = done.rounds[-1]["server"]["accuracy"]
 
     # The test's own evaluation of what it downloaded: the native .pt ...
-    models = out / "run" / "models"
+    models = done.out / "run" / "models"
     net = _network()
     net.load_state_dict(torch.load(models / "global_final.pt", weights_only=True))
     from_pt = _accuracy(net)
@@ -142,13 +91,3 @@ def test_hello_pt_end_to_end(federation: poc.PocLayout, tmp_path: Path) -> None:
     assert from_pt == pytest.approx(server_accuracy, abs=1e-3)
     for name, tensor in net.state_dict().items():
         assert torch.equal(tensor, fresh.state_dict()[name]), name
-
-    # Logs of the server and of each site show every round.
-    assert {"server.log", "site-1.log", "site-2.log"} <= set(site_logs)
-    server_log = site_logs["server.log"]
-    for k in range(1, ROUNDS + 1):
-        assert f"round {k}/{ROUNDS} done" in server_log, server_log[-2000:]
-        for site in ("site-1", "site-2"):
-            log = site_logs[f"{site}.log"]
-            assert f"round {k}/{ROUNDS} loss=" in log, log[-2000:]  # train.py's own line
-            assert f"Sent result to server: round {k} size:" in log, log[-2000:]
