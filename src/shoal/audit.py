@@ -43,16 +43,17 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from shoal.errors import ConfigError
 
 __all__ = [
     "ANCHOR_SUFFIX",
+    "AuditSink",
     "DEFAULT_MAX_BYTES",
     "GENESIS",
     "AuditTrail",
@@ -79,6 +80,12 @@ RESERVED = frozenset({"seq", "time", "event", "prev"})
 MAX_FIELD_CHARS = 2000
 #: How much of the file's end is read to find the last line at open.
 _TAIL_BYTES = 256 * 1024
+
+
+class AuditSink(Protocol):
+    """What a part that reports events needs of a trail: ``record`` only."""
+
+    def record(self, event: str, *, durable: bool = True, **fields: Any) -> Any: ...
 
 
 def _line_hash(line: bytes) -> str:
@@ -405,11 +412,12 @@ def read_events(
     since: str | None = None,
     limit: int | None = None,
     match: dict[str, str] | None = None,
+    where: Callable[[dict[str, Any]], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """The trail's events, oldest first: those at or after ``since`` (ISO time),
     whose fields equal ``match``'s (a list field matches if it holds the
-    value), the last ``limit`` of them. Reads files newest first and stops
-    once it has ``limit`` events."""
+    value) and for which ``where`` is true, the last ``limit`` of them.
+    Reads files newest first and stops once it has ``limit`` events."""
     out: list[dict[str, Any]] = []
     for f in reversed(trail_files(Path(path))):
         with open(f, "rb") as fh:
@@ -426,6 +434,8 @@ def read_events(
                 older_than_since = True
                 break
             if match and not all(_matches(doc.get(k), v) for k, v in match.items()):
+                continue
+            if where is not None and not where(doc):
                 continue
             out.append(doc)
             if limit and len(out) >= limit:

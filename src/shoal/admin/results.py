@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from shoal.errors import TransportError
 
 __all__ = [
+    "AuditEvents",
     "CrossSiteEval",
     "FederationStatus",
     "JobErrors",
@@ -563,3 +564,38 @@ class SysInfo(_ReplyView):
             resources=f.mapping("resources"),
             _reply=f.data,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEvents:
+    """``audit``: events of the server's audit trail (project admins only)."""
+
+    path: str
+    """The trail's file on the server."""
+    head: str
+    """The trail's last line as ``SEQ:SHA256``: note it down elsewhere, and
+    ``shoal audit verify --head`` proves later that no line up to it changed."""
+    events: tuple[Mapping[str, Any], ...] = ()
+    """The events, oldest first, each as it stands in the trail."""
+    verify: Mapping[str, Any] | None = None
+    """With ``verify``: ``ok``, ``lines`` and the first ``problem``."""
+
+    @classmethod
+    def from_json(cls, data: object) -> AuditEvents:
+        f = _Fields(data, "audit")
+        return cls(
+            path=f.required("path", str),
+            head=f.required("head", str),
+            events=tuple(row.data for row in f.objects("events")),
+            verify=f.mapping("verify") or None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "head": self.head,
+            "events": [dict(e) for e in self.events],
+        }
+        if self.verify is not None:
+            out["verify"] = dict(self.verify)
+        return out

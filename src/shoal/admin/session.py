@@ -28,6 +28,7 @@ import grpc
 from shoal import jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal.admin.results import (
+    AuditEvents,
     FederationStatus,
     JobErrors,
     JobMeta,
@@ -127,6 +128,22 @@ class AdminSession:
     def sys_info(self, target: str = "server") -> SysInfo:
         """Platform, versions, CPUs and memory of the server or a connected site."""
         return SysInfo.from_json(self._call("sys_info", target=target))
+
+    def audit(
+        self,
+        *,
+        since: str | None = None,
+        site: str | None = None,
+        event: str | None = None,
+        limit: int = 100,
+        verify: bool = False,
+    ) -> AuditEvents:
+        """The server's audit trail (project admins only): the last ``limit``
+        events, at or after ``since`` (ISO UTC), naming ``site``, of ``event``;
+        ``verify``: the server walks the whole chain first."""
+        return AuditEvents.from_json(
+            self._call("audit", since=since, site=site, event=event, limit=limit, verify=verify)
+        )
 
     def shutdown(self, target: str = "server") -> None:
         self._call("shutdown", target=target)

@@ -39,8 +39,10 @@ import grpc
 from shoal import __version__
 from shoal._process import EXIT_RESTART, local_sys_info
 from shoal._proto import shoal_pb2 as pb
+from shoal.audit import DEFAULT_MAX_BYTES as AUDIT_MAX_BYTES
+from shoal.audit import AuditTrail, ConfigWatch
 from shoal.errors import ConfigError
-from shoal.provision import Kit
+from shoal.provision import Kit, identity_from_cert
 from shoal.provision.jobcreds import JobCredentialAuthority
 from shoal.sandbox import confinement_mode, describe, secret_paths
 from shoal.server.admin_service import AdminParts, AdminService
@@ -106,6 +108,9 @@ class ServerOptions:
     #: manifests), so the checkpoint lands before a SIGKILL. None:
     #: $SHOAL_STOP_GRACE_S, else 45; 0 stops at once.
     stop_grace_s: float | None = None
+    #: Size past which the audit trail (``STATE_DIR/audit/audit.jsonl``) is
+    #: rotated. None: $SHOAL_AUDIT_MAX_BYTES, else 16 MiB.
+    audit_max_bytes: int | None = None
 
 
 #: ServerOptions.stop_grace_s when neither it nor $SHOAL_STOP_GRACE_S is set.
@@ -159,6 +164,9 @@ class ServerDaemon:
         if not grace >= 0:
             raise ConfigError(f"stop_grace_s must be >= 0, got {grace!r}")
         self.stop_grace_s = float(grace)
+        self.audit_max_bytes = int(
+            opts.audit_max_bytes or os.environ.get("SHOAL_AUDIT_MAX_BYTES") or AUDIT_MAX_BYTES
+        )
         self.start_time = time.time()
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.runs = Runs()
@@ -174,6 +182,8 @@ class ServerDaemon:
         self._health: HealthEndpoint | None = None
         self._crl_path = kit.local / "crl.pem"
         self._lock: ServerLock | None = None
+        #: The audit trail, opened by start() (beside the job database).
+        self.audit: AuditTrail | None = None
         self.exit_code = 0
 
     # -- lifecycle ----------------------------------------------------------
@@ -190,7 +200,12 @@ class ServerDaemon:
         # First: a second daemon on this store fails here, before touching it.
         self._lock = ServerLock.acquire(self.state_dir / LOCK_FILE)
         try:
-            store = self.store = JobStore(self.workspace, state_dir=self.state_dir)
+            audit = self.audit = AuditTrail(
+                self.state_dir / "audit" / "audit.jsonl",
+                actor=self.name,
+                max_bytes=self.audit_max_bytes,
+            )
+            store = self.store = JobStore(self.workspace, state_dir=self.state_dir, audit=audit)
         except BaseException:
             self._lock.release()
             raise
@@ -203,6 +218,7 @@ class ServerDaemon:
         )
         scheduler.recover()
         self.registry.on_change(scheduler.site_changed)
+        self.registry.on_change(self._audit_site)
         tls = self.kit.tls
         # Job workers present a per-job certificate from the server's own
         # authority (shoal.provision.jobcreds), trusted on the site port only.
@@ -252,9 +268,19 @@ class ServerDaemon:
             self._lock.release()
             raise
         log.info("%s", describe(None, "server hooks run beside the daemon", confinement_mode()))
+        audit.record(
+            "server.started",
+            project=self.kit.project,
+            version=__version__,
+            ports=self.ports,
+            certificate_serial=f"{identity_from_cert(tls.cert_pem).serial:x}",
+        )
+        # The revocation list is the server's policy on who may connect.
+        config = ConfigWatch(audit, {"crl": self._crl_path})
+        config.check()
         scheduler.start()
         threading.Thread(
-            target=self._expire_loop, args=(identities,), name="heartbeats", daemon=True
+            target=self._expire_loop, args=(identities, config), name="heartbeats", daemon=True
         ).start()
         self._write_ready()
         log.info(
@@ -304,6 +330,7 @@ class ServerDaemon:
                 project_sites=self.project_sites,
                 submitter_quota_bytes=self.submitter_quota_bytes,
                 stopping=self._draining.is_set,
+                audit=self.audit,
             )
         )
         return fleet, admin
@@ -348,6 +375,8 @@ class ServerDaemon:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.audit is not None:
+            self.audit.record("server.stopped", reason=reason)
         if self._lock is not None:
             self._lock.release()
         log.info("server %s stopped (%s)", self.name, reason)
@@ -405,13 +434,39 @@ class ServerDaemon:
         """The running job ``job_id``, if it is running."""
         return self.runs.get(job_id)
 
-    def _expire_loop(self, identities: Identities) -> None:
+    def _expire_loop(self, identities: Identities, config: ConfigWatch) -> None:
         while not self._stop.wait(min(1.0, self.heartbeat_timeout_s / 4)):
             self.registry.expire()
             try:
                 identities.revoked_serials()  # picks up a new CRL within a second
             except Exception:
                 log.exception("could not read the revocation list %s", self._crl_path)
+            try:
+                config.check()
+            except Exception:
+                log.exception("could not record a configuration change in the audit trail")
+
+    def _audit_site(self, name: str, connected: bool) -> None:
+        """A site came or went. On the Fleet loop's thread: no fsync here (the
+        next durable event syncs it), so a fleet reconnecting at once after a
+        restart does not wait on the disk."""
+        if self.audit is None:
+            return
+        if not connected:
+            self.audit.record("site.disconnected", durable=False, site=name)
+            return
+        session = self.registry.get(name)
+        resources = session.resources if session is not None else {}
+        self.audit.record(
+            "site.connected",
+            durable=False,
+            site=name,
+            org=session.org if session is not None else "",
+            peer=session.peer if session is not None else "",
+            # The site's own trail head as it said at connect: its trail
+            # must still hold that line (see docs/security.md).
+            site_audit_head=str(resources.get("audit_head") or ""),
+        )
 
     # -- status ---------------------------------------------------------------
 
