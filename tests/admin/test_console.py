@@ -42,6 +42,7 @@ class FakeSession:
     role = "project_admin"
     server_name = "server1"
     server_address = "server1:8003"
+    certificate_warnings: list[str] = []  # noqa: RUF012 - a fake's plain attribute
     session_id = "ebc6125d-0a56-4688-9b08-355fe9e4d61a"
 
     def __init__(self, **raises: BaseException) -> None:

@@ -66,6 +66,8 @@ class AdminSessionLike(Protocol):
     server_name: str
     server_address: str
     session_id: str
+    #: This admin's certificate or the project CA ends within 30 days.
+    certificate_warnings: list[str]
 
     def check_status(self) -> FederationStatus: ...
     def sys_info(self, target: str = "server") -> SysInfo: ...

@@ -243,6 +243,10 @@ def format_status(status: Answer, *, target: str | None = None) -> str:
         ]
         if rows:
             out.append(format_table(("SITE", "CONNECTED", "LAST HEARTBEAT", "RUNNING JOBS"), rows))
+    warnings = list((plain.get("server") or {}).get("certificate_warnings") or [])
+    for s in plain.get("sites") or []:
+        warnings += s.get("certificate_warnings") or []
+    out.extend(f"WARNING: {printable(str(w))}" for w in warnings)
     return "\n".join(out)
 
 

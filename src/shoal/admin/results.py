@@ -215,6 +215,8 @@ class ServerStatus(_ReplyView):
     """Listening ports by service (``fed``, ``admin``, ``health``)."""
     version: str | None = None
     """The server's shoal version."""
+    certificate_warnings: tuple[str, ...] = ()
+    """The server's certificate or the project CA ends within 30 days: one line each."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -228,6 +230,7 @@ class ServerStatus(_ReplyView):
             running_jobs=f.strings("running_jobs"),
             ports=f.mapping("ports"),
             version=f.optional("version", str),
+            certificate_warnings=f.strings("certificate_warnings"),
             _reply=f.data,
         )
 
@@ -250,6 +253,9 @@ class SiteStatus(_ReplyView):
     """When its connection opened, ISO 8601 in UTC."""
     running_jobs: tuple[str, ...] = ()
     """Ids of the jobs it runs now that this admin may see."""
+    certificate_warnings: tuple[str, ...] = ()
+    """The site's certificate or the project CA ends within 30 days (as the
+    site said when it connected)."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -262,6 +268,7 @@ class SiteStatus(_ReplyView):
             last_heartbeat_s_ago=f.optional("last_heartbeat_s_ago", float),
             connected_since=f.optional("connected_since", str),
             running_jobs=f.strings("running_jobs"),
+            certificate_warnings=f.strings("certificate_warnings"),
             _reply=f.data,
         )
 

@@ -41,6 +41,7 @@ from shoal.admin.results import (
 from shoal.errors import ConfigError, JobValidationError, TransportError
 from shoal.jobs import check_archive_size, pack_job
 from shoal.provision import Kit, load_kit
+from shoal.provision.expiry import expiry_warnings
 from shoal.transport import (
     PayloadHeader,
     frames_from_file,
@@ -78,6 +79,8 @@ class AdminSession:
         )
         self.timeout = timeout
         self.session_id = str(uuid.uuid4())
+        #: This admin's certificate or the project CA ends within 30 days.
+        self.certificate_warnings = expiry_warnings(kit.tls, kit.name)
         self._channel = open_channel(self.server_address, kit.tls, server_name=self.server_name)
         self._stub = ServiceStub(self._channel, "Admin")
         try:

@@ -54,6 +54,7 @@ from shoal.errors import (
 from shoal.filters import SITE_POINTS, site_order, specs_to_json
 from shoal.filters.local import FILTERS_FILE, local_filters
 from shoal.provision import Kit
+from shoal.provision.expiry import ExpiryWatch
 from shoal.provision.jobcreds import new_worker_key
 from shoal.sandbox import (
     Confinement,
@@ -66,7 +67,12 @@ from shoal.sandbox import (
 )
 from shoal.transport import PayloadHeader, from_rpc_error, open_channel, read_header
 from shoal.transport.frames import frames_from_file, receive_to_file
-from shoal.transport.health import SITE_SERVICE, HealthEndpoint, start_health
+from shoal.transport.health import (
+    CERTIFICATES_SERVICE,
+    SITE_SERVICE,
+    HealthEndpoint,
+    start_health,
+)
 from shoal.transport.services import ServiceStub
 
 __all__ = ["SiteDaemon", "SiteOptions"]
@@ -162,6 +168,9 @@ class SiteDaemon:
         #: Jobs the server said were deleted whose folders are not yet removed.
         self._forgotten: set[str] = set()
         self._sweep_wake = threading.Event()
+        #: Warns 30 days before the site's certificate or the CA ends: in
+        #: the log (at start, then daily), health, and the server's check_status.
+        self.expiry = ExpiryWatch(kit.tls, kit.name, on_change=self._certificates_changed)
         #: The site's own audit trail: every job's code accepted or refused
         #: (with its hash), every job's start and end, every change of the
         #: site's configuration. It stays on the site; the server learns
@@ -206,9 +215,12 @@ class SiteDaemon:
         if self.opts.health_port is not None:
             # "" is the daemon's liveness; shoal.v1.Site whether it is connected.
             self._health = start_health(
-                "0.0.0.0", self.opts.health_port, {"": True, SITE_SERVICE: False}
+                "0.0.0.0",
+                self.opts.health_port,
+                {"": True, SITE_SERVICE: False, CERTIFICATES_SERVICE: True},
             )
             self.health_port = self._health.port
+        self.expiry.start()
         self._thread = threading.Thread(target=self._run, name="site-session", daemon=True)
         self._thread.start()
         user, why = job_user((), workspace=self.workspace)
@@ -243,6 +255,7 @@ class SiteDaemon:
             call.cancel()
 
     def stop(self) -> None:
+        self.expiry.stop()
         self.request_stop(restart=self.exit_code == EXIT_RESTART)
         with self._lock:
             workers = list(self._workers.values())
@@ -294,6 +307,12 @@ class SiteDaemon:
             self._stop.wait(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.opts.max_backoff_s)
 
+    def _certificates_changed(self, warnings: list[str]) -> None:
+        if self._health is not None:
+            self._health.set(CERTIFICATES_SERVICE, not warnings)
+        if warnings:
+            self.audit.record("certificate.expiring", warnings=warnings)
+
     def _set_connected(self, up: bool) -> None:
         if up:
             self.connected.set()
@@ -308,7 +327,12 @@ class SiteDaemon:
             site=self.name,
             shoal_version=__version__,
             resources_json=json.dumps(
-                local_sys_info() | self._resources() | {"audit_head": str(self.audit.head)}
+                local_sys_info()
+                | self._resources()
+                | {
+                    "audit_head": str(self.audit.head),
+                    "certificate_warnings": list(self.expiry.warnings),
+                }
             ),
             running_jobs=self._running_jobs(),
         )

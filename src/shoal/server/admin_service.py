@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,8 +76,9 @@ class AdminParts:
     request_stop: StopServer
     #: Tell the scheduler a job is waiting.
     wake_scheduler: Callable[[], None]
-    #: The project's site names: a job may name no other.
-    project_sites: tuple[str, ...]
+    #: The project's site names now (a site added later counts once it has
+    #: connected): a job may name no other.
+    project_sites: Callable[[], Sequence[str]]
     #: Stored job bytes one submitter may hold.
     submitter_quota_bytes: int
     #: True once the server is stopping: no new job is taken then.
@@ -261,7 +262,7 @@ class AdminService(pb_grpc.AdminServicer):
             except zipfile.BadZipFile as exc:
                 raise JobValidationError(f"not a zip archive: {exc}") from None
             spec = load_job_spec(find_job_root(staging / "job"))
-            spec.check_sites(self._parts.project_sites)
+            spec.check_sites(self._parts.project_sites())
             num_rounds = spec.workflow.params.get("num_rounds")
             rec = store.create(
                 name=spec.name,

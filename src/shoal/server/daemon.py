@@ -43,6 +43,7 @@ from shoal.audit import DEFAULT_MAX_BYTES as AUDIT_MAX_BYTES
 from shoal.audit import AuditTrail, ConfigWatch
 from shoal.errors import ConfigError
 from shoal.provision import Kit, identity_from_cert
+from shoal.provision.expiry import ExpiryWatch
 from shoal.provision.jobcreds import JobCredentialAuthority
 from shoal.sandbox import confinement_mode, describe, secret_paths
 from shoal.server.admin_service import AdminParts, AdminService
@@ -53,10 +54,11 @@ from shoal.server.lock import LOCK_FILE, ServerLock
 from shoal.server.runs import Runs
 from shoal.server.scheduler import Scheduler
 from shoal.server.sessions import SiteRegistry
+from shoal.server.sites import KnownSites
 from shoal.server.store import DEFAULT_SUBMITTER_QUOTA_BYTES, JobStore
 from shoal.transport import TLSConfig, start_server
 from shoal.transport.aio import AioServer
-from shoal.transport.health import HealthEndpoint, start_health
+from shoal.transport.health import CERTIFICATES_SERVICE, HealthEndpoint, start_health
 from shoal.transport.services import add_service
 
 # EXIT_RESTART and local_sys_info live in shoal._process (the site daemon
@@ -143,9 +145,11 @@ class ServerDaemon:
             or cfg.get("heartbeat_timeout_s", 30)
         )
         self.heartbeat_interval_s = float(opts.heartbeat_interval_s or self.heartbeat_timeout_s / 3)
-        self.project_sites = tuple(
+        #: The sites in the server kit; KnownSites adds those that joined since.
+        self.provisioned_sites = tuple(
             p["name"] for p in cfg.get("participants", []) if p.get("type") == "client"
         )
+        self.sites: KnownSites | None = None
         self.ports: dict[str, int] = {}
         self.max_transfers = max(1, opts.max_transfers)
         self.submitter_quota_bytes = int(
@@ -184,6 +188,9 @@ class ServerDaemon:
         self._lock: ServerLock | None = None
         #: The audit trail, opened by start() (beside the job database).
         self.audit: AuditTrail | None = None
+        #: Warns 30 days before the server's certificate or the CA ends:
+        #: in the log (at start, then daily), check_status and health.
+        self.expiry = ExpiryWatch(kit.tls, kit.name, on_change=self._certificates_changed)
         self.exit_code = 0
 
     # -- lifecycle ----------------------------------------------------------
@@ -206,6 +213,9 @@ class ServerDaemon:
                 max_bytes=self.audit_max_bytes,
             )
             store = self.store = JobStore(self.workspace, state_dir=self.state_dir, audit=audit)
+            self.sites = KnownSites(
+                self.state_dir / "sites.json", provisioned=self.provisioned_sites
+            )
         except BaseException:
             self._lock.release()
             raise
@@ -256,7 +266,12 @@ class ServerDaemon:
                 self._health = start_health(
                     self.host,
                     self._want_ports["health"],
-                    {"": True, "shoal.v1.Fleet": True, "shoal.v1.Admin": True},
+                    {
+                        "": True,
+                        "shoal.v1.Fleet": True,
+                        "shoal.v1.Admin": True,
+                        CERTIFICATES_SERVICE: True,
+                    },
                 )
                 self.ports["health"] = self._health.port
                 self._servers.append(self._health.server)
@@ -268,6 +283,7 @@ class ServerDaemon:
             self._lock.release()
             raise
         log.info("%s", describe(None, "server hooks run beside the daemon", confinement_mode()))
+        self.expiry.start()
         audit.record(
             "server.started",
             project=self.kit.project,
@@ -348,6 +364,7 @@ class ServerDaemon:
         self.wake_scheduler()
 
     def stop(self, reason: str = "shutting down") -> None:
+        self.expiry.stop()
         self._draining.set()
         if self._health is not None:
             self._health.draining()
@@ -446,6 +463,12 @@ class ServerDaemon:
             except Exception:
                 log.exception("could not record a configuration change in the audit trail")
 
+    def _certificates_changed(self, warnings: list[str]) -> None:
+        if self._health is not None:
+            self._health.set(CERTIFICATES_SERVICE, not warnings)
+        if self.audit is not None and warnings:
+            self.audit.record("certificate.expiring", warnings=warnings)
+
     def _audit_site(self, name: str, connected: bool) -> None:
         """A site came or went. On the Fleet loop's thread: no fsync here (the
         next durable event syncs it), so a fleet reconnecting at once after a
@@ -455,6 +478,8 @@ class ServerDaemon:
         if not connected:
             self.audit.record("site.disconnected", durable=False, site=name)
             return
+        if self.sites is not None and self.sites.add(name):
+            self.audit.record("site.joined", site=name)
         session = self.registry.get(name)
         resources = session.resources if session is not None else {}
         self.audit.record(
@@ -488,9 +513,12 @@ class ServerDaemon:
                         s.connected_at, timezone.utc
                     ).isoformat(),
                     "running_jobs": s.running_jobs,
+                    # As the site said at connect (it checks daily and reconnects
+                    # rarely; its own log has the daily line).
+                    "certificate_warnings": list(s.resources.get("certificate_warnings") or []),
                 }
             )
-        for name in self.project_sites:
+        for name in self.project_sites():
             if name not in seen:
                 sites.append(
                     {
@@ -513,9 +541,14 @@ class ServerDaemon:
                 "running_jobs": sorted(running),
                 "ports": self.ports,
                 "version": __version__,
+                "certificate_warnings": list(self.expiry.warnings),
             },
             "sites": sorted(sites, key=lambda s: s["name"]),
         }
 
     def sys_info(self) -> dict[str, Any]:
         return local_sys_info()
+
+    def project_sites(self) -> tuple[str, ...]:
+        """The project's sites: the kit's, and those that joined since."""
+        return self.sites.names() if self.sites is not None else self.provisioned_sites
