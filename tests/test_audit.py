@@ -217,3 +217,14 @@ def test_cli_verify_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "FAILED: line 2 of audit.jsonl" in capsys.readouterr().out
     assert main(["audit", "show", str(trail.path), "-n", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["seq"] == 4
+
+
+def test_two_writers_on_one_trail_keep_one_chain(tmp_path: Path) -> None:
+    # As two processes would: each its own object, the flock between them.
+    a = AuditTrail(tmp_path / "audit.jsonl", actor="a", max_bytes=4096)
+    b = AuditTrail(tmp_path / "audit.jsonl", actor="b", max_bytes=4096)
+    for i in range(60):
+        (a if i % 3 else b).record("x.y", i=i)
+    report = verify_trail(a.path)
+    assert report.ok, report.problem
+    assert [e["i"] for e in read_events(a.path, match={"event": "x.y"})] == list(range(60))

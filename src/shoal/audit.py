@@ -179,6 +179,9 @@ class AuditTrail:
         self._anchor = self.path.with_name(self.path.name + ANCHOR_SUFFIX)
         self._lock = threading.Lock()
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        #: (inode, size) of the active file after our last write: when it is
+        #: still so, no other writer appended and the cached head holds.
+        self._where: tuple[int, int] | None = None
         with self._locked() as f:
             self._head, torn = self._load_head(f)
         if torn is not None:
@@ -207,13 +210,19 @@ class AuditTrail:
             try:
                 # Another process may have appended since (a second writer on
                 # the same trail): its lines are part of the chain.
-                self._head, _ = self._load_head(f)
+                st = os.fstat(f.fileno())
+                if (st.st_ino, st.st_size) != self._where:
+                    self._head, _ = self._load_head(f)
+                else:
+                    f.seek(0, os.SEEK_END)
                 line = self._line(event, body)
                 if f.tell() and f.tell() + len(line) + 1 > self.max_bytes:
                     f = self._rotate(f)
                     line = self._line(event, body)
                 f.write(line + b"\n")
                 self._head = Head(self._head.seq + 1, _line_hash(line))
+                st = os.fstat(f.fileno())
+                self._where = (st.st_ino, st.st_size)
                 if durable:
                     os.fsync(f.fileno())
                     self._write_anchor()
