@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,3 +229,36 @@ def test_two_writers_on_one_trail_keep_one_chain(tmp_path: Path) -> None:
     report = verify_trail(a.path)
     assert report.ok, report.problem
     assert [e["i"] for e in read_events(a.path, match={"event": "x.y"})] == list(range(60))
+
+
+def test_a_write_that_fails_is_counted_and_the_chain_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    trail = _trail(tmp_path, 2)
+    open_locked = AuditTrail._open_locked
+
+    class Full:
+        """The trail's file on a full disk: a write puts half a line there, then fails."""
+
+        def __init__(self, f: Any) -> None:
+            self._f = f
+
+        def write(self, data: bytes) -> int:
+            self._f.write(data[:7])
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._f, name)
+
+    monkeypatch.setattr(AuditTrail, "_open_locked", lambda self: Full(open_locked(self)))
+    with caplog.at_level("ERROR", logger="shoal.audit"):
+        trail.record("job.status", job_id="j1")
+        trail.record("job.status", job_id="j2")
+    assert "No space left on device; 2 lost so far" in caplog.text.replace(")", "")
+    assert verify_trail(trail.path).ok  # no half line left
+    monkeypatch.setattr(AuditTrail, "_open_locked", open_locked)
+    trail.record("job.status", job_id="j3")
+    assert verify_trail(trail.path).ok
+    events = read_events(trail.path)
+    assert [e["event"] for e in events][-2:] == ["audit.lost", "job.status"]
+    assert events[-2]["lost_events"] == 2 and events[-1]["job_id"] == "j3"

@@ -182,6 +182,8 @@ class AuditTrail:
         #: (inode, size) of the active file after our last write: when it is
         #: still so, no other writer appended and the cached head holds.
         self._where: tuple[int, int] | None = None
+        #: Events that could not be written since the last one that was.
+        self._lost = 0
         with self._locked() as f:
             self._head, torn = self._load_head(f)
         if torn is not None:
@@ -199,36 +201,74 @@ class AuditTrail:
             return self._head
 
     def record(self, event: str, *, durable: bool = True, **fields: Any) -> Head:
-        """Append one event; returns the new head. ``durable=False``: no fsync."""
+        """Append one event; returns the new head. ``durable=False``: no fsync.
+
+        A trail that cannot be written (a full disk) does not stop the daemon:
+        the event is logged as an ERROR, and the first line written once it
+        can write again is ``audit.lost`` with the number of events lost.
+        """
         clash = RESERVED & set(fields)
         if clash:
             raise ValueError(f"audit fields may not be named {sorted(clash)}")
         body = {k: _clip(v) for k, v in fields.items()}
         body.setdefault("by", self.actor)
         with self._lock:
-            f = self._open_locked()
             try:
-                # Another process may have appended since (a second writer on
-                # the same trail): its lines are part of the chain.
-                st = os.fstat(f.fileno())
-                if (st.st_ino, st.st_size) != self._where:
-                    self._head, _ = self._load_head(f)
-                else:
-                    f.seek(0, os.SEEK_END)
+                if self._lost:
+                    self._append(
+                        "audit.lost", {"by": self.actor, "lost_events": self._lost}, durable=True
+                    )
+                    self._lost = 0
+                self._append(event, body, durable=durable)
+            except OSError as exc:
+                self._lost += 1
+                log.error(
+                    "audit trail %s: %s event not written (%s); %d lost so far",
+                    self.path,
+                    event,
+                    exc.strerror or exc,
+                    self._lost,
+                )
+            return self._head
+
+    def _append(self, event: str, body: dict[str, Any], *, durable: bool) -> None:
+        f = self._open_locked()
+        try:
+            # Another process may have appended since (a second writer on
+            # the same trail): its lines are part of the chain.
+            st = os.fstat(f.fileno())
+            if (st.st_ino, st.st_size) != self._where:
+                self._head, _ = self._load_head(f)
+            else:
+                f.seek(0, os.SEEK_END)
+            line = self._line(event, body)
+            if f.tell() and f.tell() + len(line) + 1 > self.max_bytes:
+                f = self._rotate(f)
                 line = self._line(event, body)
-                if f.tell() and f.tell() + len(line) + 1 > self.max_bytes:
-                    f = self._rotate(f)
-                    line = self._line(event, body)
+            end = f.tell()
+            try:
                 f.write(line + b"\n")
-                self._head = Head(self._head.seq + 1, _line_hash(line))
-                st = os.fstat(f.fileno())
-                self._where = (st.st_ino, st.st_size)
-                if durable:
+            except OSError:
+                os.ftruncate(f.fileno(), end)  # no half line left behind
+                raise
+            self._head = Head(self._head.seq + 1, _line_hash(line))
+            st = os.fstat(f.fileno())
+            self._where = (st.st_ino, st.st_size)
+            if durable:
+                try:
                     os.fsync(f.fileno())
                     self._write_anchor()
-            finally:
-                f.close()
-            return self._head
+                except OSError as exc:
+                    # The line is in the file (and chained); only its
+                    # durability and the anchor's move are in doubt.
+                    log.error(
+                        "audit trail %s: %s event written but not synced (%s)",
+                        self.path,
+                        event,
+                        exc.strerror or exc,
+                    )
+        finally:
+            f.close()
 
     # -- internals ----------------------------------------------------------------
 
