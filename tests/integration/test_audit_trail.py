@@ -11,11 +11,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
 from shoal import jobstatus
+from shoal._proto import shoal_pb2 as pb
+from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.audit import read_events, trail_files
 from shoal.errors import NotFoundError
+from shoal.provision import load_kit
+from shoal.transport import open_channel
 
 from .conftest import HELLO_NUMPY, Federation
 
@@ -42,6 +47,12 @@ def test_federation_trails_record_commands_jobs_and_code_and_detect_tampering(
     s.list_jobs()
     with pytest.raises(NotFoundError):
         s.get_job_meta("no-such-job")
+    site_tls = load_kit(fed.layout.site_kits["site-2"]).tls
+    with (
+        open_channel(fed.layout.admin_address, site_tls, server_name="server1") as ch,
+        pytest.raises(grpc.RpcError),
+    ):
+        pb_grpc.AdminStub(ch).Call(pb.AdminRequest(command="audit"), timeout=30)
     answer = s.audit(limit=1000, verify=True)
     assert answer.verify is not None and answer.verify["ok"], answer.verify
 
@@ -55,6 +66,8 @@ def test_federation_trails_record_commands_jobs_and_code_and_detect_tampering(
     assert submit["outcome"] == "ok" and submit["job_id"] == job_id
     refused = next(e for e in commands if e["args"].get("job_id") == "no-such-job")
     assert refused["outcome"].startswith("NotFoundError: ")
+    [intruder] = [e for e in answer.events if e["event"] == "peer.refused"]
+    assert "site-2 is a client" in intruder["reason"] and intruder["peer"].startswith("ipv4:")
     states = [e["status"] for e in answer.events if e.get("job_id") == job_id and "status" in e]
     assert states == [
         jobstatus.SUBMITTED,

@@ -238,6 +238,7 @@ class ServerDaemon:
             ca_pem=tls.ca_pem,
             job_credentials=job_credentials,
             on_new_crl=self.registry.end_revoked,
+            on_refused=self._audit_refused,
         )
         fleet, admin = self._services(store, scheduler, identities, job_credentials)
         fleet_tls = TLSConfig(
@@ -468,6 +469,12 @@ class ServerDaemon:
             self._health.set(CERTIFICATES_SERVICE, not warnings)
         if self.audit is not None and warnings:
             self.audit.record("certificate.expiring", warnings=warnings)
+
+    def _audit_refused(self, peer: str, why: str) -> None:
+        """A caller refused before any handler ran (revoked, wrong port, wrong
+        authority). Not synced: it may come from the Fleet loop's thread."""
+        if self.audit is not None:
+            self.audit.record("peer.refused", durable=False, peer=peer, reason=why)
 
     def _audit_site(self, name: str, connected: bool) -> None:
         """A site came or went. On the Fleet loop's thread: no fsync here (the
