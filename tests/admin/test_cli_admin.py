@@ -34,6 +34,7 @@ class FakeSession:
     role = "project_admin"
     server_name = "server1"
     server_address = "server1:8003"
+    certificate_warnings: list[str] = []  # noqa: RUF012 - a fake's plain attribute
     session_id = "ebc6125d"
 
     def __init__(self, raises: dict[str, BaseException] | None = None) -> None:

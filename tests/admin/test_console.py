@@ -12,6 +12,7 @@ import pytest
 from shoal.admin import commands, console
 from shoal.admin.commands import COMMANDS, AdminSessionLike, CommandUsageError, run_command
 from shoal.admin.results import (
+    AuditEvents,
     FederationStatus,
     JobErrors,
     JobMeta,
@@ -41,6 +42,7 @@ class FakeSession:
     role = "project_admin"
     server_name = "server1"
     server_address = "server1:8003"
+    certificate_warnings: list[str] = []  # noqa: RUF012 - a fake's plain attribute
     session_id = "ebc6125d-0a56-4688-9b08-355fe9e4d61a"
 
     def __init__(self, **raises: BaseException) -> None:
@@ -69,6 +71,20 @@ class FakeSession:
             "show_errors": {"server": []},
             "get_log": "round 1 done\n",
             "wait_for_job": {**JOB, "status": "FINISHED:COMPLETED"},
+            "audit": {
+                "path": "/ws/audit/audit.jsonl",
+                "head": "2:" + "ab" * 32,
+                "events": [
+                    {
+                        "seq": 2,
+                        "time": "2026-01-01T00:00:00Z",
+                        "event": "admin.command",
+                        "by": "server1",
+                        "prev": "00",
+                        "caller": "admin@nvidia.com",
+                    }
+                ],
+            },
         }
 
     def _call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -121,6 +137,9 @@ class FakeSession:
     def restart(self, target: str = "server") -> None:
         return self._call("restart", target)
 
+    def audit(self, **kwargs: Any) -> AuditEvents:
+        return AuditEvents.from_json(self._call("audit", **kwargs))
+
     def wait_for_job(
         self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5
     ) -> JobMeta:
@@ -168,6 +187,20 @@ DISPATCH = [
     ("shutdown", ["all"], ("shutdown", ("all",), {})),
     ("restart", ["site-1"], ("restart", ("site-1",), {})),
     ("wait", ["j1"], ("wait_for_job", ("j1",), {"timeout": None})),
+    (
+        "audit",
+        [],
+        ("audit", (), {"since": None, "site": None, "event": None, "limit": 50, "verify": False}),
+    ),
+    (
+        "audit",
+        ["--since", "2026-01-01", "--site", "site-1", "-n", "5", "--verify"],
+        (
+            "audit",
+            (),
+            {"since": "2026-01-01", "site": "site-1", "event": None, "limit": 5, "verify": True},
+        ),
+    ),
     ("wait", ["j1", "--timeout", "60"], ("wait_for_job", ("j1",), {"timeout": 60.0})),
 ]
 

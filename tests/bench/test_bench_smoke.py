@@ -120,3 +120,8 @@ def test_peers_quick_prints_one_table_of_ratios() -> None:
 def test_fedbuff_quick() -> None:
     out = _run("fedbuff", "--quick", "--sites", "4")
     assert "| fedbuff " in out and "| fedavg " in out
+
+
+def test_audit_quick() -> None:
+    out = _run("audit", "--quick")
+    assert "durable (fsync)" in out and "verify lines/s" in out and "bytes per admin.command" in out

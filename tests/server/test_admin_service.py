@@ -70,7 +70,7 @@ def service(
             sys_info=lambda: {"cpus": 1},
             request_stop=server.request_stop,
             wake_scheduler=server.wake,
-            project_sites=("site-1", "site-2"),
+            project_sites=lambda: ("site-1", "site-2"),
             submitter_quota_bytes=1 << 30,
         )
     )

@@ -24,6 +24,7 @@ from typing import Any, NoReturn, Protocol
 
 from shoal.admin import format as fmt
 from shoal.admin.results import (
+    AuditEvents,
     FederationStatus,
     JobErrors,
     JobMeta,
@@ -65,6 +66,8 @@ class AdminSessionLike(Protocol):
     server_name: str
     server_address: str
     session_id: str
+    #: This admin's certificate or the project CA ends within 30 days.
+    certificate_warnings: list[str]
 
     def check_status(self) -> FederationStatus: ...
     def sys_info(self, target: str = "server") -> SysInfo: ...
@@ -82,6 +85,15 @@ class AdminSessionLike(Protocol):
     def get_log(self, job_id: str, target: str = "server", tail: int | None = None) -> str: ...
     def shutdown(self, target: str = "server") -> None: ...
     def restart(self, target: str = "server") -> None: ...
+    def audit(
+        self,
+        *,
+        since: str | None = None,
+        site: str | None = None,
+        event: str | None = None,
+        limit: int = 100,
+        verify: bool = False,
+    ) -> AuditEvents: ...
     def wait_for_job(
         self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5
     ) -> JobMeta: ...
@@ -305,6 +317,20 @@ def _restart(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
     return Outcome({"target": a.target}, f"Restart requested: {a.target}")
 
 
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="ISO_TIME")
+    p.add_argument("--site", metavar="SITE")
+    p.add_argument("--event", metavar="EVENT")
+    p.add_argument("-n", "--limit", type=_positive_int, default=50, metavar="N")
+    p.add_argument("--verify", action="store_true")
+
+
+def _audit(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
+    events = s.audit(since=a.since, site=a.site, event=a.event, limit=a.limit, verify=a.verify)
+    ok = events.verify is None or bool(events.verify.get("ok"))
+    return Outcome(events.to_dict(), fmt.format_audit(events), ok=ok, result=events)
+
+
 def _wait_args(p: argparse.ArgumentParser) -> None:
     _job_id(p)
     p.add_argument("--timeout", type=float, metavar="S")
@@ -453,6 +479,19 @@ COMMANDS: Mapping[str, Command] = {
             _target_args,
             _restart,
             confirm=True,
+        ),
+        Command(
+            "audit",
+            "audit [--since ISO_TIME] [--site SITE] [--event EVENT] [-n N] [--verify]",
+            "Show the server's audit trail: admin commands with the caller, job states, sites.\n"
+            "--since: events at or after this UTC time; --site: events naming SITE;\n"
+            "--event: one kind (admin.command, job.status, site.connected, ...);\n"
+            "-n N: the last N (default 50); --verify: check the whole hash chain first.\n"
+            "The head printed last (SEQ:SHA256) is worth noting down elsewhere:\n"
+            "`shoal audit verify --head` proves later that nothing before it changed.",
+            {"project_admin": _ALL},
+            _audit_args,
+            _audit,
         ),
         Command(
             "wait",

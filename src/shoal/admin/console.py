@@ -314,5 +314,7 @@ def login(
     opener = open_session or _open_kit_session
     session = opener(kit_dir, server_address=server_address, timeout=timeout)
     out.write(f"Logged into server at {session.server_address} with SSID: {session.session_id}\n")
+    for line in session.certificate_warnings:
+        out.write(f"WARNING: {line}\n")
     out.flush()
     return session

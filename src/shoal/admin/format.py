@@ -243,6 +243,10 @@ def format_status(status: Answer, *, target: str | None = None) -> str:
         ]
         if rows:
             out.append(format_table(("SITE", "CONNECTED", "LAST HEARTBEAT", "RUNNING JOBS"), rows))
+    warnings = list((plain.get("server") or {}).get("certificate_warnings") or [])
+    for s in plain.get("sites") or []:
+        warnings += s.get("certificate_warnings") or []
+    out.extend(f"WARNING: {printable(str(w))}" for w in warnings)
     return "\n".join(out)
 
 
@@ -480,3 +484,29 @@ def format_log(text: str) -> str:
     """``cat_log``: the text without a trailing newline (print adds one), its
     control characters escaped (:func:`printable`)."""
     return printable(text.rstrip("\n")) if text else "(log is empty)"
+
+
+#: Fields every audit line has, shown in their own columns.
+_AUDIT_COLUMNS = ("seq", "time", "event", "by", "prev")
+
+
+def format_audit(answer: Answer) -> str:
+    """The audit events as a table (one line each, the event's own fields
+    as ``key=value``), then the trail's head and, if asked, the verdict."""
+    data = _data(answer)
+    rows = []
+    for e in data.get("events") or []:
+        detail = " ".join(
+            f"{k}={_short(v)}" for k, v in sorted(e.items()) if k not in _AUDIT_COLUMNS
+        )
+        rows.append([e.get("seq"), e.get("time"), e.get("event"), e.get("by"), detail])
+    out = [format_table(["Seq", "Time", "Event", "By", "Detail"], rows)]
+    out.append(f"head {data.get('head')} ({data.get('path')})")
+    verdict = data.get("verify")
+    if verdict:
+        out.append(
+            f"verify: OK, {verdict.get('lines')} line(s)"
+            if verdict.get("ok")
+            else f"verify: FAILED: {printable(str(verdict.get('problem')))}"
+        )
+    return "\n".join(out)

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from shoal.errors import TransportError
 
 __all__ = [
+    "AuditEvents",
     "CrossSiteEval",
     "FederationStatus",
     "JobErrors",
@@ -214,6 +215,8 @@ class ServerStatus(_ReplyView):
     """Listening ports by service (``fed``, ``admin``, ``health``)."""
     version: str | None = None
     """The server's shoal version."""
+    certificate_warnings: tuple[str, ...] = ()
+    """The server's certificate or the project CA ends within 30 days: one line each."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -227,6 +230,7 @@ class ServerStatus(_ReplyView):
             running_jobs=f.strings("running_jobs"),
             ports=f.mapping("ports"),
             version=f.optional("version", str),
+            certificate_warnings=f.strings("certificate_warnings"),
             _reply=f.data,
         )
 
@@ -249,6 +253,9 @@ class SiteStatus(_ReplyView):
     """When its connection opened, ISO 8601 in UTC."""
     running_jobs: tuple[str, ...] = ()
     """Ids of the jobs it runs now that this admin may see."""
+    certificate_warnings: tuple[str, ...] = ()
+    """The site's certificate or the project CA ends within 30 days (as the
+    site said when it connected)."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -261,6 +268,7 @@ class SiteStatus(_ReplyView):
             last_heartbeat_s_ago=f.optional("last_heartbeat_s_ago", float),
             connected_since=f.optional("connected_since", str),
             running_jobs=f.strings("running_jobs"),
+            certificate_warnings=f.strings("certificate_warnings"),
             _reply=f.data,
         )
 
@@ -563,3 +571,38 @@ class SysInfo(_ReplyView):
             resources=f.mapping("resources"),
             _reply=f.data,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEvents:
+    """``audit``: events of the server's audit trail (project admins only)."""
+
+    path: str
+    """The trail's file on the server."""
+    head: str
+    """The trail's last line as ``SEQ:SHA256``: note it down elsewhere, and
+    ``shoal audit verify --head`` proves later that no line up to it changed."""
+    events: tuple[Mapping[str, Any], ...] = ()
+    """The events, oldest first, each as it stands in the trail."""
+    verify: Mapping[str, Any] | None = None
+    """With ``verify``: ``ok``, ``lines`` and the first ``problem``."""
+
+    @classmethod
+    def from_json(cls, data: object) -> AuditEvents:
+        f = _Fields(data, "audit")
+        return cls(
+            path=f.required("path", str),
+            head=f.required("head", str),
+            events=tuple(row.data for row in f.objects("events")),
+            verify=f.mapping("verify") or None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "head": self.head,
+            "events": [dict(e) for e in self.events],
+        }
+        if self.verify is not None:
+            out["verify"] = dict(self.verify)
+        return out

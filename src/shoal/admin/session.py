@@ -28,6 +28,7 @@ import grpc
 from shoal import jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal.admin.results import (
+    AuditEvents,
     FederationStatus,
     JobErrors,
     JobMeta,
@@ -40,6 +41,7 @@ from shoal.admin.results import (
 from shoal.errors import ConfigError, JobValidationError, TransportError
 from shoal.jobs import check_archive_size, pack_job
 from shoal.provision import Kit, load_kit
+from shoal.provision.expiry import expiry_warnings
 from shoal.transport import (
     PayloadHeader,
     frames_from_file,
@@ -77,6 +79,8 @@ class AdminSession:
         )
         self.timeout = timeout
         self.session_id = str(uuid.uuid4())
+        #: This admin's certificate or the project CA ends within 30 days.
+        self.certificate_warnings = expiry_warnings(kit.tls, kit.name)
         self._channel = open_channel(self.server_address, kit.tls, server_name=self.server_name)
         self._stub = ServiceStub(self._channel, "Admin")
         try:
@@ -127,6 +131,22 @@ class AdminSession:
     def sys_info(self, target: str = "server") -> SysInfo:
         """Platform, versions, CPUs and memory of the server or a connected site."""
         return SysInfo.from_json(self._call("sys_info", target=target))
+
+    def audit(
+        self,
+        *,
+        since: str | None = None,
+        site: str | None = None,
+        event: str | None = None,
+        limit: int = 100,
+        verify: bool = False,
+    ) -> AuditEvents:
+        """The server's audit trail (project admins only): the last ``limit``
+        events, at or after ``since`` (ISO UTC), naming ``site``, of ``event``;
+        ``verify``: the server walks the whole chain first."""
+        return AuditEvents.from_json(
+            self._call("audit", since=since, site=site, event=event, limit=limit, verify=verify)
+        )
 
     def shutdown(self, target: str = "server") -> None:
         self._call("shutdown", target=target)

@@ -28,6 +28,7 @@ COMMANDS: tuple[str, ...] = (
     "shoal.cli.simulate",
     "shoal.cli.deploy",
     "shoal.cli.demo",
+    "shoal.cli.audit",
 )
 
 #: Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 not authorized, 4 not found.

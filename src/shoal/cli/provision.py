@@ -3,6 +3,8 @@
 shoal provision --init                      # write a sample project.yml
 shoal provision -p project.yml -w workspace # kits in workspace/<project>/prod_NN/
 shoal provision --revoke site-2 -p project.yml
+shoal provision --renew site-1 -p project.yml   # a new kit for site-1 only, same CA
+shoal provision --add site-3 -p project.yml     # after adding site-3 to project.yml
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Any
 
 from shoal.provision import (
     DEFAULT_VALIDITY_DAYS,
+    ProvisionResult,
     provision,
     revoke,
     write_sample_project,
 )
+from shoal.provision.lifecycle import add_participants, renew
 
 __all__ = ["register", "run"]
 
@@ -67,6 +71,22 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help="revoke NAME's certificates: update state/crl.pem and every server kit's local/crl.pem",
     )
+    action.add_argument(
+        "--renew",
+        metavar="NAME",
+        action="append",
+        help="a new kit (new key and certificate, same CA) for NAME only, in a new prod_NN; "
+        "every other kit stays as it is (repeat for several)",
+    )
+    action.add_argument(
+        "--add",
+        "--add-site",
+        dest="add",
+        metavar="NAME",
+        action="append",
+        help="a kit for NAME, newly added to PROJECT_YML, from the existing CA; nothing else "
+        "changes and a running server accepts it without a restart (repeat for several)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -82,15 +102,30 @@ def run(args: argparse.Namespace) -> int:
         crl = revoke(args.project_file, args.workspace, args.revoke)
         print(f"revoked {args.revoke}: CRL {crl} (copied to local/crl.pem of every server kit)")
         return 0
+    if args.renew or args.add:
+        act = renew if args.renew else add_participants
+        result = act(
+            args.project_file,
+            args.workspace,
+            args.renew or args.add,
+            validity_days=args.validity_days,
+        )
+        _print_kits(result)
+        print(f"wrote {len(result.kits)} startup kit(s) to {result.prod_dir}; other kits unchanged")
+        return 0
     result = provision(args.project_file, args.workspace, validity_days=args.validity_days)
     for note in result.notes:
         print(note)
     state = result.prod_dir.parent / "state"
     print(f"{'created' if result.ca_created else 'reused'} root CA in {state} (keep it private)")
+    _print_kits(result)
+    print(f"wrote {len(result.kits)} startup kits to {result.prod_dir}")
+    return 0
+
+
+def _print_kits(result: ProvisionResult) -> None:
     width = max(len(name) for name in result.kits)
     for name, path in result.kits.items():
         participant = result.project.participant(name)
         kind = participant.type if participant else "?"
         print(f"  {name:<{width}}  {kind:<6}  {path}")
-    print(f"wrote {len(result.kits)} startup kits to {result.prod_dir}")
-    return 0

@@ -35,10 +35,12 @@ from typing import Any
 
 import grpc
 
-from shoal import __version__
+from shoal import __version__, checksum
 from shoal._process import EXIT_RESTART, local_sys_info
 from shoal._proto import shoal_pb2 as pb
 from shoal._threads import thread_env
+from shoal.audit import DEFAULT_MAX_BYTES as AUDIT_MAX_BYTES
+from shoal.audit import AuditTrail, ConfigWatch
 from shoal.client import retention
 from shoal.client.api import WORKER_CONFIG_ENV
 from shoal.client.worker import WorkerConfig
@@ -50,8 +52,9 @@ from shoal.errors import (
     ShoalError,
 )
 from shoal.filters import SITE_POINTS, site_order, specs_to_json
-from shoal.filters.local import local_filters
+from shoal.filters.local import FILTERS_FILE, local_filters
 from shoal.provision import Kit
+from shoal.provision.expiry import ExpiryWatch
 from shoal.provision.jobcreds import new_worker_key
 from shoal.sandbox import (
     Confinement,
@@ -64,7 +67,12 @@ from shoal.sandbox import (
 )
 from shoal.transport import PayloadHeader, from_rpc_error, open_channel, read_header
 from shoal.transport.frames import frames_from_file, receive_to_file
-from shoal.transport.health import SITE_SERVICE, HealthEndpoint, start_health
+from shoal.transport.health import (
+    CERTIFICATES_SERVICE,
+    SITE_SERVICE,
+    HealthEndpoint,
+    start_health,
+)
 from shoal.transport.services import ServiceStub
 
 __all__ = ["SiteDaemon", "SiteOptions"]
@@ -90,6 +98,9 @@ class SiteOptions:
     python: str = sys.executable
     #: Longest pause between reconnection attempts.
     max_backoff_s: float = 5.0
+    #: Size past which the site's audit trail (``WORKSPACE/audit/audit.jsonl``)
+    #: is rotated. None: $SHOAL_AUDIT_MAX_BYTES, else 16 MiB.
+    audit_max_bytes: int | None = None
 
 
 @dataclass
@@ -157,6 +168,34 @@ class SiteDaemon:
         #: Jobs the server said were deleted whose folders are not yet removed.
         self._forgotten: set[str] = set()
         self._sweep_wake = threading.Event()
+        #: Warns 30 days before the site's certificate or the CA ends: in
+        #: the log (at start, then daily), health, and the server's check_status.
+        self.expiry = ExpiryWatch(kit.tls, kit.name, on_change=self._certificates_changed)
+        #: The site's own audit trail: every job's code accepted or refused
+        #: (with its hash), every job's start and end, every change of the
+        #: site's configuration. It stays on the site; the server learns
+        #: only its head at each connect.
+        self.audit = AuditTrail(
+            self.workspace / "audit" / "audit.jsonl",
+            actor=self.name,
+            max_bytes=int(
+                self.opts.audit_max_bytes
+                or os.environ.get("SHOAL_AUDIT_MAX_BYTES")
+                or AUDIT_MAX_BYTES
+            ),
+        )
+        #: The site's own configuration, checked at start and at every job
+        #: start (when filters.yml is read). A site policy file adds itself
+        #: here with ``config.add("policy", path)`` and is re-checked likewise.
+        self.config = ConfigWatch(
+            self.audit,
+            {
+                "filters": kit.root / FILTERS_FILE,
+                "policy": kit.local / "policy.yml",
+                "retention": kit.local / retention.RETENTION_FILE,
+                "resources": kit.local / "resources.json",
+            },
+        )
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -176,9 +215,12 @@ class SiteDaemon:
         if self.opts.health_port is not None:
             # "" is the daemon's liveness; shoal.v1.Site whether it is connected.
             self._health = start_health(
-                "0.0.0.0", self.opts.health_port, {"": True, SITE_SERVICE: False}
+                "0.0.0.0",
+                self.opts.health_port,
+                {"": True, SITE_SERVICE: False, CERTIFICATES_SERVICE: True},
             )
             self.health_port = self._health.port
+        self.expiry.start()
         self._thread = threading.Thread(target=self._run, name="site-session", daemon=True)
         self._thread.start()
         user, why = job_user((), workspace=self.workspace)
@@ -187,6 +229,8 @@ class SiteDaemon:
             # uids pass through to their own folder, never list the others.
             jobs.chmod(0o711)
         log.info("%s", describe(user, why, confinement_mode()))
+        self.audit.record("site.started", project=self.kit.project, version=__version__)
+        self.config.check()
         # The first sweep runs now: a site that was down when a job was deleted
         # (and so never heard of it) still drops old folders by the age rule.
         threading.Thread(target=self._sweeper, name="job-sweeper", daemon=True).start()
@@ -211,6 +255,7 @@ class SiteDaemon:
             call.cancel()
 
     def stop(self) -> None:
+        self.expiry.stop()
         self.request_stop(restart=self.exit_code == EXIT_RESTART)
         with self._lock:
             workers = list(self._workers.values())
@@ -221,6 +266,7 @@ class SiteDaemon:
         if self._health is not None:
             self._health.stop()
         self._channel.close()
+        self.audit.record("site.stopped")
         log.info("site %s stopped", self.name)
 
     # -- the session ------------------------------------------------------------
@@ -261,6 +307,12 @@ class SiteDaemon:
             self._stop.wait(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.opts.max_backoff_s)
 
+    def _certificates_changed(self, warnings: list[str]) -> None:
+        if self._health is not None:
+            self._health.set(CERTIFICATES_SERVICE, not warnings)
+        if warnings:
+            self.audit.record("certificate.expiring", warnings=warnings)
+
     def _set_connected(self, up: bool) -> None:
         if up:
             self.connected.set()
@@ -274,7 +326,14 @@ class SiteDaemon:
         hello = pb.Hello(
             site=self.name,
             shoal_version=__version__,
-            resources_json=json.dumps(local_sys_info() | self._resources()),
+            resources_json=json.dumps(
+                local_sys_info()
+                | self._resources()
+                | {
+                    "audit_head": str(self.audit.head),
+                    "certificate_warnings": list(self.expiry.warnings),
+                }
+            ),
             running_jobs=self._running_jobs(),
         )
         call = self._stub.Connect(hello)
@@ -385,6 +444,7 @@ class SiteDaemon:
                 "job %s: worker process %d started (%s)", start.job_id, proc.pid, job.script.name
             )
             self._report(start.job_id, "started", f"pid {proc.pid}")
+            self.audit.record("job.started", job_id=start.job_id, pid=proc.pid)
             code = proc.wait()
             if worker.aborted:
                 state, detail = "aborted", worker.aborted
@@ -403,6 +463,7 @@ class SiteDaemon:
             detail = f"{type(exc).__name__}: {exc}"
             log.exception("job %s: worker failed", start.job_id)
         finally:
+            self.audit.record("job.ended", job_id=start.job_id, state=state, detail=detail)
             self._upload_log(start.job_id, log_path)
             self._report(start.job_id, state, detail)
 
@@ -536,12 +597,35 @@ class SiteDaemon:
             package.stat().st_size,
             time.monotonic() - t0,
         )
-        unpacked = job_dir / "job"
-        if unpacked.exists():
-            shutil.rmtree(unpacked)
-        safe_extract(package, unpacked)
-        root = find_job_root(unpacked)
-        spec = load_job_spec(root)
+        code_sha256 = checksum.of_file(package, "sha256")
+        # What the job runs is decided here, before any of its code is
+        # unpacked: the decision and the code's hash go in the site's trail.
+        # The signer is empty until jobs carry their submitter's signature.
+        verdict: dict[str, Any] = {
+            "job_id": start.job_id,
+            "name": start.name,
+            "code_sha256": code_sha256,
+            "signer": "",
+            "submitter": str(header.meta.get("submitter") or ""),
+            "submitter_org": str(header.meta.get("submitter_org") or ""),
+        }
+        try:
+            if start.package_sha256 and code_sha256 != start.package_sha256:
+                raise ShoalError(
+                    f"job package hash {code_sha256[:12]}... is not the "
+                    f"{start.package_sha256[:12]}... the server stored at submit"
+                )
+            self.config.check()
+            unpacked = job_dir / "job"
+            if unpacked.exists():
+                shutil.rmtree(unpacked)
+            safe_extract(package, unpacked)
+            root = find_job_root(unpacked)
+            spec = load_job_spec(root)
+        except ShoalError as exc:
+            self.audit.record("job.refused", **verdict, reason=str(exc))
+            raise
+        self.audit.record("job.accepted", **verdict, workflow=spec.workflow.name)
         script = (root / APP_DIR / spec.client.script).resolve()
         meta = {k: v for k, v in header.meta.items() if k != "worker_cert"}
         site_filters = local_filters(self.kit.root)

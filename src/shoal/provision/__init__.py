@@ -10,13 +10,17 @@ Modules: ``project`` (read and validate the file), ``nvflare`` (FLARE
 builder entries), ``pki`` (CA, certificates, CRL), ``signing``
 (``signature.json``), ``configs`` and ``templates`` (kit files), ``state``
 (the never-shipped ``state/`` folder), ``builder`` (``provision()``),
-``revocation`` and ``kit`` (loading kits). See docs/provisioning.md.
+``revocation`` and ``kit`` (loading kits), ``lifecycle`` (renew one
+participant, add one) and ``expiry`` (warnings before certificates end).
+See docs/provisioning.md.
 """
 
 from __future__ import annotations
 
 from shoal.provision.builder import DEFAULT_VALIDITY_DAYS, ProvisionResult, provision
+from shoal.provision.expiry import WARN_DAYS, expiry_warnings
 from shoal.provision.kit import Kit, load_kit, verify_kit
+from shoal.provision.lifecycle import add_participants, renew
 from shoal.provision.names import dns_label
 from shoal.provision.nvflare import BuilderNote
 from shoal.provision.pki import (
@@ -51,12 +55,16 @@ __all__ = [
     "Project",
     "ProvisionResult",
     "TLSMaterial",
+    "WARN_DAYS",
+    "add_participants",
     "dns_label",
+    "expiry_warnings",
     "identity_from_cert",
     "load_kit",
     "load_project",
     "load_revoked_serials",
     "provision",
+    "renew",
     "revoke",
     "verify_kit",
     "write_sample_project",

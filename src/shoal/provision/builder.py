@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +77,13 @@ def provision(
     *,
     validity_days: int = DEFAULT_VALIDITY_DAYS,
     ca_validity_days: int = CA_VALIDITY_DAYS,
+    only: Collection[str] | None = None,
 ) -> ProvisionResult:
     """Write a startup kit for every participant of ``project_file``.
+
+    ``only``: kits for these participants alone, from the project's existing
+    CA, in a new ``prod_NN`` (every other kit stays as it is, and valid);
+    see :mod:`shoal.provision.lifecycle` for renewing and adding.
 
     Raises ``ConfigError`` for a bad project file or option and
     ``ProvisionError`` when the workspace cannot be written; either way
@@ -92,11 +97,25 @@ def provision(
     source = project_file.read_bytes()
     workspace = Path(workspace)
     project_dir = workspace / project.name
+    chosen = project.participants
+    if only is not None:
+        unknown = sorted(set(only) - {p.name for p in project.participants})
+        if unknown:
+            raise ConfigError(
+                f"{project_file}: no participant named {', '.join(unknown)}; "
+                "add it to participants: first"
+            )
+        if not (project_dir / STATE_DIR).is_dir():
+            raise ProvisionError(
+                f"{project_dir}: project {project.name} has no CA yet; run "
+                "`shoal provision` once for the whole project first"
+            )
+        chosen = tuple(p for p in project.participants if p.name in set(only))
 
     created_workspace = _make_workspace(workspace)
     try:
         if project_dir.exists():
-            result = _add_prod(project, source, project_dir, validity_days)
+            result = _add_prod(project, source, project_dir, validity_days, chosen)
         else:
             result = _first_run(project, source, project_dir, validity_days, ca_validity_days)
     except BaseException:
@@ -159,7 +178,9 @@ def _first_run(
         ca = CertificateAuthority.create(project.name, validity_days=ca_validity_days)
         save_ca(state, ca)
         prod_name = next_prod_name(project_dir)
-        records = _build_prod(project, ca, staging / prod_name, prod_name, validity_days, None)
+        records = _build_prod(
+            project, ca, staging / prod_name, prod_name, validity_days, None, project.participants
+        )
         write_file(state / PROJECT_COPY, source, 0o600)
         write_ledger(state, records)
         _move_into_place(staging, project_dir)
@@ -170,7 +191,11 @@ def _first_run(
 
 
 def _add_prod(
-    project: Project, source: bytes, project_dir: Path, validity_days: int
+    project: Project,
+    source: bytes,
+    project_dir: Path,
+    validity_days: int,
+    participants: tuple[Participant, ...],
 ) -> ProvisionResult:
     state = project_dir / STATE_DIR
     ca = load_ca(state)
@@ -179,7 +204,7 @@ def _add_prod(
     try:
         crl = state / CRL_FILE
         crl_pem = crl.read_bytes() if crl.exists() else None
-        records = _build_prod(project, ca, staging, prod_name, validity_days, crl_pem)
+        records = _build_prod(project, ca, staging, prod_name, validity_days, crl_pem, participants)
         # Ledger first: if the rename then fails, a few unused serials are recorded,
         # which is harmless; the opposite order could lose track of live certificates.
         try:
@@ -191,15 +216,21 @@ def _add_prod(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _result(project, project_dir / prod_name, ca_created=False)
+    return _result(project, project_dir / prod_name, ca_created=False, participants=participants)
 
 
-def _result(project: Project, prod_dir: Path, *, ca_created: bool) -> ProvisionResult:
+def _result(
+    project: Project,
+    prod_dir: Path,
+    *,
+    ca_created: bool,
+    participants: tuple[Participant, ...] | None = None,
+) -> ProvisionResult:
     notes = tuple(str(note) for note in project.builders) + project.notes
     return ProvisionResult(
         project=project,
         prod_dir=prod_dir,
-        kits={p.name: prod_dir / p.name for p in project.participants},
+        kits={p.name: prod_dir / p.name for p in participants or project.participants},
         ca_created=ca_created,
         notes=notes,
     )
@@ -212,10 +243,11 @@ def _build_prod(
     prod_name: str,
     validity_days: int,
     crl_pem: bytes | None,
+    participants: tuple[Participant, ...],
 ) -> list[IssuedRecord]:
     prod.mkdir(exist_ok=True)
     records = []
-    for participant in project.participants:
+    for participant in participants:
         try:
             records.append(
                 _build_kit(

@@ -14,6 +14,7 @@ fake ``identify``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,13 +23,14 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 
+from shoal import audit as audit_trail
 from shoal import checksum, evalmatrix, jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
@@ -74,12 +76,33 @@ class AdminParts:
     request_stop: StopServer
     #: Tell the scheduler a job is waiting.
     wake_scheduler: Callable[[], None]
-    #: The project's site names: a job may name no other.
-    project_sites: tuple[str, ...]
+    #: The project's site names now (a site added later counts once it has
+    #: connected): a job may name no other.
+    project_sites: Callable[[], Sequence[str]]
     #: Stored job bytes one submitter may hold.
     submitter_quota_bytes: int
     #: True once the server is stopping: no new job is taken then.
     stopping: Callable[[], bool] = lambda: False
+    #: The server's audit trail: every command is recorded there with the
+    #: caller's certificate identity and its outcome; ``audit`` reads it.
+    audit: audit_trail.AuditTrail | None = None
+
+
+#: Commands that change nothing: recorded without an fsync each (a console
+#: polling ``get_job_meta`` would otherwise flush the disk twice a second).
+_READ_ONLY = {
+    "check_status",
+    "sys_info",
+    "list_jobs",
+    "get_job_meta",
+    "show_stats",
+    "show_errors",
+    "get_log",
+    "download_job",
+    "audit",
+}
+#: The most events one ``audit`` call returns.
+MAX_AUDIT_EVENTS = 1000
 
 
 class AdminService(pb_grpc.AdminServicer):
@@ -101,13 +124,17 @@ class AdminService(pb_grpc.AdminServicer):
             "get_log": self.get_log,
             "shutdown": self.shutdown,
             "restart": self.restart,
+            "audit": self.audit,
         }
 
     # -- servicer ---------------------------------------------------------------
 
     def Call(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> pb.AdminReply:
         who = self._parts.identify(context, expected_type="admin")
-        with rpc_errors(context, f"{request.command} from {who.name}"):
+        with (
+            rpc_errors(context, f"{request.command} from {who.name}"),
+            self._audited(who, request.command) as note,
+        ):
             handler = self._handlers.get(request.command)
             if handler is None:
                 raise ConfigError(
@@ -119,6 +146,7 @@ class AdminService(pb_grpc.AdminServicer):
                 raise ConfigError(f"arguments are not JSON: {exc}") from None
             if not isinstance(args, dict):
                 raise ConfigError("arguments must be a JSON object")
+            note["args"] = args
             result = handler(who, args)
             return pb.AdminReply(ok=True, result_json=json.dumps(result))
         return pb.AdminReply(ok=False)  # unreachable: rpc_errors aborted
@@ -127,20 +155,29 @@ class AdminService(pb_grpc.AdminServicer):
         self, request_iterator: Iterator[WireFrame], context: grpc.ServicerContext
     ) -> pb.AdminReply:
         who = self._parts.identify(context, expected_type="admin")
-        with rpc_errors(context, f"submit_job from {who.name}"):
+        with (
+            rpc_errors(context, f"submit_job from {who.name}"),
+            self._audited(who, "submit_job") as note,
+        ):
             authorize(who, "submit_job")
             header = read_header(request_iterator)
             if header.kind != "job":
                 raise JobValidationError(f"expected a job archive, got {header.kind!r}")
+            note["args"] = {"size": header.size}
             job_id = self.submit(who, header, request_iterator)
+            note["job_id"] = job_id
             return pb.AdminReply(ok=True, result_json=json.dumps({"job_id": job_id}))
         return pb.AdminReply(ok=False)
 
     def Download(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> Iterator[Frame]:
         who = self._parts.identify(context, expected_type="admin")
         tmp: Path | None = None
-        with rpc_errors(context, f"download_job from {who.name}"):
+        with (
+            rpc_errors(context, f"download_job from {who.name}"),
+            self._audited(who, "download_job") as note,
+        ):
             args = json.loads(request.args_json or "{}")
+            note["args"] = args
             rec = self._job(args)
             authorize(who, "download_job", job=rec)
             tmp = self._pack_results(rec)
@@ -150,6 +187,42 @@ class AdminService(pb_grpc.AdminServicer):
             yield from frames_from_file(header, tmp)
         finally:
             tmp.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _audited(self, who: Identity, command: str) -> Iterator[dict[str, Any]]:
+        """Record ``command`` with the caller's identity and how it ended.
+
+        The one place every admin call passes; the body fills the dict with
+        what it learns (the arguments, a new job's id). A refusal or error is
+        recorded with its type and message and raised on unchanged.
+        """
+        note: dict[str, Any] = {}
+        trail = self._parts.audit
+        try:
+            yield note
+        except BaseException as exc:
+            if trail is not None:
+                trail.record(
+                    "admin.command",
+                    command=command,
+                    caller=who.name,
+                    org=who.org,
+                    role=who.role or "member",
+                    outcome=f"{type(exc).__name__}: {exc}",
+                    **note,
+                )
+            raise
+        if trail is not None:
+            trail.record(
+                "admin.command",
+                durable=command not in _READ_ONLY,
+                command=command,
+                caller=who.name,
+                org=who.org,
+                role=who.role or "member",
+                outcome="ok",
+                **note,
+            )
 
     # -- jobs -------------------------------------------------------------------
 
@@ -189,7 +262,7 @@ class AdminService(pb_grpc.AdminServicer):
             except zipfile.BadZipFile as exc:
                 raise JobValidationError(f"not a zip archive: {exc}") from None
             spec = load_job_spec(find_job_root(staging / "job"))
-            spec.check_sites(self._parts.project_sites)
+            spec.check_sites(self._parts.project_sites())
             num_rounds = spec.workflow.params.get("num_rounds")
             rec = store.create(
                 name=spec.name,
@@ -438,6 +511,39 @@ class AdminService(pb_grpc.AdminServicer):
             # Reply first, then stop: the admin gets its answer.
             threading.Timer(0.3, self._parts.request_stop, kwargs={"restart": restart}).start()
         return {"targets": sites + (["server"] if with_server else [])}
+
+    def audit(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        """The server's audit events (project admins only): the last ``limit``,
+        at or after ``since``, naming ``site`` or of ``event``; ``verify``:
+        walk the whole chain first."""
+        authorize(who, "audit")
+        trail = self._parts.audit
+        if trail is None:
+            raise NotFoundError("this server keeps no audit trail")
+        limit = args.get("limit") or 100
+        if not isinstance(limit, int) or not 0 < limit <= MAX_AUDIT_EVENTS:
+            raise ConfigError(f"limit must be 1 to {MAX_AUDIT_EVENTS}, got {limit!r}")
+        match = {}
+        for key in ("site", "event", "job_id", "caller"):
+            if args.get(key):
+                match[key] = str(args[key])
+        since = args.get("since") or None
+        # A site's own events name it in ``site``; a job's, in ``sites``.
+        site = match.pop("site", None)
+        events = audit_trail.read_events(
+            trail.path,
+            since=str(since) if since else None,
+            limit=limit,
+            match=match,
+            where=(lambda e: e.get("site") == site or site in (e.get("sites") or []))
+            if site
+            else None,
+        )
+        out: dict[str, Any] = {"path": str(trail.path), "head": str(trail.head), "events": events}
+        if args.get("verify"):
+            report = audit_trail.verify_trail(trail.path)
+            out["verify"] = {"ok": report.ok, "lines": report.lines, "problem": report.problem}
+        return out
 
     # -- results ------------------------------------------------------------------
 

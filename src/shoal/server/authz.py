@@ -2,7 +2,7 @@
 
 | role          | sees (list_jobs, check_status) | may                                       |
 |---------------|--------------------------------|-------------------------------------------|
-| project_admin | every job                      | everything                                |
+| project_admin | every job                      | everything (``audit`` is theirs alone)    |
 | org_admin     | jobs submitted from their org  | every job command on those jobs;          |
 |               |                                | sys_info of the server and of their org's |
 |               |                                | sites; shutdown/restart of their sites    |

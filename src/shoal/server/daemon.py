@@ -39,8 +39,11 @@ import grpc
 from shoal import __version__
 from shoal._process import EXIT_RESTART, local_sys_info
 from shoal._proto import shoal_pb2 as pb
+from shoal.audit import DEFAULT_MAX_BYTES as AUDIT_MAX_BYTES
+from shoal.audit import AuditTrail, ConfigWatch
 from shoal.errors import ConfigError
-from shoal.provision import Kit
+from shoal.provision import Kit, identity_from_cert
+from shoal.provision.expiry import ExpiryWatch
 from shoal.provision.jobcreds import JobCredentialAuthority
 from shoal.sandbox import confinement_mode, describe, secret_paths
 from shoal.server.admin_service import AdminParts, AdminService
@@ -51,10 +54,11 @@ from shoal.server.lock import LOCK_FILE, ServerLock
 from shoal.server.runs import Runs
 from shoal.server.scheduler import Scheduler
 from shoal.server.sessions import SiteRegistry
+from shoal.server.sites import KnownSites
 from shoal.server.store import DEFAULT_SUBMITTER_QUOTA_BYTES, JobStore
 from shoal.transport import TLSConfig, start_server
 from shoal.transport.aio import AioServer
-from shoal.transport.health import HealthEndpoint, start_health
+from shoal.transport.health import CERTIFICATES_SERVICE, HealthEndpoint, start_health
 from shoal.transport.services import add_service
 
 # EXIT_RESTART and local_sys_info live in shoal._process (the site daemon
@@ -106,6 +110,9 @@ class ServerOptions:
     #: manifests), so the checkpoint lands before a SIGKILL. None:
     #: $SHOAL_STOP_GRACE_S, else 45; 0 stops at once.
     stop_grace_s: float | None = None
+    #: Size past which the audit trail (``STATE_DIR/audit/audit.jsonl``) is
+    #: rotated. None: $SHOAL_AUDIT_MAX_BYTES, else 16 MiB.
+    audit_max_bytes: int | None = None
 
 
 #: ServerOptions.stop_grace_s when neither it nor $SHOAL_STOP_GRACE_S is set.
@@ -138,9 +145,11 @@ class ServerDaemon:
             or cfg.get("heartbeat_timeout_s", 30)
         )
         self.heartbeat_interval_s = float(opts.heartbeat_interval_s or self.heartbeat_timeout_s / 3)
-        self.project_sites = tuple(
+        #: The sites in the server kit; KnownSites adds those that joined since.
+        self.provisioned_sites = tuple(
             p["name"] for p in cfg.get("participants", []) if p.get("type") == "client"
         )
+        self.sites: KnownSites | None = None
         self.ports: dict[str, int] = {}
         self.max_transfers = max(1, opts.max_transfers)
         self.submitter_quota_bytes = int(
@@ -159,6 +168,9 @@ class ServerDaemon:
         if not grace >= 0:
             raise ConfigError(f"stop_grace_s must be >= 0, got {grace!r}")
         self.stop_grace_s = float(grace)
+        self.audit_max_bytes = int(
+            opts.audit_max_bytes or os.environ.get("SHOAL_AUDIT_MAX_BYTES") or AUDIT_MAX_BYTES
+        )
         self.start_time = time.time()
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.runs = Runs()
@@ -174,6 +186,11 @@ class ServerDaemon:
         self._health: HealthEndpoint | None = None
         self._crl_path = kit.local / "crl.pem"
         self._lock: ServerLock | None = None
+        #: The audit trail, opened by start() (beside the job database).
+        self.audit: AuditTrail | None = None
+        #: Warns 30 days before the server's certificate or the CA ends:
+        #: in the log (at start, then daily), check_status and health.
+        self.expiry = ExpiryWatch(kit.tls, kit.name, on_change=self._certificates_changed)
         self.exit_code = 0
 
     # -- lifecycle ----------------------------------------------------------
@@ -190,7 +207,15 @@ class ServerDaemon:
         # First: a second daemon on this store fails here, before touching it.
         self._lock = ServerLock.acquire(self.state_dir / LOCK_FILE)
         try:
-            store = self.store = JobStore(self.workspace, state_dir=self.state_dir)
+            audit = self.audit = AuditTrail(
+                self.state_dir / "audit" / "audit.jsonl",
+                actor=self.name,
+                max_bytes=self.audit_max_bytes,
+            )
+            store = self.store = JobStore(self.workspace, state_dir=self.state_dir, audit=audit)
+            self.sites = KnownSites(
+                self.state_dir / "sites.json", provisioned=self.provisioned_sites
+            )
         except BaseException:
             self._lock.release()
             raise
@@ -203,6 +228,7 @@ class ServerDaemon:
         )
         scheduler.recover()
         self.registry.on_change(scheduler.site_changed)
+        self.registry.on_change(self._audit_site)
         tls = self.kit.tls
         # Job workers present a per-job certificate from the server's own
         # authority (shoal.provision.jobcreds), trusted on the site port only.
@@ -212,6 +238,7 @@ class ServerDaemon:
             ca_pem=tls.ca_pem,
             job_credentials=job_credentials,
             on_new_crl=self.registry.end_revoked,
+            on_refused=self._audit_refused,
         )
         fleet, admin = self._services(store, scheduler, identities, job_credentials)
         fleet_tls = TLSConfig(
@@ -240,7 +267,12 @@ class ServerDaemon:
                 self._health = start_health(
                     self.host,
                     self._want_ports["health"],
-                    {"": True, "shoal.v1.Fleet": True, "shoal.v1.Admin": True},
+                    {
+                        "": True,
+                        "shoal.v1.Fleet": True,
+                        "shoal.v1.Admin": True,
+                        CERTIFICATES_SERVICE: True,
+                    },
                 )
                 self.ports["health"] = self._health.port
                 self._servers.append(self._health.server)
@@ -252,9 +284,20 @@ class ServerDaemon:
             self._lock.release()
             raise
         log.info("%s", describe(None, "server hooks run beside the daemon", confinement_mode()))
+        self.expiry.start()
+        audit.record(
+            "server.started",
+            project=self.kit.project,
+            version=__version__,
+            ports=self.ports,
+            certificate_serial=f"{identity_from_cert(tls.cert_pem).serial:x}",
+        )
+        # The revocation list is the server's policy on who may connect.
+        config = ConfigWatch(audit, {"crl": self._crl_path})
+        config.check()
         scheduler.start()
         threading.Thread(
-            target=self._expire_loop, args=(identities,), name="heartbeats", daemon=True
+            target=self._expire_loop, args=(identities, config), name="heartbeats", daemon=True
         ).start()
         self._write_ready()
         log.info(
@@ -304,6 +347,7 @@ class ServerDaemon:
                 project_sites=self.project_sites,
                 submitter_quota_bytes=self.submitter_quota_bytes,
                 stopping=self._draining.is_set,
+                audit=self.audit,
             )
         )
         return fleet, admin
@@ -321,6 +365,7 @@ class ServerDaemon:
         self.wake_scheduler()
 
     def stop(self, reason: str = "shutting down") -> None:
+        self.expiry.stop()
         self._draining.set()
         if self._health is not None:
             self._health.draining()
@@ -348,6 +393,8 @@ class ServerDaemon:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.audit is not None:
+            self.audit.record("server.stopped", reason=reason)
         if self._lock is not None:
             self._lock.release()
         log.info("server %s stopped (%s)", self.name, reason)
@@ -405,13 +452,53 @@ class ServerDaemon:
         """The running job ``job_id``, if it is running."""
         return self.runs.get(job_id)
 
-    def _expire_loop(self, identities: Identities) -> None:
+    def _expire_loop(self, identities: Identities, config: ConfigWatch) -> None:
         while not self._stop.wait(min(1.0, self.heartbeat_timeout_s / 4)):
             self.registry.expire()
             try:
                 identities.revoked_serials()  # picks up a new CRL within a second
             except Exception:
                 log.exception("could not read the revocation list %s", self._crl_path)
+            try:
+                config.check()
+            except Exception:
+                log.exception("could not record a configuration change in the audit trail")
+
+    def _certificates_changed(self, warnings: list[str]) -> None:
+        if self._health is not None:
+            self._health.set(CERTIFICATES_SERVICE, not warnings)
+        if self.audit is not None and warnings:
+            self.audit.record("certificate.expiring", warnings=warnings)
+
+    def _audit_refused(self, peer: str, why: str) -> None:
+        """A caller refused before any handler ran (revoked, wrong port, wrong
+        authority). Not synced: it may come from the Fleet loop's thread."""
+        if self.audit is not None:
+            self.audit.record("peer.refused", durable=False, peer=peer, reason=why)
+
+    def _audit_site(self, name: str, connected: bool) -> None:
+        """A site came or went. On the Fleet loop's thread: no fsync here (the
+        next durable event syncs it), so a fleet reconnecting at once after a
+        restart does not wait on the disk."""
+        if self.audit is None:
+            return
+        if not connected:
+            self.audit.record("site.disconnected", durable=False, site=name)
+            return
+        if self.sites is not None and self.sites.add(name):
+            self.audit.record("site.joined", site=name)
+        session = self.registry.get(name)
+        resources = session.resources if session is not None else {}
+        self.audit.record(
+            "site.connected",
+            durable=False,
+            site=name,
+            org=session.org if session is not None else "",
+            peer=session.peer if session is not None else "",
+            # The site's own trail head as it said at connect: its trail
+            # must still hold that line (see docs/security.md).
+            site_audit_head=str(resources.get("audit_head") or ""),
+        )
 
     # -- status ---------------------------------------------------------------
 
@@ -433,9 +520,12 @@ class ServerDaemon:
                         s.connected_at, timezone.utc
                     ).isoformat(),
                     "running_jobs": s.running_jobs,
+                    # As the site said at connect (it checks daily and reconnects
+                    # rarely; its own log has the daily line).
+                    "certificate_warnings": list(s.resources.get("certificate_warnings") or []),
                 }
             )
-        for name in self.project_sites:
+        for name in self.project_sites():
             if name not in seen:
                 sites.append(
                     {
@@ -458,9 +548,14 @@ class ServerDaemon:
                 "running_jobs": sorted(running),
                 "ports": self.ports,
                 "version": __version__,
+                "certificate_warnings": list(self.expiry.warnings),
             },
             "sites": sorted(sites, key=lambda s: s["name"]),
         }
 
     def sys_info(self) -> dict[str, Any]:
         return local_sys_info()
+
+    def project_sites(self) -> tuple[str, ...]:
+        """The project's sites: the kit's, and those that joined since."""
+        return self.sites.names() if self.sites is not None else self.provisioned_sites

@@ -435,6 +435,9 @@ class FleetService:
                 "sites": list(run.sites),
                 "site_index": site_index,
                 "num_sites": len(run.sites),
+                # Who submitted it, for the site's audit trail (and policy).
+                "submitter": rec.submitter,
+                "submitter_org": rec.submitter_org,
             }
             if request.worker_public_key:
                 meta["worker_cert"] = self._parts.job_credentials.issue(

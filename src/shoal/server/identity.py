@@ -70,6 +70,7 @@ class Identities:
         ca_pem: bytes,
         job_credentials: JobCredentialAuthority,
         on_new_crl: Callable[[frozenset[int]], None] = lambda revoked: None,
+        on_refused: Callable[[str, str], None] = lambda peer, why: None,
     ) -> None:
         self._crl_path = crl_path
         self._ca_pem = ca_pem
@@ -77,6 +78,8 @@ class Identities:
         # Told the serials of each newly loaded CRL: sessions opened before
         # the revocation end then, not at their next call.
         self._on_new_crl = on_new_crl
+        # Told (peer address, why) of each call refused here: the audit trail.
+        self._on_refused = on_refused
         self._crl_mtime: float | None = None
         self._revoked: frozenset[int] = frozenset()
         self._identities: dict[bytes, Identity | str] = {}
@@ -88,6 +91,7 @@ class Identities:
         try:
             return self.check_peer(context, expected_type)
         except Refused as refused:
+            self._on_refused(context.peer(), refused.details)
             context.abort(refused.code, refused.details)
             raise AssertionError("unreachable: abort raises") from None
 
@@ -98,6 +102,7 @@ class Identities:
         try:
             return self.check_peer(context, expected_type)
         except Refused as refused:
+            self._on_refused(context.peer(), refused.details)
             await context.abort(refused.code, refused.details)
             raise AssertionError("unreachable: abort raises") from None
 

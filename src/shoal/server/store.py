@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal import jobstatus
+from shoal.audit import AuditSink
 from shoal.errors import ConfigError, JobValidationError, NotFoundError
 
 __all__ = [
@@ -203,8 +204,13 @@ class JobRecord:
 class JobStore:
     """Jobs' metadata and folders. Thread-safe; one instance per server."""
 
-    def __init__(self, workspace: Path, *, state_dir: Path | None = None) -> None:
+    def __init__(
+        self, workspace: Path, *, state_dir: Path | None = None, audit: AuditSink | None = None
+    ) -> None:
         self.root = workspace
+        # Every status a job takes goes through create() and update() below:
+        # the one place job state changes, so the one place they are audited.
+        self._audit = audit
         self.state_dir = state_dir if state_dir is not None else workspace
         self.jobs_dir = workspace / "jobs"
         # Private whatever the process's umask (a library user's may be 022):
@@ -297,6 +303,17 @@ class JobStore:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        if self._audit is not None:
+            self._audit.record(
+                "job.status",
+                job_id=job_id,
+                name=name,
+                status=jobstatus.SUBMITTED,
+                previous="",
+                submitter=submitter,
+                submitter_org=submitter_org,
+                code_sha256=package_sha256,
+            )
         return self.get(job_id)
 
     def update(self, job_id: str, **fields: Any) -> JobRecord:
@@ -326,11 +343,21 @@ class JobStore:
                 cols.append(f"{key} = ?")
                 values.append(value)
         with self._tx() as db:
+            before = db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             cur = db.execute(
                 f"UPDATE jobs SET {', '.join(cols)} WHERE job_id = ?", (*values, job_id)
             )
             if cur.rowcount == 0:
                 raise NotFoundError(f"no job with id {job_id}")
+        status = fields.get("status")
+        if self._audit is not None and status is not None and status != before["status"]:
+            self._audit.record(
+                "job.status",
+                job_id=job_id,
+                status=status,
+                previous=before["status"],
+                **{k: fields[k] for k in ("error", "sites") if fields.get(k)},
+            )
         return self.get(job_id)
 
     def delete(self, job_id: str) -> None:
@@ -338,6 +365,8 @@ class JobStore:
             cur = db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             if cur.rowcount == 0:
                 raise NotFoundError(f"no job with id {job_id}")
+        if self._audit is not None:
+            self._audit.record("job.deleted", job_id=job_id)
         # Row first, folder after: a crash in between leaves an orphan folder
         # that the next start-up sweeps, never a row without its files.
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)

@@ -8,7 +8,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from shoal.transport.channels import start_server
 
-__all__ = ["FLEET_SERVICE", "SITE_SERVICE", "HealthEndpoint", "start_health"]
+__all__ = [
+    "CERTIFICATES_SERVICE",
+    "FLEET_SERVICE",
+    "SITE_SERVICE",
+    "HealthEndpoint",
+    "start_health",
+]
 
 #: Per-service statuses a probe can ask for (grpc.health.v1 ``service``). The
 #: empty name is a daemon's liveness; these say whether it can do its job.
@@ -17,6 +23,10 @@ __all__ = ["FLEET_SERVICE", "SITE_SERVICE", "HealthEndpoint", "start_health"]
 SITE_SERVICE = "shoal.v1.Site"
 #: The server's site port; NOT_SERVING once the server is draining.
 FLEET_SERVICE = "shoal.v1.Fleet"
+#: NOT_SERVING while the daemon's certificate or the project CA ends within
+#: 30 days (shoal.provision.expiry): for monitoring to alert on. No shipped
+#: probe asks for it: an expiring certificate must not restart a daemon.
+CERTIFICATES_SERVICE = "shoal.v1.Certificates"
 
 
 class HealthEndpoint:
