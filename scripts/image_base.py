@@ -53,7 +53,8 @@ Say = Callable[[str], None]
 
 
 class Skip(Exception):
-    """The Docker engine cannot run on this machine; the message says why."""
+    """No Docker engine can run on this machine, or a tool to build the base
+    is missing; the message says which."""
 
 
 def docker(*args: str, check: bool = True, timeout: float | None = 120) -> str:
@@ -205,7 +206,7 @@ def base_image(work: Path, say: Say) -> str:
         say(f"base: {tag} cached (recipe {key})")
         return tag
     if shutil.which("debootstrap") is None:
-        raise RuntimeError("debootstrap is not installed (apt-get install debootstrap)")
+        raise Skip("debootstrap is not installed (Debian: apt-get install debootstrap)")
     root = work / "rootfs"
     log = work / "debootstrap.log"
     say(f"base: debootstrap {release.codename} from {release.mirror} (log {log})")

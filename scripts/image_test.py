@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 _remove_images(before, base_tag, drop_base=args.drop_base)
     except base.Skip as why:
-        say(f"SKIPPED: no Docker engine can run here: {why}")
+        say(f"SKIPPED: {why}")
         return base.SKIP
     finally:
         if args.keep_work:
