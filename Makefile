@@ -11,7 +11,7 @@ export SHOAL_MNIST_PATH ?= $(if $(wildcard $(SHARED_MNIST)),$(SHARED_MNIST),)
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: venv test lint typecheck pytest demo protos check-protos clean
+.PHONY: venv test lint typecheck pytest demo protos check-protos clean image-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ test: lint typecheck check-protos pytest
 
 demo: venv
 	$(PY) -m shoal.cli.app demo
+
+# Build the image with no registry (debootstrap base, classic builder) and run
+# the reference scenario in containers, a site killed mid-job included; needs
+# root, dockerd and debootstrap. Exits 77 where no Docker engine can start.
+image-test: venv
+	$(PY) scripts/image_test.py $(IMAGE_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

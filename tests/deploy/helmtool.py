@@ -2,9 +2,10 @@
 installed, else Helm's own Go library through helm-python-sdk (the [dev]
 extra), which renders with the same engine (Helm 4's SDK).
 
-No package registry reachable here serves a helm binary, and Go modules
-cannot be fetched, so CI uses the library; a developer with helm on PATH (or
-$SHOAL_HELM) gets the CLI.
+The binary is $SHOAL_HELM, else a helm beside the venv's Python (where
+`GOBIN=.venv/bin go install helm.sh/helm/...` puts it), else one on PATH.
+CI has none (docs/deploy-kubernetes.md, section 6, says what was tried), so
+it uses the library.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-HELM = os.environ.get("SHOAL_HELM") or shutil.which("helm")
+_BESIDE_PYTHON = Path(sys.executable).parent / "helm"
+HELM = (
+    os.environ.get("SHOAL_HELM")
+    or (str(_BESIDE_PYTHON) if os.access(_BESIDE_PYTHON, os.X_OK) else None)
+    or shutil.which("helm")
+)
 
 
 def why_unavailable() -> str | None:

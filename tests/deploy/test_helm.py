@@ -30,6 +30,11 @@ HELM_VARIANTS = {
     name: dataclasses.replace(options, secrets="reference") for name, options in VARIANTS.items()
 }
 HELM_VARIANTS["sites-bucket"] = K8sOptions(bucket="acme-fl", bucket_for="sites", pdb=False)
+# The data claim beside the server's state volume (bucket mode): the order of
+# env, mounts and volumes must match kustomize's too.
+HELM_VARIANTS["data-bucket"] = K8sOptions(
+    data_claim="fl-data", mnist_file="mnist-2.npz", bucket="acme-fl", secrets="reference"
+)
 
 _HASHED = re.compile(r"^(shoal-local)-[a-z0-9]{10}$")
 _HELM_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/version")
@@ -111,6 +116,37 @@ def test_chart_defaults_lint_clean() -> None:
         kinds = {d["kind"] for d in docs}
         assert {"Deployment", "PersistentVolumeClaim", "PodDisruptionBudget"} <= kinds
         assert "Secret" not in kinds
+
+
+@pytest.mark.parametrize("chart", ["shoal-server", "shoal-site"])
+def test_chart_data_claim_mounts_read_only_in_server_and_site(chart: str) -> None:
+    def pod(values: dict[str, Any]) -> dict[str, Any]:
+        docs = helmtool.template(CHARTS / chart, values, name="x", namespace="shoal")
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        return dict(deployment["spec"]["template"]["spec"])
+
+    plain = pod({})
+    assert "data" not in {v["name"] for v in plain["volumes"]}
+    assert "SHOAL_MNIST_PATH" not in {e["name"] for e in plain["containers"][0]["env"]}
+
+    spec = pod({"data": {"claim": "fl-data", "mnistFile": "mnist-1.npz"}})
+    (shoal,) = spec["containers"]
+    env = {e["name"]: e["value"] for e in shoal["env"]}
+    assert env["SHOAL_DATA_PATHS"] == "/data"
+    assert env["SHOAL_MNIST_PATH"] == "/data/mnist-1.npz"
+    mounts = {m["name"]: m for m in shoal["volumeMounts"]}
+    assert mounts["data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["data"] == {
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": "fl-data", "readOnly": True},
+    }
+    assert helmtool.lint(CHARTS / chart, {"data": {"claim": "fl-data"}}) == []
+
+    bad_claim = helmtool.render_error(CHARTS / chart, {"data": {"claim": "Not_A_Claim"}})
+    assert "data.claim" in bad_claim and "not a PVC name" in bad_claim
+    bad_file = {"data": {"claim": "fl-data", "mnistFile": "../etc/passwd"}}
+    assert "data.mnistFile" in helmtool.render_error(CHARTS / chart, bad_file)
 
 
 def test_chart_refuses_mutable_tag_with_if_not_present() -> None:

@@ -151,6 +151,8 @@ def _common(prod: ProdDir, kit: Path, options: K8sOptions, *, gpu: bool) -> dict
         "imagePullSecrets": list(options.image_pull_secrets),
         "init": options.init,
         "kit": {"secretName": "shoal-startup", "local": _local(kit)},
+        # The same claim for the server and every site (K8sOptions.data_claim).
+        "data": {"claim": options.data_claim or "", "mnistFile": options.mnist_file},
     }
 
 

@@ -75,3 +75,38 @@ spec:
   loadBalancerIP: {{ . }}
   {{- end }}
 {{- end }}
+
+{{/* The data claim (values .data), checked once: a PVC name and a file name in it. */}}
+{{- define "shoal.dataCheck" -}}
+{{- with .claim }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$" .) }}
+{{- fail (printf "data.claim %q: not a PVC name" .) }}
+{{- end }}
+{{- end }}
+{{- if or (contains "/" .mnistFile) (has .mnistFile (list "" "." "..")) }}
+{{- fail (printf "data.mnistFile %q: a file name inside the claim" .mnistFile) }}
+{{- end }}
+{{- end }}
+
+{{/* The data claim's env, mount and volume (ctx: the data values, part): the
+same switch for the server and the sites, whoever runs the job code that
+needs the data gets it. */}}
+{{- define "shoal.data" -}}
+{{- if .data.claim }}
+{{- if eq .part "env" }}
+- name: SHOAL_DATA_PATHS
+  value: /data
+- name: SHOAL_MNIST_PATH
+  value: {{ printf "/data/%s" .data.mnistFile | quote }}
+{{- else if eq .part "mount" }}
+- name: data
+  mountPath: /data
+  readOnly: true
+{{- else if eq .part "volume" }}
+- name: data
+  persistentVolumeClaim:
+    claimName: {{ .data.claim }}
+    readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
