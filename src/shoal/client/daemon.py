@@ -51,6 +51,7 @@ from shoal.errors import (
 )
 from shoal.filters import SITE_POINTS, site_order, specs_to_json
 from shoal.filters.local import local_filters
+from shoal.observe.metrics import MetricsEndpoint, SiteMetrics, serve_metrics
 from shoal.provision import Kit
 from shoal.provision.jobcreds import new_worker_key
 from shoal.sandbox import (
@@ -90,6 +91,11 @@ class SiteOptions:
     python: str = sys.executable
     #: Longest pause between reconnection attempts.
     max_backoff_s: float = 5.0
+    #: Port of the Prometheus ``/metrics`` endpoint (plain HTTP; 0 picks a
+    #: free one); None serves none.
+    metrics_port: int | None = None
+    #: Address the metrics endpoint binds: loopback unless widened on purpose.
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -157,6 +163,14 @@ class SiteDaemon:
         #: Jobs the server said were deleted whose folders are not yet removed.
         self._forgotten: set[str] = set()
         self._sweep_wake = threading.Event()
+        self.metrics = SiteMetrics(
+            connected=self.connected.is_set,
+            jobs_running=lambda: len(self._running_jobs()),
+            certificates={"site": kit.tls.cert_pem, "ca": kit.tls.ca_pem},
+        )
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        #: Where /metrics answers, once started with ``metrics_port``.
+        self.metrics_port: int | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -179,6 +193,11 @@ class SiteDaemon:
                 "0.0.0.0", self.opts.health_port, {"": True, SITE_SERVICE: False}
             )
             self.health_port = self._health.port
+        if self.opts.metrics_port is not None:
+            self._metrics_endpoint = serve_metrics(
+                self.metrics.registry, host=self.opts.metrics_host, port=self.opts.metrics_port
+            )
+            self.metrics_port = self._metrics_endpoint.port
         self._thread = threading.Thread(target=self._run, name="site-session", daemon=True)
         self._thread.start()
         user, why = job_user((), workspace=self.workspace)
@@ -220,6 +239,8 @@ class SiteDaemon:
             self._thread.join(timeout=5)
         if self._health is not None:
             self._health.stop()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
         self._channel.close()
         log.info("site %s stopped", self.name)
 
@@ -379,6 +400,7 @@ class SiteDaemon:
             with self._lock:
                 worker.proc = proc
                 aborted = worker.aborted
+            self.metrics.worker_started(start.job_id)
             if aborted:
                 self._kill(worker, aborted)
             log.info(
@@ -403,6 +425,7 @@ class SiteDaemon:
             detail = f"{type(exc).__name__}: {exc}"
             log.exception("job %s: worker failed", start.job_id)
         finally:
+            self.metrics.worker_ended(state)
             self._upload_log(start.job_id, log_path)
             self._report(start.job_id, state, detail)
 
@@ -529,6 +552,7 @@ class SiteDaemon:
         cert = header.meta.get("worker_cert")
         if not isinstance(cert, str) or not cert:
             raise ShoalError("the server issued no credential for this job's worker")
+        self.metrics.moved("in", "job", package.stat().st_size)
         log.info(
             "job %s (%s): package fetched, %d bytes in %.3f s",
             start.job_id,
@@ -642,6 +666,7 @@ class SiteDaemon:
                 ),
                 timeout=60,
             )
+            self.metrics.moved("out", "log", path.stat().st_size)
         except grpc.RpcError as exc:
             log.warning("job %s: could not upload the job log: %s", job_id, exc.details())
 
