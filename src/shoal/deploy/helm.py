@@ -151,6 +151,11 @@ def _common(prod: ProdDir, kit: Path, options: K8sOptions, *, gpu: bool) -> dict
         "imagePullSecrets": list(options.image_pull_secrets),
         "init": options.init,
         "kit": {"secretName": "shoal-startup", "local": _local(kit)},
+        "metrics": {
+            "enabled": options.metrics_port is not None,
+            "port": options.metrics_port or 9090,
+            "serviceMonitor": {"enabled": options.service_monitor},
+        },
     }
 
 
