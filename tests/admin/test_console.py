@@ -122,7 +122,12 @@ class FakeSession:
         return self._call("restart", target)
 
     def wait_for_job(
-        self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_s: float = 0.5,
+        on_poll: Any = None,
     ) -> JobMeta:
         return JobMeta.from_json(self._call("wait_for_job", job_id, timeout=timeout))
 
@@ -169,6 +174,7 @@ DISPATCH = [
     ("restart", ["site-1"], ("restart", ("site-1",), {})),
     ("wait", ["j1"], ("wait_for_job", ("j1",), {"timeout": None})),
     ("wait", ["j1", "--timeout", "60"], ("wait_for_job", ("j1",), {"timeout": 60.0})),
+    ("wait_job", ["j1"], ("wait_for_job", ("j1",), {"timeout": None})),
 ]
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 from shoal.errors import ConfigError
 from shoal.filters import SITE_POINTS, specs_to_json
+from shoal.observe.progress import finite_numbers as _numbers
 from shoal.sim.comm import RoundStats, SimCommunicator
 from shoal.sim.config import DEFAULT_WORKDIR, PER_SITE_LOGS_MAX, SimulatorConfig
 from shoal.sim.hosts import HostSetup, SiteHost, SiteHostFactory, site_host_factory
@@ -236,16 +236,6 @@ def _final_metrics(run_dir: Path, comm: SimCommunicator) -> dict[str, float]:
     if not found:
         found = _global_metrics(comm.last_report)
     return found
-
-
-def _numbers(value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {
-        str(k): float(v)
-        for k, v in value.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
 
 
 def _global_metrics(record: Mapping[str, Any]) -> dict[str, float]:
