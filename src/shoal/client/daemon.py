@@ -52,6 +52,7 @@ from shoal.errors import (
 from shoal.filters import SITE_POINTS, site_order, specs_to_json
 from shoal.filters.local import local_filters
 from shoal.observe.metrics import MetricsEndpoint, SiteMetrics, serve_metrics
+from shoal.observe.tracking import metrics_may_leave
 from shoal.provision import Kit
 from shoal.provision.jobcreds import new_worker_key
 from shoal.sandbox import (
@@ -129,6 +130,10 @@ class _Prepared:
     #: The site's and the job's filters by site point, in the order they run
     #: (``shoal.filters.specs_to_json`` form).
     filters: dict[str, list[dict[str, Any]]]
+    #: The job's name, and what its worker tracks itself (``WorkerConfig``).
+    name: str = ""
+    tracking: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics_private: bool = False
 
 
 class SiteDaemon:
@@ -455,7 +460,13 @@ class SiteDaemon:
         ca_path.write_bytes(self.kit.tls.ca_pem)
         config = self._worker_config(job_id, job_dir, job.meta, key_path, cert_path, ca_path)
         config = dataclasses.replace(
-            config, filters=job.filters, app_dir=str(job.script.parent), state_dir=str(state)
+            config,
+            filters=job.filters,
+            app_dir=str(job.script.parent),
+            state_dir=str(state),
+            job_name=job.name,
+            tracking=job.tracking,
+            metrics_private=job.metrics_private,
         )
         config_path = job_dir / "worker.json"
         config_path.write_text(config.to_json())
@@ -575,7 +586,19 @@ class SiteDaemon:
             )
             for point in SITE_POINTS
         }
+        may_leave = metrics_may_leave(self.kit.root)
+        wants = spec.tracking.site_metrics == "site" and (
+            spec.tracking.mlflow or spec.tracking.wandb
+        )
+        if wants and not may_leave:
+            log.info(
+                "job %s: asks this site to track its metrics; local/policy.yml forbids it",
+                start.job_id,
+            )
         return _Prepared(
+            name=spec.name,
+            tracking=spec.tracking.to_dict() if wants and may_leave else {},
+            metrics_private=not may_leave,
             script=script,
             args=list(spec.client.args),
             env=dict(spec.client.env),
