@@ -103,3 +103,21 @@ def test_a_failing_tracker_never_fails_the_job(
     assert "tracking: mlflow did not start" in caplog.text
     # TensorBoard went on.
     assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_simulated_sites_track_their_own_metrics(tmp_path: Path) -> None:
+    job = copy_job(
+        HELLO_NUMPY,
+        tmp_path / "job",
+        "tracking:\n  site_metrics: site\n  mlflow: {tracking_uri: mlflow.db, experiment: e}\n",
+    )
+    result = run_simulation(job, 2, tmp_path / "work")
+    (server_run,) = mlflow_runs(f"sqlite:///{result.run_dir / 'mlflow.db'}", "e")
+    assert "server/loss" in server_run.data.metrics
+    assert not any(k.startswith("sites/") for k in server_run.data.metrics)
+    for site in ("site-1", "site-2"):
+        uri = f"sqlite:///{result.run_dir / 'site_state' / site / 'mlflow.db'}"
+        (run,) = mlflow_runs(uri, "e")
+        assert run.info.run_name.endswith(f"-{site}") and run.info.status == "FINISHED"
+        (metric, *_) = sorted(run.data.metrics)
+        assert [s for s, _ in mlflow_history(uri, run.info.run_id, metric)] == [1, 2, 3, 4, 5]

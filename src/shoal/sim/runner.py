@@ -249,6 +249,12 @@ def _global_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     return {}
 
 
+def _tracks_at_sites(spec: Any) -> bool:
+    """Whether each simulated site opens runs of its own (``site_metrics: site``)."""
+    tracking = spec.tracking
+    return tracking.site_metrics == "site" and bool(tracking.mlflow or tracking.wandb)
+
+
 def simulate(
     config: SimulatorConfig,
     *,
@@ -336,6 +342,7 @@ def _simulate(
             },
             app_dir=app_dir,
             state_root=run_dir / "site_state",
+            tracking=spec.tracking.to_dict() if _tracks_at_sites(spec) else {},
         )
         logger.info(
             "simulating job %s with %d site(s) in %s mode; results in %s",
