@@ -65,7 +65,9 @@ class FakeSession:
         self._call("get_job_meta", job_id)
         return JobMeta.from_json({**JOB, "job_id": job_id})
 
-    def wait_for_job(self, job_id: str, *, timeout: Any = None, poll_s: float = 0.5) -> JobMeta:
+    def wait_for_job(
+        self, job_id: str, *, timeout: Any = None, poll_s: float = 0.5, on_poll: Any = None
+    ) -> JobMeta:
         self._call("wait_for_job", job_id, timeout)
         return JobMeta.from_json({**JOB, "job_id": job_id, "status": self.final_status})
 

@@ -141,7 +141,12 @@ class FakeSession:
         return AuditEvents.from_json(self._call("audit", **kwargs))
 
     def wait_for_job(
-        self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_s: float = 0.5,
+        on_poll: Any = None,
     ) -> JobMeta:
         return JobMeta.from_json(self._call("wait_for_job", job_id, timeout=timeout))
 
@@ -202,6 +207,7 @@ DISPATCH = [
         ),
     ),
     ("wait", ["j1", "--timeout", "60"], ("wait_for_job", ("j1",), {"timeout": 60.0})),
+    ("wait_job", ["j1"], ("wait_for_job", ("j1",), {"timeout": None})),
 ]
 
 

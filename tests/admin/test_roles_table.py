@@ -14,7 +14,7 @@ from shoal.server.authz import ROLES, authorize
 from shoal.server.store import JobRecord
 
 #: Console command -> the server command it runs.
-SERVER_COMMAND = {"cat_log": "get_log", "wait": "get_job_meta"}
+SERVER_COMMAND = {"cat_log": "get_log", "wait": "get_job_meta", "wait_job": "get_job_meta"}
 
 
 def _own_job(who: Identity) -> JobRecord:

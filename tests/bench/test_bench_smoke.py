@@ -81,6 +81,13 @@ def test_simulator_quick() -> None:
 
 
 @pytest.mark.slow
+def test_tracking_quick() -> None:
+    pytest.importorskip("mlflow")
+    out = _run("tracking", "--quick", "--configs", "off,mlflow")
+    assert "| mlflow " in out and "FAILED" not in out and "'mlflow_store': True" in out
+
+
+@pytest.mark.slow
 def test_scale_quick() -> None:
     out = _run("scale", "--quick", "--sites", "4", "--idle", "1")
     assert "registration" in out and "FAILED" not in out

@@ -170,8 +170,14 @@ VARIANTS = {
         gpus={"site-2": 2},
         gpu_node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
         init="tini",
+        service_monitor=True,
     ),
+    "no-metrics": K8sOptions(metrics_port=None, bucket="my-bucket"),
 }
+
+#: Kinds of the Prometheus Operator's CRDs: kubernetes-validate has no schema
+#: for them; test_service_monitor checks their shape.
+CRD_KINDS = {"ServiceMonitor"}
 
 
 @needs_kubectl
@@ -185,7 +191,8 @@ def test_renders_and_validates_strict(make_prod: MakeProd, tmp_path: Path, varia
         docs = render(root)
         assert docs, root
         for doc in docs:
-            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            if doc["kind"] not in CRD_KINDS:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     everything = render(out)
     namespaces = {d["metadata"]["name"] for d in by_kind(everything, "Namespace")}
     assert namespaces == {"fl-infra", "fl-site-1", "fl-site-2"}
@@ -235,7 +242,7 @@ def test_server_deployment_and_service(make_prod: MakeProd, tmp_path: Path) -> N
     assert pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
     assert container["image"] == "reg/shoal:9.9.9"
-    assert container["args"] == ["server"]
+    assert container["args"] == ["server", "--metrics-port", "9090", "--metrics-host", "0.0.0.0"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
@@ -268,7 +275,15 @@ def test_site_deployment(make_prod: MakeProd, tmp_path: Path) -> None:
         (container,) = dep["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["SHOAL_SERVER_ADDRESS"] == "fl-server.fl-infra.svc.cluster.local:8002"
-        assert container["args"] == ["client", "--health-port", "8004"]
+        assert container["args"] == [
+            "client",
+            "--health-port",
+            "8004",
+            "--metrics-port",
+            "9090",
+            "--metrics-host",
+            "0.0.0.0",
+        ]
         assert container["readinessProbe"]["grpc"] == {"port": 8004, "service": "shoal.v1.Site"}
         limits = container["resources"]["limits"]
         if gpus:
@@ -279,6 +294,63 @@ def test_site_deployment(make_prod: MakeProd, tmp_path: Path) -> None:
         else:
             assert "nvidia.com/gpu" not in limits
             assert container["image"] == "shoal:0.1.0"
+
+
+@needs_kubectl
+def test_pods_are_scraped_by_annotation_or_service_monitor(
+    make_prod: MakeProd, tmp_path: Path
+) -> None:
+    out = tmp_path / "k8s"
+    write_manifests(make_prod(), out, K8sOptions(metrics_port=9100, service_monitor=True))
+    for overlay in ("server1", "site-1"):
+        docs = render(out / "overlays" / overlay)
+        dep = one(docs, "Deployment")
+        template = dep["spec"]["template"]
+        assert template["metadata"]["annotations"] == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "9100",
+            "prometheus.io/path": "/metrics",
+        }
+        (container,) = template["spec"]["containers"]
+        args = container["args"]
+        assert args[args.index("--metrics-port") + 1] == "9100"
+        assert args[args.index("--metrics-host") + 1] == "0.0.0.0"  # the pod's address
+        assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
+        # The NetworkPolicy admits the scrape port.
+        policy = one(docs, "NetworkPolicy")
+        admitted = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert 9100 in admitted
+        # The ServiceMonitor selects the metrics Service, which selects the pod.
+        monitor = one(docs, "ServiceMonitor")
+        service = next(
+            s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "shoal-metrics"
+        )
+        assert (
+            monitor["spec"]["selector"]["matchLabels"].items()
+            <= service["metadata"]["labels"].items()
+        )
+        assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+        assert monitor["spec"]["endpoints"] == [
+            {"port": "metrics", "path": "/metrics", "interval": "30s"}
+        ]
+        assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    # Without metrics: no port, no annotation, a site admits nothing.
+    write_manifests(make_prod(), out, K8sOptions(metrics_port=None))
+    site = render(out / "overlays" / "site-1")
+    template = one(site, "Deployment")["spec"]["template"]
+    assert "annotations" not in template["metadata"]
+    assert "--metrics-port" not in template["spec"]["containers"][0]["args"]
+    assert one(site, "NetworkPolicy")["spec"]["ingress"] == []
+    assert not by_kind(site, "ServiceMonitor")
+
+
+def test_metrics_port_clash_is_refused(make_prod: MakeProd, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="already a daemon port"):
+        write_manifests(make_prod(), tmp_path / "k8s", K8sOptions(metrics_port=8004))
+    with pytest.raises(ConfigError, match="needs metrics"):
+        write_manifests(
+            make_prod(), tmp_path / "k8s", K8sOptions(metrics_port=None, service_monitor=True)
+        )
 
 
 @needs_kubectl
@@ -342,7 +414,8 @@ def test_bucket_for_sites_only(make_prod: MakeProd, tmp_path: Path) -> None:
     assert pvs == {"fl-site-1", "fl-site-2"}
     server = one(render(out / "overlays" / "server1"), "Deployment")
     assert "--state-dir" not in server["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "annotations" not in server["spec"]["template"]["metadata"]
+    # No gcsfuse sidecar for the server (its scrape annotations only).
+    assert "gke-gcsfuse/volumes" not in server["spec"]["template"]["metadata"]["annotations"]
     assert "fl-infra" not in (out / "gcp-iam.sh").read_text()
 
 

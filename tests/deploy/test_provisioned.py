@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +142,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
 def test_pods_start_from_secret_mounted_kits(tmp_path: Path) -> None:
-    fed, admin, health, site_health = free_ports(4)
+    fed, admin, health, site_health, metrics, site_metrics = free_ports(6)
     prod_dir = provision_example(tmp_path, fed, admin, health)
     write_manifests(
-        prod_dir, tmp_path / "k8s", K8sOptions(site_health_port=site_health, secrets="generate")
+        prod_dir,
+        tmp_path / "k8s",
+        K8sOptions(site_health_port=site_health, secrets="generate", metrics_port=metrics),
     )
     docs = _render(tmp_path / "k8s")
     secrets = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Secret"}
@@ -163,13 +166,22 @@ def test_pods_start_from_secret_mounted_kits(tmp_path: Path) -> None:
         env = _pod_env(
             tmp_path, "site-1", secrets["shoal-site-1"], SHOAL_SERVER_ADDRESS=f"127.0.0.1:{fed}"
         )
-        site = _start(container["args"], env, tmp_path / "site-1.log")
+        # Each pod has an address of its own; on one host the site's metrics port differs.
+        args = [str(site_metrics) if a == str(metrics) else a for a in container["args"]]
+        site = _start(args, env, tmp_path / "site-1.log")
         _wait_healthy(site_health, site)
         # Health is up before the site dials; wait for the server to see it.
         deadline = time.monotonic() + 30
         while "site site-1 (org nvidia) connected" not in _log_of(server):
             assert time.monotonic() < deadline, _log_of(site)
             time.sleep(0.1)
+        # What the pods' scrape annotations point Prometheus at answers.
+        for port, name in (
+            (metrics, "shoal_sites_connected"),
+            (site_metrics, "shoal_site_connected"),
+        ):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+                assert f"\n{name} " in reply.read().decode()
     finally:
         codes = [_stop(p) for p in (site, server) if p is not None]
     assert codes == [0] * len(codes), _log_of(server)

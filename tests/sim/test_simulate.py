@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -184,6 +186,25 @@ def test_cli_prints_progress_and_summary(
     assert str(tmp_path / "hello-numpy") in out
     record = json.loads((tmp_path / "hello-numpy" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["round"] == 5
+
+
+def test_cli_on_a_terminal_draws_one_updating_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    assert main(["simulate", str(HELLO_NUMPY), "-n", "2", "-w", str(tmp_path), "-t", "2"]) == 0
+    text = screen.getvalue()
+    updates = text.split("\r\x1b[2K")[1:]
+    assert [u.split()[1] for u in updates] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert updates[-1].startswith("round 5/5 [########################] 100% global loss=")
+    assert "2/2 sites" in updates[-1]
+    # The bar's line ends before the summary starts.
+    assert "\nfinished: hello-numpy, 2 site(s), 5 round(s)" in text
 
 
 def test_process_state_is_restored(tmp_path: Path, make_job: Callable[..., Path]) -> None:

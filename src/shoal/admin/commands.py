@@ -17,6 +17,7 @@ Parsing never exits the process: a bad argument raises :class:`CommandUsageError
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from shoal.errors import (
     ShoalError,
     TransportError,
 )
+from shoal.observe.progress import RoundBar, latest_metrics
 
 __all__ = [
     "COMMANDS",
@@ -95,7 +97,12 @@ class AdminSessionLike(Protocol):
         verify: bool = False,
     ) -> AuditEvents: ...
     def wait_for_job(
-        self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_s: float = 0.5,
+        on_poll: Callable[[JobMeta], None] | None = None,
     ) -> JobMeta: ...
     def close(self) -> None: ...
 
@@ -223,11 +230,17 @@ def _sys_info(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
 
 def _submit_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH")
+    p.add_argument("--wait", action="store_true")
+    p.add_argument("--timeout", type=float, metavar="S")
 
 
 def _submit_job(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
     job_id = s.submit_job(a.path)
-    return Outcome({"job_id": job_id}, f"Submitted job: {job_id}")
+    submitted = f"Submitted job: {job_id}"
+    if not a.wait:
+        return Outcome({"job_id": job_id}, submitted)
+    waited = _wait_for(s, job_id, a)
+    return Outcome(waited.data, f"{submitted}\n{waited.text}", ok=waited.ok, result=waited.result)
 
 
 def _list_jobs_args(p: argparse.ArgumentParser) -> None:
@@ -336,18 +349,65 @@ def _wait_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="S")
 
 
+class _Watch:
+    """Draws a waited-for job's round and latest metrics on a :class:`RoundBar`
+    as ``wait_for_job`` polls: ``show_stats`` at most once a second, and once
+    more when the job ends. A job the admin may not see the stats of is
+    waited for without a bar."""
+
+    def __init__(self, session: AdminSessionLike, job_id: str, bar: RoundBar) -> None:
+        self.session, self.job_id, self.bar = session, job_id, bar
+        self._next = 0.0
+        self._off = False
+
+    def __call__(self, meta: JobMeta) -> None:
+        now = time.monotonic()
+        finished = meta.status.startswith("FINISHED:")
+        if self._off or (now < self._next and not finished):
+            return
+        self._next = now + 1.0
+        if meta.status in ("SUBMITTED", "DISPATCHED"):
+            self.bar.update(round=None, total=None, status=meta.status)
+            return
+        try:
+            stats = self.session.show_stats(self.job_id)
+        except ShoalError:
+            self._off = True
+            return
+        label, metrics = latest_metrics(stats.metrics)
+        self.bar.update(
+            round=stats.current_round,
+            total=stats.num_rounds,
+            metrics=metrics,
+            label=label,
+            status=meta.status,
+        )
+
+
 def _wait(s: AdminSessionLike, a: argparse.Namespace) -> Outcome:
+    return _wait_for(s, a.job_id, a)
+
+
+def _wait_for(s: AdminSessionLike, job_id: str, a: argparse.Namespace) -> Outcome:
+    """Wait for ``job_id`` (``a.timeout``), drawing ``a.progress`` (a RoundBar) if given."""
+    bar: RoundBar | None = getattr(a, "progress", None)
     try:
-        meta = s.wait_for_job(a.job_id, timeout=a.timeout)
+        if bar is None:
+            meta = s.wait_for_job(job_id, timeout=a.timeout)
+        else:
+            meta = s.wait_for_job(job_id, timeout=a.timeout, on_poll=_Watch(s, job_id, bar))
     except TimeoutError:
-        meta = s.get_job_meta(a.job_id)
+        meta = s.get_job_meta(job_id)
         return Outcome(
             {**meta.to_dict(), "timed_out": True},
-            f"Timed out after {a.timeout:g}s; job {a.job_id} is {meta.status}",
+            f"Timed out after {a.timeout:g}s; job {job_id} is {meta.status}",
             ok=False,
             result=meta,
         )
-    text = f"Job {a.job_id} {meta.status}"
+    finally:
+        if bar is not None:
+            bar.close()
+    text = f"Job {job_id} {meta.status}"
     if meta.run_duration_s is not None:
         text += f" after {fmt.format_duration(meta.run_duration_s)}"
     return Outcome(meta.to_dict(), text, ok=meta.status == COMPLETED, result=meta)
@@ -379,9 +439,11 @@ COMMANDS: Mapping[str, Command] = {
         ),
         Command(
             "submit_job",
-            "submit_job PATH",
+            "submit_job PATH [--wait [--timeout S]]",
             "Submit a job folder. A bare name is looked up in the kit's transfer/ folder first.\n"
-            "A job the server refuses is reported with the reason; nothing is stored.",
+            "A job the server refuses is reported with the reason; nothing is stored.\n"
+            "--wait: then wait for it as wait_job does (a round progress bar, exit 0 only if\n"
+            "it ends FINISHED:COMPLETED).",
             _LEAD_JOB_ROLES,
             _submit_job_args,
             _submit_job,
@@ -497,7 +559,17 @@ COMMANDS: Mapping[str, Command] = {
             "wait",
             "wait JOB_ID [--timeout S]",
             "Block until a job finishes; succeeds only if it ends FINISHED:COMPLETED.\n"
-            "Meant for scripts: `shoal admin --kit DIR wait JOB_ID` exits 0 or 1.",
+            "Meant for scripts: `shoal admin --kit DIR wait JOB_ID` exits 0 or 1. Shows the\n"
+            "round and the latest metrics meanwhile (one line per round when not a terminal).",
+            _LEAD_JOB_ROLES,
+            _wait_args,
+            _wait,
+            takes_job_id=True,
+        ),
+        Command(
+            "wait_job",
+            "wait_job JOB_ID [--timeout S]",
+            "The same as wait (the name NVIDIA FLARE users look for).",
             _LEAD_JOB_ROLES,
             _wait_args,
             _wait,
@@ -526,9 +598,18 @@ def parse_args(name: str, args: Sequence[str]) -> argparse.Namespace:
     return get_command(name).parser.parse_args(list(args))
 
 
-def run_command(session: AdminSessionLike, name: str, args: Sequence[str]) -> Outcome:
-    """Parse ``args`` and run command ``name`` on ``session``."""
-    return get_command(name).run(session, parse_args(name, args))
+def run_command(
+    session: AdminSessionLike,
+    name: str,
+    args: Sequence[str],
+    *,
+    progress: RoundBar | None = None,
+) -> Outcome:
+    """Parse ``args`` and run command ``name`` on ``session``; a command that
+    waits for a job draws its rounds on ``progress`` meanwhile."""
+    parsed = parse_args(name, args)
+    parsed.progress = progress
+    return get_command(name).run(session, parsed)
 
 
 def describe_error(exc: BaseException) -> str:

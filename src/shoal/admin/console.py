@@ -38,6 +38,7 @@ from shoal.admin.commands import (
     parse_args,
 )
 from shoal.admin.results import FederationStatus, JobSummary
+from shoal.observe.progress import RoundBar
 
 __all__ = ["AdminConsole", "done_line", "history_path", "kit_user_name", "login"]
 
@@ -178,6 +179,8 @@ class AdminConsole(cmd.Cmd):
             if command.confirm and not self._ask(f"{name} {' '.join(args)}".strip()):
                 self._print("Cancelled.")
                 return None
+            # A wait draws its rounds on the console's own output.
+            parsed.progress = RoundBar(self.stdout)
             outcome = command.run(self.session, parsed)
         except CommandUsageError as exc:
             self._print(describe_error(exc))

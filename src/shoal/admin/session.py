@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -256,12 +257,20 @@ class AdminSession:
         return target
 
     def wait_for_job(
-        self, job_id: str, *, timeout: float | None = None, poll_s: float = 0.5
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_s: float = 0.5,
+        on_poll: Callable[[JobMeta], None] | None = None,
     ) -> JobMeta:
-        """Block until the job is FINISHED:*; raises TimeoutError after ``timeout``."""
+        """Block until the job is FINISHED:*; raises TimeoutError after ``timeout``.
+        ``on_poll`` sees each answer, the last one included (a progress bar)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             meta = self.get_job_meta(job_id)
+            if on_poll is not None:
+                on_poll(meta)
             if jobstatus.is_finished(meta.status):
                 return meta
             if deadline is not None and time.monotonic() > deadline:

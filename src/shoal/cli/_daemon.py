@@ -4,6 +4,7 @@ Entry points install log handlers; libraries don't."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -46,6 +47,24 @@ def install_file_log(path: Path) -> None:
         root.setLevel(logging.INFO)
     # gRPC's own loggers are chatty at INFO about retries we handle ourselves.
     logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+def add_metrics_args(p: argparse.ArgumentParser) -> None:
+    """``--metrics-port`` and ``--metrics-host``: the Prometheus endpoint, off by default."""
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off; 0 = any "
+        "free port); see docs/observability.md",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics endpoint binds (default 127.0.0.1; 0.0.0.0 lets other "
+        "hosts, such as a pod's Prometheus, scrape it: plain HTTP, no authentication)",
+    )
 
 
 class _Daemon(Protocol):

@@ -4,6 +4,7 @@
     shoal admin --kit KIT list_jobs -s RUNNING                  # one command, a table
     shoal admin --kit KIT --json submit_job hello-tf2           # one JSON document
     shoal admin --kit KIT wait JOB_ID --timeout 600             # exit 0 iff COMPLETED
+    shoal admin --kit KIT submit_job hello-tf2 --wait           # a round progress bar
 
 Exit codes (shoal.cli.app): 0 ok, 1 failure, 2 usage error or job refused,
 3 not authorized, 4 not found.
@@ -26,10 +27,12 @@ from shoal.admin.commands import (
     describe_error,
     get_command,
     parse_args,
+    run_command,
 )
 from shoal.admin.format import printable
 from shoal.cli.app import EXIT_FAILURE, EXIT_NOT_AUTHORIZED, EXIT_NOT_FOUND, EXIT_USAGE
 from shoal.errors import ConfigError, NotAuthorizedError, NotFoundError
+from shoal.observe.progress import RoundBar
 
 EXIT_OK = 0
 
@@ -138,8 +141,11 @@ def run(args: argparse.Namespace) -> int:
         session = _open_session(kit, server_address=server, timeout=args.timeout)
     except Exception as exc:
         return _fail(exc, name, as_json=as_json)
+    # A wait draws its rounds on stderr (stdout keeps the answer); --json
+    # prints the one JSON document and nothing else.
+    progress = None if as_json else RoundBar(sys.stderr)
     try:
-        outcome = get_command(name).run(session, parse_args(name, rest))
+        outcome = run_command(session, name, rest, progress=progress)
     except Exception as exc:
         return _fail(exc, name, as_json=as_json)
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shoal.cli._daemon import install_file_log, private_files, serve
+from shoal.cli._daemon import add_metrics_args, install_file_log, private_files, serve
 
 __all__ = ["register"]
 
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--health-port", type=int, help="serve gRPC health checks on this port")
     p.add_argument("--workspace", type=Path, help="where job folders live (default: the kit)")
+    add_metrics_args(p)
     p.set_defaults(func=run)
 
 
@@ -32,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
     daemon = SiteDaemon(
         kit,
         SiteOptions(
-            server_address=args.server, workspace=args.workspace, health_port=args.health_port
+            server_address=args.server,
+            workspace=args.workspace,
+            health_port=args.health_port,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         ),
     )
 

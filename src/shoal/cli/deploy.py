@@ -240,6 +240,22 @@ def add_k8s_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-pdb", action="store_true", help="no PodDisruptionBudgets (drains evict at once)"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        metavar="PORT",
+        help="port of each daemon's Prometheus /metrics in its pod, scraped by "
+        "prometheus.io/* annotations (default: 9090)",
+    )
+    parser.add_argument(
+        "--no-metrics", action="store_true", help="no metrics port, annotations or scrape rule"
+    )
+    parser.add_argument(
+        "--service-monitor",
+        action="store_true",
+        help="also a Service and a Prometheus Operator ServiceMonitor per participant",
+    )
 
 
 def _pairs(values: list[str], flag: str, example: str) -> dict[str, str]:
@@ -301,6 +317,8 @@ def options_from_args(args: argparse.Namespace) -> K8sOptions:
         gpu_node_selector=_pairs(args.gpu_node_selector, "--gpu-node-selector", "KEY=VALUE"),
         site_health_port=args.site_health_port,
         pdb=not args.no_pdb,
+        metrics_port=None if args.no_metrics else args.metrics_port,
+        service_monitor=args.service_monitor,
         init=args.init,
         data_claim=args.data_claim,
         mnist_file=args.mnist_file,

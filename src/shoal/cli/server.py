@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shoal.cli._daemon import install_file_log, private_files, serve
+from shoal.cli._daemon import add_metrics_args, install_file_log, private_files, serve
 
 __all__ = ["register"]
 
@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in progress before they are stopped mid-round (default $SHOAL_STOP_GRACE_S or 45; "
         "keep it below the container's grace period)",
     )
+    add_metrics_args(p)
     p.set_defaults(func=run)
 
 
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
             transfer_stall_s=args.transfer_stall_s,
             submitter_quota_bytes=args.submitter_quota_bytes,
             stop_grace_s=args.stop_grace_s,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         ),
     )
 

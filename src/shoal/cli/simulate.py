@@ -66,12 +66,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
+    from shoal.observe.progress import RoundBar
     from shoal.sim import RoundStats, SimulatorConfig, simulate
     from shoal.taskmeta import TRAIN
 
+    # A terminal gets one updating line with a bar; a log one line per round.
+    bar = RoundBar(sys.stdout)
+
     def progress(stats: RoundStats) -> None:
-        total = f"/{stats.total_rounds}" if stats.total_rounds else ""
         shown = stats.global_metrics or stats.metrics
+        if bar.tty and stats.task == TRAIN:
+            bar.update(
+                round=stats.round,
+                total=stats.total_rounds,
+                metrics=shown,
+                label="global" if stats.global_metrics else "sites' mean",
+                status=f"{stats.answered}/{stats.asked} sites, {stats.seconds:.1f}s",
+            )
+            return
+        bar.close()
+        total = f"/{stats.total_rounds}" if stats.total_rounds else ""
         label = "global " if stats.global_metrics else "sites' mean "
         metrics = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
         # A task of an evaluation workflow or phase is named ("validate", ...).
@@ -96,7 +110,10 @@ def _run(args: argparse.Namespace) -> int:
         threads=args.threads,
         processes=args.processes,
     )
-    result = simulate(config, on_round=progress)
+    try:
+        result = simulate(config, on_round=progress)
+    finally:
+        bar.close()
     rounds = len({r.round for r in result.rounds if r.task == TRAIN})
     others = sum(1 for r in result.rounds if r.task != TRAIN)
     print(

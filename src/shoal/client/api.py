@@ -69,6 +69,8 @@ class _State:
         self.awaiting_send = False
         #: The task being answered (for the result's filters).
         self.task: FLModel | None = None
+        #: This site's own trackers (``tracking.site_metrics: site``), once started.
+        self.trackers: Any = None
 
 
 # A contextvar (not a module global) so the simulator can run many sites as
@@ -119,6 +121,8 @@ def is_running() -> bool:
         task = state.backend.next_task()
         if task is None:
             state.done = True
+            if state.trackers is not None:
+                state.trackers.close("FINISHED")
             state.backend.close()
             return False
         state.pending = _filtered(state.backend, "task_in", task, task)
@@ -226,10 +230,38 @@ def send(model: FLModel) -> None:
     )
     _check_for_task(state.task.task, model)
     model = _filtered(state.backend, "result_out", model, state.task)
+    if getattr(state.backend, "metrics_private", False):
+        # The site's policy: its metrics stay in the federation (no tracker).
+        from shoal.observe.tracking import PRIVATE_META
+
+        model = dataclasses.replace(model, meta={**model.meta, PRIVATE_META: True})
     check_result_meta(model.meta)
     check_params_type(model.params_type)
     state.backend.send(model)
     state.awaiting_send = False
+    _track(state, model, state.task.current_round)
+
+
+def _track(state: _State, model: FLModel, round: int | None) -> None:
+    """This site's metrics to its own trackers, when the job asks for them
+    (``tracking.site_metrics: site``) and the site allows it; never fails the script."""
+    tracking = getattr(state.backend, "tracking", None)
+    if not tracking or not model.metrics:
+        return
+    if state.trackers is None:
+        from shoal.jobs.spec import parse_tracking
+        from shoal.observe.tracking import open_trackers
+
+        backend = state.backend
+        base = getattr(backend, "state_dir", None)
+        state.trackers = open_trackers(
+            parse_tracking(tracking),
+            base=Path(base) if base else Path.cwd(),
+            job_name=getattr(backend, "job_name", "") or "job",
+            job_id=backend.job_id,
+            site=backend.site_name,
+        )
+    state.trackers.add_scalars(dict(model.metrics), step=int(round or 0))
 
 
 def get_site_name() -> str:

@@ -53,6 +53,8 @@ from shoal.errors import (
 )
 from shoal.filters import SITE_POINTS, site_order, specs_to_json
 from shoal.filters.local import FILTERS_FILE, local_filters
+from shoal.observe.metrics import MetricsEndpoint, SiteMetrics, serve_metrics
+from shoal.observe.tracking import metrics_may_leave
 from shoal.provision import Kit
 from shoal.provision.expiry import ExpiryWatch
 from shoal.provision.jobcreds import new_worker_key
@@ -101,6 +103,11 @@ class SiteOptions:
     #: Size past which the site's audit trail (``WORKSPACE/audit/audit.jsonl``)
     #: is rotated. None: $SHOAL_AUDIT_MAX_BYTES, else 16 MiB.
     audit_max_bytes: int | None = None
+    #: Port of the Prometheus ``/metrics`` endpoint (plain HTTP; 0 picks a
+    #: free one); None serves none.
+    metrics_port: int | None = None
+    #: Address the metrics endpoint binds: loopback unless widened on purpose.
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -134,6 +141,10 @@ class _Prepared:
     #: The site's and the job's filters by site point, in the order they run
     #: (``shoal.filters.specs_to_json`` form).
     filters: dict[str, list[dict[str, Any]]]
+    #: The job's name, and what its worker tracks itself (``WorkerConfig``).
+    name: str = ""
+    tracking: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics_private: bool = False
 
 
 class SiteDaemon:
@@ -196,6 +207,14 @@ class SiteDaemon:
                 "resources": kit.local / "resources.json",
             },
         )
+        self.metrics = SiteMetrics(
+            connected=self.connected.is_set,
+            jobs_running=lambda: len(self._running_jobs()),
+            certificates={"site": kit.tls.cert_pem, "ca": kit.tls.ca_pem},
+        )
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        #: Where /metrics answers, once started with ``metrics_port``.
+        self.metrics_port: int | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -221,6 +240,11 @@ class SiteDaemon:
             )
             self.health_port = self._health.port
         self.expiry.start()
+        if self.opts.metrics_port is not None:
+            self._metrics_endpoint = serve_metrics(
+                self.metrics.registry, host=self.opts.metrics_host, port=self.opts.metrics_port
+            )
+            self.metrics_port = self._metrics_endpoint.port
         self._thread = threading.Thread(target=self._run, name="site-session", daemon=True)
         self._thread.start()
         user, why = job_user((), workspace=self.workspace)
@@ -265,6 +289,8 @@ class SiteDaemon:
             self._thread.join(timeout=5)
         if self._health is not None:
             self._health.stop()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
         self._channel.close()
         self.audit.record("site.stopped")
         log.info("site %s stopped", self.name)
@@ -438,6 +464,7 @@ class SiteDaemon:
             with self._lock:
                 worker.proc = proc
                 aborted = worker.aborted
+            self.metrics.worker_started(start.job_id)
             if aborted:
                 self._kill(worker, aborted)
             log.info(
@@ -464,6 +491,7 @@ class SiteDaemon:
             log.exception("job %s: worker failed", start.job_id)
         finally:
             self.audit.record("job.ended", job_id=start.job_id, state=state, detail=detail)
+            self.metrics.worker_ended(state)
             self._upload_log(start.job_id, log_path)
             self._report(start.job_id, state, detail)
 
@@ -493,7 +521,13 @@ class SiteDaemon:
         ca_path.write_bytes(self.kit.tls.ca_pem)
         config = self._worker_config(job_id, job_dir, job.meta, key_path, cert_path, ca_path)
         config = dataclasses.replace(
-            config, filters=job.filters, app_dir=str(job.script.parent), state_dir=str(state)
+            config,
+            filters=job.filters,
+            app_dir=str(job.script.parent),
+            state_dir=str(state),
+            job_name=job.name,
+            tracking=job.tracking,
+            metrics_private=job.metrics_private,
         )
         config_path = job_dir / "worker.json"
         config_path.write_text(config.to_json())
@@ -590,6 +624,7 @@ class SiteDaemon:
         cert = header.meta.get("worker_cert")
         if not isinstance(cert, str) or not cert:
             raise ShoalError("the server issued no credential for this job's worker")
+        self.metrics.moved("in", "job", package.stat().st_size)
         log.info(
             "job %s (%s): package fetched, %d bytes in %.3f s",
             start.job_id,
@@ -635,7 +670,19 @@ class SiteDaemon:
             )
             for point in SITE_POINTS
         }
+        may_leave = metrics_may_leave(self.kit.root)
+        wants = spec.tracking.site_metrics == "site" and (
+            spec.tracking.mlflow or spec.tracking.wandb
+        )
+        if wants and not may_leave:
+            log.info(
+                "job %s: asks this site to track its metrics; local/policy.yml forbids it",
+                start.job_id,
+            )
         return _Prepared(
+            name=spec.name,
+            tracking=spec.tracking.to_dict() if wants and may_leave else {},
+            metrics_private=not may_leave,
             script=script,
             args=list(spec.client.args),
             env=dict(spec.client.env),
@@ -726,6 +773,7 @@ class SiteDaemon:
                 ),
                 timeout=60,
             )
+            self.metrics.moved("out", "log", path.stat().st_size)
         except grpc.RpcError as exc:
             log.warning("job %s: could not upload the job log: %s", job_id, exc.details())
 

@@ -94,6 +94,15 @@ class WorkerConfig:
     #: The site's folder for this job's state (``shoal.client.state_dir()``):
     #: kept when the daemon restarts the job's worker; "" for none.
     state_dir: str = ""
+    #: The job's name (names a site-side tracking run).
+    job_name: str = ""
+    #: The job's ``tracking:`` section (``TrackingSpec.to_dict()``) when this
+    #: worker tracks its own metrics (``site_metrics: site``, and the site
+    #: allows it); {} for none.
+    tracking: dict[str, Any] = field(default_factory=dict)
+    #: The site forbids its metrics to leave for a tracker: results say so
+    #: (``shoal.observe.tracking.PRIVATE_META``).
+    metrics_private: bool = False
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -177,6 +186,9 @@ class GrpcBackend:
         self.site_index = config.site_index
         self.num_sites = config.num_sites
         self.state_dir = Path(config.state_dir) if config.state_dir else None
+        self.job_name = config.job_name
+        self.tracking = config.tracking
+        self.metrics_private = config.metrics_private
         self.filters: dict[str, FilterChain] = {
             point: build_chain(
                 point,

@@ -153,6 +153,11 @@ def _common(prod: ProdDir, kit: Path, options: K8sOptions, *, gpu: bool) -> dict
         "kit": {"secretName": "shoal-startup", "local": _local(kit)},
         # The same claim for the server and every site (K8sOptions.data_claim).
         "data": {"claim": options.data_claim or "", "mnistFile": options.mnist_file},
+        "metrics": {
+            "enabled": options.metrics_port is not None,
+            "port": options.metrics_port or 9090,
+            "serviceMonitor": {"enabled": options.service_monitor},
+        },
     }
 
 

@@ -217,10 +217,11 @@ def _write_server_base(w: _Writer, prod: ProdDir, options: K8sOptions) -> None:
         f"{base}/pvc.yaml",
         o.pvc("shoal-workspace", "server", options.storage_size, storage_class(options)),
     )
-    # Sites and admins dial in on the two service ports; nothing else may.
+    # Sites and admins dial in on the two service ports, Prometheus on the
+    # metrics port; nothing else may.
     w.yaml(
         f"{base}/networkpolicy.yaml",
-        o.network_policy("server", [server.fed_learn_port, server.admin_port]),
+        o.network_policy("server", [server.fed_learn_port, server.admin_port, *_scraped(options)]),
     )
     resources = [
         "serviceaccount.yaml",
@@ -230,6 +231,7 @@ def _write_server_base(w: _Writer, prod: ProdDir, options: K8sOptions) -> None:
         "service-admin.yaml",
         "networkpolicy.yaml",
     ]
+    resources += _write_monitor(w, base, "server", options)
     if options.pdb:
         w.yaml(f"{base}/pdb.yaml", o.pdb("server"))
         resources.append("pdb.yaml")
@@ -244,13 +246,28 @@ def _write_client_base(w: _Writer, options: K8sOptions) -> None:
         f"{base}/pvc.yaml",
         o.pvc("shoal-workspace", "client", options.storage_size, storage_class(options)),
     )
-    # Sites only dial out; nothing connects in (kubelet probes are not affected).
-    w.yaml(f"{base}/networkpolicy.yaml", o.network_policy("client", []))
+    # Sites only dial out; nothing connects in but Prometheus' scrapes (kubelet
+    # probes are not affected).
+    w.yaml(f"{base}/networkpolicy.yaml", o.network_policy("client", _scraped(options)))
     resources = ["serviceaccount.yaml", "pvc.yaml", "deployment.yaml", "networkpolicy.yaml"]
+    resources += _write_monitor(w, base, "client", options)
     if options.pdb:
         w.yaml(f"{base}/pdb.yaml", o.pdb("client"))
         resources.append("pdb.yaml")
     w.yaml(f"{base}/kustomization.yaml", _kustomization(resources=resources))
+
+
+def _scraped(options: K8sOptions) -> list[int]:
+    return [] if options.metrics_port is None else [options.metrics_port]
+
+
+def _write_monitor(w: _Writer, base: str, component: str, options: K8sOptions) -> list[str]:
+    """The metrics Service and ServiceMonitor, when asked for; their file names."""
+    if not options.service_monitor or options.metrics_port is None:
+        return []
+    w.yaml(f"{base}/service-metrics.yaml", o.metrics_service(component, options.metrics_port))
+    w.yaml(f"{base}/servicemonitor.yaml", o.service_monitor(component))
+    return ["service-metrics.yaml", "servicemonitor.yaml"]
 
 
 # -- overlays -------------------------------------------------------------------
@@ -335,12 +352,19 @@ def _bucket_volume(
                 {"op": "add", "path": "/spec/volumeName", "value": pv_name},
             ],
         ),
-        # GKE injects the gcsfuse sidecar into pods carrying this annotation.
+        # GKE injects the gcsfuse sidecar into pods carrying this annotation
+        # (beside the scrape annotations, when the pods have them).
         _json_patch(
             "Deployment",
             None,
             [
                 {
+                    "op": "add",
+                    "path": "/spec/template/metadata/annotations/gke-gcsfuse~1volumes",
+                    "value": "true",
+                }
+                if options.metrics_port is not None
+                else {
                     "op": "add",
                     "path": "/spec/template/metadata/annotations",
                     "value": {"gke-gcsfuse/volumes": "true"},

@@ -30,8 +30,10 @@ __all__ = [
     "pdb",
     "pvc",
     "server_deployment",
+    "metrics_service",
     "server_services",
     "service_account",
+    "service_monitor",
     "storage_class",
 ]
 
@@ -63,6 +65,9 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
+
+#: What a Prometheus configured "by annotation" looks for on a pod.
+SCRAPE_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
 
 #: GKE: an internal (VPC-only) passthrough load balancer.
 GKE_INTERNAL_LB = "networking.gke.io/load-balancer-type"
@@ -137,6 +142,17 @@ def _probe(port: int, *, period: int, failures: int, service: str = "") -> dict[
     }
 
 
+def metrics_args(options: K8sOptions) -> list[str]:
+    """The daemon's metrics flags: on every interface of the pod, or none."""
+    if options.metrics_port is None:
+        return []
+    return ["--metrics-port", str(options.metrics_port), "--metrics-host", "0.0.0.0"]
+
+
+def _metrics_ports(options: K8sOptions) -> list[tuple[str, int]]:
+    return [] if options.metrics_port is None else [("metrics", options.metrics_port)]
+
+
 def _container(
     options: K8sOptions,
     *,
@@ -209,6 +225,12 @@ def _deployment(
     grace_s: int,
 ) -> dict[str, Any]:
     lbls = labels(component)
+    template_meta: dict[str, Any] = {"labels": dict(lbls)}
+    if options.metrics_port is not None:
+        # Prometheus' usual pod discovery keys on these.
+        template_meta["annotations"] = dict(
+            zip(SCRAPE_ANNOTATIONS, ("true", str(options.metrics_port), "/metrics"), strict=True)
+        )
     pod: dict[str, Any] = {
         "serviceAccountName": "shoal",
         "automountServiceAccountToken": False,
@@ -264,7 +286,7 @@ def _deployment(
             "replicas": 1,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": dict(lbls)},
-            "template": {"metadata": {"labels": dict(lbls)}, "spec": pod},
+            "template": {"metadata": template_meta, "spec": pod},
         },
     }
 
@@ -272,11 +294,12 @@ def _deployment(
 def server_deployment(server: ServerKit, options: K8sOptions) -> dict[str, Any]:
     container = _container(
         options,
-        args=["server"],
+        args=["server", *metrics_args(options)],
         ports=[
             ("fed", server.fed_learn_port),
             ("admin", server.admin_port),
             ("health", server.health_port),
+            *_metrics_ports(options),
         ],
         health_port=server.health_port,
         ready_service=FLEET_SERVICE,
@@ -290,8 +313,8 @@ def client_deployment(options: K8sOptions) -> dict[str, Any]:
     port = options.site_health_port
     container = _container(
         options,
-        args=["client", "--health-port", str(port)],
-        ports=[("health", port)],
+        args=["client", "--health-port", str(port), *metrics_args(options)],
+        ports=[("health", port), *_metrics_ports(options)],
         health_port=port,
         ready_service=SITE_SERVICE,
         resources={"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
@@ -344,6 +367,35 @@ def network_policy(component: str, ports: list[int]) -> dict[str, Any]:
             "podSelector": {"matchLabels": labels(component)},
             "policyTypes": ["Ingress"],
             "ingress": ingress,
+        },
+    }
+
+
+def metrics_service(component: str, port: int) -> dict[str, Any]:
+    """A ClusterIP Service in front of the pod's metrics port, for a ServiceMonitor."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta("shoal-metrics", labels(component)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels(component),
+            "ports": [
+                {"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def service_monitor(component: str) -> dict[str, Any]:
+    """A Prometheus Operator ServiceMonitor scraping :func:`metrics_service`."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta("shoal", labels(component)),
+        "spec": {
+            "selector": {"matchLabels": labels(component)},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
         },
     }
 

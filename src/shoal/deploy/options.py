@@ -100,6 +100,13 @@ class K8sOptions:
     (``cloud.google.com/gke-accelerator``)."""
     site_health_port: int = 8004
     """Port each site daemon serves grpc.health.v1 on (``--health-port``)."""
+    metrics_port: int | None = 9090
+    """Port each daemon serves Prometheus metrics on in its pod (``--metrics-port``,
+    bound on the pod's address); the pods carry ``prometheus.io/*`` scrape
+    annotations and the NetworkPolicy admits the port. None: no metrics."""
+    service_monitor: bool = False
+    """Also a ``shoal-metrics`` Service and a Prometheus Operator ServiceMonitor per
+    participant (needs the operator's CRDs in the cluster)."""
     pdb: bool = True
     """A PodDisruptionBudget per participant: a drain waits rather than evicting a
     running round (an unhealthy pod may always be evicted)."""
@@ -205,6 +212,17 @@ def check_options(options: K8sOptions, prod: ProdDir) -> None:
         raise ConfigError(f"--bucket-for {options.bucket_for!r}: use all or sites")
     if options.init not in ("pod", "tini", "none"):
         raise ConfigError(f"--init {options.init!r}: use pod, tini or none")
+    if options.metrics_port is not None:
+        taken = {prod.server.fed_learn_port, prod.server.admin_port, prod.server.health_port}
+        if not 0 < options.metrics_port < 65536:
+            raise ConfigError(f"--metrics-port {options.metrics_port}: not a port")
+        if options.metrics_port in taken | {options.site_health_port}:
+            raise ConfigError(
+                f"--metrics-port {options.metrics_port}: already a daemon port "
+                f"({', '.join(map(str, sorted(taken | {options.site_health_port})))})"
+            )
+    elif options.service_monitor:
+        raise ConfigError("--service-monitor needs metrics (drop --no-metrics)")
     if options.bucket is not None and not re.fullmatch(
         r"[a-z0-9][a-z0-9._{}-]{1,220}[a-z0-9}]", options.bucket
     ):

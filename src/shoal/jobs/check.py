@@ -44,6 +44,7 @@ from shoal.jobs.spec import (
     _server,
     _sites,
     _start_timeout,
+    _tracking,
     _workflow,
     find_job_root,
     parse_job_spec,
@@ -165,6 +166,7 @@ def spec_problems(
     resources = attempt(lambda: _resources(doc))
     timeout = attempt(lambda: _start_timeout(doc))
     filters = attempt(lambda: _filters(doc.get("filters"), app_dir))
+    attempt(lambda: _tracking(doc.get("tracking")))
 
     # The checks on the whole job, on what parsed: a placeholder stands in for
     # a section already reported, and is never what a check reads (the

@@ -25,6 +25,7 @@ import yaml
 from shoal._yaml import AliasRefusedError, NoAliasLoader
 from shoal.errors import JobValidationError
 from shoal.filters import FilterSpec, parse_filters
+from shoal.jobs.tracking import SITE_METRICS, MlflowSpec, TrackingSpec, WandbSpec
 from shoal.taskmeta import RESERVED_TASK_META
 from shoal.workflows import registry
 from shoal.workflows.hooks import check_hook_file
@@ -34,12 +35,16 @@ __all__ = [
     "JOB_FILE",
     "ClientAppSpec",
     "JobSpec",
+    "MlflowSpec",
     "ServerAppSpec",
+    "TrackingSpec",
+    "WandbSpec",
     "WorkflowSpec",
     "check_worker_env",
     "find_job_root",
     "load_job_spec",
     "parse_job_spec",
+    "parse_tracking",
 ]
 
 #: The metadata file at the root of a job folder.
@@ -260,6 +265,7 @@ _TOP_KEYS = (
     "resources",
     "start_timeout_s",
     "filters",
+    "tracking",
 )
 
 
@@ -321,6 +327,8 @@ class JobSpec:
     start_timeout_s: float = 300.0
     #: Filters by point (``shoal.filters``: task_in, result_out, result_in, model_out).
     filters: Mapping[str, tuple[FilterSpec, ...]] = field(default_factory=dict)
+    #: Experiment tracking (TensorBoard, MLflow, W&B).
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
 
     def check_sites(self, project_sites: Sequence[str]) -> None:
         """Refuse a job the project can never run (JobValidationError)."""
@@ -364,6 +372,8 @@ class JobSpec:
         }
         if self.sites is not None:
             out["sites"] = list(self.sites)
+        if self.tracking != TrackingSpec():
+            out["tracking"] = self.tracking.to_dict()
         if self.filters:
             out["filters"] = {
                 point: [{"filter": f.name, "args": dict(f.args)} for f in specs]
@@ -514,6 +524,102 @@ def _filters(raw: Any, app_dir: Path) -> dict[str, tuple[FilterSpec, ...]]:
     return filters
 
 
+def _keys(section: Mapping[str, Any], where: str, known: Sequence[str]) -> None:
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise _err(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(known)})")
+
+
+def _opt_str(section: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = section.get(key)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise _err(f"{where}.{key}", f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _flag(section: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise _err(f"{where}.{key}", f"must be true or false, got {value!r}")
+    return value
+
+
+def _tracking_uri(value: Any) -> str:
+    where = "tracking.mlflow.tracking_uri"
+    if not isinstance(value, str) or not value.strip():
+        raise _err(where, "required: a path, sqlite:///..., or http(s)://host:port")
+    scheme, sep, rest = value.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        # job.yml is stored, shown to admins and sent to every site.
+        raise _err(
+            where,
+            "holds credentials (user:password@): give them in the environment "
+            "(MLFLOW_TRACKING_USERNAME/PASSWORD, see docs/observability.md)",
+        )
+    return value
+
+
+def _tracking(raw: Any) -> TrackingSpec:
+    if raw is None:
+        return TrackingSpec()
+    doc = _mapping(raw, "tracking")
+    _keys(doc, "tracking", ("site_metrics", "tensorboard", "mlflow", "wandb"))
+    site_metrics = doc.get("site_metrics", "server")
+    if site_metrics not in SITE_METRICS:
+        raise _err(
+            "tracking.site_metrics", f"one of {', '.join(SITE_METRICS)}, got {site_metrics!r}"
+        )
+    mlflow = wandb = None
+    if doc.get("mlflow") is not None:
+        m = _mapping(doc["mlflow"], "tracking.mlflow")
+        where = "tracking.mlflow"
+        _keys(m, where, ("tracking_uri", "experiment", "run_name", "tags", "log_model"))
+        tags = {
+            k: _scalar_str(v, f"{where}.tags.{k}")
+            for k, v in _mapping(m.get("tags"), f"{where}.tags").items()
+        }
+        mlflow = MlflowSpec(
+            tracking_uri=_tracking_uri(m.get("tracking_uri")),
+            experiment=_opt_str(m, "experiment", where),
+            run_name=_opt_str(m, "run_name", where),
+            tags=tags,
+            log_model=_flag(m, "log_model", where, True),
+        )
+    if doc.get("wandb") is not None:
+        w = _mapping(doc["wandb"], "tracking.wandb")
+        where = "tracking.wandb"
+        _keys(w, where, ("project", "entity", "mode", "dir", "tags", "log_model"))
+        project = _opt_str(w, "project", where)
+        if project is None:
+            raise _err(f"{where}.project", "required: the W&B project to log to")
+        mode = w.get("mode", "online")
+        if mode not in ("online", "offline"):
+            raise _err(f"{where}.mode", f"online or offline, got {mode!r}")
+        tags_raw = w.get("tags") or []
+        if not isinstance(tags_raw, list):
+            raise _err(f"{where}.tags", "must be a list of strings")
+        wandb = WandbSpec(
+            project=project,
+            entity=_opt_str(w, "entity", where),
+            mode=mode,
+            dir=_opt_str(w, "dir", where),
+            tags=tuple(_scalar_str(t, f"{where}.tags[{i}]") for i, t in enumerate(tags_raw)),
+            log_model=_flag(w, "log_model", where, True),
+        )
+    return TrackingSpec(
+        site_metrics=site_metrics,
+        tensorboard=_flag(doc, "tensorboard", "tracking", True),
+        mlflow=mlflow,
+        wandb=wandb,
+    )
+
+
+def parse_tracking(raw: Any) -> TrackingSpec:
+    """A ``tracking:`` section, or its :meth:`TrackingSpec.to_dict` form (a
+    worker's configuration), checked as job.yml's is."""
+    return _tracking(raw)
+
+
 def _name(doc: Mapping[str, Any]) -> str:
     name = doc.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -603,6 +709,7 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
         resources=resources,
         start_timeout_s=timeout,
         filters=_filters(doc.get("filters"), app_dir),
+        tracking=_tracking(doc.get("tracking")),
     )
     registry.check_spec(workflow.name, spec)
     size = len(json.dumps(spec.to_dict()))

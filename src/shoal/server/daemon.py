@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +43,7 @@ from shoal._proto import shoal_pb2 as pb
 from shoal.audit import DEFAULT_MAX_BYTES as AUDIT_MAX_BYTES
 from shoal.audit import AuditTrail, ConfigWatch
 from shoal.errors import ConfigError
+from shoal.observe.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
 from shoal.provision import Kit, identity_from_cert
 from shoal.provision.expiry import ExpiryWatch
 from shoal.provision.jobcreds import JobCredentialAuthority
@@ -113,6 +115,12 @@ class ServerOptions:
     #: Size past which the audit trail (``STATE_DIR/audit/audit.jsonl``) is
     #: rotated. None: $SHOAL_AUDIT_MAX_BYTES, else 16 MiB.
     audit_max_bytes: int | None = None
+    #: Port of the Prometheus ``/metrics`` endpoint (plain HTTP; 0 picks a
+    #: free one); None serves none.
+    metrics_port: int | None = None
+    #: Address the metrics endpoint binds: loopback unless widened on purpose
+    #: (a pod's Prometheus scrape needs 0.0.0.0).
+    metrics_host: str = "127.0.0.1"
 
 
 #: ServerOptions.stop_grace_s when neither it nor $SHOAL_STOP_GRACE_S is set.
@@ -171,6 +179,9 @@ class ServerDaemon:
         self.audit_max_bytes = int(
             opts.audit_max_bytes or os.environ.get("SHOAL_AUDIT_MAX_BYTES") or AUDIT_MAX_BYTES
         )
+        self._metrics_at = (opts.metrics_host, opts.metrics_port)
+        self.metrics: ServerMetrics | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
         self.start_time = time.time()
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.runs = Runs()
@@ -225,6 +236,7 @@ class ServerDaemon:
             runs=self.runs,
             secrets=lambda: [*secret_paths(self.kit.root, self.workspace), self.state_dir],
             stopping=self._stop,
+            on_progress=self._count_progress,
         )
         scheduler.recover()
         self.registry.on_change(scheduler.site_changed)
@@ -241,6 +253,13 @@ class ServerDaemon:
             on_refused=self._audit_refused,
         )
         fleet, admin = self._services(store, scheduler, identities, job_credentials)
+        self.metrics = ServerMetrics(
+            sites_connected=lambda: len(self.registry.sessions()),
+            sites_known=lambda: len(self.project_sites()),
+            jobs_by_state=store.count_by_status,
+            transfers=fleet.transfer_load,
+            certificates={"server": tls.cert_pem, "ca": tls.ca_pem},
+        )
         fleet_tls = TLSConfig(
             ca_pem=tls.ca_pem.rstrip(b"\n") + b"\n" + job_credentials.ca_pem,
             cert_pem=tls.cert_pem,
@@ -276,6 +295,10 @@ class ServerDaemon:
                 )
                 self.ports["health"] = self._health.port
                 self._servers.append(self._health.server)
+            host, port = self._metrics_at
+            if port is not None:
+                self._metrics_endpoint = serve_metrics(self.metrics.registry, host=host, port=port)
+                self.ports["metrics"] = self._metrics_endpoint.port
         except BaseException:
             self._stop_servers(grace=0)
             scheduler.close()
@@ -308,7 +331,7 @@ class ServerDaemon:
             self.ports["fed"],
             self.host,
             self.ports["admin"],
-            f", health on {self.ports['health']}" if "health" in self.ports else "",
+            "".join(f", {p} on {self.ports[p]}" for p in ("health", "metrics") if p in self.ports),
             self.workspace,
         )
 
@@ -330,6 +353,7 @@ class ServerDaemon:
                 server_name=self.name,
                 heartbeat_interval_s=self.heartbeat_interval_s,
                 accepting=lambda: not self._draining.is_set(),
+                moved=self._count_bytes,
             ),
             max_transfers=self.max_transfers,
             stall_s=self.transfer_stall_s,
@@ -351,6 +375,14 @@ class ServerDaemon:
             )
         )
         return fleet, admin
+
+    def _count_progress(self, progress: Mapping[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.job_progress(progress)
+
+    def _count_bytes(self, direction: str, kind: str, nbytes: int) -> None:
+        if self.metrics is not None:
+            self.metrics.moved(direction, kind, nbytes)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stop.wait(timeout)
@@ -428,6 +460,9 @@ class ServerDaemon:
             time.sleep(0.05)
 
     def _stop_servers(self, grace: float) -> None:
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
+            self._metrics_endpoint = None
         if self._fleet_server is not None:
             self._fleet_server.stop(grace)
             self._fleet_server = None

@@ -81,6 +81,10 @@ class TransferSlots:
         self._free = asyncio.Semaphore(self.total)
         # Keyed by certificate name: no more entries than the project has sites.
         self._sites: dict[str, asyncio.Semaphore] = {}
+        #: Transfers waiting for a slot, and holding one (read by the metrics;
+        #: changed only on the event loop's thread).
+        self.waiting = 0
+        self.active = 0
 
     @contextlib.asynccontextmanager
     async def hold(self, site: str) -> AsyncIterator[None]:
@@ -89,8 +93,20 @@ class TransferSlots:
             mine = self._sites[site] = asyncio.Semaphore(self.per_site)
         # The site's own turn first: a site over its share waits behind its
         # own transfers, never in the queue every site shares.
-        async with mine, self._free:
-            yield
+        self.waiting += 1
+        waiting = True
+        try:
+            async with mine, self._free:
+                self.waiting -= 1
+                waiting = False
+                self.active += 1
+                try:
+                    yield
+                finally:
+                    self.active -= 1
+        finally:
+            if waiting:
+                self.waiting -= 1
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,8 @@ class FleetParts:
     #: False once the server is stopping: no new site session is opened then
     #: (the sites already here finish the round in progress).
     accepting: Callable[[], bool] = lambda: True
+    #: Told the bytes moved: ``(direction "in"|"out", kind "model"|"job"|"log", bytes)``.
+    moved: Callable[[str, str, int], None] = lambda direction, kind, nbytes: None
 
 
 class FleetService:
@@ -142,6 +160,10 @@ class FleetService:
         # One per running job, made by the first "ready" for it: a new task
         # wakes every call waiting for one with a single hop onto the loop.
         self._board_wakeups: weakref.WeakKeyDictionary[JobRun, Wakeup] = weakref.WeakKeyDictionary()
+
+    def transfer_load(self) -> tuple[int, int]:
+        """Model transfers ``(waiting for a slot, holding one)`` now."""
+        return self._slots.waiting, self._slots.active
 
     # -- the site daemon's session --------------------------------------------
 
@@ -316,6 +338,7 @@ class FleetService:
                     info = await run.accept_result(
                         site, header, request_iterator, run.max_result_bytes()
                     )
+                self._parts.moved("in", "model", int(info.get("bytes") or 0))
                 ack = PayloadHeader(
                     kind="ack", job_id=run.job_id, task_id=header.task_id, meta=info, size=0
                 )
@@ -391,6 +414,7 @@ class FleetService:
         header = self._task_header(run, site, task)
         inline = header.with_payload(len(task.small), task.small, checksum=task.small_checksum)
         await context.write(pb.Frame(header=inline.to_pb()))
+        self._parts.moved("out", "model", len(task.small))
 
     @staticmethod
     def _task_header(run: JobRun, site: str, task: Task) -> PayloadHeader:
@@ -421,6 +445,7 @@ class FleetService:
             human_bytes(task.size),
             time.monotonic() - t0,
         )
+        self._parts.moved("out", "model", max(task.size, 0))
 
     async def FetchJob(
         self, request: pb.FetchJobRequest, context: grpc.aio.ServicerContext
@@ -446,6 +471,7 @@ class FleetService:
         header = PayloadHeader(kind="job", job_id=rec.job_id, meta=meta)
         for frame in frames_from_file(header, rec.package):
             await context.write(frame)
+        self._parts.moved("out", "job", rec.package.stat().st_size)
 
     async def PutBlob(
         self, request_iterator: AsyncIterator[WireFrame], context: grpc.aio.ServicerContext
@@ -470,6 +496,7 @@ class FleetService:
                 await receive_to_file_async(
                     header, request_iterator, upload, max_size=MAX_LOG_BYTES
                 )
+                self._parts.moved("in", "log", upload.stat().st_size)
                 await asyncio.to_thread(_commit_log, upload, dest)
             finally:
                 upload.unlink(missing_ok=True)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from shoal import jobstatus
 from shoal._proto import shoal_pb2 as pb
@@ -51,8 +52,11 @@ class Scheduler:
         runs: Runs,
         secrets: Callable[[], Sequence[Path]],
         stopping: threading.Event,
+        on_progress: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self._store = store
+        #: Told each workflow progress report (the daemon's metrics count rounds).
+        self._on_progress = on_progress
         self._registry = registry
         self._runs = runs
         #: What a workflow process must never reach (asked at each dispatch:
@@ -237,6 +241,8 @@ class Scheduler:
     def job_progress(self, run: JobRun) -> None:
         if not self._closed and "round" in run.progress:
             self._store.update(run.job_id, current_round=int(run.progress["round"]))
+        if self._on_progress is not None:
+            self._on_progress(run.progress)
 
     def site_changed(self, site: str, connected: bool) -> None:
         """A site connected or was lost: its running jobs hear of it."""

@@ -388,6 +388,12 @@ class JobStore:
         ).fetchone()
         return int(row[0])
 
+    def count_by_status(self) -> dict[str, int]:
+        """How many jobs the store holds in each status (a status with none is absent)."""
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {str(status): int(n) for status, n in rows}
+
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()

@@ -85,6 +85,9 @@ class HostSetup:
     #: Where each site's state folder lives (``shoal.client.state_dir()``):
     #: ``state_root/<site>``, on a filesystem the site can write; None: none.
     state_root: Path | None = None
+    #: The job's ``tracking:`` (``TrackingSpec.to_dict()``) when each site
+    #: tracks its own metrics (``site_metrics: site``); {} otherwise.
+    tracking: Mapping[str, Any] = field(default_factory=dict)
 
 
 class SiteHost(Protocol):
@@ -130,6 +133,7 @@ class ThreadsHost:
             filters=setup.filters,
             app_dir=setup.app_dir,
             state_root=setup.state_root,
+            tracking=setup.tracking,
         )
 
     def start(self) -> None:
@@ -182,6 +186,7 @@ class ProcessesHost:
                     "filters": dict(setup.filters),
                     "app_dir": str(setup.app_dir) if setup.app_dir else None,
                     "state_root": str(setup.state_root) if setup.state_root else None,
+                    "tracking": dict(setup.tracking),
                 },
                 on_message=setup.emit,
             )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 from shoal.errors import ConfigError
 from shoal.filters import SITE_POINTS, specs_to_json
+from shoal.observe.progress import finite_numbers as _numbers
 from shoal.sim.comm import RoundStats, SimCommunicator
 from shoal.sim.config import DEFAULT_WORKDIR, PER_SITE_LOGS_MAX, SimulatorConfig
 from shoal.sim.hosts import HostSetup, SiteHost, SiteHostFactory, site_host_factory
@@ -238,16 +238,6 @@ def _final_metrics(run_dir: Path, comm: SimCommunicator) -> dict[str, float]:
     return found
 
 
-def _numbers(value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {
-        str(k): float(v)
-        for k, v in value.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
-
-
 def _global_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     # The workflow marks server-side evaluation as a "global"/"server" record or key.
     if record.get("source") in ("server", "global") or record.get("kind") in ("global", "eval"):
@@ -257,6 +247,12 @@ def _global_metrics(record: Mapping[str, Any]) -> dict[str, float]:
         if metrics:
             return metrics
     return {}
+
+
+def _tracks_at_sites(spec: Any) -> bool:
+    """Whether each simulated site opens runs of its own (``site_metrics: site``)."""
+    tracking = spec.tracking
+    return tracking.site_metrics == "site" and bool(tracking.mlflow or tracking.wandb)
 
 
 def simulate(
@@ -346,6 +342,7 @@ def _simulate(
             },
             app_dir=app_dir,
             state_root=run_dir / "site_state",
+            tracking=spec.tracking.to_dict() if _tracks_at_sites(spec) else {},
         )
         logger.info(
             "simulating job %s with %d site(s) in %s mode; results in %s",

@@ -103,6 +103,7 @@ class SimBackend:
         weights: _WeightsCache | None = None,
         filters: dict[str, FilterChain] | None = None,
         state_dir: Path | None = None,
+        tracking: Mapping[str, Any] | None = None,
     ) -> None:
         self.site_name = site.name
         self.state_dir = state_dir
@@ -120,6 +121,9 @@ class SimBackend:
         self._holding = False
         self._current: dict[str, Any] | None = None
         self.finished = False
+        #: Site-side tracking (``tracking.site_metrics: site``), as a worker has it.
+        self.tracking: dict[str, Any] = dict(tracking or {})
+        self.job_name = job_id
 
     # A site holds one of the runtime's slots while it starts up and while it
     # trains (from a task's arrival to its send), and none while it waits:
@@ -223,6 +227,7 @@ class SiteRuntime:
         filters: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         app_dir: Path | None = None,
         state_root: Path | None = None,
+        tracking: Mapping[str, Any] | None = None,
     ) -> None:
         self._script = script
         self._code: CodeType = compile(script.read_bytes(), str(script), "exec")
@@ -245,6 +250,7 @@ class SiteRuntime:
                     for point, specs in (filters or {}).items()
                 },
                 state_dir=state_root / s.name if state_root is not None else None,
+                tracking=tracking,
             )
             for s in sites
         }

@@ -157,6 +157,7 @@ def worker_main(conn: Connection, config_json: str) -> None:
             filters=config.get("filters") or {},
             app_dir=Path(config["app_dir"]) if config.get("app_dir") else None,
             state_root=Path(config["state_root"]) if config.get("state_root") else None,
+            tracking=config.get("tracking") or {},
         )
         runtime.start()
 

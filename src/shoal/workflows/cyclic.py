@@ -41,8 +41,8 @@ import numpy as np
 
 from shoal.arrays import array_specs, load_arrays, write_arrays
 from shoal.errors import ArrayFormatError, JobFailedError
+from shoal.observe.tracking import Trackers, private_sites, workflow_trackers
 from shoal.taskmeta import TRAIN
-from shoal.tensorboard import ScalarWriter
 from shoal.workflows.api import TaskResult, WorkflowContext
 from shoal.workflows.driver import (
     RoundParams,
@@ -132,20 +132,22 @@ def run(ctx: WorkflowContext) -> None:
         store.trim_metrics(start - 1)
         cycle = _Cycle(ctx, p, store, sites, array_specs(model))
         del model
-        with ScalarWriter(store.tensorboard_dir) as tb:
+        with workflow_trackers(ctx, store.tensorboard_dir) as tb:
             for k in range(start, p.num_rounds + 1):
                 cycle.round(k, tb)
-        last = load_arrays(store.model_path(p.num_rounds), mmap=False)
-        final = store.write_model(p.num_rounds, last, final=True)
-        log.info("job %s: final model %s", ctx.job_id, final)
-        if server_model.adapter is not None and server_model.adapter.suffix != ".safetensors":
-            save_native(store, server_model, last)
-        del last
-        if p.evaluate_after:
-            limits = Limits(timeout_s=p.round_timeout_s, max_num_examples=p.max_num_examples)
-            cross_site_phase(
-                ctx, global_model=final, source="final", round=p.num_rounds, limits=limits
-            )
+            last = load_arrays(store.model_path(p.num_rounds), mmap=False)
+            final = store.write_model(p.num_rounds, last, final=True)
+            log.info("job %s: final model %s", ctx.job_id, final)
+            if server_model.adapter is not None and server_model.adapter.suffix != ".safetensors":
+                save_native(store, server_model, last)
+                tb.log_model(store.final_path(server_model.adapter.suffix))
+            tb.log_model(final)
+            del last
+            if p.evaluate_after:
+                limits = Limits(timeout_s=p.round_timeout_s, max_num_examples=p.max_num_examples)
+                cross_site_phase(
+                    ctx, global_model=final, source="final", round=p.num_rounds, limits=limits
+                )
     finally:
         (store.models_dir / _VISIT_FILE).unlink(missing_ok=True)
         comm.finish()
@@ -169,7 +171,7 @@ class _Cycle:
         hook = ctx.spec.server.evaluate
         self.evaluate: Callable[..., Any] | None = load_attr(ctx.app_dir, hook) if hook else None
 
-    def round(self, k: int, tb: ScalarWriter) -> None:
+    def round(self, k: int, tb: Trackers) -> None:
         p, store = self.params, self.store
         order = visit_order(self.sites, k, p, min_clients=self.min_clients)
         self.log.info("round %d/%d: visiting %s", k, p.num_rounds, " -> ".join(order))
@@ -213,7 +215,7 @@ class _Cycle:
             scalars.update({f"sites/{site}/{m}": v for m, v in metrics.items()})
         scalars["round/num_examples"] = float(num_examples)
         scalars["round/duration_s"] = duration
-        tb.add_scalars(scalars, step=k)
+        tb.add_scalars(scalars, step=k, private=private_sites(visits.accepted))
         store.save_checkpoint(k, model_path)
         if p.keep_models:
             store.prune_models(keep=p.keep_models, latest=k)

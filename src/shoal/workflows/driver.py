@@ -14,8 +14,8 @@ round's aggregator as it arrives, and, once the gather is over and at least
 update, writes the update's state and the new global model, and offers the
 model at once as the next round's task. Round ``k`` is then committed while
 the sites download round ``k+1``: the model (and state) file is fsynced, the
-server's ``evaluate`` hook runs, then the metrics line, TensorBoard scalars
-and the checkpoint are written, in that order, and round models (and states)
+server's ``evaluate`` hook runs, then the metrics line, the trackers' scalars
+(TensorBoard, MLflow, W&B: ``shoal.observe.tracking``) and the checkpoint are written, in that order, and round models (and states)
 older than the last ``keep_models`` are removed. The disk's flush is off the
 rounds' critical path, and nothing is claimed before it is durable: a crash
 before the checkpoint re-runs round ``k`` from round ``k-1``'s checkpoint,
@@ -60,8 +60,8 @@ from shoal.errors import (
     JobValidationError,
     WorkflowSuspended,
 )
+from shoal.observe.tracking import Trackers, private_sites, workflow_trackers
 from shoal.taskmeta import join_extras
-from shoal.tensorboard import ScalarWriter
 from shoal.workflows.api import InMemoryResult, TaskResult, WorkflowContext
 from shoal.workflows.evaluation import Limits, cross_site_phase
 from shoal.workflows.hooks import load_attr
@@ -249,7 +249,7 @@ def run_rounds(
     models = [global_params]
     del global_params
     try:
-        with ScalarWriter(store.tensorboard_dir) as tb:
+        with workflow_trackers(ctx, store.tensorboard_dir) as tb:
             rounds = _Rounds(
                 ctx=ctx,
                 params=params,
@@ -285,6 +285,8 @@ def run_rounds(
             log.info("job %s: final global model %s", ctx.job_id, final)
             if server_model.adapter is not None and server_model.adapter.suffix != ".safetensors":
                 save_native(store, server_model, models[0])
+                tb.log_model(store.final_path(server_model.adapter.suffix))
+            tb.log_model(final)
             if params.evaluate_after:
                 # Re-run whole after a restart: it keeps no checkpoint of its own.
                 limits = Limits(
@@ -355,7 +357,7 @@ class _Rounds:
         params: RoundParams,
         policies: Policies,
         store: RoundStore,
-        tb: ScalarWriter,
+        tb: Trackers,
         evaluate: Any,
         sites: Sequence[str],
         reference: Mapping[str, tuple[str, tuple[int, ...]]],
@@ -667,5 +669,5 @@ class _Rounds:
             scalars.update({f"sites/{site}/{m}": v for m, v in metrics.items()})
         scalars["round/num_examples"] = float(num_examples)
         scalars["round/duration_s"] = o.duration
-        self.tb.add_scalars(scalars, step=k)
+        self.tb.add_scalars(scalars, step=k, private=private_sites(o.results))
         return aggregated

@@ -42,7 +42,7 @@ import numpy as np
 
 from shoal.arrays import array_specs, check_finite, load_arrays
 from shoal.errors import ArrayFormatError, JobFailedError, JobValidationError
-from shoal.tensorboard import ScalarWriter
+from shoal.observe.tracking import Trackers, workflow_trackers
 from shoal.workflows.api import TaskResult, WorkflowContext
 from shoal.workflows.driver import (
     DEFAULT_MAX_NUM_EXAMPLES,
@@ -224,13 +224,16 @@ class _FedBuff:
             store.save_checkpoint(0, store.write_model(0, model))
         store.trim_metrics(version)
         try:
-            if version < p.num_versions:
-                with ScalarWriter(store.tensorboard_dir) as tb:
+            with workflow_trackers(self.ctx, store.tensorboard_dir) as tb:
+                if version < p.num_versions:
                     model = self._versions(model, version, tb)
-            final = store.write_model(p.num_versions, model, final=True)
-            log.info("job %s: final global model %s", self.ctx.job_id, final)
-            if server_model.adapter is not None and server_model.adapter.suffix != ".safetensors":
-                save_native(store, server_model, model)
+                final = store.write_model(p.num_versions, model, final=True)
+                log.info("job %s: final global model %s", self.ctx.job_id, final)
+                native = server_model.adapter
+                if native is not None and native.suffix != ".safetensors":
+                    save_native(store, server_model, model)
+                    tb.log_model(store.final_path(native.suffix))
+                tb.log_model(final)
         finally:
             self.comm.finish()
 
@@ -251,7 +254,7 @@ class _FedBuff:
         self.open.update(dict.fromkeys(sites, task_id))
 
     def _versions(
-        self, model: dict[str, np.ndarray], version: int, tb: ScalarWriter
+        self, model: dict[str, np.ndarray], version: int, tb: Trackers
     ) -> dict[str, np.ndarray]:
         p, log, store = self.p, self.log, self.store
         reference = array_specs(model)
@@ -355,7 +358,7 @@ class _FedBuff:
         model: dict[str, np.ndarray],
         buffer: _Buffer,
         started: float,
-        tb: ScalarWriter,
+        tb: Trackers,
     ) -> None:
         """Make ``version`` durable and record it, as the driver commits a round."""
         store, log, p = self.store, self.log, self.p
