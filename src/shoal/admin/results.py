@@ -214,6 +214,8 @@ class ServerStatus(_ReplyView):
     """Listening ports by service (``fed``, ``admin``, ``health``)."""
     version: str | None = None
     """The server's shoal version."""
+    cert_not_after: str | None = None
+    """When the server's certificate expires, ISO 8601 in UTC."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -227,6 +229,7 @@ class ServerStatus(_ReplyView):
             running_jobs=f.strings("running_jobs"),
             ports=f.mapping("ports"),
             version=f.optional("version", str),
+            cert_not_after=f.optional("cert_not_after", str),
             _reply=f.data,
         )
 
@@ -249,6 +252,10 @@ class SiteStatus(_ReplyView):
     """When its connection opened, ISO 8601 in UTC."""
     running_jobs: tuple[str, ...] = ()
     """Ids of the jobs it runs now that this admin may see."""
+    shoal_version: str | None = None
+    """The site's shoal version; ``None`` when not connected."""
+    cert_not_after: str | None = None
+    """When the certificate of its connection expires, ISO 8601 in UTC."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -261,6 +268,8 @@ class SiteStatus(_ReplyView):
             last_heartbeat_s_ago=f.optional("last_heartbeat_s_ago", float),
             connected_since=f.optional("connected_since", str),
             running_jobs=f.strings("running_jobs"),
+            shoal_version=f.optional("shoal_version", str),
+            cert_not_after=f.optional("cert_not_after", str),
             _reply=f.data,
         )
 

@@ -40,7 +40,7 @@ from shoal import __version__
 from shoal._process import EXIT_RESTART, local_sys_info
 from shoal._proto import shoal_pb2 as pb
 from shoal.errors import ConfigError
-from shoal.provision import Kit
+from shoal.provision import Kit, identity_from_cert
 from shoal.provision.jobcreds import JobCredentialAuthority
 from shoal.sandbox import confinement_mode, describe, secret_paths
 from shoal.server.admin_service import AdminParts, AdminService
@@ -160,6 +160,8 @@ class ServerDaemon:
             raise ConfigError(f"stop_grace_s must be >= 0, got {grace!r}")
         self.stop_grace_s = float(grace)
         self.start_time = time.time()
+        expires = identity_from_cert(kit.tls.cert_pem).not_after
+        self._cert_not_after = expires.isoformat() if expires else None
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.runs = Runs()
         # Built by start(), closed by stop().
@@ -433,6 +435,8 @@ class ServerDaemon:
                         s.connected_at, timezone.utc
                     ).isoformat(),
                     "running_jobs": s.running_jobs,
+                    "shoal_version": s.shoal_version or None,
+                    "cert_not_after": s.cert_not_after,
                 }
             )
         for name in self.project_sites:
@@ -458,6 +462,7 @@ class ServerDaemon:
                 "running_jobs": sorted(running),
                 "ports": self.ports,
                 "version": __version__,
+                "cert_not_after": self._cert_not_after,
             },
             "sites": sorted(sites, key=lambda s: s["name"]),
         }
