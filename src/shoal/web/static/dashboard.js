@@ -299,6 +299,10 @@
     replaceRows(document.querySelector("#rounds tbody"), tableRows);
   }
 
+  // ColorBrewer "Blues", light (low) to dark (high).
+  const HEAT = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b"];
+  const HEAT_DARK_FROM = 6;
+
   function renderMatrix(matrix) {
     const section = document.getElementById("matrix-section");
     if (!matrix || !matrix.models) { section.hidden = true; return; }
@@ -332,11 +336,11 @@
           return el("td", { title: why || "" }, why ? "missing" : "–");
         }
         const t = hi > lo ? (v - lo) / (hi - lo) : 1;
-        const td = el("td", {}, num(v));
-        // Light to dark blue; the text flips to white where the cell is dark.
-        const light = Math.round(95 - 65 * t);
-        td.style.backgroundColor = "hsl(212, 70%, " + light + "%)";
-        td.style.color = light < 55 ? "#ffffff" : "#1a1a1a";
+        const step = Math.min(HEAT.length - 1, Math.floor(t * HEAT.length));
+        const td = el("td", { "data-step": step }, num(v));
+        td.style.backgroundColor = HEAT[step];
+        // Dark text on the light blues, white on the dark: at least 5:1 each.
+        td.style.color = step >= HEAT_DARK_FROM ? "#ffffff" : "#1a1a1a";
         return td;
       })));
     document.getElementById("matrix").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
@@ -352,6 +356,8 @@
       parts.push(el("p", { class: "note" }, target + ": " + why));
     }
     box.replaceChildren(...parts);
+    // A tail is read from its end.
+    for (const pre of box.querySelectorAll("pre")) pre.scrollTop = pre.scrollHeight;
   }
 
   function renderJob(data) {
