@@ -65,6 +65,7 @@ def test_demo_with_numpy_job_completes_and_cleans_up(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "FINISHED:COMPLETED" in out.stdout
     assert "| JOB ID" in out.stdout
+    assert "watch it live in a browser: http://127.0.0.1:" in out.stdout
     assert _wait_gone(str(ws)) == []
 
 
