@@ -280,9 +280,15 @@
     }
     chart("duration", "Round duration", "seconds", rounds, [["duration (s)", rows.map((r) => r.duration_s ?? null)]]);
     if (rows.some((r) => typeof r.bytes_sent === "number")) {
-      chart("bytes", "Bytes moved", "MB", rounds, [
-        ["sent to sites (MB)", rows.map((r) => (typeof r.bytes_sent === "number" ? r.bytes_sent / 1e6 : null))],
-        ["received from sites (MB)", rows.map((r) => (typeof r.bytes_received === "number" ? r.bytes_received / 1e6 : null))],
+      // One unit for the chart, the largest that keeps its values >= 1.
+      const most = Math.max(...rows.map((r) => Math.max(r.bytes_sent || 0, r.bytes_received || 0)));
+      let unit = 0;
+      while (unit < 4 && most >= Math.pow(1024, unit + 1)) unit += 1;
+      const name = ["B", "KB", "MB", "GB", "TB"][unit];
+      const scaled = (key) => rows.map((r) => (typeof r[key] === "number" ? r[key] / Math.pow(1024, unit) : null));
+      chart("bytes", "Bytes moved", name, rounds, [
+        ["sent to sites (" + name + ")", scaled("bytes_sent")],
+        ["received from sites (" + name + ")", scaled("bytes_received")],
       ]);
     }
   }
