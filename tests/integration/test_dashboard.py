@@ -5,7 +5,8 @@ A POC federation (server1, site-1, site-2: real daemons, real certificates),
 Selenium (Debian's ``chromium`` and ``chromium-driver``; .ci/run installs
 them). The test submits hello-numpy (with a cross-site evaluation) from the
 jobs page, waits for the job page to draw its rounds and read
-FINISHED:COMPLETED with no reload, and checks accessibility basics on each
+FINISHED:COMPLETED with no reload, downloads its results, uploads it again as
+an archive and deletes that copy, and checks accessibility basics on each
 page: every form control labelled, every control reachable with Tab, and the
 contrast of text and badges (WCAG AA, 4.5:1) computed from the page's own
 colours.
@@ -35,6 +36,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from shoal import __version__  # noqa: E402
+from shoal.jobs import pack_job  # noqa: E402
 from shoal.web import DashboardConfig, RunningDashboard, start_dashboard  # noqa: E402
 
 from .conftest import Federation  # noqa: E402
@@ -162,11 +164,36 @@ def test_submit_and_watch_a_job(dashboard: RunningDashboard, browser: Any, tmp_p
     _check_accessibility(browser)
     _screenshot(browser, shots, "dashboard-job.png")
 
+    # Download: into the kit's transfer/ (as download_job does), and to the browser.
+    browser.find_element(By.CSS_SELECTOR, "[data-action=download_job]").click()
+    wait.until(lambda d: "Downloaded the results" in d.find_element(By.ID, "messages").text)
+    transfer = dashboard.session.kit.root / "transfer"
+    assert (transfer / job_id / "run" / "metrics.jsonl").is_file()
+
     browser.get(base + "jobs")
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"]'))
     row = browser.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"]')
     assert "FINISHED:COMPLETED" in row.text and f"{ROUNDS} / {ROUNDS}" in row.text
     _screenshot(browser, shots, "dashboard-jobs.png")
+
+    # Upload the same job as an archive; then delete that second job.
+    archive = pack_job(transfer / "hello-numpy", tmp_path / "hello-numpy.zip")
+    browser.find_element(By.ID, "archive").send_keys(str(archive))
+    browser.find_element(By.CSS_SELECTOR, "#submit-form button[type=submit]").click()
+    wait.until(
+        lambda d: re.search(r"/jobs/[0-9a-f-]{36}$", d.current_url) and job_id not in d.current_url
+    )
+    second = browser.current_url.rsplit("/", 1)[1]
+    WebDriverWait(browser, JOB_TIMEOUT).until(
+        lambda d: d.find_element(By.ID, "job-status").text == "FINISHED:COMPLETED"
+    )
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-action=delete_job]").is_enabled())
+    browser.find_element(By.CSS_SELECTOR, "[data-action=delete_job]").click()
+    browser.switch_to.alert.accept()
+    wait.until(lambda d: d.current_url == base + "jobs")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"]'))
+    assert not browser.find_elements(By.CSS_SELECTOR, f'#jobs tr[data-job="{second}"]')
+    assert second not in [j.job_id for j in dashboard.session.list_jobs()]
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
 
