@@ -138,7 +138,11 @@ class Hub:
             return
         read = _reader(name)
         try:
-            new = await anyio.to_thread.run_sync(read, self.session, self._cache)
+            # A read changes nothing: on shutdown it is left to finish alone
+            # (a server that went away would hold it for the call's timeout).
+            new = await anyio.to_thread.run_sync(
+                read, self.session, self._cache, abandon_on_cancel=True
+            )
             new["error"] = None
         except Exception as exc:  # the page shows why, the poller goes on
             new = {**(snapshot or {}), "error": snapshots.describe(exc)}
