@@ -3,7 +3,8 @@
 1. provision a project (server1, site-1, site-2, admin@nvidia.com) with real
    certificates;
 2. start the server and both sites as separate processes over mutual TLS;
-3. as the admin, check status, submit ``examples/hello-tf2``, follow it live;
+3. as the admin, check status, submit ``examples/hello-tf2``, follow it live
+   (also in a browser: the admin's dashboard, whose address it prints);
 4. print the final job table and the global model's accuracy, download the
    results, stop every process, and say where everything is.
 
@@ -12,6 +13,8 @@ Ctrl-C at any moment stops everything it started.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from shoal import jobstatus, poc
 from shoal.admin.format import format_jobs, format_status
-from shoal.errors import ShoalError
+from shoal.errors import ConfigError, ShoalError
 
 if TYPE_CHECKING:
     from shoal.admin.results import JobStats
@@ -66,7 +69,11 @@ def run_demo(
     job: Path | None = None,
     out: TextIO = sys.stdout,
     timeout: float = 1800.0,
+    dashboard_port: int | None = None,
 ) -> DemoResult:
+    """The reference scenario; ``dashboard_port``: where the admin's dashboard
+    listens (default ``$SHOAL_DASHBOARD_PORT`` or 8765, any free port if taken;
+    negative: no dashboard)."""
     job_dir = _find_example(job)
     workspace = workspace.resolve()
     say: Callable[[str], None] = lambda line: print(line, file=out, flush=True)  # noqa: E731
@@ -88,7 +95,8 @@ def run_demo(
         t0 = time.monotonic()
         poc.start(workspace, timeout=120)
         say(f"   all sites connected in {time.monotonic() - t0:.1f} s")
-        with poc.admin_session(workspace) as admin:
+        with contextlib.ExitStack() as stack, poc.admin_session(workspace) as admin:
+            stack.callback(_start_dashboard(layout, say, dashboard_port))
             say(f"   admin {admin.user} logged into server1 at {admin.server_address}")
             say(format_status(admin.check_status()))
             say(f"== 3/4 submit_job {job_dir.name} and follow it")
@@ -117,6 +125,31 @@ def run_demo(
     )
     say(f"   total {time.monotonic() - t_start:.1f} s")
     return DemoResult(job_id, status, accuracy, workspace, download)
+
+
+def _start_dashboard(
+    layout: poc.PocLayout, say: Callable[[str], None], port: int | None
+) -> Callable[[], None]:
+    """Start the admin's dashboard in a thread, say its address; returns what stops it."""
+    if port is None:
+        port = int(os.environ.get("SHOAL_DASHBOARD_PORT") or 8765)
+    if port < 0:
+        return lambda: None
+    try:
+        from shoal.web import DashboardConfig, start_dashboard
+    except ModuleNotFoundError as exc:
+        from shoal.cli.dashboard import MISSING_EXTRA
+
+        say(f"   (no live dashboard: {MISSING_EXTRA}; {exc.name} is missing)")
+        return lambda: None
+    config = DashboardConfig(kit=layout.admin_kit, port=port, server_address=layout.admin_address)
+    try:
+        dashboard = start_dashboard(config)
+    except ConfigError:  # the port is taken: any free one will do
+        dashboard = start_dashboard(dataclasses.replace(config, port=0))
+    say(f"   watch it live in a browser: {dashboard.url}")
+    say("   (the admin's dashboard: sites, jobs, round metrics; it stops with the demo)")
+    return dashboard.close
 
 
 def _follow(admin: AdminSession, job_id: str, say: Callable[[str], None], timeout: float) -> str:

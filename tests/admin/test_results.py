@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from admin.test_format import MATRIX
 
+from admin.test_format import MATRIX
 from shoal._proto import shoal_pb2 as pb
 from shoal.admin import CrossSiteEval
 from shoal.admin import format as fmt

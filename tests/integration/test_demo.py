@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,7 @@ def test_demo_with_numpy_job_completes_and_cleans_up(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "FINISHED:COMPLETED" in out.stdout
     assert "| JOB ID" in out.stdout
+    assert "watch it live in a browser: http://127.0.0.1:" in out.stdout
     assert _wait_gone(str(ws)) == []
 
 
@@ -134,6 +136,24 @@ def test_poc_start_and_stop(tmp_path: Path) -> None:
     assert status.returncode == 0 and status.stdout.count("running") == 4
     checked = run("admin", "--json", "check_status")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The dashboard for the POC's admin: the URL it prints logs a browser in.
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "poc", "-w", str(ws), "dashboard", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert dashboard.stdout is not None
+        lines = [dashboard.stdout.readline() for _ in range(2)]
+        url = lines[-1].removeprefix("open ").strip()
+        assert url.startswith("http://127.0.0.1:"), lines
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(url, timeout=30) as page:
+            assert page.status == 200 and "<h1>Federation</h1>" in page.read().decode()
+    finally:
+        dashboard.terminate()
+        dashboard.communicate(timeout=30)
     assert run("stop").returncode == 0
     assert _wait_gone(str(ws)) == []
     assert run("status").returncode == 1

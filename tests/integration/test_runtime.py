@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal import poc
+from shoal import __version__, poc
+from shoal.provision import identity_from_cert
 
 from .conftest import Federation
 
@@ -64,6 +65,12 @@ def test_check_status_lists_both_sites(federation: Federation) -> None:
     assert set(sites) == {"site-1", "site-2"}
     assert all(s["connected"] for s in sites.values())
     assert all(s["address"].startswith("ipv4:127.0.0.1:") for s in sites.values())
+    # Versions and certificate expiry, as the kits' certificates say (the dashboard shows them).
+    kit_cert = (federation.layout.site_kits["site-1"] / "startup" / "client.crt").read_bytes()
+    expires = identity_from_cert(kit_cert).not_after
+    assert expires is not None and sites["site-1"]["cert_not_after"] == expires.isoformat()
+    assert st.sites[0].shoal_version == __version__
+    assert st.server.version == __version__ and st.server.cert_not_after
 
     cli = [
         sys.executable,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shoal.arrays import load_arrays
+from shoal.arrays import load_arrays, save_arrays
 from shoal.errors import JobFailedError, JobValidationError
 from shoal.jobs import ClientAppSpec, JobSpec, ServerAppSpec, WorkflowSpec
 from shoal.tensorboard import read_scalars
@@ -116,6 +116,11 @@ def test_weighted_average_over_rounds(tmp_path: Path) -> None:
     assert lines[0]["aggregated"] == {"loss": 2.5}
     assert lines[2]["server"] == {"mean_w": 7.5, "round": 3.0}
     assert lines[0]["duration_s"] >= 0
+    # Bytes moved: the model file out to both sites, the arrays of each site's result back.
+    model = run / "models" / "global_round_0000.safetensors"
+    assert lines[0]["bytes_sent"] == 2 * model.stat().st_size
+    result = save_arrays(tmp_path / "result.safetensors", load_arrays(model))
+    assert lines[0]["bytes_received"] == 2 * result.stat().st_size
 
     ckpt = json.loads((run / "checkpoint.json").read_text())
     assert ckpt["round"] == 3

@@ -217,6 +217,8 @@ class ServerStatus(_ReplyView):
     """The server's shoal version."""
     certificate_warnings: tuple[str, ...] = ()
     """The server's certificate or the project CA ends within 30 days: one line each."""
+    cert_not_after: str | None = None
+    """When the server's certificate expires, ISO 8601 in UTC."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -231,6 +233,7 @@ class ServerStatus(_ReplyView):
             ports=f.mapping("ports"),
             version=f.optional("version", str),
             certificate_warnings=f.strings("certificate_warnings"),
+            cert_not_after=f.optional("cert_not_after", str),
             _reply=f.data,
         )
 
@@ -256,6 +259,10 @@ class SiteStatus(_ReplyView):
     certificate_warnings: tuple[str, ...] = ()
     """The site's certificate or the project CA ends within 30 days (as the
     site said when it connected)."""
+    shoal_version: str | None = None
+    """The site's shoal version; ``None`` when not connected."""
+    cert_not_after: str | None = None
+    """When the certificate of its connection expires, ISO 8601 in UTC."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -269,6 +276,8 @@ class SiteStatus(_ReplyView):
             connected_since=f.optional("connected_since", str),
             running_jobs=f.strings("running_jobs"),
             certificate_warnings=f.strings("certificate_warnings"),
+            shoal_version=f.optional("shoal_version", str),
+            cert_not_after=f.optional("cert_not_after", str),
             _reply=f.data,
         )
 

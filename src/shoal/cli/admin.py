@@ -52,18 +52,7 @@ def register(subparsers: Any) -> None:
         ),
         epilog="commands: " + ", ".join(COMMANDS) + "  (see docs/admin.md)",
     )
-    parser.add_argument(
-        "--kit",
-        type=Path,
-        metavar="DIR",
-        help=f"the admin's startup kit folder (default: ${ENV_KIT}, or the current folder)",
-    )
-    parser.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        help=f"dial this address instead of the kit's (default: ${ENV_SERVER}); "
-        "the server's certificate name is still checked",
-    )
+    add_kit_options(parser)
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="S", help="per-call timeout (default 30)"
     )
@@ -77,6 +66,22 @@ def register(subparsers: Any) -> None:
         "admin_args", nargs=argparse.REMAINDER, metavar="ARGS", help="its arguments (COMMAND -h)"
     )
     parser.set_defaults(func=run)
+
+
+def add_kit_options(parser: argparse.ArgumentParser) -> None:
+    """``--kit`` and ``--server``: which admin, which server (``shoal dashboard`` too)."""
+    parser.add_argument(
+        "--kit",
+        type=Path,
+        metavar="DIR",
+        help=f"the admin's startup kit folder (default: ${ENV_KIT}, or the current folder)",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help=f"dial this address instead of the kit's (default: ${ENV_SERVER}); "
+        "the server's certificate name is still checked",
+    )
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "shoal.cli.server",
     "shoal.cli.client",
     "shoal.cli.admin",
+    "shoal.cli.dashboard",
     "shoal.cli.poc",
     "shoal.cli.job",
     "shoal.cli.simulate",

@@ -16,6 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-w", "--workspace", type=Path, help="default: workspace/demo")
     p.add_argument("--job", type=Path, help="job folder (default: examples/hello-tf2)")
     p.add_argument("--min-accuracy", type=float, default=0.96, help="exit 1 below this")
+    p.add_argument(
+        "--dashboard-port",
+        type=int,
+        metavar="PORT",
+        help="port of the admin's live dashboard (default $SHOAL_DASHBOARD_PORT or 8765; "
+        "any free port if taken)",
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     p.set_defaults(func=run)
 
 
@@ -23,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from shoal import jobstatus
     from shoal.demo import default_workspace, run_demo
 
-    result = run_demo(args.workspace or default_workspace(), job=args.job)
+    result = run_demo(
+        args.workspace or default_workspace(),
+        job=args.job,
+        dashboard_port=-1 if args.no_dashboard else args.dashboard_port,
+    )
     if result.status != jobstatus.COMPLETED:
         print(f"demo failed: job {result.job_id} ended {result.status}")
         return 1

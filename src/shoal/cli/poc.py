@@ -1,4 +1,4 @@
-"""`shoal poc prepare|start|stop|status|admin`: a local federation for trying shoal."""
+"""`shoal poc prepare|start|stop|status|admin|dashboard`: a local federation for trying shoal."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     adm.add_argument("--json", action="store_true", help="machine-readable output")
     adm.add_argument("rest", nargs=argparse.REMAINDER, help="an admin command to run instead")
     adm.set_defaults(func=_admin)
+    dash = poc.add_parser("dashboard", help="the admin's live web dashboard of the POC federation")
+    dash.add_argument("--port", type=int, help="port to listen on (default 8765)")
+    dash.set_defaults(func=_dashboard)
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -59,6 +62,7 @@ def _start(args: argparse.Namespace) -> int:
         f"in {time.monotonic() - t0:.2f} s; logs in {layout.run_dir / 'logs'}"
     )
     print(f"admin console: shoal poc -w {args.workspace} admin")
+    print(f"web dashboard: shoal poc -w {args.workspace} dashboard")
     return 0
 
 
@@ -91,4 +95,15 @@ def _admin(args: argparse.Namespace) -> int:
     flags = ["--json"] if args.json else []
     return main(
         ["admin", "--kit", str(layout.admin_kit), "--server", layout.admin_address, *flags, *rest]
+    )
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from shoal import poc
+    from shoal.cli.app import main
+
+    layout = poc.load_layout(args.workspace)
+    port = [] if args.port is None else ["--port", str(args.port)]
+    return main(
+        ["dashboard", "--kit", str(layout.admin_kit), "--server", layout.admin_address, *port]
     )

@@ -15,7 +15,7 @@ import datetime as dt
 import ipaddress
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -83,6 +83,9 @@ class Identity:
     """For a job worker's credential (``OU=worker``): the one job it may act for."""
     site_serial: int | None = None
     """For a job worker's credential: the serial of its site's certificate."""
+    not_after: dt.datetime | None = field(default=None, compare=False)
+    """When the certificate expires (UTC); shown by ``check_status``, not part
+    of who the holder is."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ def identity_from_cert(cert_pem: bytes) -> Identity:
         serial=cert.serial_number,
         job_id=job_id,
         site_serial=site_serial,
+        not_after=cert.not_valid_after_utc,
     )
 
 

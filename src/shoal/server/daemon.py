@@ -183,6 +183,8 @@ class ServerDaemon:
         self.metrics: ServerMetrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.start_time = time.time()
+        expires = identity_from_cert(kit.tls.cert_pem).not_after
+        self._cert_not_after = expires.isoformat() if expires else None
         self.registry = SiteRegistry(heartbeat_timeout_s=self.heartbeat_timeout_s)
         self.runs = Runs()
         # Built by start(), closed by stop().
@@ -558,6 +560,8 @@ class ServerDaemon:
                     # As the site said at connect (it checks daily and reconnects
                     # rarely; its own log has the daily line).
                     "certificate_warnings": list(s.resources.get("certificate_warnings") or []),
+                    "shoal_version": s.shoal_version or None,
+                    "cert_not_after": s.cert_not_after,
                 }
             )
         for name in self.project_sites():
@@ -584,6 +588,7 @@ class ServerDaemon:
                 "ports": self.ports,
                 "version": __version__,
                 "certificate_warnings": list(self.expiry.warnings),
+                "cert_not_after": self._cert_not_after,
             },
             "sites": sorted(sites, key=lambda s: s["name"]),
         }

@@ -193,7 +193,13 @@ class FleetService:
         except json.JSONDecodeError:
             resources = {}
         session = SiteSession(
-            name=who.name, org=who.org, peer=context.peer(), resources=resources, serial=who.serial
+            name=who.name,
+            org=who.org,
+            peer=context.peer(),
+            resources=resources,
+            serial=who.serial,
+            shoal_version=request.shoal_version,
+            cert_not_after=who.not_after.isoformat() if who.not_after else None,
         )
         session.running_jobs = list(request.running_jobs)
         wakeup = Wakeup()

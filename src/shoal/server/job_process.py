@@ -46,6 +46,9 @@ class InlineResult(TaskResult):
     def _payload(self) -> dict[str, Any]:
         return arrays_from_bytes(self.data)
 
+    def payload_bytes(self) -> int:
+        return len(self.data)
+
 
 class IpcCommunicator:
     """Communicator over the daemon's IPC channel (see shoal.workflows.api)."""

@@ -37,6 +37,10 @@ class SiteSession:
     last_heartbeat: float = field(default_factory=time.monotonic)
     running_jobs: list[str] = field(default_factory=list)
     resources: dict[str, Any] = field(default_factory=dict)
+    #: The site's shoal version, as its Connect said.
+    shoal_version: str = ""
+    #: When the site's certificate expires (ISO 8601, UTC), if known.
+    cert_not_after: str | None = None
     events: queue.Queue[Any] = field(default_factory=queue.Queue)
     active: bool = True
     #: Called after every push, from the pushing thread; it must not block.

@@ -63,6 +63,14 @@ class TaskResult:
         """The site's extra named arrays (``FLModel.extras``), views."""
         return split_extras(self._payload())[1]
 
+    def payload_bytes(self) -> int:
+        """The size of the result's payload as it arrived (0 if unknown):
+        what the round's ``bytes_received`` adds up."""
+        try:
+            return self.path.stat().st_size if self.path.name else 0
+        except OSError:
+            return 0
+
 
 @dataclass(frozen=True)
 class InMemoryResult(TaskResult):
@@ -73,6 +81,9 @@ class InMemoryResult(TaskResult):
 
     def _payload(self) -> dict[str, np.ndarray]:
         return dict(self.params)
+
+    def payload_bytes(self) -> int:
+        return sum(int(np.asarray(a).nbytes) for a in self.params.values())
 
 
 class Communicator(Protocol):

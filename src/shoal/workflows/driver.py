@@ -45,7 +45,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +330,16 @@ class _Gathered:
 
     accepted: dict[str, TaskResult]
     refused: dict[str, str]
+    #: Site -> the size of the result it sent (accepted or not).
+    received_bytes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A round's task: its id, and its payload's size times the sites it went to."""
+
+    task_id: str
+    bytes_sent: int
 
 
 @dataclass(frozen=True)
@@ -344,6 +354,8 @@ class _Outcome:
     state_path: Path | None
     started_wall: float
     duration: float
+    bytes_sent: int
+    bytes_received: int
 
 
 class _Rounds:
@@ -384,7 +396,7 @@ class _Rounds:
         )
         started = time.monotonic()
         started_wall = time.time()
-        task_id = self._scatter(k, selected, state)
+        sent = self._scatter(k, selected, state)
         # The sites are downloading: commit the previous round meanwhile.
         self.commit_pending()
         comm.report(round=k, total_rounds=total, status="training", sites=list(selected))
@@ -392,7 +404,7 @@ class _Rounds:
         # aggregate's once the previous round's commit is done with it, so a
         # round holds one model, not two.
         aggregator = self.policies.aggregator(_unshared(models))
-        gathered = self._gather(k, task_id, selected, aggregator)
+        gathered = self._gather(k, sent.task_id, selected, aggregator)
         self._require_quorum(k, selected, gathered)
         # The gather is complete: only now does the aggregate become the
         # global model. Written (and checksummed) now, so the next round can
@@ -410,12 +422,14 @@ class _Rounds:
             state_path=state_path,
             started_wall=started_wall,
             duration=time.monotonic() - started,
+            bytes_sent=sent.bytes_sent,
+            bytes_received=sum(gathered.received_bytes.values()),
         )
         self.pending.append(functools.partial(self._commit, outcome))
         models.append(new_global)
         return state
 
-    def _scatter(self, k: int, selected: list[str], state: ServerState) -> str:
+    def _scatter(self, k: int, selected: list[str], state: ServerState) -> _Sent:
         store, total = self.store, self.params.num_rounds
         weights_path = store.model_path(k - 1)
         checksum: str | None = None
@@ -441,7 +455,11 @@ class _Rounds:
             len(selected),
             ", ".join(selected),
         )
-        return task_id
+        try:
+            size = weights_path.stat().st_size
+        except OSError:
+            size = 0
+        return _Sent(task_id, size * len(selected))
 
     def _task_extras(self, k: int, state: ServerState) -> Mapping[str, np.ndarray]:
         """The arrays the workflow sends beside round ``k``'s model ({} if none)."""
@@ -525,6 +543,7 @@ class _Rounds:
                     result.round,
                 )
                 continue
+            gathered.received_bytes[site] = result.payload_bytes()
             if self.filters.get("result_in"):
                 result = self._filter_result(k, result)
             if not self._fold(k, result, aggregator, gathered):
@@ -661,6 +680,8 @@ class _Rounds:
                 "server": server_metrics,
                 "duration_s": round(o.duration, 3),
                 "missing": [s for s in o.selected if s not in accepted],
+                "bytes_sent": o.bytes_sent,
+                "bytes_received": o.bytes_received,
             }
         )
         scalars = {f"server/{m}": v for m, v in server_metrics.items()}
