@@ -205,3 +205,13 @@ def test_a_chain_of_builtins_names_each_in_the_log(caplog: pytest.LogCaptureFixt
         reference=received,
     )
     assert "result_out filters ran on s (round 2): job:clip, job:gaussian" in caplog.text
+
+
+def test_at_the_server_a_malformed_result_is_left_for_the_checks_not_a_job_failure() -> None:
+    received = {"w": np.zeros(3, dtype=np.float32)}
+    bad = FLModel(params={"w": np.ones(5, dtype=np.float32), "extra": np.ones(2)})
+    out = _run("clip", bad, _ctx("result_in", reference=received), max_norm=1.0)
+    # Passed as it came: the driver's check refuses this one result, named.
+    assert out.params["w"].shape == (5,)
+    with pytest.raises(ConfigError, match="does not match the model the site received"):
+        _run("clip", bad, _ctx("result_out", reference=received), max_norm=1.0)

@@ -94,7 +94,11 @@ class ExcludeVars:
 
     def __call__(self, model: FLModel, ctx: FilterContext) -> FLModel:
         update = update_of(
-            model.params, model.params_type, reference=ctx.reference, who="exclude_vars"
+            model.params,
+            model.params_type,
+            reference=ctx.reference,
+            who="exclude_vars",
+            lenient=ctx.point == "result_in",
         )
         hit = sorted(n for n in update if self._match(n))
         for name in hit:
@@ -121,7 +125,13 @@ class Clip:
         self.max_norm = positive("max_norm", max_norm)
 
     def __call__(self, model: FLModel, ctx: FilterContext) -> FLModel:
-        update = update_of(model.params, model.params_type, reference=ctx.reference, who="clip")
+        update = update_of(
+            model.params,
+            model.params_type,
+            reference=ctx.reference,
+            who="clip",
+            lenient=ctx.point == "result_in",
+        )
         clipped, norm = clip_update(update, max_norm=self.max_norm)
         log.info(
             "clip on %s (round %s): update norm %.4g, %s to %.4g",
@@ -213,7 +223,11 @@ class PercentilePrivacy:
 
     def __call__(self, model: FLModel, ctx: FilterContext) -> FLModel:
         update = update_of(
-            model.params, model.params_type, reference=ctx.reference, who="percentile_privacy"
+            model.params,
+            model.params_type,
+            reference=ctx.reference,
+            who="percentile_privacy",
+            lenient=ctx.point == "result_in",
         )
         steps = model.meta.get(NUM_STEPS_KEY, 1)
         if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not steps > 0:

@@ -56,7 +56,13 @@ class Quantize:
         self.bits = bits
 
     def __call__(self, model: FLModel, ctx: FilterContext) -> FLModel:
-        update = update_of(model.params, model.params_type, reference=ctx.reference, who="quantize")
+        update = update_of(
+            model.params,
+            model.params_type,
+            reference=ctx.reference,
+            who="quantize",
+            lenient=ctx.point == "result_in",
+        )
         extras = dict(model.extras)
         before = after = 0
         for name, a in update.items():

@@ -41,10 +41,14 @@ def update_of(
     *,
     reference: Mapping[str, np.ndarray] | None,
     who: str,
+    lenient: bool = False,
 ) -> dict[str, np.ndarray]:
     """The update ``params`` carry: themselves when ``params_type`` is
     ``"diff"``, else ``params - reference`` (bool arrays travel whole, as a
-    diff result's do). ``who`` names the caller in errors."""
+    diff result's do). ``who`` names the caller in errors. ``lenient``
+    (the server's ``result_in``): an array that does not match the
+    reference passes as it came, for the result's checks to refuse that one
+    result, rather than fail the job here."""
     if params_type == "diff":
         return {name: np.asarray(a) for name, a in params.items()}
     if reference is None:
@@ -60,8 +64,16 @@ def update_of(
             continue
         ref = reference.get(name)
         if ref is None or np.shape(ref) != a.shape:
+            if lenient:
+                out[name] = a
+                continue
             raise ConfigError(f"{who}: {name!r} does not match the model the site received")
-        out[name] = np.subtract(a, np.asarray(ref), dtype=a.dtype)
+        try:
+            out[name] = np.subtract(a, np.asarray(ref), dtype=a.dtype)
+        except (TypeError, ValueError) as exc:  # e.g. an int array where floats were sent
+            if not lenient:
+                raise ConfigError(f"{who}: {name!r}: {exc}") from None
+            out[name] = a
     return out
 
 
