@@ -152,3 +152,33 @@ def test_hello_pt_end_to_end(federation: poc.PocLayout, tmp_path: Path) -> None:
             log = site_logs[f"{site}.log"]
             assert f"round {k}/{ROUNDS} loss=" in log, log[-2000:]  # train.py's own line
             assert f"Sent result to server: round {k} size:" in log, log[-2000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("opacus") is None, reason="opacus is not installed")
+def test_hello_pt_dp_end_to_end(federation: poc.PocLayout, tmp_path: Path) -> None:
+    """DP-SGD (Opacus) at both sites of a real federation: each site's
+    epsilon reaches the job's round metrics, and the model still learns."""
+    from shoal.privacy.accounting import gaussian_epsilon
+
+    layout = federation
+    shutil.copytree(
+        HELLO_PT.parent / "hello-pt-dp",
+        layout.admin_kit / "transfer" / "hello-pt-dp",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    with poc.admin_session(layout.workspace) as s:
+        job_id = s.submit_job("hello-pt-dp")
+        meta = s.wait_for_job(job_id, timeout=600)
+        assert meta["status"] == jobstatus.COMPLETED, meta
+        out = s.download_job(job_id, tmp_path / "download")
+    rounds = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    q = 1 / -(-30000 // 64)  # Opacus's sample rate: 1 / batches per epoch
+    for k, r in enumerate(rounds, start=1):
+        want = gaussian_epsilon(
+            noise_multiplier=1.0, sampling_fraction=q, rounds=60 * k, delta=1e-5
+        )
+        assert {s: m["dp_sgd_epsilon"] for s, m in r["sites"].items()} == pytest.approx(
+            {"site-1": want, "site-2": want}, rel=1e-3
+        )
+    assert rounds[-1]["server"]["accuracy"] > 0.75
