@@ -25,7 +25,7 @@ import numpy as np
 from shoal.arrays import is_floating
 from shoal.errors import ConfigError
 
-__all__ = ["add_gaussian", "clip_update", "l2_norm", "noise_rng", "update_of"]
+__all__ = ["add_gaussian", "clip_toward", "clip_update", "l2_norm", "noise_rng", "update_of"]
 
 
 def noise_rng(seed: int | None = None) -> np.random.Generator:
@@ -103,17 +103,51 @@ def clip_update(
     return out, norm
 
 
+def clip_toward(
+    arrays: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray], *, max_norm: float
+) -> tuple[dict[str, np.ndarray], float]:
+    """``arrays`` moved toward ``old`` so that their difference (the update)
+    has an L2 norm of at most ``max_norm``, and the update's norm before.
+
+    One array at a time, in float64: a round's server holds one result and
+    one array's scratch, not a float64 copy of the whole model."""
+    floating = [n for n, a in arrays.items() if is_floating(a.dtype)]
+    total = 0.0
+    for name in floating:
+        d = np.subtract(arrays[name], old[name], dtype=np.float64).reshape(-1)
+        total += float(np.dot(d, d))
+    norm = math.sqrt(total)
+    out = dict(arrays)
+    if norm > max_norm:
+        factor = max_norm / norm
+        for name in floating:
+            d = np.subtract(arrays[name], old[name], dtype=np.float64)
+            d *= factor
+            d += old[name]
+            out[name] = d.astype(arrays[name].dtype)
+    return out, norm
+
+
 def add_gaussian(
-    arrays: Mapping[str, np.ndarray], *, std: float, rng: np.random.Generator
+    arrays: Mapping[str, np.ndarray],
+    *,
+    std: float,
+    rng: np.random.Generator,
+    in_place: bool = False,
 ) -> dict[str, np.ndarray]:
     """``arrays`` with N(0, std²) added to every element of every
-    floating-point array (drawn in float64, cast to the array's dtype)."""
+    floating-point array (drawn in float64, in name order). ``in_place``
+    adds into writable arrays (the round's aggregate) instead of copying."""
     out = dict(arrays)
     if std == 0:
         return out
     for name in sorted(arrays):
         a = arrays[name]
-        if is_floating(a.dtype):
-            noise = rng.normal(0.0, std, size=a.shape)
+        if not is_floating(a.dtype):
+            continue
+        noise = rng.normal(0.0, std, size=a.shape)
+        if in_place and a.flags.writeable:
+            np.add(a, noise, out=a, casting="same_kind")
+        else:
             out[name] = (a.astype(np.float64) + noise).astype(a.dtype)
     return out

@@ -44,10 +44,9 @@ from typing import Any
 import numpy as np
 
 from shoal.aggregation import Aggregator, weighted_mean
-from shoal.arrays import is_floating
 from shoal.errors import JobValidationError
 from shoal.privacy.accounting import gaussian_epsilon
-from shoal.privacy.dp import add_gaussian, clip_update, noise_rng
+from shoal.privacy.dp import add_gaussian, clip_toward, noise_rng
 from shoal.workflows.api import WorkflowContext
 from shoal.workflows.driver import RoundParams, needs_initial_model, run_rounds, select_sites
 from shoal.workflows.params import load_params, param
@@ -178,17 +177,9 @@ class CentralDP:
     ) -> dict[str, np.ndarray]:
         """A site's weights as the old model plus its update clipped to C."""
         c = self.clip_norm(state)
-        update = {
-            n: np.subtract(a, old[n], dtype=np.float64)
-            for n, a in arrays.items()
-            if is_floating(a.dtype)
-        }
-        clipped, norm = clip_update(update, max_norm=c)
+        out, norm = clip_toward(arrays, old, max_norm=c)
         self.folded += 1
         self.unclipped += int(norm <= c)
-        out = dict(arrays)
-        for name, d in clipped.items():
-            out[name] = (old[name] + d).astype(arrays[name].dtype)
         return out
 
     def update(
@@ -197,7 +188,7 @@ class CentralDP:
         """The mean plus N(0, (z_Δ · C / m)²); C moved when adaptive."""
         c, m = self.clip_norm(state), max(self.folded, 1)
         std = self.update_noise_multiplier() * c / m
-        noised = add_gaussian(aggregate, std=std, rng=self.rng)
+        noised = add_gaussian(aggregate, std=std, rng=self.rng, in_place=True)
         rounds = int(state.get("rounds") or 0) + 1
         new: ServerState = {
             "rounds": rounds,
