@@ -146,7 +146,7 @@ def add_gaussian(
         if not is_floating(a.dtype):
             continue
         noise = rng.normal(0.0, std, size=a.shape)
-        if in_place and a.flags.writeable:
+        if in_place and a.flags.writeable and a.dtype.kind == "f":
             np.add(a, noise, out=a, casting="same_kind")
         else:
             out[name] = (a.astype(np.float64) + noise).astype(a.dtype)
