@@ -11,8 +11,9 @@ Rows: plain FedAvg (no DP, weighted mean), then ``dp_fedavg`` (clip norm
 ``--clip``, unweighted mean, Gaussian noise) for each noise multiplier z,
 with ε at δ = 1e-5 from dp-accounting after the last round (Poisson
 sampling of rate q = fraction, site-level DP). Accuracy is the last
-round's test accuracy; the noise is seeded (``noise_seed``) so a rerun
-gives the same table.
+round's test accuracy. The noise is seeded (``noise_seed``); the sites a
+round asks are drawn with a secret seed (``secret_sampling``, what the
+amplification by sampling needs), so accuracy varies a little run to run.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from shoal.arrays import load_arrays
+from shoal.privacy.accounting import gaussian_epsilon
 from shoal.sim import SimulatorConfig, simulate
+from shoal.workflows.dp_fedavg import SEED_FILE, secret_seed
 
 from .privacyjob import (
     CENTRAL,
@@ -65,3 +67,25 @@ def test_the_privacy_budget_ends_the_job_completed(tmp_path: Path) -> None:
     assert final.keys() == last.keys() and all((final[k] == last[k]).all() for k in final)
     log = (result.log_dir / "server.log").read_text()
     assert "stopping before round 3: privacy budget: round 3 would bring epsilon to" in log
+
+
+@pytest.mark.parametrize(("secret", "q"), [(True, 0.5), (False, 1.0)])
+def test_sampling_amplifies_only_when_the_sample_is_secret(
+    tmp_path: Path, secret: bool, q: float
+) -> None:
+    params = CENTRAL + f"  sample_fraction: 0.5\n  secret_sampling: {str(secret).lower()}\n"
+    job = write_job(tmp_path / "job", workflow="dp_fedavg", params=params, rounds=2)
+    result = simulate(SimulatorConfig(job_dir=job, num_sites=4, workdir=tmp_path / "runs"))
+    assert result.ok, result.failure_summary()
+    eps = [x["server"]["dp_epsilon"] for x in metrics(result.run_dir)]
+    assert eps == [
+        gaussian_epsilon(noise_multiplier=1.0, sampling_fraction=q, rounds=k, delta=1e-5)
+        for k in (1, 2)
+    ]
+    seed_file = result.run_dir / SEED_FILE
+    assert seed_file.exists() == secret
+    if secret:
+        assert seed_file.stat().st_mode & 0o777 == 0o600
+        assert secret_seed(result.run_dir) == int(seed_file.read_text())  # kept for resume
+    else:
+        assert "accounted without amplification" in (result.log_dir / "server.log").read_text()

@@ -14,6 +14,8 @@ the global models, computed after every round with ``dp-accounting``
 (``shoal.privacy.accounting``) for the Gaussian mechanism on a Poisson
 sample of rate ``q`` (the fraction of sites a round asks), and recorded
 with the round (``dp_epsilon`` in the round's server metrics). With
+``sample_fraction < 1`` the sites are sampled with a secret seed (the
+amplification needs a sample nobody can predict; ``secret_sampling``). With
 ``max_epsilon`` the job ends, completed, before a round that would pass it::
 
     workflow:
@@ -36,9 +38,13 @@ paper's Theorem 1): the accounting is unchanged. ``σ_b`` must exceed ``z/2``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,6 +103,11 @@ class DPFedAvgParams(RoundParams):
         doc="the job ends, completed, before a round that would pass this epsilon (0: no budget)",
         lo=0,
         hi=1e6,
+    )
+    secret_sampling: bool = param(
+        True,
+        doc="with sample_fraction < 1, sample the sites with a secret seed (kept in the run "
+        "folder) and account for the amplification; false: the job's seed, q = 1",
     )
     noise_seed: int = param(
         0,
@@ -233,19 +244,57 @@ class CentralDP:
         )
 
 
-def sampling_fraction(ctx: WorkflowContext, p: DPFedAvgParams) -> float:
-    """The fraction of the job's sites one round asks."""
+#: The secret seed of a run's site sampling, in its run folder (kept for resume).
+SEED_FILE = "dp_sampling_seed"
+
+
+def secret_seed(run_dir: Path) -> int:
+    """This run's sampling seed: drawn from the OS's CSPRNG on first use and
+    kept (0600) in the run folder, so a resumed run samples as before."""
+    path = run_dir / SEED_FILE
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        pass
+    seed = secrets.randbits(63)
+    tmp = path.with_name(f".{SEED_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(seed))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return seed
+
+
+def sampling(ctx: WorkflowContext, p: DPFedAvgParams) -> tuple[DPFedAvgParams, float]:
+    """The params the rounds run with, and the sampling rate ``q`` the
+    accountant may use.
+
+    Amplification by sampling needs a sample nobody outside the server can
+    predict: with ``secret_sampling`` the driver's seed is replaced by a
+    secret one (:func:`secret_seed`); without it the job's ``seed`` (public
+    in job.yml) picks the sites and the accountant takes ``q = 1``."""
     sites = sorted(ctx.comm.sites())
+    if p.sample_fraction < 1 and p.secret_sampling:
+        p = dataclasses.replace(p, seed=secret_seed(ctx.run_dir))
     asked = select_sites(
         sites, 1, fraction=p.sample_fraction, min_clients=int(ctx.spec.min_clients), seed=p.seed
     )
-    return len(asked) / max(len(sites), 1)
+    q = len(asked) / max(len(sites), 1)
+    if q < 1 and not p.secret_sampling:
+        ctx.logger.warning(
+            "dp_fedavg: the sites are sampled with job.yml's seed, which is public: "
+            "epsilon is accounted without amplification by sampling (q = 1)"
+        )
+        q = 1.0
+    return p, q
 
 
 def run(ctx: WorkflowContext) -> None:
     """Run (or resume) central DP-FedAvg; see ``shoal.workflows.driver``."""
-    p = parse_params(ctx.params)
-    dp = CentralDP(p, sampling_fraction=sampling_fraction(ctx, p))
+    p, q = sampling(ctx, parse_params(ctx.params))
+    dp = CentralDP(p, sampling_fraction=q)
     ctx.logger.info(
         "dp_fedavg: z=%g, C=%g%s, q=%.3g, delta=%g%s",
         p.noise_multiplier,
