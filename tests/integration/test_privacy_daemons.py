@@ -52,6 +52,10 @@ def test_local_and_central_dp_and_quantized_updates_through_the_daemons(
     check_central_run(out / "run", rounds=2, z_update=(1 - 0.5**2) ** -0.5)
     norms = [x["server"]["dp_clip_norm"] for x in metrics(out / "run")]
     assert norms[0] == 0.5 and norms[1] != 0.5  # adaptive clipping moved C
+    last_eps = metrics(out / "run")[-1]["server"]["dp_epsilon"]
+    listed = {j.job_id: j for j in s.list_jobs()}
+    assert listed[job_id].dp_epsilon == last_eps  # list_jobs shows the epsilon spent
+    assert s.get_job_meta(job_id).dp_epsilon == last_eps
     stats = s.show_stats(job_id)
     assert [m["server"]["dp_epsilon"] for m in stats.metrics] == [
         x["server"]["dp_epsilon"] for x in metrics(out / "run")
