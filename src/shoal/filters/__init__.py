@@ -22,11 +22,14 @@ to build the filter::
 
     filters:
       result_out:
-        - identity
-        - {filter: myfilters:Clip, args: {max_norm: 1.0}}
+        - {filter: clip, args: {max_norm: 1.0}}
+        - {filter: myfilters:Scrub, args: {level: 2}}
 
 Job filters resolve inside the job's ``app/``; site filters resolve in the
-site's own Python environment, never in the job's code.
+site's own Python environment, never in the job's code. The built-in
+privacy filters (exclude, clip, Gaussian noise, percentile privacy,
+quantization) are ``shoal.filters.builtin`` and ``shoal.filters.quantize``;
+their points and arguments are checked when the configuration is read.
 
 Trust: site-side chains run in the job worker's process, through the Client
 API every script uses. That keeps a job from *configuring* a site's filter
@@ -309,7 +312,7 @@ def with_params(model: FLModel, params: Mapping[str, Any]) -> FLModel:
 
 
 def _register_builtins() -> None:
-    # Imported here, not at the top: these modules build on the names above.
+    # Imported last: they import shoal.client, whose api imports this package.
     from shoal.filters.builtin import Clip, ExcludeVars, Gaussian, PercentilePrivacy
     from shoal.filters.quantize import Dequantize, Quantize
 
