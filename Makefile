@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --retries 0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
 		'torch==$(TORCH_VERSION)'
-	$(PY) -m pip install -q -e '.[dev,tf,pt,track,dashboard]'
+	$(PY) -m pip install -q -e '.[dev,tf,pt,track,dashboard,dp]'
 	touch $@
 
 venv: $(VENV)/.installed

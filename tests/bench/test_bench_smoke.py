@@ -5,6 +5,7 @@ No timing is asserted: the figures are for bench/results/, not for CI.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -132,3 +133,17 @@ def test_fedbuff_quick() -> None:
 def test_audit_quick() -> None:
     out = _run("audit", "--quick")
     assert "durable (fsync)" in out and "verify lines/s" in out and "bytes per admin.command" in out
+
+
+@pytest.mark.slow
+def test_quantize_quick() -> None:
+    out = _run("quantize", "--quick")
+    assert "quantize bits: 16" in out and "| 50.0%" in out and "| 25.0%" in out
+
+
+@pytest.mark.slow
+def test_dp_accuracy_quick() -> None:
+    if not Path(os.environ.get("SHOAL_MNIST_PATH", "/nonexistent")).is_file():
+        pytest.skip("SHOAL_MNIST_PATH does not name mnist.npz")
+    out = _run("dp_accuracy", "--quick")
+    assert "dp_fedavg z=1" in out and "fedavg (no DP)" in out

@@ -91,3 +91,22 @@ def test_hello_pt_end_to_end(federation: poc.PocLayout, tmp_path: Path) -> None:
     assert from_pt == pytest.approx(server_accuracy, abs=1e-3)
     for name, tensor in net.state_dict().items():
         assert torch.equal(tensor, fresh.state_dict()[name]), name
+
+
+@pytest.mark.skipif(importlib.util.find_spec("opacus") is None, reason="opacus is not installed")
+def test_hello_pt_dp_end_to_end(federation: poc.PocLayout, tmp_path: Path) -> None:
+    """DP-SGD (Opacus) at both sites of a real federation: each site's
+    epsilon reaches the job's round metrics, and the model still learns."""
+    from shoal.privacy.accounting import gaussian_epsilon
+
+    done = run_example(federation, "hello-pt-dp", tmp_path / "download")
+    assert [r["round"] for r in done.rounds] == [1, 2, 3]
+    q = 1 / -(-30000 // 64)  # Opacus's sample rate: 1 / batches per epoch
+    for k, r in enumerate(done.rounds, start=1):
+        want = gaussian_epsilon(
+            noise_multiplier=1.0, sampling_fraction=q, rounds=60 * k, delta=1e-5
+        )
+        assert {s: m["dp_sgd_epsilon"] for s, m in r["sites"].items()} == pytest.approx(
+            {"site-1": want, "site-2": want}, rel=1e-3
+        )
+    assert done.rounds[-1]["server"]["accuracy"] > 0.75

@@ -352,6 +352,9 @@ class JobSummary(_ReplyView):
     """Why it failed or was aborted; ``None`` otherwise."""
     attempts: int | None = None
     """How many times it was started (a server restart resumes it)."""
+    dp_epsilon: float | None = None
+    """The ε its differential privacy has spent so far (``dp_fedavg``), at
+    the job's δ; ``None`` for a job without it."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -375,6 +378,7 @@ class JobSummary(_ReplyView):
             "num_rounds": f.optional("num_rounds", int),
             "error": f.optional("error", str),
             "attempts": f.optional("attempts", int),
+            "dp_epsilon": f.optional("dp_epsilon", float),
             "_reply": f.data,
         }
 

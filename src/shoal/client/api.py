@@ -141,6 +141,9 @@ def _filtered(backend: ClientBackend, point: str, model: FLModel, task: FLModel)
         site=backend.site_name,
         round=task.current_round,
         task=task.task,
+        # What a result answers: the weights as this site received them
+        # (clip and quantize work on the difference).
+        reference=task.params if point == "result_out" else None,
     )
 
 

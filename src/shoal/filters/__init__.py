@@ -22,11 +22,14 @@ to build the filter::
 
     filters:
       result_out:
-        - identity
-        - {filter: myfilters:Clip, args: {max_norm: 1.0}}
+        - {filter: clip, args: {max_norm: 1.0}}
+        - {filter: myfilters:Scrub, args: {level: 2}}
 
 Job filters resolve inside the job's ``app/``; site filters resolve in the
-site's own Python environment, never in the job's code.
+site's own Python environment, never in the job's code. The built-in
+privacy filters (exclude, clip, Gaussian noise, percentile privacy,
+quantization) are ``shoal.filters.builtin`` and ``shoal.filters.quantize``;
+their points and arguments are checked when the configuration is read.
 
 Trust: site-side chains run in the job worker's process, through the Client
 API every script uses. That keeps a job from *configuring* a site's filter
@@ -43,7 +46,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from shoal.errors import ConfigError, JobValidationError
+from shoal.filters.context import FilterContext
 
 if TYPE_CHECKING:
     from shoal.client.model import FLModel
@@ -76,20 +82,6 @@ POINTS = SITE_POINTS + SERVER_POINTS
 MAX_FILTERS = 32
 
 
-@dataclass(frozen=True)
-class FilterContext:
-    """Where a filter runs."""
-
-    #: One of :data:`POINTS`.
-    point: str
-    job_id: str
-    #: The site the data comes from or goes to (``model_out``: every selected site).
-    site: str
-    #: The task's name, e.g. ``"train"``.
-    task: str
-    round: int | None = None
-
-
 class Filter(Protocol):
     def __call__(self, model: FLModel, ctx: FilterContext) -> FLModel: ...
 
@@ -119,7 +111,7 @@ class FilterSpec:
         return f"{self.source}:{self.name}"
 
 
-def _entry(raw: Any, where: str, source: str) -> FilterSpec:
+def _entry(raw: Any, where: str, source: str, point: str) -> FilterSpec:
     name: Any
     args: Any
     if isinstance(raw, str):
@@ -135,7 +127,9 @@ def _entry(raw: Any, where: str, source: str) -> FilterSpec:
         raise JobValidationError(f"{where}: a filter name or {{filter: NAME, args: {{...}}}}")
     if not isinstance(name, str) or not name:
         raise JobValidationError(f"{where}: filter name required")
-    if name not in BUILTIN:
+    if name in BUILTIN:
+        _check_builtin(name, dict(args), where, point)
+    else:
         from shoal.workflows.hooks import parse_hook
 
         try:
@@ -146,6 +140,21 @@ def _entry(raw: Any, where: str, source: str) -> FilterSpec:
                 "or 'module:attr')"
             ) from None
     return FilterSpec(name=name, args=dict(args), source=source)
+
+
+def _check_builtin(name: str, args: dict[str, Any], where: str, point: str) -> None:
+    """A built-in filter's point and arguments, checked when the job (or the
+    site's file) is read: building one runs no user code and costs nothing."""
+    factory = BUILTIN[name]
+    points = getattr(factory, "POINTS", POINTS)
+    if point not in points:
+        raise JobValidationError(f"{where}: {name} runs at {', '.join(points)}, not at {point}")
+    try:
+        factory(**args)
+    except TypeError as exc:
+        raise JobValidationError(f"{where}: {name}: bad arguments {args}: {exc}") from None
+    except ValueError as exc:
+        raise JobValidationError(f"{where}: {name}: {exc}") from None
 
 
 def parse_filters(
@@ -171,7 +180,9 @@ def parse_filters(
             raise JobValidationError(f"{where}.{point}: must be a list of filters")
         if len(entries) > MAX_FILTERS:
             raise JobValidationError(f"{where}.{point}: more than {MAX_FILTERS} filters")
-        specs = tuple(_entry(e, f"{where}.{point}[{i}]", source) for i, e in enumerate(entries))
+        specs = tuple(
+            _entry(e, f"{where}.{point}[{i}]", source, str(point)) for i, e in enumerate(entries)
+        )
         if specs:
             out[str(point)] = specs
     return out
@@ -234,7 +245,14 @@ class FilterChain:
         return [spec.label() for spec, _ in self._filters]
 
     def apply(
-        self, model: FLModel, *, job_id: str, site: str, round: int | None, task: str
+        self,
+        model: FLModel,
+        *,
+        job_id: str,
+        site: str,
+        round: int | None,
+        task: str,
+        reference: Mapping[str, np.ndarray] | None = None,
     ) -> FLModel:
         """``model`` through every filter in order; a filter that fails or
         returns something else than an FLModel raises ConfigError naming it."""
@@ -242,7 +260,14 @@ class FilterChain:
             return model
         from shoal.client.model import FLModel
 
-        ctx = FilterContext(point=self.point, job_id=job_id, site=site, task=task, round=round)
+        ctx = FilterContext(
+            point=self.point,
+            job_id=job_id,
+            site=site,
+            task=task,
+            round=round,
+            reference=reference,
+        )
         for spec, fn in self._filters:
             try:
                 out = fn(model, ctx)
@@ -284,3 +309,23 @@ def site_order(
 def with_params(model: FLModel, params: Mapping[str, Any]) -> FLModel:
     """``model`` with other weights (a filter's usual return)."""
     return replace(model, params=params)
+
+
+def _register_builtins() -> None:
+    # Imported last: they import shoal.client, whose api imports this package.
+    from shoal.filters.builtin import Clip, ExcludeVars, Gaussian, PercentilePrivacy
+    from shoal.filters.quantize import Dequantize, Quantize
+
+    BUILTIN.update(
+        {
+            "exclude_vars": ExcludeVars,
+            "clip": Clip,
+            "gaussian": Gaussian,
+            "percentile_privacy": PercentilePrivacy,
+            "quantize": Quantize,
+            "dequantize": Dequantize,
+        }
+    )
+
+
+_register_builtins()

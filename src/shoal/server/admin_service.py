@@ -296,12 +296,12 @@ class AdminService(pb_grpc.AdminServicer):
         # applies after the filter.
         if limit:
             recs = recs[-int(limit) :]
-        return [r.summary() for r in recs]
+        return [_with_privacy(r.summary(), r.run_dir) for r in recs]
 
     def get_job_meta(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._job(args)
         authorize(who, "get_job_meta", job=rec)
-        out = rec.summary()
+        out = _with_privacy(rec.summary(), rec.run_dir)
         out["spec"] = rec.spec
         out["results"] = (
             sorted(str(p.relative_to(rec.run_dir)) for p in (rec.run_dir / "models").glob("*"))
@@ -576,6 +576,35 @@ class AdminService(pb_grpc.AdminServicer):
             path.unlink(missing_ok=True)
             raise
         return path
+
+
+#: How much of the end of metrics.jsonl list_jobs reads for the last round.
+_TAIL_BYTES = 64 * 1024
+
+
+def _with_privacy(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``summary`` with the job's ε so far (``dp_epsilon`` of its last
+    round's server metrics, central DP-FedAvg's) when it has one: read from
+    the end of ``metrics.jsonl`` only, so a long job costs list_jobs no more."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _TAIL_BYTES))
+            tail = f.read().splitlines()
+    except OSError:
+        return summary
+    for raw in reversed(tail):
+        try:
+            line = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a line cut by the tail's start, or torn
+        server = line.get("server") if isinstance(line, dict) else None
+        eps = server.get("dp_epsilon") if isinstance(server, dict) else None
+        if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+            summary["dp_epsilon"] = float(eps)
+        break
+    return summary
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

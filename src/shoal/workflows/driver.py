@@ -260,8 +260,18 @@ def run_rounds(
                 sites=sites,
                 reference=reference,
             )
+            last = start - 1
             try:
                 for k in range(start, total + 1):
+                    reason = policies.stop_before(k, state) if policies.stop_before else None
+                    if reason:
+                        # A budget spent (DP's max_epsilon): the job ends with
+                        # the last completed round's model, completed.
+                        log.warning("job %s: stopping before round %d: %s", ctx.job_id, k, reason)
+                        comm.report(
+                            round=k - 1, total_rounds=total, status="stopped", message=reason
+                        )
+                        break
                     try:
                         state = rounds.run(k, models, state)
                     except JobFailedError as exc:
@@ -272,6 +282,7 @@ def run_rounds(
                         # checkpointed (its commit ran once k's task was out).
                         log.warning("round %d could not finish while stopping: %s", k, exc)
                         raise WorkflowSuspended(k - 1) from None
+                    last = k
                     if k < total and ctx.stop_requested():
                         # Round k is gathered and its model written: the
                         # commit below checkpoints it; round k+1 is never
@@ -281,7 +292,7 @@ def run_rounds(
                 # The last round's commit, or a completed round's whose
                 # successor failed: what finished is recorded.
                 rounds.commit_pending()
-            final = store.write_model(total, models[0], final=True)
+            final = store.write_model(last, models[0], final=True)
             log.info("job %s: final global model %s", ctx.job_id, final)
             if server_model.adapter is not None and server_model.adapter.suffix != ".safetensors":
                 save_native(store, server_model, models[0])
@@ -292,9 +303,7 @@ def run_rounds(
                 limits = Limits(
                     timeout_s=params.round_timeout_s, max_num_examples=params.max_num_examples
                 )
-                cross_site_phase(
-                    ctx, global_model=final, source="final", round=total, limits=limits
-                )
+                cross_site_phase(ctx, global_model=final, source="final", round=last, limits=limits)
     finally:
         store.discard_spare()
         comm.finish()
@@ -356,6 +365,8 @@ class _Outcome:
     duration: float
     bytes_sent: int
     bytes_received: int
+    #: The workflow's own figures for the round (``Policies.round_metrics``).
+    workflow_metrics: dict[str, float]
 
 
 class _Rounds:
@@ -404,7 +415,7 @@ class _Rounds:
         # aggregate's once the previous round's commit is done with it, so a
         # round holds one model, not two.
         aggregator = self.policies.aggregator(_unshared(models))
-        gathered = self._gather(k, sent.task_id, selected, aggregator)
+        gathered = self._gather(k, sent.task_id, selected, aggregator, state)
         self._require_quorum(k, selected, gathered)
         # The gather is complete: only now does the aggregate become the
         # global model. Written (and checksummed) now, so the next round can
@@ -424,6 +435,9 @@ class _Rounds:
             duration=time.monotonic() - started,
             bytes_sent=sent.bytes_sent,
             bytes_received=sum(gathered.received_bytes.values()),
+            workflow_metrics=(
+                self.policies.round_metrics(state) if self.policies.round_metrics else {}
+            ),
         )
         self.pending.append(functools.partial(self._commit, outcome))
         models.append(new_global)
@@ -514,7 +528,12 @@ class _Rounds:
             task="train",
         )
         out = apply_filters(
-            self.filters["result_in"], model, job_id=self.ctx.job_id, site=result.site, round=k
+            self.filters["result_in"],
+            model,
+            job_id=self.ctx.job_id,
+            site=result.site,
+            round=k,
+            reference=_OnDisk(self.store.model_path(k - 1)),
         )
         return InMemoryResult(
             site=result.site,
@@ -529,7 +548,12 @@ class _Rounds:
         )
 
     def _gather(
-        self, k: int, task_id: str, selected: list[str], aggregator: Aggregator
+        self,
+        k: int,
+        task_id: str,
+        selected: list[str],
+        aggregator: Aggregator,
+        state: ServerState,
     ) -> _Gathered:
         log = self.log
         gathered = _Gathered(accepted={}, refused={})
@@ -546,7 +570,7 @@ class _Rounds:
             gathered.received_bytes[site] = result.payload_bytes()
             if self.filters.get("result_in"):
                 result = self._filter_result(k, result)
-            if not self._fold(k, result, aggregator, gathered):
+            if not self._fold(k, result, aggregator, gathered, state):
                 continue
             gathered.accepted[site] = without_arrays(result)
             if result.path.name:
@@ -556,7 +580,12 @@ class _Rounds:
         return gathered
 
     def _fold(
-        self, k: int, result: TaskResult, aggregator: Aggregator, gathered: _Gathered
+        self,
+        k: int,
+        result: TaskResult,
+        aggregator: Aggregator,
+        gathered: _Gathered,
+        state: ServerState,
     ) -> bool:
         arrays: dict[str, np.ndarray] | None = None
         try:
@@ -570,6 +599,9 @@ class _Rounds:
                 extras = result.extras()
                 check_finite(extras)
                 arrays = join_extras(arrays, extras)
+            if self.policies.prepare_result is not None:
+                old = _OnDisk(self.store.model_path(k - 1))
+                arrays = self.policies.prepare_result(arrays, old, state)
             aggregator.add(arrays, weight=result.num_examples)
         except ArrayFormatError as exc:
             gathered.refused[result.site] = str(exc)
@@ -620,7 +652,7 @@ class _Rounds:
         store.sync_model(o.model_path)
         if o.state_path is not None:
             store.sync_state(o.state_path)
-        server_metrics = self._evaluate(o)
+        server_metrics = {**self._evaluate(o), **o.workflow_metrics}
         num_examples = sum(r.num_examples for r in o.results)
         accepted = {r.site for r in o.results}
         aggregated = self._record(o, server_metrics, num_examples)

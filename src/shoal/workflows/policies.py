@@ -35,6 +35,7 @@ from shoal.aggregation import AggregatorFactory
 
 __all__ = [
     "Policies",
+    "PrepareResult",
     "ServerState",
     "ServerUpdate",
     "TaskExtras",
@@ -78,6 +79,11 @@ def keep_aggregate(
 
 #: State -> the named arrays a round's task carries beside the model.
 TaskExtras = Callable[[ServerState], Mapping[str, np.ndarray]]
+#: (a valid result's weights, the model its site trained from, the state)
+#: -> what the aggregator gets in their place.
+PrepareResult = Callable[
+    [dict[str, np.ndarray], Mapping[str, np.ndarray], ServerState], dict[str, np.ndarray]
+]
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,17 @@ class Policies:
     #: FedProx's ``{"fedprox_mu": 0.01}``), beside the driver's
     #: ``current_round`` and ``total_rounds``, over the job's ``client.config``.
     task_meta: Mapping[str, Any] = field(default_factory=dict)
+    #: Each valid result's weights before they are folded, with the model
+    #: the round's sites trained from and the state (central DP clips each
+    #: site's update here). None: folded as they came.
+    prepare_result: PrepareResult | None = None
+    #: The state after round ``k``'s update -> figures recorded with the
+    #: round's server metrics (central DP's epsilon so far).
+    round_metrics: Callable[[ServerState], dict[str, float]] | None = None
+    #: ``(k, state)`` before round ``k`` is offered -> a reason to end the
+    #: job there, completed, with round ``k - 1``'s model (a privacy budget
+    #: the next round would exceed); None goes on.
+    stop_before: Callable[[int, ServerState], str | None] | None = None
 
 
 def check_state(state: object) -> ServerState:

@@ -83,10 +83,20 @@ def server_filters(ctx: WorkflowContext) -> dict[str, FilterChain]:
 
 
 def apply_filters(
-    chain: FilterChain, model: FLModel, *, job_id: str, site: str, round: int
+    chain: FilterChain,
+    model: FLModel,
+    *,
+    job_id: str,
+    site: str,
+    round: int,
+    reference: Mapping[str, np.ndarray] | None = None,
 ) -> FLModel:
+    """``model`` through ``chain``; ``reference`` is the global model a
+    result answers (``FilterContext.reference``). A failing filter fails the job."""
     try:
-        return chain.apply(model, job_id=job_id, site=site, round=round, task=model.task)
+        return chain.apply(
+            model, job_id=job_id, site=site, round=round, task=model.task, reference=reference
+        )
     except ConfigError as exc:
         raise JobFailedError(f"round {round}: {exc}") from exc
 

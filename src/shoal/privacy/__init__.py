@@ -1,0 +1,15 @@
+"""Privacy mechanisms: clipping, Gaussian noise and their accounting.
+
+``shoal.privacy.dp`` holds the arithmetic the filters (``shoal.filters.builtin``)
+and the central DP-FedAvg workflow (``shoal.workflows.dp_fedavg``) share;
+``shoal.privacy.accounting`` turns a mechanism's parameters into ε at a δ
+with Google's ``dp-accounting`` (never a hand-written bound). docs/privacy.md
+says what each protects against.
+"""
+
+from __future__ import annotations
+
+from shoal.privacy.accounting import gaussian_epsilon
+from shoal.privacy.dp import add_gaussian, clip_update, l2_norm, noise_rng, update_of
+
+__all__ = ["add_gaussian", "clip_update", "gaussian_epsilon", "l2_norm", "noise_rng", "update_of"]
