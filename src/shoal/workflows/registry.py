@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import JobValidationError
-from shoal.workflows import cross_site, cyclic, evaluate, fedavg, fedbuff, fedopt, fedprox, scaffold
+from shoal.workflows import (
+    cross_site,
+    cyclic,
+    evaluate,
+    fedavg,
+    fedbuff,
+    fedopt,
+    fedprox,
+    scaffold,
+    secagg,
+)
 from shoal.workflows.api import WorkflowFn
 from shoal.workflows.robust import needs_model_and_aggregator
 
@@ -93,6 +103,7 @@ for _name, _module in (
     ("fedbuff", fedbuff),
     ("scaffold", scaffold),
     ("fedprox", fedprox),
+    ("secagg", secagg),
 ):
     register(
         WorkflowEntry(

@@ -24,6 +24,7 @@ import numpy as np
 
 from shoal.privacy.secagg.graph import neighbours
 from shoal.privacy.secagg.ring import RING_BITS, Ring
+from shoal.taskmeta import SECAGG_MESSAGE
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 #: The extra array each stage's message travels as.
-MESSAGE = "secagg/message"
+MESSAGE = SECAGG_MESSAGE
 #: The extra array a masked update's weight travels as.
 WEIGHT = "secagg/weight"
 #: The largest message read (a key list of 10,000 sites with certificates fits).
