@@ -51,6 +51,7 @@ from shoal.errors import (
 )
 from shoal.filters import SITE_POINTS, site_order, specs_to_json
 from shoal.filters.local import local_filters
+from shoal.privacy.secagg import SECAGG_WORKFLOWS, issue_credential
 from shoal.provision import Kit
 from shoal.provision.jobcreds import new_worker_key
 from shoal.sandbox import (
@@ -123,6 +124,9 @@ class _Prepared:
     #: The site's and the job's filters by site point, in the order they run
     #: (``shoal.filters.specs_to_json`` form).
     filters: dict[str, list[dict[str, Any]]]
+    #: A secure-aggregation job's signing credential (JSON), made here with
+    #: the site's key, which the worker never holds; None for other jobs.
+    secagg_credential: str | None = None
 
 
 class SiteDaemon:
@@ -434,6 +438,12 @@ class SiteDaemon:
         config = dataclasses.replace(
             config, filters=job.filters, app_dir=str(job.script.parent), state_dir=str(state)
         )
+        if job.secagg_credential is not None:
+            secagg_path = creds / "secagg.json"
+            fd = os.open(secagg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(job.secagg_credential)
+            config = dataclasses.replace(config, secagg_credential=str(secagg_path))
         config_path = job_dir / "worker.json"
         config_path.write_text(config.to_json())
         app_dir = job.script.parent
@@ -559,7 +569,20 @@ class SiteDaemon:
             key_pem=key_pem,
             cert_pem=cert.encode("ascii"),
             filters={point: specs for point, specs in filters.items() if specs},
+            secagg_credential=self._secagg_credential(start.job_id, spec.workflow.name),
         )
+
+    def _secagg_credential(self, job_id: str, workflow: str) -> str | None:
+        """For a secure-aggregation job: a fresh key for the job, delegated by
+        the site's key, that the worker signs its keys with (the server
+        cannot then put keys of its own in their place)."""
+        if workflow not in SECAGG_WORKFLOWS:
+            return None
+        tls = self.kit.tls
+        cred = issue_credential(
+            site=self.name, job_id=job_id, cert_pem=tls.cert_pem, key_pem=tls.key_pem
+        )
+        return cred.to_json()
 
     def _abort_job(self, job_id: str, reason: str) -> None:
         with self._lock:

@@ -37,6 +37,7 @@ from shoal.errors import (
     UnavailableError,
 )
 from shoal.filters import FilterChain, build_chain, specs_from_json
+from shoal.privacy.secagg.auth import Credential
 from shoal.taskmeta import join_extras, split_extras
 from shoal.transport import (
     PayloadHeader,
@@ -94,6 +95,9 @@ class WorkerConfig:
     #: The site's folder for this job's state (``shoal.client.state_dir()``):
     #: kept when the daemon restarts the job's worker; "" for none.
     state_dir: str = ""
+    #: A secure-aggregation job's signing credential (a file the site
+    #: daemon wrote, ``shoal.privacy.secagg.Credential``); "" for other jobs.
+    secagg_credential: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -185,8 +189,13 @@ class GrpcBackend:
             )
             for point, specs in config.filters.items()
         }
+        #: The project's CA: secure aggregation checks the peers' keys against it.
+        self.ca_pem = Path(config.ca_path).read_bytes()
+        self.secagg_credential: Credential | None = (
+            Credential.from_file(config.secagg_credential) if config.secagg_credential else None
+        )
         tls = TLSConfig(
-            ca_pem=Path(config.ca_path).read_bytes(),
+            ca_pem=self.ca_pem,
             cert_pem=Path(config.cert_path).read_bytes(),
             key_pem=Path(config.key_path).read_bytes(),
         )

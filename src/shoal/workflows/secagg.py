@@ -263,6 +263,7 @@ class _SecAgg:
                 "missing": [s for s in selected if s not in o.survivors],
                 "secagg": {
                     "advertised": o.advertised,
+                    "signed": o.signed,
                     "shared": o.shared,
                     "survivors": o.survivors,
                     "dropped": sorted(set(o.shared) - set(o.survivors)),

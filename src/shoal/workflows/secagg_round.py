@@ -72,6 +72,8 @@ class RoundOutcome:
     results: list[TaskResult]
     #: U1..U3: who advertised, shared, and sent a masked update.
     advertised: list[str] = field(default_factory=list)
+    #: The sites whose keys came signed (checked by their peers, not here).
+    signed: list[str] = field(default_factory=list)
     shared: list[str] = field(default_factory=list)
     survivors: list[str] = field(default_factory=list)
     #: Sites that revealed a share their dealer never committed to.
@@ -172,6 +174,7 @@ class _Round:
             model=model,
             results=results,
             advertised=sorted(server.adverts),
+            signed=sorted(s for s, a in server.adverts.items() if "auth" in a),
             shared=server.shared,
             survivors=list(server.survivors),
             inconsistent=dict(server.inconsistent),

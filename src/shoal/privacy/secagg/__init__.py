@@ -21,8 +21,13 @@ from shoal.privacy.secagg.ring import Ring
 from shoal.privacy.secagg.server import MaskedSum, ServerRound, mean_update
 from shoal.privacy.secagg.site import SiteRound
 
+#: The workflows whose sites take part in secure aggregation: a site daemon
+#: gives their workers a signing credential (``shoal.privacy.secagg.auth``).
+SECAGG_WORKFLOWS = frozenset({"secagg"})
+
 __all__ = [
     "MESSAGE",
+    "SECAGG_WORKFLOWS",
     "WEIGHT",
     "AuthError",
     "Credential",
