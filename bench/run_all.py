@@ -34,6 +34,7 @@ SCRIPTS = [
     "peers",
     "host_costs",
     "torch_adapter",
+    "secagg",
 ]
 
 

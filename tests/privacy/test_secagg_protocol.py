@@ -31,14 +31,16 @@ from shoal.provision.project import Participant
 JOB = "job-0001"
 
 
-def config(n: int, *, threshold: int, degree: int = 0, max_weight: int = 1000) -> RoundConfig:
+def config(
+    n: int, *, threshold: int, degree: int = 0, max_weight: int = 1000, bits: int = 32
+) -> RoundConfig:
     return RoundConfig(
         round=1,
         sites=tuple(f"site-{i}" for i in range(1, n + 1)),
         graph_seed=9,
         degree=degree,
         threshold=threshold,
-        bits=32,
+        bits=bits,
         clip_range=1.0,
         max_weight=max_weight,
     )
@@ -125,12 +127,14 @@ def _fedavg(old, updates, weights, sites):  # type: ignore[no-untyped-def]
     return {n: old[n] + sum(weights[s] * updates[s][n] for s in sites) / total for n in ("w", "b")}
 
 
-@pytest.mark.parametrize("n,threshold,degree", [(3, 2, 0), (6, 4, 0), (9, 3, 4)])
+@pytest.mark.parametrize(
+    "n,threshold,degree,bits", [(3, 2, 0, 32), (6, 4, 0, 32), (9, 3, 4, 32), (5, 3, 0, 16)]
+)
 def test_the_unmasked_mean_is_fedavg_within_the_quantization_error(
-    n: int, threshold: int, degree: int
+    n: int, threshold: int, degree: int, bits: int
 ) -> None:
     rng = np.random.default_rng(n)
-    cfg = config(n, threshold=threshold, degree=degree)
+    cfg = config(n, threshold=threshold, degree=degree, max_weight=10 * n, bits=bits)
     old = _model(rng)
     updates = _updates(cfg.sites, rng)
     weights = {s: 10 * (i + 1) for i, s in enumerate(cfg.sites)}

@@ -5,6 +5,7 @@ site's update is indistinguishable from uniform bytes."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,40 @@ def test_a_job_secure_aggregation_cannot_keep_its_promise_for_is_refused(tmp_pat
         with pytest.raises(JobValidationError, match=message):
             spec = load_job_spec(folder)
             check_spec(spec.workflow.name, spec)
+
+
+def test_a_site_revealing_shares_it_was_not_dealt_is_caught_and_left_out(
+    tmp_path: Path,
+) -> None:
+    """site-2 plays a malicious holder: the shares it reveals in round 1 are
+    not the ones dealt to it. The server checks each against its dealer's
+    commitment, sets site-2's aside, rebuilds the secrets from the others',
+    and leaves site-2 out of round 2."""
+    from shoal.privacy.secagg.site import SiteRound
+
+    honest = SiteRound.reveal
+
+    def lying(self: SiteRound, doc: dict[str, Any]) -> dict[str, Any]:
+        out = honest(self, doc)
+        if self.me == "site-2":
+            out["b"] = {d: base64.b64encode(bytes(66)).decode() for d in out["b"]}
+        return out
+
+    job = write_secagg_job(tmp_path / "job", rounds=2, min_clients=3)
+    SiteRound.reveal = lying  # type: ignore[method-assign]
+    try:
+        result = simulate(
+            SimulatorConfig(job_dir=job, num_sites=4, workdir=tmp_path / "runs", mode="threads")
+        )
+    finally:
+        SiteRound.reveal = honest  # type: ignore[method-assign]
+    assert result.ok, result.failure_summary()
+    first, second = (x["secagg"] for x in _lines(result.run_dir))
+    assert set(first["inconsistent"]) == {"site-2"}
+    assert "does not match" in first["inconsistent"]["site-2"]
+    assert first["survivors"] == ["site-1", "site-2", "site-3", "site-4"]
+    assert "site-2" not in second["advertised"] and second["excluded"] == ["site-2"]
+    everyone = [f"site-{i}" for i in range(1, 5)]
+    want = expected_model(job, everyone, 2, dropped={2: {"site-2"}})
+    tol = 2 * bound(4, clip_range=0.5, max_weight=10_000, weight_sum=80, n=4)
+    _assert_fedavg(_final(result.run_dir), want, tol)

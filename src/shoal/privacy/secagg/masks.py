@@ -40,7 +40,8 @@ class MaskStream:
 
     >>> a = MaskStream(bytes(32), np.dtype("<u4"))
     >>> b = MaskStream(bytes(32), np.dtype("<u4"))
-    >>> bool((np.concatenate([a.take(3), a.take(5)]) == b.take(8)).all())
+    >>> first = a.take(3).copy()
+    >>> bool((np.concatenate([first, a.take(5)]) == b.take(8)).all())
     True
     """
 
@@ -49,14 +50,24 @@ class MaskStream:
             raise ValueError(f"a mask seed is 32 bytes, got {len(seed)}")
         self._enc = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
         self._dtype = np.dtype(dtype)
-        self._zeros = b""
+        self._buf = bytearray()
 
     def take(self, n: int) -> np.ndarray:
-        """The next ``n`` mask values."""
+        """The next ``n`` mask values: a view of this stream's buffer, valid
+        until the next call (the keystream is written in place, no copy)."""
         size = n * self._dtype.itemsize
-        if len(self._zeros) < size:
-            self._zeros = bytes(size)
-        return np.frombuffer(self._enc.update(self._zeros[:size]), dtype=self._dtype)
+        if len(self._buf) < size:
+            self._buf = bytearray(size)
+        self._enc.update_into(_zeros(size), self._buf)
+        return np.frombuffer(self._buf, dtype=self._dtype, count=n)
+
+
+_ZEROS = memoryview(bytes(CHUNK * 8))
+
+
+def _zeros(size: int) -> memoryview:
+    """``size`` zero bytes (a view of one shared buffer when it is long enough)."""
+    return _ZEROS[:size] if size <= len(_ZEROS) else memoryview(bytes(size))
 
 
 @dataclass(frozen=True)
