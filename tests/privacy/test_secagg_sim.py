@@ -38,7 +38,18 @@ def _assert_fedavg(final: dict, want: dict, tol: float) -> None:
     np.testing.assert_array_equal(final["steps"], [0])
 
 
-def test_secure_rounds_give_fedavg_within_the_quantization_error(tmp_path: Path) -> None:
+def _simulate(job: Path, tmp_path: Path) -> Path:
+    """``job`` simulated with 4 sites in threads; its run folder."""
+    result = simulate(
+        SimulatorConfig(job_dir=job, num_sites=4, workdir=tmp_path / "runs", mode="threads")
+    )
+    assert result.ok, result.failure_summary()
+    return result.run_dir
+
+
+def test_secure_rounds_give_fedavg_within_the_quantization_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = write_secagg_job(tmp_path / "job", rounds=2, min_clients=3)
     sent: list[FLModel] = []
     real_send = SimBackend.send
@@ -48,19 +59,13 @@ def test_secure_rounds_give_fedavg_within_the_quantization_error(tmp_path: Path)
             sent.append(model)
         real_send(self, model)
 
-    SimBackend.send = spy  # type: ignore[method-assign]
-    try:
-        result = simulate(
-            SimulatorConfig(job_dir=job, num_sites=4, workdir=tmp_path / "runs", mode="threads")
-        )
-    finally:
-        SimBackend.send = real_send  # type: ignore[method-assign]
-    assert result.ok, result.failure_summary()
+    monkeypatch.setattr(SimBackend, "send", spy)
+    run_dir = _simulate(job, tmp_path)
     sites = [f"site-{i}" for i in range(1, 5)]
     weight_sum = sum(10 * (i + 1) for i in range(4))
     tol = 2 * bound(4, clip_range=0.5, max_weight=10_000, weight_sum=weight_sum, n=4)
-    _assert_fedavg(_final(result.run_dir), expected_model(job, sites, 2), tol)
-    lines = _lines(result.run_dir)
+    _assert_fedavg(_final(run_dir), expected_model(job, sites, 2), tol)
+    lines = _lines(run_dir)
     assert [x["secagg"]["survivors"] for x in lines] == [sites, sites]
     # The script never saw the protocol's message beside the weights.
     assert {m["extras_seen"] for x in lines for m in x["sites"].values()} == {0.0}
@@ -92,11 +97,8 @@ def test_a_site_leaving_mid_round_does_not_stop_it(tmp_path: Path, when: str) ->
     job = write_secagg_job(
         tmp_path / "job", rounds=2, min_clients=3, drop=("site-2", 1, "exit", when)
     )
-    result = simulate(
-        SimulatorConfig(job_dir=job, num_sites=4, workdir=tmp_path / "runs", mode="threads")
-    )
-    assert result.ok, result.failure_summary()
-    lines = _lines(result.run_dir)
+    run_dir = _simulate(job, tmp_path)
+    lines = _lines(run_dir)
     everyone = [f"site-{i}" for i in range(1, 5)]
     rest = [s for s in everyone if s != "site-2"]
     first = lines[0]["secagg"]
@@ -116,7 +118,7 @@ def test_a_site_leaving_mid_round_does_not_stop_it(tmp_path: Path, when: str) ->
     want = expected_model(job, everyone, 2, dropped=dropped)
     weights = sum(10 * (i + 1) for i in (0, 2, 3))
     tol = 2 * bound(4, clip_range=0.5, max_weight=10_000, weight_sum=weights, n=4)
-    _assert_fedavg(_final(result.run_dir), want, tol)
+    _assert_fedavg(_final(run_dir), want, tol)
 
 
 def test_a_job_secure_aggregation_cannot_keep_its_promise_for_is_refused(tmp_path: Path) -> None:
@@ -141,7 +143,7 @@ def test_a_job_secure_aggregation_cannot_keep_its_promise_for_is_refused(tmp_pat
 
 
 def test_a_site_revealing_shares_it_was_not_dealt_is_caught_and_left_out(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """site-2 plays a malicious holder: the shares it reveals in round 1 are
     not the ones dealt to it. The server checks each against its dealer's
@@ -158,15 +160,9 @@ def test_a_site_revealing_shares_it_was_not_dealt_is_caught_and_left_out(
         return out
 
     job = write_secagg_job(tmp_path / "job", rounds=2, min_clients=3)
-    SiteRound.reveal = lying  # type: ignore[method-assign]
-    try:
-        result = simulate(
-            SimulatorConfig(job_dir=job, num_sites=4, workdir=tmp_path / "runs", mode="threads")
-        )
-    finally:
-        SiteRound.reveal = honest  # type: ignore[method-assign]
-    assert result.ok, result.failure_summary()
-    first, second = (x["secagg"] for x in _lines(result.run_dir))
+    monkeypatch.setattr(SiteRound, "reveal", lying)
+    run_dir = _simulate(job, tmp_path)
+    first, second = (x["secagg"] for x in _lines(run_dir))
     assert set(first["inconsistent"]) == {"site-2"}
     assert "does not match" in first["inconsistent"]["site-2"]
     assert first["survivors"] == ["site-1", "site-2", "site-3", "site-4"]
@@ -174,4 +170,4 @@ def test_a_site_revealing_shares_it_was_not_dealt_is_caught_and_left_out(
     everyone = [f"site-{i}" for i in range(1, 5)]
     want = expected_model(job, everyone, 2, dropped={2: {"site-2"}})
     tol = 2 * bound(4, clip_range=0.5, max_weight=10_000, weight_sum=80, n=4)
-    _assert_fedavg(_final(result.run_dir), want, tol)
+    _assert_fedavg(_final(run_dir), want, tol)
