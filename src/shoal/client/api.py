@@ -137,7 +137,12 @@ def is_running() -> bool:
             state.done = True
             state.backend.close()
             return False
-        if state.secagg is not None or task.task in SECAGG_STAGES or SECAGG_MESSAGE in task.extras:
+        if (
+            state.secagg is not None
+            or task.task in SECAGG_STAGES
+            or SECAGG_MESSAGE in task.extras
+            or getattr(state.backend, "secagg_credential", None) is not None
+        ):
             # Secure aggregation's own steps are answered there, never by the script.
             received = state.secure().receive(task)
             if received is None:

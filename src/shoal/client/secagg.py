@@ -37,7 +37,14 @@ from shoal.client.model import ClientBackend, FLModel
 from shoal.errors import ConfigError
 from shoal.privacy.secagg import MESSAGE, WEIGHT, ProtocolError, RoundConfig, SiteRound
 from shoal.privacy.secagg.messages import decode, encode
-from shoal.taskmeta import SECAGG_SETUP, SECAGG_SHARE, SECAGG_STAGES, SECAGG_UNMASK, TRAIN
+from shoal.taskmeta import (
+    SECAGG_SETUP,
+    SECAGG_SHARE,
+    SECAGG_STAGES,
+    SECAGG_UNMASK,
+    SUBMIT_MODEL,
+    TRAIN,
+)
 
 __all__ = ["SecAggSite"]
 
@@ -58,11 +65,29 @@ class SecAggSite:
         #: may train the task's arrays in place), while a masked update is due.
         self._start: dict[str, np.ndarray] | None = None
 
+    @property
+    def required(self) -> bool:
+        """Whether every weight this site sends must be masked: the site
+        daemon gave this job a secure-aggregation credential (it read the
+        job's own job.yml), so no task from the server can ask otherwise."""
+        return getattr(self.backend, "secagg_credential", None) is not None
+
     def receive(self, task: FLModel) -> FLModel | None:
         """The task as the script sees it, or ``None`` for one answered here
         (a stage of the protocol, or a masking task this site cannot do)."""
         if task.task in SECAGG_STAGES:
             self.backend.send(self.answer(task))
+            return None
+        if self.required and (
+            task.task == SUBMIT_MODEL or (task.task == TRAIN and MESSAGE not in task.extras)
+        ):
+            # A server asking a secure-aggregation job's site for its weights
+            # in the clear: refused, whatever the server says the job is.
+            reason = ProtocolError(
+                f"a {task.task!r} task that would send this site's weights unmasked, in a "
+                "secure-aggregation job"
+            )
+            self.backend.send(self.refusal(task, reason))
             return None
         try:
             plain = self.take_train(task)
