@@ -333,3 +333,28 @@ def test_a_delegation_is_good_for_its_own_job_only(pki) -> None:  # type: ignore
         Run(cfg, creds=forged, ca_pem=ca_pem).complete(
             _updates(cfg.sites, rng), dict.fromkeys(cfg.sites, 1), _model(rng)
         )
+
+
+def test_a_site_refuses_a_round_smaller_than_the_jobs_min_clients(pki) -> None:  # type: ignore[no-untyped-def]
+    """A server cannot shrink a round to a site and its accomplices: the
+    site's daemon put the job's own min_clients in the credential."""
+    ca_pem, _, kits = pki
+    strict = {
+        s: issue_credential(site=s, job_id=JOB, cert_pem=c, key_pem=k, min_sites=3)
+        for s, (c, k) in kits.items()
+    }
+    with pytest.raises(ProtocolError, match="min_clients=3"):
+        SiteRound(
+            config(2, threshold=2),
+            me="site-1",
+            job_id=JOB,
+            credential=strict["site-1"],
+            ca_pem=ca_pem,
+        )
+    rng = np.random.default_rng(13)
+    cfg = config(3, threshold=2)
+    with pytest.raises(ProtocolError, match="min_clients=3"):
+        # site-3's update never arrives: 2 survivors, and each refuses to reveal.
+        Run(cfg, creds=strict, ca_pem=ca_pem, drop_after_mask={"site-3"}).complete(
+            _updates(cfg.sites, rng), dict.fromkeys(cfg.sites, 1), _model(rng)
+        )

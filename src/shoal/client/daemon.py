@@ -569,18 +569,23 @@ class SiteDaemon:
             key_pem=key_pem,
             cert_pem=cert.encode("ascii"),
             filters={point: specs for point, specs in filters.items() if specs},
-            secagg_credential=self._secagg_credential(start.job_id, spec.workflow.name),
+            secagg_credential=self._secagg_credential(start.job_id, spec),
         )
 
-    def _secagg_credential(self, job_id: str, workflow: str) -> str | None:
+    def _secagg_credential(self, job_id: str, spec: Any) -> str | None:
         """For a secure-aggregation job: a fresh key for the job, delegated by
         the site's key, that the worker signs its keys with (the server
-        cannot then put keys of its own in their place)."""
-        if workflow not in SECAGG_WORKFLOWS:
+        cannot then put keys of its own in their place), and the job's
+        ``min_clients``, the fewest sites the worker lets a round sum with."""
+        if spec.workflow.name not in SECAGG_WORKFLOWS:
             return None
         tls = self.kit.tls
         cred = issue_credential(
-            site=self.name, job_id=job_id, cert_pem=tls.cert_pem, key_pem=tls.key_pem
+            site=self.name,
+            job_id=job_id,
+            cert_pem=tls.cert_pem,
+            key_pem=tls.key_pem,
+            min_sites=int(spec.min_clients),
         )
         return cred.to_json()
 

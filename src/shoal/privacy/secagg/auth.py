@@ -70,6 +70,10 @@ class Credential:
     signing_key: bytes
     #: The site key's signature of the delegation.
     delegation: bytes
+    #: The fewest sites this site lets a round sum its update with: the
+    #: job's own ``min_clients`` as the site daemon read it (a server that
+    #: shrinks a round to the site and its accomplices is refused).
+    min_sites: int = 2
 
     def __repr__(self) -> str:
         return f"Credential(site={self.site!r}, job_id={self.job_id!r}, signing_key=<redacted>)"
@@ -82,6 +86,7 @@ class Credential:
                 "cert_pem": self.cert_pem,
                 "signing_key": base64.b64encode(self.signing_key).decode(),
                 "delegation": base64.b64encode(self.delegation).decode(),
+                "min_sites": self.min_sites,
             }
         )
 
@@ -95,12 +100,15 @@ class Credential:
                 cert_pem=str(data["cert_pem"]),
                 signing_key=base64.b64decode(data["signing_key"], validate=True),
                 delegation=base64.b64decode(data["delegation"], validate=True),
+                min_sites=int(data.get("min_sites", 2)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: not a SecAgg credential: {exc}") from None
 
 
-def issue_credential(*, site: str, job_id: str, cert_pem: bytes, key_pem: bytes) -> Credential:
+def issue_credential(
+    *, site: str, job_id: str, cert_pem: bytes, key_pem: bytes, min_sites: int = 2
+) -> Credential:
     """A fresh Ed25519 key for ``job_id``, delegated by the site's key (the daemon's side)."""
     site_key = serialization.load_pem_private_key(key_pem, password=None)
     if not isinstance(site_key, ec.EllipticCurvePrivateKey):
@@ -120,6 +128,7 @@ def issue_credential(*, site: str, job_id: str, cert_pem: bytes, key_pem: bytes)
             serialization.NoEncryption(),
         ),
         delegation=delegation,
+        min_sites=max(2, min_sites),
     )
 
 

@@ -96,6 +96,13 @@ class SiteRound:
         if credential is not None and (ca_pem is None or credential.site != me):
             raise ProtocolError("a signing credential needs the project CA and this site's name")
         self.config, self.me = config, me
+        #: The fewest sites this site's update may be summed with.
+        self.min_sites = credential.min_sites if credential is not None else 2
+        if len(config.sites) < self.min_sites:
+            raise ProtocolError(
+                f"round {config.round}: {len(config.sites)} site(s), fewer than the job's "
+                f"min_clients={self.min_sites}"
+            )
         self.ctx = Context(job_id, config.round)
         self.credential, self.ca_pem = credential, ca_pem
         self.peers = config.graph()[me]
@@ -242,10 +249,12 @@ class SiteRound:
             raise ProtocolError(f"{what}: this site is not listed among the survivors")
         if survivors & dropped:
             raise ProtocolError(f"{what}: a site is listed both as survivor and as dropped")
-        if len(survivors) < self.config.threshold:
+        need = max(self.config.threshold, self.min_sites)
+        if len(survivors) < need:
+            # Fewer and the sum would say too much of each update in it.
             raise ProtocolError(
                 f"{what}: {len(survivors)} survivor(s), fewer than the threshold "
-                f"{self.config.threshold}"
+                f"{self.config.threshold} or the job's min_clients={self.min_sites}"
             )
         self._revealed = True
         assert self._own is not None
