@@ -171,3 +171,8 @@ def test_a_site_revealing_shares_it_was_not_dealt_is_caught_and_left_out(
     want = expected_model(job, everyone, 2, dropped={2: {"site-2"}})
     tol = 2 * bound(4, clip_range=0.5, max_weight=10_000, weight_sum=80, n=4)
     _assert_fedavg(_final(run_dir), want, tol)
+
+
+def test_the_rounds_leave_no_task_files_in_the_results(tmp_path: Path) -> None:
+    run_dir = _simulate(write_secagg_job(tmp_path / "job", rounds=1, min_clients=2), tmp_path)
+    assert not (run_dir / "secagg").exists()

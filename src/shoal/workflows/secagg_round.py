@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,4 +287,10 @@ def run_secagg_round(
         config.check()
     except ProtocolError as exc:
         raise JobFailedError(f"round {round}: {exc}") from None
-    return _Round(ctx, config, limits, model_path, total_rounds).run()
+    one = _Round(ctx, config, limits, model_path, total_rounds)
+    try:
+        return one.run()
+    finally:
+        # The tasks' files (the masking task is a copy of the model): not
+        # part of the job's results. A transfer still reading one keeps it open.
+        shutil.rmtree(one.folder, ignore_errors=True)
