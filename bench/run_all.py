@@ -35,6 +35,7 @@ SCRIPTS = [
     "host_costs",
     "torch_adapter",
     "tracking",
+    "secagg",
 ]
 
 

@@ -3,7 +3,9 @@
 A task has a name (``FLModel.task``): :data:`TRAIN` (train on the model,
 send the new weights), :data:`VALIDATE` (evaluate the model on local data,
 send metrics and ``num_examples``, no weights) or :data:`SUBMIT_MODEL` (send
-this site's own local model); docs/client-api.md has the contract.
+this site's own local model); docs/client-api.md has the contract. The
+stages of secure aggregation (:data:`SECAGG_STAGES`) are answered by the
+Client API itself.
 
 Down, a task's meta holds the round (``task``, ``round``, ``current_round``,
 ``total_rounds``, ``site``: the names in :data:`RESERVED_TASK_META`), the
@@ -36,6 +38,11 @@ __all__ = [
     "MAX_RESULT_META_KEYS",
     "PARAMS_TYPES",
     "RESERVED_TASK_META",
+    "SECAGG_MESSAGE",
+    "SECAGG_SETUP",
+    "SECAGG_SHARE",
+    "SECAGG_STAGES",
+    "SECAGG_UNMASK",
     "SUBMIT_MODEL",
     "TASK_NAMES",
     "TRAIN",
@@ -52,8 +59,17 @@ TRAIN = "train"
 VALIDATE = "validate"
 #: Send this site's own local model (its best or final one).
 SUBMIT_MODEL = "submit_model"
+#: The stages of a secure-aggregation round other than ``train``
+#: (``shoal.workflows.secagg``): the Client API answers them itself, the
+#: script never sees them.
+SECAGG_SETUP = "secagg_setup"
+SECAGG_SHARE = "secagg_share"
+SECAGG_UNMASK = "secagg_unmask"
+SECAGG_STAGES = (SECAGG_SETUP, SECAGG_SHARE, SECAGG_UNMASK)
+#: The extra array a secure-aggregation message travels as, down and up.
+SECAGG_MESSAGE = "secagg/message"
 #: The task names shoal's workflows send.
-TASK_NAMES = (TRAIN, VALIDATE, SUBMIT_MODEL)
+TASK_NAMES = (TRAIN, VALIDATE, SUBMIT_MODEL, *SECAGG_STAGES)
 
 #: Task meta keys the runtime sets; ``client.config`` may not use them.
 RESERVED_TASK_META = frozenset({"task", "round", "current_round", "total_rounds", "site"})

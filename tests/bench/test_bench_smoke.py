@@ -55,6 +55,11 @@ def test_algorithms_quick() -> None:
     assert all(f"| {name} " in out for name in ("fedavg", "fedadam", "krum"))
 
 
+def test_secagg_quick() -> None:
+    out = _run("secagg", "--quick")
+    assert "SecAgg s/round" in out and "FAILED" not in out and "| 1M " in out
+
+
 def test_host_costs_quick() -> None:
     out = _run("host_costs", "--quick")
     assert "XXH3-128" in out and "filling" in out and "over a cached file" in out

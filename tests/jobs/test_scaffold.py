@@ -166,7 +166,9 @@ def test_unknown_workflow_or_missing_parent_is_refused(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("workflow", ["fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+@pytest.mark.parametrize(
+    "workflow", ["fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "secagg"]
+)
 def test_job_new_writes_a_valid_job_for_each_algorithm(workflow: str, tmp_path: Path) -> None:
     made = new_job(f"my-{workflow}", framework="numpy", workflow=workflow, parent=tmp_path)
     assert f"  name: {workflow}\n" in (made.folder / "job.yml").read_text()

@@ -25,19 +25,24 @@ import contextvars
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.client.model import ClientBackend, FLModel
 from shoal.errors import ConfigError, ShoalError
 from shoal.filters import FilterChain
 from shoal.frameworks import as_numpy_params
 from shoal.taskmeta import (
+    SECAGG_MESSAGE,
+    SECAGG_STAGES,
     SUBMIT_MODEL,
     TRAIN,
     VALIDATE,
     check_params_type,
     check_result_meta,
 )
+
+if TYPE_CHECKING:
+    from shoal.client.secagg import SecAggSite
 
 __all__ = [
     "ClientBackend",
@@ -71,6 +76,17 @@ class _State:
         self.task: FLModel | None = None
         #: This site's own trackers (``tracking.site_metrics: site``), once started.
         self.trackers: Any = None
+        #: Secure aggregation's state at this site, once a round of it began.
+        self.secagg: SecAggSite | None = None
+
+    def secure(self) -> SecAggSite:
+        if self.secagg is None:
+            # Imported on first use: a script that never takes part in
+            # secure aggregation does not load its cryptography.
+            from shoal.client.secagg import SecAggSite
+
+            self.secagg = SecAggSite(self.backend)
+        return self.secagg
 
 
 # A contextvar (not a module global) so the simulator can run many sites as
@@ -117,7 +133,7 @@ def is_running() -> bool:
     state = _require()
     if state.done:
         return False
-    if state.pending is None:
+    while state.pending is None:
         task = state.backend.next_task()
         if task is None:
             state.done = True
@@ -125,6 +141,17 @@ def is_running() -> bool:
                 state.trackers.close("FINISHED")
             state.backend.close()
             return False
+        if (
+            state.secagg is not None
+            or task.task in SECAGG_STAGES
+            or SECAGG_MESSAGE in task.extras
+            or getattr(state.backend, "secagg_credential", None) is not None
+        ):
+            # Secure aggregation's own steps are answered there, never by the script.
+            received = state.secure().receive(task)
+            if received is None:
+                continue
+            task = received
         state.pending = _filtered(state.backend, "task_in", task, task)
     return True
 
@@ -238,6 +265,8 @@ def send(model: FLModel) -> None:
         from shoal.observe.tracking import PRIVATE_META
 
         model = dataclasses.replace(model, meta={**model.meta, PRIVATE_META: True})
+    if state.secagg is not None and state.secagg.masking:
+        model = state.secagg.masked(model)
     check_result_meta(model.meta)
     check_params_type(model.params_type)
     state.backend.send(model)

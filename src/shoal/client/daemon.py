@@ -55,6 +55,7 @@ from shoal.filters import SITE_POINTS, site_order, specs_to_json
 from shoal.filters.local import FILTERS_FILE, local_filters
 from shoal.observe.metrics import MetricsEndpoint, SiteMetrics, serve_metrics
 from shoal.observe.tracking import metrics_may_leave
+from shoal.privacy.secagg import SECAGG_WORKFLOWS, issue_credential
 from shoal.provision import Kit
 from shoal.provision.expiry import ExpiryWatch
 from shoal.provision.jobcreds import new_worker_key
@@ -145,6 +146,9 @@ class _Prepared:
     name: str = ""
     tracking: dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics_private: bool = False
+    #: A secure-aggregation job's signing credential (JSON), made here with
+    #: the site's key, which the worker never holds; None for other jobs.
+    secagg_credential: str | None = None
 
 
 class SiteDaemon:
@@ -529,6 +533,12 @@ class SiteDaemon:
             tracking=job.tracking,
             metrics_private=job.metrics_private,
         )
+        if job.secagg_credential is not None:
+            secagg_path = creds / "secagg.json"
+            fd = os.open(secagg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(job.secagg_credential)
+            config = dataclasses.replace(config, secagg_credential=str(secagg_path))
         config_path = job_dir / "worker.json"
         config_path.write_text(config.to_json())
         app_dir = job.script.parent
@@ -690,7 +700,25 @@ class SiteDaemon:
             key_pem=key_pem,
             cert_pem=cert.encode("ascii"),
             filters={point: specs for point, specs in filters.items() if specs},
+            secagg_credential=self._secagg_credential(start.job_id, spec),
         )
+
+    def _secagg_credential(self, job_id: str, spec: Any) -> str | None:
+        """For a secure-aggregation job: a fresh key for the job, delegated by
+        the site's key, that the worker signs its keys with (the server
+        cannot then put keys of its own in their place), and the job's
+        ``min_clients``, the fewest sites the worker lets a round sum with."""
+        if spec.workflow.name not in SECAGG_WORKFLOWS:
+            return None
+        tls = self.kit.tls
+        cred = issue_credential(
+            site=self.name,
+            job_id=job_id,
+            cert_pem=tls.cert_pem,
+            key_pem=tls.key_pem,
+            min_sites=int(spec.min_clients),
+        )
+        return cred.to_json()
 
     def _abort_job(self, job_id: str, reason: str) -> None:
         with self._lock:

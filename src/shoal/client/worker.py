@@ -37,6 +37,7 @@ from shoal.errors import (
     UnavailableError,
 )
 from shoal.filters import FilterChain, build_chain, specs_from_json
+from shoal.privacy.secagg.auth import Credential
 from shoal.taskmeta import join_extras, split_extras
 from shoal.transport import (
     PayloadHeader,
@@ -103,6 +104,9 @@ class WorkerConfig:
     #: The site forbids its metrics to leave for a tracker: results say so
     #: (``shoal.observe.tracking.PRIVATE_META``).
     metrics_private: bool = False
+    #: A secure-aggregation job's signing credential (a file the site
+    #: daemon wrote, ``shoal.privacy.secagg.Credential``); "" for other jobs.
+    secagg_credential: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -197,8 +201,13 @@ class GrpcBackend:
             )
             for point, specs in config.filters.items()
         }
+        #: The project's CA: secure aggregation checks the peers' keys against it.
+        self.ca_pem = Path(config.ca_path).read_bytes()
+        self.secagg_credential: Credential | None = (
+            Credential.from_file(config.secagg_credential) if config.secagg_credential else None
+        )
         tls = TLSConfig(
-            ca_pem=Path(config.ca_path).read_bytes(),
+            ca_pem=self.ca_pem,
             cert_pem=Path(config.cert_path).read_bytes(),
             key_pem=Path(config.key_path).read_bytes(),
         )

@@ -1,10 +1,11 @@
-"""Privacy mechanisms: clipping, Gaussian noise and their accounting.
+"""Privacy mechanisms: clipping, Gaussian noise and their accounting; secure aggregation.
 
 ``shoal.privacy.dp`` holds the arithmetic the filters (``shoal.filters.builtin``)
 and the central DP-FedAvg workflow (``shoal.workflows.dp_fedavg``) share;
 ``shoal.privacy.accounting`` turns a mechanism's parameters into ε at a δ
 with Google's ``dp-accounting`` (never a hand-written bound). docs/privacy.md
-says what each protects against.
+says what each protects against. ``shoal.privacy.secagg`` is secure
+aggregation (SecAgg+): the server learns only the sum of the updates.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from shoal.workflows import (
     fedopt,
     fedprox,
     scaffold,
+    secagg,
 )
 from shoal.workflows.api import WorkflowFn
 from shoal.workflows.robust import needs_model_and_aggregator
@@ -104,6 +105,7 @@ for _name, _module in (
     ("scaffold", scaffold),
     ("fedprox", fedprox),
     ("dp_fedavg", dp_fedavg),
+    ("secagg", secagg),
 ):
     register(
         WorkflowEntry(
