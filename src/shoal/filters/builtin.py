@@ -69,6 +69,19 @@ def _as_diff(model: FLModel, update: dict[str, np.ndarray]) -> FLModel:
     return dataclasses.replace(model, params=update, params_type="diff")
 
 
+def update_in(model: FLModel, ctx: FilterContext, who: str) -> dict[str, np.ndarray]:
+    """The update ``model`` carries (its params minus the model the site
+    received, or its diff as sent), for filter ``who``; at ``result_in`` a
+    malformed result passes as it came, for the driver's checks to refuse."""
+    return update_of(
+        model.params,
+        model.params_type,
+        reference=ctx.reference,
+        who=who,
+        lenient=ctx.point == "result_in",
+    )
+
+
 class ExcludeVars:
     """The update of the variables named by ``names`` (shell globs, e.g.
     ``"encoder.*"``) or matched by ``regex`` becomes zero: the server
@@ -93,13 +106,7 @@ class ExcludeVars:
             self._match = lambda name: pattern.search(name) is not None
 
     def __call__(self, model: FLModel, ctx: FilterContext) -> FLModel:
-        update = update_of(
-            model.params,
-            model.params_type,
-            reference=ctx.reference,
-            who="exclude_vars",
-            lenient=ctx.point == "result_in",
-        )
+        update = update_in(model, ctx, "exclude_vars")
         hit = sorted(n for n in update if self._match(n))
         for name in hit:
             a = update[name]
@@ -125,13 +132,7 @@ class Clip:
         self.max_norm = positive("max_norm", max_norm)
 
     def __call__(self, model: FLModel, ctx: FilterContext) -> FLModel:
-        update = update_of(
-            model.params,
-            model.params_type,
-            reference=ctx.reference,
-            who="clip",
-            lenient=ctx.point == "result_in",
-        )
+        update = update_in(model, ctx, "clip")
         clipped, norm = clip_update(update, max_norm=self.max_norm)
         log.info(
             "clip on %s (round %s): update norm %.4g, %s to %.4g",
@@ -222,13 +223,7 @@ class PercentilePrivacy:
         self.gamma = positive("gamma", gamma)
 
     def __call__(self, model: FLModel, ctx: FilterContext) -> FLModel:
-        update = update_of(
-            model.params,
-            model.params_type,
-            reference=ctx.reference,
-            who="percentile_privacy",
-            lenient=ctx.point == "result_in",
-        )
+        update = update_in(model, ctx, "percentile_privacy")
         steps = model.meta.get(NUM_STEPS_KEY, 1)
         if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not steps > 0:
             raise ValueError(f"meta {NUM_STEPS_KEY!r} must be a number > 0, got {steps!r}")

@@ -31,8 +31,8 @@ import numpy as np
 
 from shoal.arrays import is_floating
 from shoal.client.model import FLModel
+from shoal.filters.builtin import update_in
 from shoal.filters.context import FilterContext
-from shoal.privacy.dp import update_of
 
 __all__ = ["QUANTIZED_KEY", "Dequantize", "Quantize"]
 
@@ -56,13 +56,7 @@ class Quantize:
         self.bits = bits
 
     def __call__(self, model: FLModel, ctx: FilterContext) -> FLModel:
-        update = update_of(
-            model.params,
-            model.params_type,
-            reference=ctx.reference,
-            who="quantize",
-            lenient=ctx.point == "result_in",
-        )
+        update = update_in(model, ctx, "quantize")
         extras = dict(model.extras)
         before = after = 0
         for name, a in update.items():

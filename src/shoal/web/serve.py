@@ -10,7 +10,6 @@ API, nothing else) and listens on loopback only unless ``allow_remote``.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
@@ -22,6 +21,7 @@ import uvicorn
 
 from shoal.admin.session import AdminSession
 from shoal.errors import ConfigError, ShoalError
+from shoal.observe.metrics import is_loopback
 from shoal.web.app import create_app
 from shoal.web.security import Guard
 
@@ -50,15 +50,6 @@ class DashboardConfig:
     """The token in the printed URL; a random one when not given."""
     timeout: float = 30.0
     """Seconds each admin call may take."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(config: DashboardConfig) -> str | None:

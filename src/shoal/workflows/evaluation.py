@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from shoal import checksum, evalmatrix
 from shoal.arrays import (
     WrittenArrays,
@@ -47,14 +45,14 @@ from shoal.arrays import (
 from shoal.errors import ArrayFormatError, JobFailedError
 from shoal.taskmeta import SUBMIT_MODEL, VALIDATE
 from shoal.workflows.api import TaskResult, WorkflowContext
-from shoal.workflows.metrics import finite_metrics, short, weighted_metrics
+from shoal.workflows.metrics import finite_metrics, weighted_metrics
+from shoal.workflows.results import check_num_examples
 from shoal.workflows.store import atomic_write_bytes
 
 __all__ = [
     "Evaluations",
     "Limits",
     "Submitted",
-    "check_num_examples",
     "collect_local_models",
     "cross_site_phase",
     "sites_taking_part",
@@ -127,20 +125,6 @@ def sites_taking_part(ctx: WorkflowContext) -> list[str]:
             f"min_clients={min_clients}"
         )
     return sites
-
-
-def check_num_examples(n: object, max_num_examples: int) -> int:
-    """``n`` if it is an integer in ``[1, max_num_examples]``; ArrayFormatError otherwise."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ArrayFormatError(f"num_examples is {short(n)}, must be an integer")
-    if n <= 0:
-        raise ArrayFormatError(f"num_examples is {n}, must be > 0")
-    if n > max_num_examples:
-        raise ArrayFormatError(
-            f"num_examples is {short(n)}, over the job's "
-            f"workflow.max_num_examples={max_num_examples}"
-        )
-    return int(n)
 
 
 def _no_answer(limits: Limits) -> str:

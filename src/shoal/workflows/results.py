@@ -26,6 +26,7 @@ from shoal.workflows.metrics import short
 
 __all__ = [
     "apply_filters",
+    "check_num_examples",
     "plus_global",
     "server_filters",
     "validate_result",
@@ -40,17 +41,7 @@ def validate_result(
     max_num_examples: int,
     global_model: Callable[[], Mapping[str, np.ndarray]],
 ) -> dict[str, np.ndarray]:
-    n = result.num_examples
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ArrayFormatError(f"num_examples is {short(n)}, must be an integer")
-    if n <= 0:
-        raise ArrayFormatError(f"num_examples is {n}, must be > 0")
-    if n > max_num_examples:
-        # Compared as ints: a float of 10**400 would raise, not compare.
-        raise ArrayFormatError(
-            f"num_examples is {short(n)}, over the job's "
-            f"workflow.max_num_examples={max_num_examples}"
-        )
+    check_num_examples(result.num_examples, max_num_examples)
     arrays = result.arrays()
     check_compatible(reference, arrays)
     check_finite(arrays)
@@ -115,3 +106,18 @@ def without_arrays(result: TaskResult) -> TaskResult:
             params_type=result.params_type,
         )
     return result
+
+
+def check_num_examples(n: object, max_num_examples: int) -> int:
+    """``n`` if it is an integer in ``[1, max_num_examples]``; ArrayFormatError otherwise."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ArrayFormatError(f"num_examples is {short(n)}, must be an integer")
+    if n <= 0:
+        raise ArrayFormatError(f"num_examples is {n}, must be > 0")
+    if n > max_num_examples:
+        # Compared as ints: a float of 10**400 would raise, not compare.
+        raise ArrayFormatError(
+            f"num_examples is {short(n)}, over the job's "
+            f"workflow.max_num_examples={max_num_examples}"
+        )
+    return int(n)

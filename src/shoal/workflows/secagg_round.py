@@ -45,8 +45,7 @@ from shoal.privacy.secagg import (
 from shoal.privacy.secagg.messages import decode, encode
 from shoal.taskmeta import SECAGG_SETUP, SECAGG_SHARE, SECAGG_UNMASK, TRAIN, join_extras
 from shoal.workflows.api import TaskResult, WorkflowContext
-from shoal.workflows.evaluation import check_num_examples
-from shoal.workflows.results import without_arrays
+from shoal.workflows.results import check_num_examples, without_arrays
 
 __all__ = ["RoundOutcome", "StageLimits", "run_secagg_round"]
 
