@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from shoal.arrays import load_arrays
 from shoal.errors import JobFailedError, JobValidationError
 from shoal.jobs import ClientAppSpec, JobSpec, ServerAppSpec, WorkflowSpec
 from shoal.workflows import WorkflowContext, get_workflow, parse_params
+from shoal.workflows.api import TaskResult
 from shoal.workflows.fedbuff import FedBuffParams, staleness_weight
 
 from .fakes import FakeComm, SiteFn, shift
@@ -180,3 +182,66 @@ def test_params() -> None:
         parse_params("fedbuff", {"num_versions": 5, "staleness": "hinge"})
     with pytest.raises(JobValidationError, match="workflow.num_versions"):
         parse_params("fedbuff", {})
+
+
+class _CrashAfter(FakeComm):
+    """A server that dies after ``results`` results reached the workflow."""
+
+    results: int = 0
+
+    def stream(self, *, timeout: float) -> Iterator[TaskResult]:
+        for n, result in enumerate(super().stream(timeout=timeout), start=1):
+            yield result
+            if n == self.results:
+                raise RuntimeError("simulated crash")
+
+
+def test_a_restart_mid_version_keeps_the_results_already_in_the_buffer(tmp_path: Path) -> None:
+    # Three results reach the workflow: a, a (-> v1), then b on v0 (tau 1),
+    # folded into v2's buffer and saved; the server dies before a's next one.
+    (tmp_path / "results").mkdir()
+    crashing = _CrashAfter(
+        site_fns={"a": shift(1.0, 10, loss=1.0), "b": shift(4.0, 30, loss=3.0)},
+        results_dir=tmp_path / "results",
+        durations={"a": 1.0, "b": 3.0},
+    )
+    crashing.results = 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        get_workflow("fedbuff")(_ctx(tmp_path, crashing))
+    saved = tmp_path / "run" / "server_state" / "round_0001.safetensors"
+    assert saved.exists()
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["round"] == 1
+
+    # Resumed at v1 with b's update still in the buffer: a's first answer on
+    # v1 completes it, and v2 is the uninterrupted run's 1 + (1 + 4/sqrt 2)/2.
+    comm = _comm(tmp_path)
+    get_workflow("fedbuff")(_ctx(tmp_path, comm))
+    expected = 1 + (1 + 4 / math.sqrt(2)) / 2
+    np.testing.assert_allclose(_final(tmp_path)["w"], [expected, expected], rtol=1e-6)
+    last = _metrics(tmp_path)[-1]
+    assert last["round"] == 2
+    assert last["contributions"] == {"a": 1, "b": 1}
+    assert last["staleness"] == {"mean": 0.5, "max": 1}
+    assert last["aggregated"]["loss"] == pytest.approx(2.5)  # b's metrics came back too
+    assert not saved.exists()  # folded into v2: the buffer file goes
+
+
+def test_a_saved_buffer_of_another_version_or_model_is_set_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "results").mkdir()
+    crashing = _CrashAfter(
+        site_fns={"a": shift(1.0, 10), "b": shift(4.0, 30)},
+        results_dir=tmp_path / "results",
+        durations={"a": 1.0, "b": 3.0},
+    )
+    crashing.results = 3
+    with pytest.raises(RuntimeError):
+        get_workflow("fedbuff")(_ctx(tmp_path, crashing))
+    saved = tmp_path / "run" / "server_state" / "round_0001.safetensors"
+    saved.write_bytes(saved.read_bytes()[:-3])  # torn (a disk that lied about fsync)
+    caplog.set_level(logging.WARNING)
+    get_workflow("fedbuff")(_ctx(tmp_path, _comm(tmp_path)))
+    assert "ignoring the saved buffer" in caplog.text
+    # Without b's update: a's two answers on v1 make v2 = 1 + 2/2.
+    np.testing.assert_allclose(_final(tmp_path)["w"], [2.0, 2.0])
