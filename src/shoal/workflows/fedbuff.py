@@ -33,6 +33,9 @@ result that fails the driver's checks is refused (logged); either way the
 site gets a new task. No result for ``round_timeout_s`` seconds, or every
 site gone, fails the job with the versions published so far checkpointed.
 Arrays that are not floating point (counters) keep the global model's value.
+The job's ``result_in`` filters run on each result before it is checked and
+folded, as the round driver runs them (their reference: the version the
+site was sent); ``model_out`` filters are refused at submit.
 """
 
 from __future__ import annotations
@@ -59,7 +62,12 @@ from shoal.workflows.driver import (
 from shoal.workflows.hooks import load_attr
 from shoal.workflows.metrics import finite_metrics, weighted_metrics
 from shoal.workflows.params import param, parser
-from shoal.workflows.results import validate_result, without_arrays
+from shoal.workflows.results import (
+    filter_result,
+    server_filters,
+    validate_result,
+    without_arrays,
+)
 from shoal.workflows.servermodel import call_hook, initial_params, save_native, server_model_of
 from shoal.workflows.store import Checkpoint, RoundStore
 
@@ -114,13 +122,15 @@ parse_params = parser(FedBuffParams, workflow="fedbuff")
 
 
 def check_spec(spec: Any) -> None:
-    """FedBuff needs an initial model, and applies no server-side filters yet."""
+    """FedBuff needs an initial model; it runs ``result_in`` filters, not
+    ``model_out`` ones (each version would need its own filtered copy held
+    as long as a site trains on it)."""
     needs_initial_model("fedbuff")(spec)
     filters = getattr(spec, "filters", None) or {}
-    unsupported = [p for p in ("result_in", "model_out") if filters.get(p)]
-    if unsupported:
+    if filters.get("model_out"):
         raise JobValidationError(
-            f"job.yml: filters: fedbuff does not apply server filters ({', '.join(unsupported)})"
+            "job.yml: filters.model_out: fedbuff does not apply model_out filters "
+            "(result_in filters run on every result)"
         )
 
 
@@ -303,6 +313,8 @@ class _FedBuff:
             )
         hook = ctx.spec.server.evaluate
         self.evaluate = load_attr(ctx.app_dir, hook) if hook else None
+        #: The job's result_in filters, run on each result as the round driver does.
+        self.result_in = server_filters(ctx).get("result_in")
         #: Task id -> the version it was sent; site -> its open task.
         self.task_version: dict[str, int] = {}
         self.open: dict[str, str] = {}
@@ -403,6 +415,15 @@ class _FedBuff:
                 log.warning("ignoring an unexpected result from %s (%s)", site, result.task_id)
                 continue
             sent = self.task_version[result.task_id]
+            if self.result_in is not None:
+                result = filter_result(
+                    self.result_in,
+                    result,
+                    job_id=self.ctx.job_id,
+                    round=sent + 1,
+                    total_rounds=p.num_versions,
+                    reference=load_arrays(store.model_path(sent), mmap=True),
+                )
             held = len(buffer.results)
             self._fold(result, version - sent, sent, reference, buffer)
             # >=: a buffer resumed with a smaller buffer_size is published at once.
