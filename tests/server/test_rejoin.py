@@ -197,3 +197,18 @@ def test_a_failed_training_script_does_not_hold_the_round() -> None:
     ch.script = [(1, _result("a", task)), (2, failed)]
     assert list(gather) == ["a"]
     assert ch.now == pytest.approx(2.0)  # nothing would say "back": no grace
+
+
+def test_the_stream_waits_the_grace_for_the_last_site_to_come_back() -> None:
+    ch = ScriptedChannel([])
+    comm = _comm(ch, ["a"], 10.0)
+    comm.scatter(task="train", round=1, weights_path=Path("w"), sites=["a"], supersede="targets")
+    task = _task_ids(ch)[-1]
+    # a's daemon restarts: gone at 1 s, back at 4 s, answers its open task at 6 s.
+    ch.script = [(1, _gone("a")), (4, _back("a")), (6, _result("a", task))]
+    assert [r.site for r in comm.stream(timeout=60)] == ["a"]
+    # Gone for good: the stream ends once the grace is over, not at its timeout.
+    comm.scatter(task="train", round=2, weights_path=Path("w"), sites=["a"], supersede="targets")
+    ch.script = [(7, _gone("a"))]
+    assert list(comm.stream(timeout=600)) == []
+    assert ch.now == pytest.approx(17.0)

@@ -220,35 +220,54 @@ class IpcCommunicator:
 
     def stream(self, *, timeout: float) -> Iterator[TaskResult]:
         files: list[Path] = []
-        deadline = time.monotonic() + timeout
+        deadline = self._clock() + timeout
+        #: Sites whose connection was lost during this stream -> when.
+        left: dict[str, float] = {}
         try:
             while True:
                 # The consumer is past the previous result: its file goes now.
                 _remove(files)
                 live = {s for s in self._open if s not in self._gone}
-                msg = None
-                if not live and (msg := self._next(0)) is None:
+                now = self._clock()
+                rejoin_by = max(
+                    (t + self.rejoin_grace_s for s, t in left.items() if s in self._open),
+                    default=-math.inf,
+                )
+                if not live and now < min(rejoin_by, deadline):
+                    # Every site holding a task lost its connection a moment
+                    # ago: one may be back at once (as in a round, see _gather).
+                    msg = self._next(min(rejoin_by, deadline) - now)
+                    if msg is None:
+                        continue
+                elif not live:
                     # Ended on what has arrived, not on stale state: a "site
-                    # back" already here would have kept the stream going.
-                    log.warning("no open task is held by a site still in the federation")
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    log.warning(
-                        "no result for %.0f s (waiting for %s)", timeout, ", ".join(sorted(live))
-                    )
-                    return
-                if msg is None:
+                    # back" already here keeps the stream going.
+                    msg = self._next(0)
+                    if msg is None:
+                        log.warning("no open task is held by a site still in the federation")
+                        return
+                else:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        log.warning(
+                            "no result for %.0f s (waiting for %s)",
+                            timeout,
+                            ", ".join(sorted(live)),
+                        )
+                        return
                     msg = self._next(remaining)
-                if msg is None:
-                    continue
+                    if msg is None:
+                        continue
                 op, site = msg.get("op"), str(msg.get("site"))
                 if op == "site_gone":
                     if site not in self._gone and site in self._open:
                         log.warning("site %s left: %s", site, msg.get("reason"))
+                        if msg.get("may_return"):
+                            left[site] = self._clock()
                     self._gone.add(site)
                 elif op == "site_back":
                     self._gone.discard(site)
+                    left.pop(site, None)
                 elif op == "result":
                     if self._open.get(site) != msg.get("task_id"):
                         if msg.get("path"):
@@ -257,7 +276,7 @@ class IpcCommunicator:
                     del self._open[site]
                     self._gone.discard(site)
                     yield _result(msg, files)
-                    deadline = time.monotonic() + timeout
+                    deadline = self._clock() + timeout
         finally:
             _remove(files)
 
