@@ -48,3 +48,28 @@ def test_site_sigkilled_mid_round_job_continues_and_site_rejoins(fed_factory, tm
     # evaluated once the next one is out), so site-2 may have missed it.
     assert "site-1" in rounds[3]["sites"], rounds
     assert sorted(rounds[4]["sites"]) == ["site-1", "site-2"], rounds
+
+
+def test_site_restarted_mid_round_answers_that_round(fed_factory, tmp_path: Path):
+    """The daemon of the last site still training restarts mid-round: the round
+    stays open for it (the job process's rejoin grace), its new worker takes
+    the round's task again and its answer is counted, not thrown away as late."""
+    fed = fed_factory()
+    admin = fed.start_all(heartbeat_s=6)
+    (fed.gate / "config.json").write_text(json.dumps({"sleep": {"site-2": 3}}))
+    job = write_job(tmp_path / "job", num_rounds=3, min_clients=1, round_timeout_s=120)
+    job_id = admin.submit_job(job)
+
+    wait_for(lambda: (fed.gate / "site-2.r2.start").exists(), 120, "site-2 to start round 2")
+    fed.kill("site-2", signal.SIGKILL)  # site-1 has answered round 2 by now, or soon will
+    (fed.gate / "site-2.r2.start").unlink()
+    fed.start_site("site-2")
+
+    wait_for(lambda: (fed.gate / "site-2.r2.start").exists(), 60,
+             "site-2's new worker to take round 2's task")  # fmt: skip
+    meta = admin.wait_for_job(job_id, timeout=240)
+    assert meta["status"] == "FINISHED:COMPLETED", meta
+    rounds = {m["round"]: m for m in fed.metrics(job_id)}
+    assert sorted(rounds) == [1, 2, 3]
+    for k in (1, 2, 3):
+        assert sorted(rounds[k]["sites"]) == ["site-1", "site-2"], rounds[k]

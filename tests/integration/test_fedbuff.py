@@ -5,13 +5,19 @@ others never holds a version up."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import signal
 import textwrap
 from pathlib import Path
 
 import pytest
+from faults.harness import wait_for, write_job
+
+from shoal.workflows.store import RoundStore
 
 from .conftest import Federation
+from .test_workflow_plugin import _kill_workflow_process
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +80,47 @@ def test_fedbuff_through_the_daemons(federation_factory, tmp_path: Path) -> None
     assert sum(m["duration_s"] for m in lines) < 8, lines
     log = s.get_log(job_id, "server")
     assert "version 8/8 published" in log, log
+
+
+def test_a_server_killed_mid_version_keeps_the_buffered_results(fed_factory, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """SIGKILL the server (and its workflow process, as a machine crash would)
+    while version 1's buffer holds site-1's results: the resumed run starts
+    from them, version 1 is built of those and the answers after the restart."""
+    fed = fed_factory()
+    admin = fed.start_all(heartbeat_s=6)
+    # site-1 answers every 2 s; site-2 not before the crash.
+    (fed.gate / "config.json").write_text(json.dumps({"sleep": {"site-1": 2, "site-2": 600}}))
+    job = write_job(tmp_path / "job", num_rounds=1, min_clients=2, round_timeout_s=120)
+    yml = (job / "job.yml").read_text()
+    assert "  num_rounds: 1\n" in yml
+    (job / "job.yml").write_text(
+        yml.replace("  name: fedavg\n", "  name: fedbuff\n").replace(
+            "  num_rounds: 1\n", "  num_versions: 2\n  buffer_size: 3\n"
+        )
+    )
+    job_id = admin.submit_job(job)
+    saved = fed.run_dir(job_id) / "server_state" / "round_0000.safetensors"
+    wait_for(saved.exists, 120, "site-1's first result in version 1's buffer")
+
+    fed.kill("server1", signal.SIGKILL)
+    _kill_workflow_process(job_id)
+    store = RoundStore(fed.run_dir(job_id))
+    ckpt = store.load_checkpoint()
+    assert ckpt is not None and ckpt.round == 0
+    held = store.load_state(dataclasses.replace(ckpt, state="server_state/round_0000.safetensors"))
+    kept = [r["site"] for r in held["fedbuff_buffer"]["results"]]
+    assert kept and set(kept) == {"site-1"}, kept
+
+    (fed.gate / "config.json").write_text(json.dumps({"sleep": {"site-1": 0.2, "site-2": 0.2}}))
+    fed.start_server(heartbeat_s=6)
+    admin = fed.admin()
+    fed.wait_connected(admin, ["site-1", "site-2"], timeout=120)
+    meta = admin.wait_for_job(job_id, timeout=300)
+    assert meta["status"] == "FINISHED:COMPLETED", meta
+    log = (fed.workspace / "jobs" / job_id / "logs" / "server.log").read_text()
+    assert f"version 1: {len(kept)} result(s) already in the buffer" in log, log
+    versions = {m["round"]: m for m in fed.metrics(job_id)}
+    assert sorted(versions) == [1, 2]
+    assert sum(versions[1]["contributions"].values()) == 3
+    assert versions[1]["contributions"]["site-1"] >= len(kept)
+    assert not saved.exists()

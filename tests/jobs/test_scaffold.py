@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,9 @@ import pytest
 from shoal.cli.app import EXIT_USAGE, main
 from shoal.errors import ConfigError
 from shoal.jobs import FRAMEWORKS, check_job, new_job
+from shoal.sim.runner import SimulationResult
+from shoal.testing import run_simulation
+from shoal.workflows.registry import workflow_names
 
 
 def _shoal(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -166,11 +171,116 @@ def test_unknown_workflow_or_missing_parent_is_refused(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "workflow", ["fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "secagg"]
-)
-def test_job_new_writes_a_valid_job_for_each_algorithm(workflow: str, tmp_path: Path) -> None:
-    made = new_job(f"my-{workflow}", framework="numpy", workflow=workflow, parent=tmp_path)
-    assert f"  name: {workflow}\n" in (made.folder / "job.yml").read_text()
+WORKFLOWS = workflow_names()
+#: Frameworks whose template a test can run here (numpy always).
+RUNNABLE = {
+    "numpy": None,
+    "pt": _missing("torch", "shoal.frameworks.torch"),
+    "tf": _missing("keras", "tensorflow"),
+}
+
+
+def test_every_registered_workflow_is_covered() -> None:
+    # A workflow added to the registry gets its own commented parameters.
+    templates = resources.files("shoal.jobs") / "templates" / "workflows"
+    assert {w for w in WORKFLOWS if not (templates / f"{w}.yml").is_file()} == set()
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_job_new_writes_a_job_that_passes_check_for_every_workflow(
+    framework: str, workflow: str, tmp_path: Path
+) -> None:
+    made = new_job(f"my-{workflow}", framework=framework, workflow=workflow, parent=tmp_path)
+    job_yml = (made.folder / "job.yml").read_text()
+    assert f"  name: {workflow}\n" in job_yml
     report = check_job(made.folder)
     assert report.ok, report.problems
+    assert report.spec is not None and report.spec.workflow.name == workflow
+    train = (made.folder / "app" / "train.py").read_text()
+    compile(train, "train.py", "exec")  # the marked lines left out, it is still Python
+    assert "# [" not in train  # the markers go
+    # Every script answers the evaluation tasks, whatever the workflow.
+    assert "fl.is_evaluate()" in train and "fl.is_submit_model()" in train
+    # SCAFFOLD's helper and FedProx's term only where the workflow asks for them.
+    assert ("ScaffoldCorrection" in train or "ControlVariates" in train) == (workflow == "scaffold")
+    assert ("proximal_term" in train or "ProximalTerm" in train or "fedprox_mu" in train) == (
+        workflow == "fedprox"
+    )
+    params = report.spec.workflow.params
+    if workflow == "fedbuff":
+        assert params["num_versions"] >= 1 and "num_rounds" not in params
+    elif workflow in ("evaluate", "cross_site_eval"):
+        assert "num_rounds" not in params and "# model_path:" in job_yml
+    else:
+        assert params["num_rounds"] >= 1
+    # Each workflow's own parameters are written out with a comment.
+    own = {
+        "fedavgm": ["server_lr", "server_momentum"],
+        "fedadam": ["server_lr", "beta1", "beta2", "tau"],
+        "fedyogi": ["server_lr", "beta1", "beta2", "tau"],
+        "fedadagrad": ["server_lr", "beta1", "tau"],
+        "fedprox": ["mu"],
+        "scaffold": ["server_lr"],
+        "cyclic": ["order"],
+        "fedbuff": ["buffer_size", "server_lr", "staleness"],
+        "dp_fedavg": ["noise_multiplier", "clip_norm", "delta"],
+        "secagg": ["clip_range", "bits"],
+    }.get(workflow, [])
+    for key in own:
+        line = next(x for x in job_yml.splitlines() if x.startswith(f"  {key}: "))
+        assert "  # " in line, line
+
+
+def _shorter(job: Path, workflow: str) -> None:
+    """Two rounds (FedBuff: versions), so that every workflow runs in seconds."""
+    path = job / "job.yml"
+    text = re.sub(r"(?m)^(  num_rounds|  num_versions): \d+", r"\1: 2", path.read_text())
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_the_numpy_template_runs_every_workflow_in_simulate(workflow: str, tmp_path: Path) -> None:
+    made = new_job(f"np-{workflow}", framework="numpy", workflow=workflow, parent=tmp_path)
+    _shorter(made.folder, workflow)
+    sites = 3 if workflow == "secagg" else 2
+    result = run_simulation(made.folder, sites, tmp_path / "runs", threads=sites)
+    assert result.ok, result.failure_summary()
+    _ran(result, workflow, sites)
+
+
+def _ran(result: SimulationResult, workflow: str, sites: int) -> None:
+    """What each workflow leaves: every site answered what it was asked."""
+    names = [f"site-{i}" for i in range(1, sites + 1)]
+    run = result.run_dir
+    if workflow == "evaluate":
+        doc = json.loads((run / "evaluation.json").read_text())
+        assert sorted(doc["sites"]) == names and "accuracy" in doc["aggregated"], doc
+        return
+    if workflow == "cross_site_eval":
+        doc = json.loads((run / "cross_site_eval.json").read_text())
+        assert doc["models"] == ["global", *names] and doc["not_submitted"] == {}, doc
+        for model in doc["models"]:
+            assert sorted(doc["results"][model]) == names, doc
+        return
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    if workflow == "fedbuff":
+        assert all(sum(r["contributions"].values()) == 2 for r in rows), rows
+    else:
+        assert all(sorted(r["sites"]) == names for r in rows), rows
+    assert (run / "models" / "global_final.safetensors").is_file()
+
+
+@pytest.mark.parametrize("workflow", ["scaffold", "fedprox", "cross_site_eval"])
+@pytest.mark.skipif(RUNNABLE["pt"] is not None, reason="needs PyTorch (the [pt] extra)")
+def test_the_pt_template_runs_the_helpers_workflows(workflow: str, tmp_path: Path) -> None:
+    made = new_job(f"pt-{workflow}", framework="pt", workflow=workflow, parent=tmp_path)
+    _shorter(made.folder, workflow)
+    result = run_simulation(made.folder, 2, tmp_path / "runs", threads=2)
+    assert result.ok, result.failure_summary()
+    _ran(result, workflow, 2)
+    if workflow == "scaffold":
+        # Each site kept its c_i for the next round, as the helper does.
+        kept = list((result.run_dir / "site_state").glob("*/scaffold_c_i.safetensors"))
+        assert len(kept) == 2, kept

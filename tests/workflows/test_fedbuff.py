@@ -12,9 +12,11 @@ virtual clock: site ``a`` answers every 1 s with ``+1``, site ``b`` every
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,10 @@ import pytest
 
 from shoal.arrays import load_arrays
 from shoal.errors import JobFailedError, JobValidationError
+from shoal.filters import FilterSpec
 from shoal.jobs import ClientAppSpec, JobSpec, ServerAppSpec, WorkflowSpec
-from shoal.workflows import WorkflowContext, get_workflow, parse_params
+from shoal.workflows import WorkflowContext, check_spec, get_workflow, parse_params
+from shoal.workflows.api import TaskResult
 from shoal.workflows.fedbuff import FedBuffParams, staleness_weight
 
 from .fakes import FakeComm, SiteFn, shift
@@ -180,3 +184,115 @@ def test_params() -> None:
         parse_params("fedbuff", {"num_versions": 5, "staleness": "hinge"})
     with pytest.raises(JobValidationError, match="workflow.num_versions"):
         parse_params("fedbuff", {})
+
+
+class _CrashAfter(FakeComm):
+    """A server that dies after ``results`` results reached the workflow."""
+
+    results: int = 0
+
+    def stream(self, *, timeout: float) -> Iterator[TaskResult]:
+        for n, result in enumerate(super().stream(timeout=timeout), start=1):
+            yield result
+            if n == self.results:
+                raise RuntimeError("simulated crash")
+
+
+def test_a_restart_mid_version_keeps_the_results_already_in_the_buffer(tmp_path: Path) -> None:
+    # Three results reach the workflow: a, a (-> v1), then b on v0 (tau 1),
+    # folded into v2's buffer and saved; the server dies before a's next one.
+    (tmp_path / "results").mkdir()
+    crashing = _CrashAfter(
+        site_fns={"a": shift(1.0, 10, loss=1.0), "b": shift(4.0, 30, loss=3.0)},
+        results_dir=tmp_path / "results",
+        durations={"a": 1.0, "b": 3.0},
+    )
+    crashing.results = 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        get_workflow("fedbuff")(_ctx(tmp_path, crashing))
+    saved = tmp_path / "run" / "server_state" / "round_0001.safetensors"
+    assert saved.exists()
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["round"] == 1
+
+    # Resumed at v1 with b's update still in the buffer: a's first answer on
+    # v1 completes it, and v2 is the uninterrupted run's 1 + (1 + 4/sqrt 2)/2.
+    comm = _comm(tmp_path)
+    get_workflow("fedbuff")(_ctx(tmp_path, comm))
+    expected = 1 + (1 + 4 / math.sqrt(2)) / 2
+    np.testing.assert_allclose(_final(tmp_path)["w"], [expected, expected], rtol=1e-6)
+    last = _metrics(tmp_path)[-1]
+    assert last["round"] == 2
+    assert last["contributions"] == {"a": 1, "b": 1}
+    assert last["staleness"] == {"mean": 0.5, "max": 1}
+    assert last["aggregated"]["loss"] == pytest.approx(2.5)  # b's metrics came back too
+    assert not saved.exists()  # folded into v2: the buffer file goes
+
+
+def test_a_saved_buffer_of_another_version_or_model_is_set_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "results").mkdir()
+    crashing = _CrashAfter(
+        site_fns={"a": shift(1.0, 10), "b": shift(4.0, 30)},
+        results_dir=tmp_path / "results",
+        durations={"a": 1.0, "b": 3.0},
+    )
+    crashing.results = 3
+    with pytest.raises(RuntimeError):
+        get_workflow("fedbuff")(_ctx(tmp_path, crashing))
+    saved = tmp_path / "run" / "server_state" / "round_0001.safetensors"
+    saved.write_bytes(saved.read_bytes()[:-3])  # torn (a disk that lied about fsync)
+    caplog.set_level(logging.WARNING)
+    get_workflow("fedbuff")(_ctx(tmp_path, _comm(tmp_path)))
+    assert "ignoring the saved buffer" in caplog.text
+    # Without b's update: a's two answers on v1 make v2 = 1 + 2/2.
+    np.testing.assert_allclose(_final(tmp_path)["w"], [2.0, 2.0])
+
+
+PROBE_PY = """\
+import dataclasses
+
+class Shift:
+    \"\"\"result_in: one more on every float weight, and what it saw as metrics.\"\"\"
+
+    def __call__(self, model, ctx):
+        assert ctx.point == "result_in" and ctx.task == "train"
+        params = {
+            k: (v + 1).astype(v.dtype) if v.dtype.kind == "f" else v
+            for k, v in model.params.items()
+        }
+        metrics = {
+            **model.metrics,
+            "ref": float(ctx.reference["w"][0]),
+            "round": float(ctx.round),
+        }
+        return dataclasses.replace(model, params=params, metrics=metrics)
+"""
+
+
+def _filtered_ctx(tmp_path: Path, comm: FakeComm, **filters: Any) -> WorkflowContext:
+    ctx = _ctx(tmp_path, comm)
+    (ctx.app_dir / "probe.py").write_text(PROBE_PY)
+    ctx.spec = dataclasses.replace(ctx.spec, filters=filters)
+    return ctx
+
+
+def test_result_in_filters_run_on_every_result(tmp_path: Path) -> None:
+    comm = _comm(tmp_path)
+    ctx = _filtered_ctx(tmp_path, comm, result_in=(FilterSpec(name="probe:Shift"),))
+    check_spec("fedbuff", ctx.spec)  # accepted at submit
+    get_workflow("fedbuff")(ctx)
+    # The filter adds 1 to what each site sent: a's +1 arrives as +2, b's +4 as +5.
+    # v1 = 0 + (2 + 2)/2 = 2; then b (on v0, tau 1, weight 1/sqrt 2) and a (on v1).
+    expected = 2 + (2 + 5 / math.sqrt(2)) / 2
+    np.testing.assert_allclose(_final(tmp_path)["w"], [expected, expected], rtol=1e-6)
+    lines = _metrics(tmp_path)
+    # Its reference is the version the site was sent, its round that task's.
+    seen = {(m["ref"], m["round"]) for line in lines for m in line["sites"].values()}
+    assert seen == {(0.0, 1.0), (2.0, 2.0)}, lines
+
+
+def test_model_out_filters_are_refused_at_submit(tmp_path: Path) -> None:
+    ctx = _filtered_ctx(tmp_path, _comm(tmp_path), model_out=(FilterSpec(name="identity"),))
+    with pytest.raises(JobValidationError, match="filters.model_out: fedbuff does not apply"):
+        check_spec("fedbuff", ctx.spec)

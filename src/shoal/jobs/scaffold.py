@@ -4,7 +4,13 @@
 
 A template is a folder of package data, ``shoal/jobs/templates/<framework>/``,
 plus ``templates/common/`` shared by all; ``__JOB_NAME__`` and
-``__WORKFLOW__`` in its files are replaced. The result runs as written in
+``__WORKFLOW__`` in its files are replaced, and ``__WORKFLOW_PARAMS__`` by
+the workflow's parameters with commented defaults
+(``templates/workflows/<workflow>.yml``; a workflow without one, such as a
+plug-in, gets the round driver's). A line that ends in ``# [scaffold]`` is
+kept only in a ``scaffold`` job, one in ``# [not scaffold]`` only in the
+others (the marker goes): the scripts use SCAFFOLD's helper and FedProx's
+term only where the workflow asks for them. The result runs as written in
 ``shoal simulate``: it is checked as a submit would check it before it
 appears, and it appears whole or not at all. An existing folder is never
 touched.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -37,6 +44,13 @@ FRAMEWORKS: dict[str, str] = {
 
 _COMMON = "common"
 _TOKENS = ("__JOB_NAME__", "__WORKFLOW__")
+#: Folder of the workflows' ``workflow:`` parameters, and the round driver's.
+_WORKFLOWS = "workflows"
+_ROUNDS_PARAMS = "_rounds.yml"
+#: Rounds (FedBuff: versions) a template's job runs: a first run takes seconds.
+_NUM_ROUNDS = {"numpy": 5, "pt": 3, "tf": 3}
+#: A line kept only in some workflows' jobs: ``... # [scaffold]``, ``... # [not scaffold]``.
+_ONLY = re.compile(r"[ \t]+# \[(not )?([a-z0-9_]+(?:, ?[a-z0-9_]+)*)\][ \t]*$")
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,33 @@ def _template_files(framework: str) -> dict[str, Traversable]:
     return out
 
 
+def _workflow_params(framework: str, workflow: str) -> str:
+    """The lines under ``workflow: name:`` for ``workflow``, defaults commented."""
+    folder = resources.files("shoal.jobs") / "templates" / _WORKFLOWS
+    source = folder / f"{workflow}.yml"
+    if not source.is_file():
+        source = folder / _ROUNDS_PARAMS
+    rounds = _NUM_ROUNDS[framework]
+    text = source.read_text(encoding="utf-8").rstrip("\n")
+    # Padded so the comments after the value stay in their column.
+    text = text.replace("__NUM_ROUNDS__ ", f"{rounds:<13} ")
+    return text.replace("__NUM_VERSIONS__ ", f"{2 * rounds:<11} ")
+
+
+def _for_workflow(text: str, workflow: str) -> str:
+    """``text`` with the lines marked for other workflows left out (see the module doc)."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        m = _ONLY.search(line.rstrip("\n"))
+        if m is None:
+            out.append(line)
+            continue
+        names = {n.strip() for n in m.group(2).split(",")}
+        if (workflow in names) != bool(m.group(1)):
+            out.append(line[: m.start()] + line[len(line.rstrip("\n")) :])
+    return "".join(out)
+
+
 def new_job(
     name: str, *, framework: str, workflow: str = "fedavg", parent: Path = Path(".")
 ) -> NewJob:
@@ -99,6 +140,7 @@ def new_job(
         raise ConfigError(f"{parent}: no such folder")
 
     files = _template_files(framework)
+    params = _workflow_params(framework, workflow)
     # Written beside its destination and renamed into place once checked, so
     # a failure (or a crash) never leaves half a job under the real name.
     staging = parent / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.new"
@@ -108,6 +150,7 @@ def new_job(
             text = source.read_text(encoding="utf-8")
             for token, value in zip(_TOKENS, (name, workflow), strict=True):
                 text = text.replace(token, value)
+            text = _for_workflow(text.replace("__WORKFLOW_PARAMS__", params), workflow)
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")

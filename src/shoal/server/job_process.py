@@ -16,13 +16,14 @@ import base64
 import collections
 import contextlib
 import logging
+import math
 import os
 import socket
 import sys
 import time
 import traceback
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ from shoal.server.ipc import EXIT_SUSPENDED, IpcChannel
 from shoal.workflows.api import TaskResult, WorkflowContext
 
 log = logging.getLogger("shoal.workflow")
+
+#: Seconds a round stays open for a site that left during it, so that one
+#: whose daemon restarts or whose session is cut and opened again comes back
+#: in time to answer the round (its task stays open on the daemon's board).
+#: A site that does not come back costs the round this much at most, once.
+REJOIN_GRACE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,18 @@ class InlineResult(TaskResult):
 class IpcCommunicator:
     """Communicator over the daemon's IPC channel (see shoal.workflows.api)."""
 
-    def __init__(self, ipc: IpcChannel, sites: Sequence[str]) -> None:
+    def __init__(
+        self,
+        ipc: IpcChannel,
+        sites: Sequence[str],
+        *,
+        rejoin_grace_s: float = REJOIN_GRACE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ipc = ipc
+        #: How long a round stays open for a site that left during it (see _gather).
+        self.rejoin_grace_s = rejoin_grace_s
+        self._clock = clock
         self._sites = tuple(sites)
         self._targets: dict[str, frozenset[str]] = {}
         self._gone: set[str] = set()
@@ -138,33 +155,53 @@ class IpcCommunicator:
     def _gather(self, task_id: str, timeout: float, files: list[Path]) -> Iterator[TaskResult]:
         targets = self._targets[task_id]
         answered: set[str] = set()
-        gone = {s for s in self._gone if s in targets}
-        deadline = time.monotonic() + timeout
-        while not targets <= (answered | gone):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning(
-                    "round timed out after %.0f s waiting for %s",
-                    timeout,
-                    ", ".join(sorted(targets - answered - gone)),
-                )
-                return
-            msg = self._next(remaining)
-            if msg is None:
-                continue
+        # Site -> when it left. A site gone before the round started is not
+        # waited for; one whose connection is lost during it keeps the round
+        # open for ``rejoin_grace_s``: a site daemon restarting, or a session
+        # cut and opened again, says "site back" a moment later, takes the
+        # round's task (still open on the daemon's board) and answers it.
+        gone = dict.fromkeys((s for s in self._gone if s in targets), -math.inf)
+        deadline = self._clock() + timeout
+        while True:
+            now = self._clock()
+            waiting = targets - answered - gone.keys()
+            rejoin_by = max(
+                (left + self.rejoin_grace_s for left in gone.values()), default=-math.inf
+            )
+            if not waiting and now >= rejoin_by:
+                # Over by what we know; a message already here may say otherwise
+                # (a site back, a result): the round ends on those, not on stale state.
+                msg = self._next(0)
+                if msg is None:
+                    return
+            else:
+                if now >= deadline:
+                    log.warning(
+                        "round timed out after %.0f s waiting for %s",
+                        timeout,
+                        ", ".join(sorted(waiting or gone.keys())),
+                    )
+                    return
+                until = deadline if waiting else min(deadline, rejoin_by)
+                msg = self._next(max(until - now, 0.0))
+                if msg is None:
+                    continue
             op = msg.get("op")
             if op == "site_gone":
                 site = str(msg["site"])
                 self._gone.add(site)
-                if site in targets and site not in answered:
+                if site in targets and site not in answered and site not in gone:
                     log.warning("site %s left during the round: %s", site, msg.get("reason"))
-                    gone.add(site)
+                    # A lost connection may be back in a moment; a failed
+                    # training script is not (nothing would say "back").
+                    gone[site] = self._clock() if msg.get("may_return") else -math.inf
             elif op == "site_back":
                 # Without this a site once gone would be skipped by every later
                 # round: each gather would end as soon as the others answered.
                 site = str(msg["site"])
                 self._gone.discard(site)
-                gone.discard(site)
+                if gone.pop(site, None) is not None and site not in answered:
+                    log.info("site %s is back: waiting for its answer to this round", site)
             elif op == "result" and msg.get("task_id") != task_id:
                 # A late answer to a round that is over: nothing will read it.
                 if msg.get("path"):
@@ -172,37 +209,65 @@ class IpcCommunicator:
             elif op == "result":
                 site = str(msg["site"])
                 self._gone.discard(site)
-                gone.discard(site)
+                gone.pop(site, None)
+                if site in answered:
+                    # The daemon takes one result per site and task; never fold one twice.
+                    if msg.get("path"):
+                        files.append(Path(msg["path"]))
+                    continue
                 answered.add(site)
                 yield _result(msg, files)
 
     def stream(self, *, timeout: float) -> Iterator[TaskResult]:
         files: list[Path] = []
-        deadline = time.monotonic() + timeout
+        deadline = self._clock() + timeout
+        #: Sites whose connection was lost during this stream -> when.
+        left: dict[str, float] = {}
         try:
             while True:
                 # The consumer is past the previous result: its file goes now.
                 _remove(files)
                 live = {s for s in self._open if s not in self._gone}
-                if not live:
-                    log.warning("no open task is held by a site still in the federation")
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    log.warning(
-                        "no result for %.0f s (waiting for %s)", timeout, ", ".join(sorted(live))
-                    )
-                    return
-                msg = self._next(remaining)
-                if msg is None:
-                    continue
+                now = self._clock()
+                rejoin_by = max(
+                    (t + self.rejoin_grace_s for s, t in left.items() if s in self._open),
+                    default=-math.inf,
+                )
+                if not live and now < min(rejoin_by, deadline):
+                    # Every site holding a task lost its connection a moment
+                    # ago: one may be back at once (as in a round, see _gather).
+                    msg = self._next(min(rejoin_by, deadline) - now)
+                    if msg is None:
+                        continue
+                elif not live:
+                    # Ended on what has arrived, not on stale state: a "site
+                    # back" already here keeps the stream going.
+                    msg = self._next(0)
+                    if msg is None:
+                        log.warning("no open task is held by a site still in the federation")
+                        return
+                else:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        log.warning(
+                            "no result for %.0f s (waiting for %s)",
+                            timeout,
+                            ", ".join(sorted(live)),
+                        )
+                        return
+                    msg = self._next(remaining)
+                    if msg is None:
+                        continue
                 op, site = msg.get("op"), str(msg.get("site"))
                 if op == "site_gone":
                     if site not in self._gone and site in self._open:
                         log.warning("site %s left: %s", site, msg.get("reason"))
+                        if msg.get("may_return"):
+                            left[site] = self._clock()
                     self._gone.add(site)
                 elif op == "site_back":
                     self._gone.discard(site)
+                    left.pop(site, None)
                 elif op == "result":
                     if self._open.get(site) != msg.get("task_id"):
                         if msg.get("path"):
@@ -211,7 +276,7 @@ class IpcCommunicator:
                     del self._open[site]
                     self._gone.discard(site)
                     yield _result(msg, files)
-                    deadline = time.monotonic() + timeout
+                    deadline = self._clock() + timeout
         finally:
             _remove(files)
 

@@ -370,6 +370,12 @@ class JobRun:
                     self._current = dict.fromkeys(sites, task)
                 self._tasks = {t.task_id: t for t in self._current.values()}
                 self._board_changed()
+                # Sites that are not here now cannot answer: say so at once.
+                # Under the lock, as site_back: a site coming back meanwhile
+                # must never be told "gone" after its "back".
+                for s in sorted(sites):
+                    if s in self._failed_sites:
+                        self._tell_gone(s, self._failed_sites[s])
             for s in sites:
                 self.site_states[s] = {"state": "task offered", "round": task.round}
             log.info(
@@ -379,10 +385,6 @@ class JobRun:
                 task.name,
                 ", ".join(sorted(sites)),
             )
-            # Sites that are not here now cannot answer: say so at once.
-            for s in sorted(sites):
-                if s in self._failed_sites:
-                    self._tell_gone(s, self._failed_sites[s])
         elif op == "finish":
             with self._cond:
                 self._finished = True
@@ -539,24 +541,31 @@ class JobRun:
         self._send(msg)
         return {"round": task.round, "bytes": size}
 
-    def site_failed(self, site: str, reason: str) -> None:
-        """The site's worker died or the site left: the workflow stops waiting for it."""
+    def site_failed(self, site: str, reason: str, *, may_return: bool = False) -> None:
+        """The site's worker died or the site left: the workflow stops waiting
+        for it. ``may_return``: it lost its connection, and may well be back
+        in a moment (the workflow keeps a round it leaves open a little)."""
         if site not in self.site_set or self._ended:
             return
-        self._failed_sites[site] = reason
-        self.site_states[site] = {"state": f"gone: {reason}"}
-        self._tell_gone(site, reason)
+        with self._cond:  # ordered with site_back and a scatter's notices
+            self._failed_sites[site] = reason
+            self.site_states[site] = {"state": f"gone: {reason}"}
+            self._tell_gone(site, reason, may_return=may_return)
 
     def site_back(self, site: str) -> None:
         """The site reconnected: the workflow waits for its results again."""
         if site not in self.site_set or self._ended:
             return
-        self._failed_sites.pop(site, None)
-        self.site_states[site] = {"state": "reconnected"}
-        self._send({"op": "site_back", "site": site})
+        with self._cond:  # ordered with site_failed and a scatter's notices
+            self._failed_sites.pop(site, None)
+            self.site_states[site] = {"state": "reconnected"}
+            self._send({"op": "site_back", "site": site})
 
-    def _tell_gone(self, site: str, reason: str) -> None:
-        self._send({"op": "site_gone", "site": site, "reason": reason})
+    def _tell_gone(self, site: str, reason: str, *, may_return: bool = False) -> None:
+        msg: dict[str, Any] = {"op": "site_gone", "site": site, "reason": reason}
+        if may_return:
+            msg["may_return"] = True
+        self._send(msg)
 
     def _send(self, msg: dict[str, Any]) -> None:
         """Queue ``msg`` for the workflow process; never waits. A workflow busy

@@ -253,7 +253,7 @@ class Scheduler:
                 if session is not None and not self._closed:
                     session.push(_start_job(self._store.get(run.job_id)))
             else:
-                run.site_failed(site, "disconnected")
+                run.site_failed(site, "disconnected", may_return=True)
         if connected:
             self._wake.set()
 

@@ -70,6 +70,10 @@ class SiteRegistry:
     def __init__(self, *, heartbeat_timeout_s: float) -> None:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._lock = threading.Lock()
+        #: Held from a change to its listeners' call: an expiry (a thread of
+        #: its own) and a reconnection (the Fleet loop) are heard in the order
+        #: they happened, never "connected" then "lost" for a site that is here.
+        self._order = threading.Lock()
         self._sessions: dict[str, SiteSession] = {}
         self._listeners: list[Callable[[str, bool], None]] = []
 
@@ -78,33 +82,35 @@ class SiteRegistry:
         self._listeners.append(listener)
 
     def open(self, session: SiteSession) -> None:
-        with self._lock:
-            old = self._sessions.get(session.name)
-            self._sessions[session.name] = session
-        if old is not None:
-            log.info(
-                "site %s reconnected from %s: replacing its previous session %s",
-                session.name,
-                session.peer,
-                old.session_id[:8],
-            )
-            old.close()
-        self._notify(session.name, True)
+        with self._order:
+            with self._lock:
+                old = self._sessions.get(session.name)
+                self._sessions[session.name] = session
+            if old is not None:
+                log.info(
+                    "site %s reconnected from %s: replacing its previous session %s",
+                    session.name,
+                    session.peer,
+                    old.session_id[:8],
+                )
+                old.close()
+            self._notify(session.name, True)
 
     def end(self, session: SiteSession, reason: str, *, silent_since: float | None = None) -> bool:
         """End ``session`` if it is still the current one for its name and, with
         ``silent_since`` (a monotonic time), only if no heartbeat came after it.
         True when it was ended here."""
-        with self._lock:
-            current = self._sessions.get(session.name)
-            if current is not session:
-                return False
-            if silent_since is not None and session.last_heartbeat > silent_since:
-                return False  # a beat landed after the expiry check: still alive
-            del self._sessions[session.name]
-        session.close()
-        log.info("site %s disconnected (%s)", session.name, reason)
-        self._notify(session.name, False)
+        with self._order:
+            with self._lock:
+                current = self._sessions.get(session.name)
+                if current is not session:
+                    return False
+                if silent_since is not None and session.last_heartbeat > silent_since:
+                    return False  # a beat landed after the expiry check: still alive
+                del self._sessions[session.name]
+            session.close()
+            log.info("site %s disconnected (%s)", session.name, reason)
+            self._notify(session.name, False)
         return True
 
     def beat(self, name: str, session_id: str, running_jobs: list[str]) -> bool:

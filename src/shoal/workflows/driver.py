@@ -62,7 +62,7 @@ from shoal.errors import (
 )
 from shoal.observe.tracking import Trackers, private_sites, workflow_trackers
 from shoal.taskmeta import join_extras
-from shoal.workflows.api import InMemoryResult, TaskResult, WorkflowContext
+from shoal.workflows.api import TaskResult, WorkflowContext
 from shoal.workflows.evaluation import Limits, cross_site_phase
 from shoal.workflows.hooks import load_attr
 from shoal.workflows.metrics import finite_metrics, weighted_metrics
@@ -70,6 +70,7 @@ from shoal.workflows.params import param
 from shoal.workflows.policies import Policies, ServerState, check_state, keep_aggregate
 from shoal.workflows.results import (
     apply_filters,
+    filter_result,
     server_filters,
     validate_result,
     without_arrays,
@@ -516,35 +517,13 @@ class _Rounds:
 
     def _filter_result(self, k: int, result: TaskResult) -> TaskResult:
         """``result`` through the ``result_in`` filters, as an in-memory result."""
-        model = FLModel(
-            params=result.arrays(),
-            extras=result.extras(),
-            metrics=dict(result.metrics),
-            num_examples=result.num_examples,
-            meta=dict(result.meta),
-            params_type=result.params_type,
-            current_round=k,
-            total_rounds=self.params.num_rounds,
-            task="train",
-        )
-        out = apply_filters(
+        return filter_result(
             self.filters["result_in"],
-            model,
+            result,
             job_id=self.ctx.job_id,
-            site=result.site,
             round=k,
+            total_rounds=self.params.num_rounds,
             reference=_OnDisk(self.store.model_path(k - 1)),
-        )
-        return InMemoryResult(
-            site=result.site,
-            task_id=result.task_id,
-            round=result.round,
-            num_examples=out.num_examples,
-            metrics=dict(out.metrics),
-            path=Path(),
-            meta=dict(out.meta),
-            params_type=out.params_type,
-            params=join_extras(out.params, out.extras),
         )
 
     def _gather(

@@ -22,20 +22,30 @@ global_round_NNNN.safetensors``, NNNN the version); the others are removed.
 Each version is committed like a driver's round: model fsynced, the server's
 ``evaluate`` hook, a ``metrics.jsonl`` line (its ``round`` is the version),
 TensorBoard scalars, the checkpoint; a restarted run resumes from the last
-checkpointed version (the buffer's partial sum is lost: those sites' work
-is re-done). Results staler than ``max_staleness`` are dropped (logged). A
+checkpointed version. The buffer of the version in progress is saved after
+each result folded into it (``server_state/round_NNNN.safetensors``, NNNN the
+version it builds on: the running sums as arrays, the results' counts,
+metrics and stalenesses as JSON; written atomically and fsynced, one model's
+worth of bytes per result), so a restart mid-version keeps the results
+already folded; only a result that arrived after the last save is re-done.
+Results staler than ``max_staleness`` are dropped (logged). A
 result that fails the driver's checks is refused (logged); either way the
 site gets a new task. No result for ``round_timeout_s`` seconds, or every
 site gone, fails the job with the versions published so far checkpointed.
 Arrays that are not floating point (counters) keep the global model's value.
+The job's ``result_in`` filters run on each result before it is checked and
+folded, as the round driver runs them (their reference: the version the
+site was sent); ``model_out`` filters are refused at submit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,9 +62,14 @@ from shoal.workflows.driver import (
 from shoal.workflows.hooks import load_attr
 from shoal.workflows.metrics import finite_metrics, weighted_metrics
 from shoal.workflows.params import param, parser
-from shoal.workflows.results import validate_result, without_arrays
+from shoal.workflows.results import (
+    filter_result,
+    server_filters,
+    validate_result,
+    without_arrays,
+)
 from shoal.workflows.servermodel import call_hook, initial_params, save_native, server_model_of
-from shoal.workflows.store import RoundStore
+from shoal.workflows.store import Checkpoint, RoundStore
 
 __all__ = ["FedBuffParams", "check_spec", "parse_params", "run", "staleness_weight"]
 
@@ -107,13 +122,15 @@ parse_params = parser(FedBuffParams, workflow="fedbuff")
 
 
 def check_spec(spec: Any) -> None:
-    """FedBuff needs an initial model, and applies no server-side filters yet."""
+    """FedBuff needs an initial model; it runs ``result_in`` filters, not
+    ``model_out`` ones (each version would need its own filtered copy held
+    as long as a site trains on it)."""
     needs_initial_model("fedbuff")(spec)
     filters = getattr(spec, "filters", None) or {}
-    unsupported = [p for p in ("result_in", "model_out") if filters.get(p)]
-    if unsupported:
+    if filters.get("model_out"):
         raise JobValidationError(
-            f"job.yml: filters: fedbuff does not apply server filters ({', '.join(unsupported)})"
+            "job.yml: filters.model_out: fedbuff does not apply model_out filters "
+            "(result_in filters run on every result)"
         )
 
 
@@ -128,6 +145,11 @@ def staleness_weight(tau: int, *, kind: str = "polynomial", exponent: float = 0.
     return float((1.0 + tau) ** -exponent)
 
 
+#: The buffer file's JSON part (the sums are its arrays, ``sum/NAME``).
+_BUFFER_KEY = "fedbuff_buffer"
+_SUM = "sum/"
+
+
 class _Buffer:
     """The running sum of weighted updates of the float arrays (memory: one model)."""
 
@@ -137,6 +159,49 @@ class _Buffer:
         }
         self.results: list[TaskResult] = []
         self.stalenesses: list[int] = []
+        #: Seconds the version had been building before this run (a resumed buffer).
+        self.elapsed_before = 0.0
+
+    def state(self, version: int, elapsed: float) -> dict[str, Any]:
+        """What :meth:`RoundStore.write_state` saves: the sums, and the rest as JSON."""
+        state: dict[str, Any] = {_SUM + k: v for k, v in self.sums.items()}
+        state[_BUFFER_KEY] = {
+            "version": version,
+            "elapsed_s": elapsed,
+            "stalenesses": list(self.stalenesses),
+            "results": [_result_doc(r) for r in self.results],
+        }
+        return state
+
+    @classmethod
+    def restore(
+        cls, reference: Mapping[str, np.ndarray], version: int, state: Mapping[str, Any]
+    ) -> _Buffer:
+        """The buffer :meth:`state` saved on top of ``version``; ValueError
+        (saying why) when it is another version's or does not fit the model."""
+        doc = state.get(_BUFFER_KEY)
+        if not isinstance(doc, dict):
+            raise ValueError("no fedbuff buffer in it")
+        if doc.get("version") != version:
+            raise ValueError(f"it builds on version {doc.get('version')!r}, not {version}")
+        buffer = cls(reference)
+        sums = {k[len(_SUM) :]: v for k, v in state.items() if k.startswith(_SUM)}
+        if array_specs(sums) != array_specs(buffer.sums):
+            raise ValueError("its sums do not match the model's float arrays")
+        buffer.sums = {k: np.array(v) for k, v in sums.items()}
+        results, stalenesses = doc.get("results"), doc.get("stalenesses")
+        if not isinstance(results, list) or not isinstance(stalenesses, list):
+            raise ValueError("results and stalenesses must be lists")
+        if len(results) != len(stalenesses) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in stalenesses
+        ):
+            raise ValueError("stalenesses must be one integer >= 0 per result")
+        buffer.results = [_result_of(r) for r in results]
+        buffer.stalenesses = list(stalenesses)
+        elapsed = doc.get("elapsed_s", 0.0)
+        ok = isinstance(elapsed, (int, float)) and 0 <= elapsed < _MAX_TIMEOUT_S * _MAX_VERSIONS
+        buffer.elapsed_before = float(elapsed) if ok else 0.0
+        return buffer
 
     def add(self, delta: Mapping[str, np.ndarray], weight: float) -> None:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -158,6 +223,50 @@ class _Buffer:
         except ArrayFormatError as exc:
             raise JobFailedError(f"version {version}: the new model is refused: {exc}") from None
         return out
+
+
+def _result_doc(result: TaskResult) -> dict[str, Any]:
+    """A folded result's counts and metrics, as strict JSON (no arrays)."""
+    metrics = {
+        str(k): float(v)
+        for k, v in result.metrics.items()
+        if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v)
+    }
+    try:
+        meta = json.loads(json.dumps(dict(result.meta), allow_nan=False))
+    except (TypeError, ValueError):
+        meta = {}
+    return {
+        "site": result.site,
+        "task_id": result.task_id,
+        "round": int(result.round),
+        "num_examples": int(result.num_examples),
+        "metrics": metrics,
+        "meta": meta,
+        "params_type": result.params_type,
+    }
+
+
+def _result_of(doc: Any) -> TaskResult:
+    """:func:`_result_doc` read back; ValueError when it is not one."""
+    if not isinstance(doc, dict):
+        raise ValueError("a result must be a JSON object")
+    try:
+        metrics, meta = doc["metrics"], doc["meta"]
+        if not isinstance(metrics, dict) or not isinstance(meta, dict):
+            raise ValueError("metrics and meta must be objects")
+        return TaskResult(
+            site=str(doc["site"]),
+            task_id=str(doc["task_id"]),
+            round=int(doc["round"]),
+            num_examples=int(doc["num_examples"]),
+            metrics={str(k): float(v) for k, v in metrics.items()},
+            path=Path(),
+            meta=meta,
+            params_type=str(doc["params_type"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"a result lacks or garbles {exc}") from None
 
 
 def _delta(
@@ -204,6 +313,8 @@ class _FedBuff:
             )
         hook = ctx.spec.server.evaluate
         self.evaluate = load_attr(ctx.app_dir, hook) if hook else None
+        #: The job's result_in filters, run on each result as the round driver does.
+        self.result_in = server_filters(ctx).get("result_in")
         #: Task id -> the version it was sent; site -> its open task.
         self.task_version: dict[str, int] = {}
         self.open: dict[str, str] = {}
@@ -214,11 +325,18 @@ class _FedBuff:
         store, p, log = self.store, self.p, self.log
         server_model = server_model_of(self.ctx)
         ckpt = store.load_checkpoint()
+        buffer: _Buffer | None = None
         if ckpt is not None:
             model, version = store.load_model(ckpt), ckpt.round
             log.info(
                 "resuming job %s at version %d of %d", self.ctx.job_id, version, p.num_versions
             )
+            buffer = self._load_buffer(ckpt, model)
+            # Buffers of other versions (a crash between a checkpoint and
+            # their removal) are of no use: only this version's is resumed.
+            for path in store.state_dir.glob("round_*.safetensors"):
+                if path != store.state_path(version):
+                    path.unlink(missing_ok=True)
         else:
             model, version = initial_params(self.ctx, server_model, "fedbuff"), 0
             store.save_checkpoint(0, store.write_model(0, model))
@@ -226,7 +344,7 @@ class _FedBuff:
         try:
             with workflow_trackers(self.ctx, store.tensorboard_dir) as tb:
                 if version < p.num_versions:
-                    model = self._versions(model, version, tb)
+                    model = self._versions(model, version, tb, buffer or _Buffer(model))
                 final = store.write_model(p.num_versions, model, final=True)
                 log.info("job %s: final global model %s", self.ctx.job_id, final)
                 native = server_model.adapter
@@ -253,8 +371,33 @@ class _FedBuff:
         self.task_version[task_id] = version
         self.open.update(dict.fromkeys(sites, task_id))
 
+    def _load_buffer(self, ckpt: Checkpoint, model: Mapping[str, np.ndarray]) -> _Buffer | None:
+        """The buffer saved on top of the checkpointed version, if one is there
+        and fits (a bad one is logged and set aside: its results are re-done)."""
+        store, version = self.store, ckpt.round
+        path = store.state_path(version)
+        if not path.exists():
+            return None
+        rel = path.relative_to(store.run_dir).as_posix()
+        try:
+            state = store.load_state(dataclasses.replace(ckpt, state=rel))
+            buffer = _Buffer.restore(model, version, state)
+        except (OSError, ValueError, ArrayFormatError) as exc:
+            self.log.warning("ignoring the saved buffer %s: %s", path, exc)
+            return None
+        for r in buffer.results:
+            if r.site in self.contributions:
+                self.contributions[r.site] += 1
+        self.log.info(
+            "version %d: %d result(s) already in the buffer (%s)",
+            version + 1,
+            len(buffer.results),
+            ", ".join(r.site for r in buffer.results),
+        )
+        return buffer
+
     def _versions(
-        self, model: dict[str, np.ndarray], version: int, tb: Trackers
+        self, model: dict[str, np.ndarray], version: int, tb: Trackers, buffer: _Buffer
     ) -> dict[str, np.ndarray]:
         p, log, store = self.p, self.log, self.store
         reference = array_specs(model)
@@ -265,19 +408,33 @@ class _FedBuff:
             status="training",
             sites=list(self.sites),
         )
-        buffer, started = _Buffer(model), time.monotonic()
+        started = time.monotonic() - buffer.elapsed_before
         for result in self.comm.stream(timeout=p.round_timeout_s):
             site = result.site
             if self.open.get(site) != result.task_id:
                 log.warning("ignoring an unexpected result from %s (%s)", site, result.task_id)
                 continue
             sent = self.task_version[result.task_id]
+            if self.result_in is not None:
+                result = filter_result(
+                    self.result_in,
+                    result,
+                    job_id=self.ctx.job_id,
+                    round=sent + 1,
+                    total_rounds=p.num_versions,
+                    reference=load_arrays(store.model_path(sent), mmap=True),
+                )
+            held = len(buffer.results)
             self._fold(result, version - sent, sent, reference, buffer)
-            published = len(buffer.results) == p.buffer_size
+            # >=: a buffer resumed with a smaller buffer_size is published at once.
+            published = len(buffer.results) >= p.buffer_size
             if published:
                 model = buffer.apply(model, lr=p.server_lr, version=version + 1)
                 version += 1
                 store.write_model(version, model, durable=False)
+            elif len(buffer.results) > held:
+                # Kept across a restart: the results folded so far are not re-done.
+                store.write_state(version, buffer.state(version, time.monotonic() - started))
             if version >= p.num_versions:
                 self._commit(version, model, buffer, started, tb)
                 return model
@@ -412,6 +569,8 @@ class _FedBuff:
         scalars["version/staleness_mean"] = mean_tau
         tb.add_scalars(scalars, step=version)
         store.save_checkpoint(version, path)
+        # The buffer that built this version is in it now.
+        store.state_path(version - 1).unlink(missing_ok=True)
         log.info(
             "version %d/%d published: %d result(s) from %s, mean staleness %.2f, %.2fs%s",
             version,

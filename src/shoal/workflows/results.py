@@ -21,12 +21,14 @@ from shoal.arrays import check_compatible, check_finite
 from shoal.client.model import FLModel
 from shoal.errors import ArrayFormatError, ConfigError, JobFailedError
 from shoal.filters import SERVER_POINTS, FilterChain, build_chain
+from shoal.taskmeta import join_extras
 from shoal.workflows.api import InMemoryResult, TaskResult, WorkflowContext
 from shoal.workflows.metrics import short
 
 __all__ = [
     "apply_filters",
     "check_num_examples",
+    "filter_result",
     "plus_global",
     "server_filters",
     "validate_result",
@@ -90,6 +92,44 @@ def apply_filters(
         )
     except ConfigError as exc:
         raise JobFailedError(f"round {round}: {exc}") from exc
+
+
+def filter_result(
+    chain: FilterChain,
+    result: TaskResult,
+    *,
+    job_id: str,
+    round: int,
+    total_rounds: int | None,
+    reference: Mapping[str, np.ndarray] | None,
+) -> InMemoryResult:
+    """``result`` through the ``result_in`` ``chain``, as an in-memory result;
+    ``reference`` is the global model it answers. A failing filter fails the job."""
+    model = FLModel(
+        params=result.arrays(),
+        extras=result.extras(),
+        metrics=dict(result.metrics),
+        num_examples=result.num_examples,
+        meta=dict(result.meta),
+        params_type=result.params_type,
+        current_round=round,
+        total_rounds=total_rounds,
+        task="train",
+    )
+    out = apply_filters(
+        chain, model, job_id=job_id, site=result.site, round=round, reference=reference
+    )
+    return InMemoryResult(
+        site=result.site,
+        task_id=result.task_id,
+        round=result.round,
+        num_examples=out.num_examples,
+        metrics=dict(out.metrics),
+        path=Path(),
+        meta=dict(out.meta),
+        params_type=out.params_type,
+        params=join_extras(out.params, out.extras),
+    )
 
 
 def without_arrays(result: TaskResult) -> TaskResult:

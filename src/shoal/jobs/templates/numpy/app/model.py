@@ -39,17 +39,31 @@ def train(
     lr: float,
     batch_size: int,
     seed: int,
-) -> None:
-    """Mini-batch gradient descent on the cross-entropy, updating ``model`` in place."""
+    correction: Mapping[str, np.ndarray] | None = None,
+    anchor: Mapping[str, np.ndarray] | None = None,
+    mu: float = 0.0,
+) -> int:
+    """Mini-batch gradient descent on the cross-entropy, updating ``model`` in
+    place; returns the steps taken. ``correction`` is added to each step's
+    gradient (SCAFFOLD's ``c - c_i``); ``mu`` and ``anchor`` add FedProx's
+    proximal term ``(mu/2) |w - anchor|^2`` to the loss."""
     rng = np.random.default_rng(seed)
     onehot = np.eye(CLASSES, dtype=np.float32)[y]
+    steps = 0
     for _ in range(epochs):
         order = rng.permutation(len(y))
         for start in range(0, len(y), batch_size):
             batch = order[start : start + batch_size]
             error = _probabilities(model, x[batch]) - onehot[batch]
-            model["w"] -= lr * (x[batch].T @ error / len(batch)).astype(np.float32)
-            model["b"] -= lr * error.mean(axis=0).astype(np.float32)
+            grads = {"w": x[batch].T @ error / len(batch), "b": error.mean(axis=0)}
+            for name, grad in grads.items():
+                if anchor is not None and mu:
+                    grad += mu * (model[name] - anchor[name])
+                if correction is not None:
+                    grad += correction[name]
+                model[name] -= (lr * grad).astype(np.float32)
+            steps += 1
+    return steps
 
 
 def evaluate_on(model: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> dict[str, float]:
