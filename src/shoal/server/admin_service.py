@@ -34,8 +34,9 @@ from shoal import audit as audit_trail
 from shoal import checksum, evalmatrix, jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
+from shoal.client.policy import JobFacts, Principal, SitePolicy
 from shoal.errors import ConfigError, JobValidationError, NotFoundError, UnavailableError
-from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
+from shoal.jobs import MAX_ARCHIVE_BYTES, JobSpec, find_job_root, load_job_spec, safe_extract
 from shoal.provision import Identity
 from shoal.server.authz import authorize, can_see
 from shoal.server.identity import Identify
@@ -263,6 +264,8 @@ class AdminService(pb_grpc.AdminServicer):
                 raise JobValidationError(f"not a zip archive: {exc}") from None
             spec = load_job_spec(find_job_root(staging / "job"))
             spec.check_sites(self._parts.project_sites())
+            code_sha256 = checksum.of_file(payload.path, "sha256")
+            self._check_site_policies(who, spec, code_sha256)
             num_rounds = spec.workflow.params.get("num_rounds")
             rec = store.create(
                 name=spec.name,
@@ -270,8 +273,9 @@ class AdminService(pb_grpc.AdminServicer):
                 staged_folder=staging,
                 submitter=who.name,
                 submitter_org=who.org,
+                submitter_role=who.role or "member",
                 # Its identity in the job store (the transfer's checksum is none).
-                package_sha256=checksum.of_file(payload.path, "sha256"),
+                package_sha256=code_sha256,
                 package_size=payload.size,
                 num_rounds=int(num_rounds) if isinstance(num_rounds, int) else None,
                 quota_bytes=quota,
@@ -282,6 +286,46 @@ class AdminService(pb_grpc.AdminServicer):
         log.info("job %s (%s) submitted by %s", rec.job_id, rec.name, who.name)
         self._parts.wake_scheduler()
         return rec.job_id
+
+    def _check_site_policies(self, who: Identity, spec: JobSpec, code_sha256: str) -> None:
+        """Refuse a job fewer than ``min_clients`` of its sites would accept,
+        by the policy summaries they published (``SiteRegistry.policies``).
+
+        A site that published none (not connected since the server started)
+        is counted as accepting: it decides when the job reaches it. What the
+        server cannot know (the job's signer, the site's own filters, how
+        busy it will be) is left to the site too.
+        """
+        sites = list(spec.sites) if spec.sites is not None else list(self._parts.project_sites())
+        published = self._registry.policies()
+        facts = JobFacts(
+            submitter=Principal(name=who.name, org=who.org, role=who.role or "member"),
+            code_sha256=code_sha256,
+            workflow=spec.workflow.name,
+        )
+        refusals: dict[str, str] = {}
+        for site in sites:
+            summary = published.get(site)
+            if summary is None:
+                continue
+            if summary.get("invalid"):
+                refusals[site] = f"its policy file is invalid ({summary['invalid']})"
+                continue
+            try:
+                policy = SitePolicy.from_summary(summary)
+            except ConfigError as exc:
+                log.warning("site %s published a policy summary shoal cannot read: %s", site, exc)
+                continue
+            reason = policy.refusal(facts)
+            if reason:
+                refusals[site] = reason
+        accepting = len(sites) - len(refusals)
+        if refusals and accepting < spec.min_clients:
+            why = "; ".join(f"{site}: {reason}" for site, reason in sorted(refusals.items()))
+            raise JobValidationError(
+                f"job refused: it needs {spec.min_clients} site(s) and only {accepting} of "
+                f"{len(sites)} would accept it; refused by the policy of {why}"
+            )
 
     def list_jobs(self, who: Identity, args: dict[str, Any]) -> list[dict[str, Any]]:
         limit = args.get("limit")
@@ -347,6 +391,7 @@ class AdminService(pb_grpc.AdminServicer):
                 staged_folder=staging,
                 submitter=who.name,
                 submitter_org=who.org,
+                submitter_role=who.role or "member",
                 package_sha256=rec.package_sha256,
                 package_size=rec.package_size,
                 num_rounds=rec.num_rounds,
