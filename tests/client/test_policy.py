@@ -57,6 +57,7 @@ def test_the_provisioned_file_is_the_defaults_written_out() -> None:
         ("code: {allow: maybe}\n", "code.allow: must be one of any, none, sha256, signed"),
         ("code: {allow: sha256}\n", "code.sha256: code.allow is sha256 but no hash"),
         ("code: {allow: sha256, sha256: [abc]}\n", "code.sha256: 'abc' is not"),
+        ("code: {allow: sha256, sha256: [12]}\n", "code.sha256: write each hash in quotes"),
         ("code: {allow: signed}\n", "code.signers: code.allow is signed but no signer"),
         ("code: {hashes: []}\n", "code: hashes: unknown key"),
         ("workflows: fedavg\n", "workflows: must be a list of names"),

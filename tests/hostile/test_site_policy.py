@@ -171,11 +171,16 @@ def test_an_edit_applies_without_a_restart(fed: Fed, admin: AdminSession, tmp_pa
 def test_the_server_refuses_at_submit_a_job_no_site_would_take(
     fed: Fed, admin: AdminSession, tmp_path: Path
 ) -> None:
+    outsider = fed.admin(OUTSIDER)
+    # Taken while the sites allow everyone; cloned once they no longer do.
+    earlier = outsider.submit_job(
+        write_job(tmp_path / "e", name="earlier", size=10, sites=["site-1", "site-2"])
+    )
+    admin.abort_job(earlier)
     shas = {
         site: _set_policy(fed, site, "submitters: {orgs: [nvidia]}\n")
         for site in ("site-1", "site-2")
     }
-    outsider = fed.admin(OUTSIDER)
     try:
         _wait_published(admin, shas)  # published with a heartbeat: no restart
         job = write_job(tmp_path / "j", name="everywhere", size=10, sites=["site-1", "site-2"])
@@ -186,6 +191,8 @@ def test_the_server_refuses_at_submit_a_job_no_site_would_take(
         assert "site-1: submitter lead@other.org's org other may not run jobs here" in message
         assert "site-2: submitter" in message
         assert not [j for j in outsider.list_jobs() if j.name == "everywhere"]
+        with pytest.raises(JobValidationError, match="only 0 of 2 would accept it"):
+            outsider.clone_job(earlier)
         # A site whose policy the server does not know yet does not refuse:
         # it decides when the job reaches it.
         unknown = write_job(tmp_path / "u", name="to-site-3", size=10, sites=["site-1", "site-3"])

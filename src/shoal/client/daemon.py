@@ -374,6 +374,8 @@ class SiteDaemon:
             self._health.set(SITE_SERVICE, up)
 
     def _session(self) -> None:
+        policy = self._policy_summary()
+        self._policy_published = policy.get("sha256")  # later edits go with a heartbeat
         hello = pb.Hello(
             site=self.name,
             shoal_version=__version__,
@@ -383,7 +385,7 @@ class SiteDaemon:
                 | {
                     "audit_head": str(self.audit.head),
                     "certificate_warnings": list(self.expiry.warnings),
-                    "policy": self._policy_summary(),
+                    "policy": policy,
                 }
             ),
             running_jobs=self._running_jobs(),

@@ -351,7 +351,11 @@ def parse_policy(doc: Any, *, where: str = POLICY_FILE) -> SitePolicy:
         raise ConfigError(
             f"{where}: code.allow: must be one of {', '.join(CODE_RULES)}, got {allow!r}"
         )
-    hashes = _names(code.get("sha256"), where, "code.sha256") or ()
+    raw_hashes = code.get("sha256")
+    if isinstance(raw_hashes, list) and any(isinstance(h, int) for h in raw_hashes):
+        # A hash of digits only reads as a number: quote them all.
+        raise ConfigError(f"{where}: code.sha256: write each hash in quotes, got {raw_hashes!r}")
+    hashes = _names(raw_hashes, where, "code.sha256") or ()
     for h in hashes:
         if not _SHA256.fullmatch(h):
             raise ConfigError(f"{where}: code.sha256: {h!r} is not a lowercase hex SHA-256")

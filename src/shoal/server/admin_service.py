@@ -36,7 +36,7 @@ from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.client.policy import JobFacts, Principal, SitePolicy
 from shoal.errors import ConfigError, JobValidationError, NotFoundError, UnavailableError
-from shoal.jobs import MAX_ARCHIVE_BYTES, JobSpec, find_job_root, load_job_spec, safe_extract
+from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
 from shoal.provision import Identity
 from shoal.server.authz import authorize, can_see
 from shoal.server.identity import Identify
@@ -265,7 +265,13 @@ class AdminService(pb_grpc.AdminServicer):
             spec = load_job_spec(find_job_root(staging / "job"))
             spec.check_sites(self._parts.project_sites())
             code_sha256 = checksum.of_file(payload.path, "sha256")
-            self._check_site_policies(who, spec, code_sha256)
+            self._check_site_policies(
+                who,
+                sites=spec.sites,
+                min_clients=spec.min_clients,
+                workflow=spec.workflow.name,
+                code_sha256=code_sha256,
+            )
             num_rounds = spec.workflow.params.get("num_rounds")
             rec = store.create(
                 name=spec.name,
@@ -287,7 +293,15 @@ class AdminService(pb_grpc.AdminServicer):
         self._parts.wake_scheduler()
         return rec.job_id
 
-    def _check_site_policies(self, who: Identity, spec: JobSpec, code_sha256: str) -> None:
+    def _check_site_policies(
+        self,
+        who: Identity,
+        *,
+        sites: Sequence[str] | None,
+        min_clients: int,
+        workflow: str,
+        code_sha256: str,
+    ) -> None:
         """Refuse a job fewer than ``min_clients`` of its sites would accept,
         by the policy summaries they published (``SiteRegistry.policies``).
 
@@ -296,15 +310,15 @@ class AdminService(pb_grpc.AdminServicer):
         server cannot know (the job's signer, the site's own filters, how
         busy it will be) is left to the site too.
         """
-        sites = list(spec.sites) if spec.sites is not None else list(self._parts.project_sites())
+        targets = list(sites) if sites is not None else list(self._parts.project_sites())
         published = self._registry.policies()
         facts = JobFacts(
             submitter=Principal(name=who.name, org=who.org, role=who.role or "member"),
             code_sha256=code_sha256,
-            workflow=spec.workflow.name,
+            workflow=workflow,
         )
         refusals: dict[str, str] = {}
-        for site in sites:
+        for site in targets:
             summary = published.get(site)
             if summary is None:
                 continue
@@ -319,12 +333,12 @@ class AdminService(pb_grpc.AdminServicer):
             reason = policy.refusal(facts)
             if reason:
                 refusals[site] = reason
-        accepting = len(sites) - len(refusals)
-        if refusals and accepting < spec.min_clients:
+        accepting = len(targets) - len(refusals)
+        if refusals and accepting < min_clients:
             why = "; ".join(f"{site}: {reason}" for site, reason in sorted(refusals.items()))
             raise JobValidationError(
-                f"job refused: it needs {spec.min_clients} site(s) and only {accepting} of "
-                f"{len(sites)} would accept it; refused by the policy of {why}"
+                f"job refused: it needs {min_clients} site(s) and only {accepting} of "
+                f"{len(targets)} would accept it; refused by the policy of {why}"
             )
 
     def list_jobs(self, who: Identity, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -380,6 +394,16 @@ class AdminService(pb_grpc.AdminServicer):
     def clone_job(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._job(args)
         authorize(who, "clone_job", job=rec)
+        # The clone is the cloner's job: the sites judge its submitter anew.
+        workflow = rec.spec.get("workflow") or {}
+        sites = rec.spec.get("sites")
+        self._check_site_policies(
+            who,
+            sites=list(sites) if isinstance(sites, list) else None,
+            min_clients=int(rec.spec.get("min_clients") or 1),
+            workflow=str(workflow.get("name") or "") if isinstance(workflow, dict) else "",
+            code_sha256=rec.package_sha256,
+        )
         store = self._store
         staging = store.staging_folder()
         try:
