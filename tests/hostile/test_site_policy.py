@@ -202,3 +202,20 @@ def test_the_server_refuses_at_submit_a_job_no_site_would_take(
         assert admin.submit_job(write_job(tmp_path / "ok", name="ok", size=10, num_rounds=1))
     finally:
         _wait_published(admin, {site: _set_policy(fed, site, SITE_POLICY_YML) for site in shas})
+
+
+def test_a_bad_policy_file_refuses_every_job_and_says_why(
+    fed: Fed, admin: AdminSession, tmp_path: Path
+) -> None:
+    _set_policy(fed, "site-2", "resources: {memory_mb: lots}\n")
+    try:
+        _wait_published(admin, {"site-2": "invalid"})
+        job = write_job(tmp_path / "j", name="to-site-2", size=10, sites=["site-2"])
+        with pytest.raises(JobValidationError) as err:
+            admin.submit_job(job)
+        assert "site-2: its policy file is invalid" in str(err.value)
+        assert "resources.memory_mb: must be a whole number > 0, got 'lots'" in str(err.value)
+        invalid = [e for e in _audit(fed, "site-2") if e["event"] == "policy.invalid"]
+        assert invalid and "resources.memory_mb" in invalid[-1]["error"]
+    finally:
+        _wait_published(admin, {"site-2": _set_policy(fed, "site-2", SITE_POLICY_YML)})
