@@ -75,6 +75,11 @@ def test_confinement_quick() -> None:
     assert "through shoal.sandbox" in out and "worker key pair" in out
 
 
+def test_site_policy_quick() -> None:
+    out = _run("site_policy", "--quick")
+    assert "policy unchanged (stat)" in out and "per job start, policy unchanged" in out
+
+
 def test_torch_adapter_quick() -> None:
     pytest.importorskip("torch")
     out = _run("torch_adapter", "--quick")

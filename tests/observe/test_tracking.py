@@ -166,8 +166,11 @@ def test_metrics_may_leave_reads_the_site_policy(tmp_path: Path) -> None:
     assert metrics_may_leave(tmp_path) is True  # no local/policy.yml
     (tmp_path / "local").mkdir()
     policy = tmp_path / "local" / "policy.yml"
-    policy.write_text("other: 1\n")
+    policy.write_text("code: {allow: any}\n")
     assert metrics_may_leave(tmp_path) is True
+    policy.write_text("other: 1\n")  # one parser for the whole file: a typo is refused
+    with pytest.raises(ConfigError, match="other: unknown key"):
+        metrics_may_leave(tmp_path)
     policy.write_text("metrics_may_leave: false\n")
     assert metrics_may_leave(tmp_path) is False
     policy.write_text("metrics_may_leave: 'no'\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,29 @@ def test_confinement_off_is_the_operators_explicit_choice(tmp_path: Path) -> Non
 def test_ruleset_needs_landlock() -> None:
     with pytest.raises(landlock.LandlockError, match="not available"):
         landlock.Ruleset(0)
+
+
+def test_caps_are_rlimits_job_code_cannot_raise(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    plan = Confinement.for_job([job], deny=[], environ={"SHOAL_CONFINEMENT": "off"})
+    plan = replace(plan, memory_mb=300, cpu_seconds=30, processes=4096)
+    assert Confinement.from_json(plan.to_json()) == plan
+    code = (
+        "import resource\n"
+        "print(resource.getrlimit(resource.RLIMIT_DATA), resource.getrlimit(resource.RLIMIT_CPU),"
+        " resource.getrlimit(resource.RLIMIT_NPROC))\n"
+        "try:\n"
+        "    resource.setrlimit(resource.RLIMIT_DATA, (2**40, 2**40)); print('raised')\n"
+        "except (ValueError, OSError): print('kept')\n"
+        "try:\n"
+        "    hog = bytearray(400 * 2**20); print('allocated')\n"
+        "except MemoryError: print('MemoryError')\n"
+    )
+    done = _run(plan, code, job)
+    assert done.returncode == 0, done.stderr
+    limits, raised, allocated = done.stdout.splitlines()
+    mib = 300 * 2**20
+    assert limits == f"({mib}, {mib}) (30, 35) (4096, 4096)"
+    assert raised == "kept" and allocated == "MemoryError"
+    assert "caps: memory 300 MiB, CPU 30 s, processes 4096" in done.stderr

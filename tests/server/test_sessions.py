@@ -36,3 +36,14 @@ def test_a_heartbeat_after_the_expiry_check_keeps_the_session() -> None:
     assert reg.connected() == ["site-1"]
     assert reg.end(s, "connection closed")
     assert reg.connected() == []
+
+
+def test_each_sites_published_policy_outlives_its_session() -> None:
+    reg = SiteRegistry(heartbeat_timeout_s=60)
+    session = SiteSession(name="site-1", org="o", peer="p")
+    reg.open(session)
+    reg.set_policy("site-1", {"code": "any", "sha256": "a" * 64})
+    reg.end(session, "gone")
+    assert reg.policies() == {"site-1": {"code": "any", "sha256": "a" * 64}}
+    reg.set_policy("site-1", None)  # a site that publishes none: nothing held against it
+    assert reg.policies() == {}

@@ -305,3 +305,33 @@ def test_store_files_live_in_the_workspace(make_store: MakeStore, tmp_path: Path
     assert store.root == tmp_path / "ws"
     assert (tmp_path / "ws" / "store.db").is_file()
     assert store.jobs_dir == tmp_path / "ws" / "jobs"
+
+
+def test_the_submitters_role_is_kept_and_an_older_store_gains_the_column(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    store = make_store()
+    old = submit(store, "before-roles")
+    store.close()
+    db = sqlite3.connect(tmp_path / "ws" / "store.db")
+    db.execute("ALTER TABLE jobs DROP COLUMN submitter_role")  # as a store made before roles
+    db.commit()
+    db.close()
+    store = make_store()
+    assert store.get(old.job_id).submitter_role == ""  # unknown: a role rule refuses it
+    staged = store.staging_folder()
+    (staged / "job.zip").write_bytes(b"PK fake")
+    rec = store.create(
+        name="with-role",
+        spec={"name": "with-role", "min_clients": 1, "workflow": {"name": "fedavg"}},
+        staged_folder=staged,
+        submitter="l@x",
+        submitter_org="org-x",
+        submitter_role="lead",
+        package_sha256="ab" * 32,
+        package_size=7,
+        num_rounds=1,
+    )
+    assert store.get(rec.job_id).submitter_role == "lead"

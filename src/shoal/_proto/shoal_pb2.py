@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/shoal.proto\x12\x08shoal.v1\"\x9b\x01\n\x06Header\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x11\n\tmeta_json\x18\x05 \x01(\t\x12\x13\n\x0binline_data\x18\x06 \x01(\x0c\x12\x17\n\x0finline_xxh3_128\x18\x08 \x01(\tJ\x04\x08\x07\x10\x08R\rinline_sha256\")\n\x07Trailer\x12\x10\n\x08xxh3_128\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02R\x06sha256\"i\n\x05\x46rame\x12\"\n\x06header\x18\x01 \x01(\x0b\x32\x10.shoal.v1.HeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12$\n\x07trailer\x18\x03 \x01(\x0b\x32\x11.shoal.v1.TrailerH\x00\x42\x06\n\x04\x62ody\"Z\n\x05Hello\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x15\n\rshoal_version\x18\x02 \x01(\t\x12\x16\n\x0eresources_json\x18\x03 \x01(\t\x12\x14\n\x0crunning_jobs\x18\x04 \x03(\t\"5\n\tHeartbeat\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0crunning_jobs\x18\x02 \x03(\t\"M\n\x08JobEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xe0\x01\n\x0bServerEvent\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.shoal.v1.WelcomeH\x00\x12\'\n\tstart_job\x18\x02 \x01(\x0b\x32\x12.shoal.v1.StartJobH\x00\x12\'\n\tabort_job\x18\x03 \x01(\x0b\x32\x12.shoal.v1.AbortJobH\x00\x12&\n\x08shutdown\x18\x04 \x01(\x0b\x32\x12.shoal.v1.ShutdownH\x00\x12)\n\nforget_job\x18\x05 \x01(\x0b\x32\x13.shoal.v1.ForgetJobH\x00\x42\x06\n\x04\x62ody\"K\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\"V\n\x08StartJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cpackage_size\x18\x03 \x01(\x03\x12\x16\n\x0epackage_sha256\x18\x04 \x01(\t\"*\n\x08\x41\x62ortJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1b\n\tForgetJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"E\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x18\n\x10site_should_exit\x18\x02 \x01(\x08\x12\x0f\n\x07restart\x18\x03 \x01(\x08\"<\n\x0f\x46\x65tchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x19\n\x11worker_public_key\x18\x02 \x01(\x0c\"5\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tmeta_json\x18\x03 \x01(\t\"2\n\x0c\x41\x64minRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\"-\n\nAdminReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x13\n\x0bresult_json\x18\x02 \x01(\t2\xad\x02\n\x05\x46leet\x12\x33\n\x07\x43onnect\x12\x0f.shoal.v1.Hello\x1a\x15.shoal.v1.ServerEvent0\x01\x12*\n\x04\x42\x65\x61t\x12\x13.shoal.v1.Heartbeat\x1a\r.shoal.v1.Ack\x12.\n\tReportJob\x12\x12.shoal.v1.JobEvent\x1a\r.shoal.v1.Ack\x12,\n\x04Work\x12\x0f.shoal.v1.Frame\x1a\x0f.shoal.v1.Frame(\x01\x30\x01\x12\x38\n\x08\x46\x65tchJob\x12\x19.shoal.v1.FetchJobRequest\x1a\x0f.shoal.v1.Frame0\x01\x12+\n\x07PutBlob\x12\x0f.shoal.v1.Frame\x1a\r.shoal.v1.Ack(\x01\x32\xa7\x01\n\x05\x41\x64min\x12\x34\n\x04\x43\x61ll\x12\x16.shoal.v1.AdminRequest\x1a\x14.shoal.v1.AdminReply\x12\x31\n\x06Submit\x12\x0f.shoal.v1.Frame\x1a\x14.shoal.v1.AdminReply(\x01\x12\x35\n\x08\x44ownload\x12\x16.shoal.v1.AdminRequest\x1a\x0f.shoal.v1.Frame0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/shoal.proto\x12\x08shoal.v1\"\x9b\x01\n\x06Header\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x11\n\tmeta_json\x18\x05 \x01(\t\x12\x13\n\x0binline_data\x18\x06 \x01(\x0c\x12\x17\n\x0finline_xxh3_128\x18\x08 \x01(\tJ\x04\x08\x07\x10\x08R\rinline_sha256\")\n\x07Trailer\x12\x10\n\x08xxh3_128\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02R\x06sha256\"i\n\x05\x46rame\x12\"\n\x06header\x18\x01 \x01(\x0b\x32\x10.shoal.v1.HeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12$\n\x07trailer\x18\x03 \x01(\x0b\x32\x11.shoal.v1.TrailerH\x00\x42\x06\n\x04\x62ody\"Z\n\x05Hello\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x15\n\rshoal_version\x18\x02 \x01(\t\x12\x16\n\x0eresources_json\x18\x03 \x01(\t\x12\x14\n\x0crunning_jobs\x18\x04 \x03(\t\"J\n\tHeartbeat\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0crunning_jobs\x18\x02 \x03(\t\x12\x13\n\x0bpolicy_json\x18\x03 \x01(\t\"M\n\x08JobEvent\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xe0\x01\n\x0bServerEvent\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.shoal.v1.WelcomeH\x00\x12\'\n\tstart_job\x18\x02 \x01(\x0b\x32\x12.shoal.v1.StartJobH\x00\x12\'\n\tabort_job\x18\x03 \x01(\x0b\x32\x12.shoal.v1.AbortJobH\x00\x12&\n\x08shutdown\x18\x04 \x01(\x0b\x32\x12.shoal.v1.ShutdownH\x00\x12)\n\nforget_job\x18\x05 \x01(\x0b\x32\x13.shoal.v1.ForgetJobH\x00\x42\x06\n\x04\x62ody\"K\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\"V\n\x08StartJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cpackage_size\x18\x03 \x01(\x03\x12\x16\n\x0epackage_sha256\x18\x04 \x01(\t\"*\n\x08\x41\x62ortJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1b\n\tForgetJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"E\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x18\n\x10site_should_exit\x18\x02 \x01(\x08\x12\x0f\n\x07restart\x18\x03 \x01(\x08\"<\n\x0f\x46\x65tchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x19\n\x11worker_public_key\x18\x02 \x01(\x0c\"5\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tmeta_json\x18\x03 \x01(\t\"2\n\x0c\x41\x64minRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\"-\n\nAdminReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x13\n\x0bresult_json\x18\x02 \x01(\t2\xad\x02\n\x05\x46leet\x12\x33\n\x07\x43onnect\x12\x0f.shoal.v1.Hello\x1a\x15.shoal.v1.ServerEvent0\x01\x12*\n\x04\x42\x65\x61t\x12\x13.shoal.v1.Heartbeat\x1a\r.shoal.v1.Ack\x12.\n\tReportJob\x12\x12.shoal.v1.JobEvent\x1a\r.shoal.v1.Ack\x12,\n\x04Work\x12\x0f.shoal.v1.Frame\x1a\x0f.shoal.v1.Frame(\x01\x30\x01\x12\x38\n\x08\x46\x65tchJob\x12\x19.shoal.v1.FetchJobRequest\x1a\x0f.shoal.v1.Frame0\x01\x12+\n\x07PutBlob\x12\x0f.shoal.v1.Frame\x1a\r.shoal.v1.Ack(\x01\x32\xa7\x01\n\x05\x41\x64min\x12\x34\n\x04\x43\x61ll\x12\x16.shoal.v1.AdminRequest\x1a\x14.shoal.v1.AdminReply\x12\x31\n\x06Submit\x12\x0f.shoal.v1.Frame\x1a\x14.shoal.v1.AdminReply(\x01\x12\x35\n\x08\x44ownload\x12\x16.shoal.v1.AdminRequest\x1a\x0f.shoal.v1.Frame0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,31 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=342
   _globals['_HELLO']._serialized_end=432
   _globals['_HEARTBEAT']._serialized_start=434
-  _globals['_HEARTBEAT']._serialized_end=487
-  _globals['_JOBEVENT']._serialized_start=489
-  _globals['_JOBEVENT']._serialized_end=566
-  _globals['_SERVEREVENT']._serialized_start=569
-  _globals['_SERVEREVENT']._serialized_end=793
-  _globals['_WELCOME']._serialized_start=795
-  _globals['_WELCOME']._serialized_end=870
-  _globals['_STARTJOB']._serialized_start=872
-  _globals['_STARTJOB']._serialized_end=958
-  _globals['_ABORTJOB']._serialized_start=960
-  _globals['_ABORTJOB']._serialized_end=1002
-  _globals['_FORGETJOB']._serialized_start=1004
-  _globals['_FORGETJOB']._serialized_end=1031
-  _globals['_SHUTDOWN']._serialized_start=1033
-  _globals['_SHUTDOWN']._serialized_end=1102
-  _globals['_FETCHJOBREQUEST']._serialized_start=1104
-  _globals['_FETCHJOBREQUEST']._serialized_end=1164
-  _globals['_ACK']._serialized_start=1166
-  _globals['_ACK']._serialized_end=1219
-  _globals['_ADMINREQUEST']._serialized_start=1221
-  _globals['_ADMINREQUEST']._serialized_end=1271
-  _globals['_ADMINREPLY']._serialized_start=1273
-  _globals['_ADMINREPLY']._serialized_end=1318
-  _globals['_FLEET']._serialized_start=1321
-  _globals['_FLEET']._serialized_end=1622
-  _globals['_ADMIN']._serialized_start=1625
-  _globals['_ADMIN']._serialized_end=1792
+  _globals['_HEARTBEAT']._serialized_end=508
+  _globals['_JOBEVENT']._serialized_start=510
+  _globals['_JOBEVENT']._serialized_end=587
+  _globals['_SERVEREVENT']._serialized_start=590
+  _globals['_SERVEREVENT']._serialized_end=814
+  _globals['_WELCOME']._serialized_start=816
+  _globals['_WELCOME']._serialized_end=891
+  _globals['_STARTJOB']._serialized_start=893
+  _globals['_STARTJOB']._serialized_end=979
+  _globals['_ABORTJOB']._serialized_start=981
+  _globals['_ABORTJOB']._serialized_end=1023
+  _globals['_FORGETJOB']._serialized_start=1025
+  _globals['_FORGETJOB']._serialized_end=1052
+  _globals['_SHUTDOWN']._serialized_start=1054
+  _globals['_SHUTDOWN']._serialized_end=1123
+  _globals['_FETCHJOBREQUEST']._serialized_start=1125
+  _globals['_FETCHJOBREQUEST']._serialized_end=1185
+  _globals['_ACK']._serialized_start=1187
+  _globals['_ACK']._serialized_end=1240
+  _globals['_ADMINREQUEST']._serialized_start=1242
+  _globals['_ADMINREQUEST']._serialized_end=1292
+  _globals['_ADMINREPLY']._serialized_start=1294
+  _globals['_ADMINREPLY']._serialized_end=1339
+  _globals['_FLEET']._serialized_start=1342
+  _globals['_FLEET']._serialized_end=1643
+  _globals['_ADMIN']._serialized_start=1646
+  _globals['_ADMIN']._serialized_end=1813
 # @@protoc_insertion_point(module_scope)

@@ -53,12 +53,14 @@ class Hello(_message.Message):
     def __init__(self, site: _Optional[str] = ..., shoal_version: _Optional[str] = ..., resources_json: _Optional[str] = ..., running_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("session_id", "running_jobs")
+    __slots__ = ("session_id", "running_jobs", "policy_json")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     running_jobs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., running_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
+    policy_json: str
+    def __init__(self, session_id: _Optional[str] = ..., running_jobs: _Optional[_Iterable[str]] = ..., policy_json: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("session_id", "job_id", "state", "detail")

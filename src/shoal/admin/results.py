@@ -263,6 +263,10 @@ class SiteStatus(_ReplyView):
     """The site's shoal version; ``None`` when not connected."""
     cert_not_after: str | None = None
     """When the certificate of its connection expires, ISO 8601 in UTC."""
+    policy: Mapping[str, Any] = field(default_factory=dict)
+    """The site policy it last published (``shoal.client.policy.SitePolicy.summary``:
+    who and what it runs, its caps, the file's ``sha256``); empty when it
+    published none since the server started."""
     _reply: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -278,6 +282,7 @@ class SiteStatus(_ReplyView):
             certificate_warnings=f.strings("certificate_warnings"),
             shoal_version=f.optional("shoal_version", str),
             cert_not_after=f.optional("cert_not_after", str),
+            policy=f.mapping("policy"),
             _reply=f.data,
         )
 

@@ -43,6 +43,15 @@ from shoal.audit import DEFAULT_MAX_BYTES as AUDIT_MAX_BYTES
 from shoal.audit import AuditTrail, ConfigWatch
 from shoal.client import retention
 from shoal.client.api import WORKER_CONFIG_ENV
+from shoal.client.policy import (
+    POLICY_FILE,
+    Caps,
+    JobFacts,
+    PolicyCache,
+    PolicyRefusedError,
+    Principal,
+    SitePolicy,
+)
 from shoal.client.worker import WorkerConfig
 from shoal.errors import (
     ConfigError,
@@ -51,10 +60,9 @@ from shoal.errors import (
     PeerRejectedError,
     ShoalError,
 )
-from shoal.filters import SITE_POINTS, site_order, specs_to_json
+from shoal.filters import SITE_POINTS, parse_filters, site_order, specs_to_json
 from shoal.filters.local import FILTERS_FILE, local_filters
 from shoal.observe.metrics import MetricsEndpoint, SiteMetrics, serve_metrics
-from shoal.observe.tracking import metrics_may_leave
 from shoal.privacy.secagg import SECAGG_WORKFLOWS, issue_credential
 from shoal.provision import Kit
 from shoal.provision.expiry import ExpiryWatch
@@ -119,6 +127,8 @@ class _Worker:
     user: JobUser | None = None
     #: The thread preparing, running and reporting the job (see ``_busy``).
     thread: threading.Thread | None = None
+    #: Why the daemon stopped it for a resource cap (wall time); None if not.
+    capped: str | None = None
 
 
 def _busy(worker: _Worker) -> bool:
@@ -149,6 +159,8 @@ class _Prepared:
     #: A secure-aggregation job's signing credential (JSON), made here with
     #: the site's key, which the worker never holds; None for other jobs.
     secagg_credential: str | None = None
+    #: The site policy's resource caps, as they were when the job was accepted.
+    caps: Caps = dataclasses.field(default_factory=Caps)
 
 
 class SiteDaemon:
@@ -206,11 +218,18 @@ class SiteDaemon:
             self.audit,
             {
                 "filters": kit.root / FILTERS_FILE,
-                "policy": kit.local / "policy.yml",
+                "policy": kit.local / POLICY_FILE,
                 "retention": kit.local / retention.RETENTION_FILE,
                 "resources": kit.local / "resources.json",
             },
         )
+        #: ``local/policy.yml``, re-read when it changes (a ``stat`` per job
+        #: start and per heartbeat): which jobs run here, and their caps.
+        self.policy = PolicyCache(kit.local / POLICY_FILE)
+        #: The file hash of the policy last recorded, and last told the server.
+        self._policy_sha: str | None = None
+        self._policy_published: str | None = None
+        self._policy_lock = threading.Lock()
         self.metrics = SiteMetrics(
             connected=self.connected.is_set,
             jobs_running=lambda: len(self._running_jobs()),
@@ -259,6 +278,8 @@ class SiteDaemon:
         log.info("%s", describe(user, why, confinement_mode()))
         self.audit.record("site.started", project=self.kit.project, version=__version__)
         self.config.check()
+        with contextlib.suppress(ConfigError):  # logged; jobs are refused until it is fixed
+            self._site_policy()
         # The first sweep runs now: a site that was down when a job was deleted
         # (and so never heard of it) still drops old folders by the age rule.
         threading.Thread(target=self._sweeper, name="job-sweeper", daemon=True).start()
@@ -353,6 +374,8 @@ class SiteDaemon:
             self._health.set(SITE_SERVICE, up)
 
     def _session(self) -> None:
+        policy = self._policy_summary()
+        self._policy_published = policy.get("sha256")  # later edits go with a heartbeat
         hello = pb.Hello(
             site=self.name,
             shoal_version=__version__,
@@ -362,6 +385,7 @@ class SiteDaemon:
                 | {
                     "audit_head": str(self.audit.head),
                     "certificate_warnings": list(self.expiry.warnings),
+                    "policy": policy,
                 }
             ),
             running_jobs=self._running_jobs(),
@@ -414,15 +438,62 @@ class SiteDaemon:
             sid = self.session_id
             if sid is None:
                 return
+            # A policy edited since the server last heard it goes with this
+            # beat: the server refuses at submit by what sites publish.
+            summary = self._policy_summary()
+            changed = summary.get("sha256") != self._policy_published
             try:
                 self._stub.Beat(
-                    pb.Heartbeat(session_id=sid, running_jobs=self._running_jobs()), timeout=10
+                    pb.Heartbeat(
+                        session_id=sid,
+                        running_jobs=self._running_jobs(),
+                        policy_json=json.dumps(summary) if changed else "",
+                    ),
+                    timeout=10,
                 )
+                if changed:
+                    self._policy_published = summary.get("sha256")
             except grpc.RpcError as exc:
                 if isinstance(from_rpc_error(exc, "Beat"), NotFoundError):
                     log.info("server no longer knows this session; reconnecting")
                     call.cancel()
                     return
+
+    def _site_policy(self) -> SitePolicy:
+        """The site policy now (re-read if the file changed); a change is
+        recorded in the audit trail with the file's hash and what it says.
+        ConfigError when the file is bad: jobs are then refused."""
+        with self._policy_lock:  # job threads and the heartbeat: one record per change
+            try:
+                policy = self.policy.get()
+            except ConfigError as exc:
+                if self._policy_sha != "invalid":
+                    self._policy_sha = "invalid"
+                    self.audit.record("policy.invalid", path=str(self.policy.path), error=str(exc))
+                    log.error("site policy: %s; jobs are refused until it is fixed", exc)
+                raise
+            if policy.sha256 != self._policy_sha:
+                previous, self._policy_sha = self._policy_sha, policy.sha256
+                summary = policy.summary()
+                self.audit.record(
+                    "policy.changed" if previous is not None else "policy.loaded",
+                    path=str(self.policy.path),
+                    sha256=policy.sha256,
+                    previous_sha256=previous or "",
+                    summary=summary,
+                )
+                log.info(
+                    "site policy %s: %s", "changed" if previous else "loaded", json.dumps(summary)
+                )
+            return policy
+
+    def _policy_summary(self) -> dict[str, Any]:
+        """What the server is told of the policy (``SitePolicy.summary``); for a
+        bad file, that this site refuses every job until it is fixed."""
+        try:
+            return self._site_policy().summary()
+        except ConfigError as exc:
+            return {"invalid": str(exc), "sha256": "invalid"}
 
     def _resources(self) -> dict[str, Any]:
         path = self.kit.local / "resources.json"
@@ -476,14 +547,23 @@ class SiteDaemon:
             )
             self._report(start.job_id, "started", f"pid {proc.pid}")
             self.audit.record("job.started", job_id=start.job_id, pid=proc.pid)
-            code = proc.wait()
-            if worker.aborted:
+            code = self._wait(worker, proc, job.caps)
+            if worker.capped:
+                state, detail = "failed", worker.capped
+            elif worker.aborted:
                 state, detail = "aborted", worker.aborted
             elif code == 0:
                 state, detail = "finished", ""
             else:
-                state, detail = "failed", f"exit code {code}: {_last_error(log_path)}"
-            log.info("job %s: worker exited with code %d (%s)", start.job_id, code, state)
+                state, detail = "failed", _failure(code, _last_error(log_path), job.caps)
+            log.info(
+                "job %s: worker exited with code %d (%s: %s)", start.job_id, code, state, detail
+            )
+        except PolicyRefusedError as exc:
+            state, detail = "refused", str(exc)
+            log.warning("job %s (%s): %s", start.job_id, start.name, exc)
+            with open(log_path, "a") as f:
+                f.write(f"shoal: {exc}\n")
         except ShoalError as exc:
             detail = str(exc)
             log.error("job %s: could not start: %s", start.job_id, exc)
@@ -498,6 +578,19 @@ class SiteDaemon:
             self.metrics.worker_ended(state)
             self._upload_log(start.job_id, log_path)
             self._report(start.job_id, state, detail)
+
+    def _wait(self, worker: _Worker, proc: subprocess.Popen[bytes], caps: Caps) -> int:
+        """The worker's exit code; past the policy's wall-time cap it is
+        stopped (``worker.capped`` says why)."""
+        if caps.wall_time_s is None:
+            return proc.wait()
+        try:
+            return proc.wait(timeout=caps.wall_time_s)
+        except subprocess.TimeoutExpired:
+            worker.capped = f"stopped: exceeded the site's wall-time cap of {caps.wall_time_s:g} s"
+            log.warning("job %s: %s", worker.job_id, worker.capped)
+            self._kill(worker, worker.capped)
+            return proc.wait()
 
     def _spawn(
         self, job_id: str, job_dir: Path, job: _Prepared, worker: _Worker, log_path: Path
@@ -549,6 +642,9 @@ class SiteDaemon:
             )
         # Frameworks default to a thread per core each: share the cores out.
         env.update(thread_env(env, workers=workers))
+        if job.caps.gpus is not None:
+            # After the job's own env: the site's cap wins over job.yml.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(job.caps.gpus)
         env[WORKER_CONFIG_ENV] = str(config_path)
         env["SHOAL_SITE_NAME"] = self.name
         env["PYTHONUNBUFFERED"] = "1"
@@ -561,6 +657,12 @@ class SiteDaemon:
             deny=secret_paths(self.kit.root, self.workspace),
             extra_read=[creds, config_path],
             label="job",
+        )
+        plan = dataclasses.replace(
+            plan,
+            memory_mb=job.caps.memory_mb,
+            cpu_seconds=job.caps.cpu_seconds,
+            processes=job.caps.processes,
         )
         with self._lock:
             in_use = {w.user.uid for w in self._workers.values() if w.user is not None}
@@ -653,6 +755,7 @@ class SiteDaemon:
             "signer": "",
             "submitter": str(header.meta.get("submitter") or ""),
             "submitter_org": str(header.meta.get("submitter_org") or ""),
+            "submitter_role": str(header.meta.get("submitter_role") or ""),
         }
         try:
             if start.package_sha256 and code_sha256 != start.package_sha256:
@@ -661,6 +764,7 @@ class SiteDaemon:
                     f"{start.package_sha256[:12]}... the server stored at submit"
                 )
             self.config.check()
+            policy = self._admit(start.job_id, package, verdict)
             unpacked = job_dir / "job"
             if unpacked.exists():
                 shutil.rmtree(unpacked)
@@ -680,7 +784,7 @@ class SiteDaemon:
             )
             for point in SITE_POINTS
         }
-        may_leave = metrics_may_leave(self.kit.root)
+        may_leave = policy.metrics_may_leave
         wants = spec.tracking.site_metrics == "site" and (
             spec.tracking.mlflow or spec.tracking.wandb
         )
@@ -701,7 +805,54 @@ class SiteDaemon:
             cert_pem=cert.encode("ascii"),
             filters={point: specs for point, specs in filters.items() if specs},
             secagg_credential=self._secagg_credential(start.job_id, spec),
+            caps=policy.caps,
         )
+
+    def _admit(self, job_id: str, package: Path, verdict: dict[str, Any]) -> SitePolicy:
+        """Judge the job by the site's policy, from its header (``verdict``:
+        submitter, code hash, signer) and its job.yml read from the archive
+        in memory: none of its code is on disk yet. PolicyRefusedError
+        ("refused by site X's policy: ...") when the policy says no."""
+        from shoal.jobs import read_job_file_in_zip
+
+        try:
+            policy = self._site_policy()
+        except ConfigError as exc:
+            raise PolicyRefusedError(
+                f"refused by site {self.name}'s policy: the policy file is invalid ({exc})"
+            ) from None
+        doc = read_job_file_in_zip(package)
+        if not isinstance(doc, dict):
+            raise ShoalError("job.yml: must be a mapping of settings")
+        workflow = doc.get("workflow")
+        job_filters = parse_filters(doc.get("filters"), where="job.yml: filters")
+        site_filters = local_filters(self.kit.root)
+        with self._lock:
+            running = sum(1 for j, w in self._workers.items() if j != job_id and _busy(w))
+        facts = JobFacts(
+            submitter=Principal(
+                name=verdict["submitter"],
+                org=verdict["submitter_org"],
+                role=verdict["submitter_role"],
+            ),
+            code_sha256=verdict["code_sha256"],
+            workflow=str(workflow.get("name") or "") if isinstance(workflow, dict) else "",
+            signer=Principal.of(verdict["signer"]),
+            filters={
+                point: [
+                    f.name
+                    for f in site_order(
+                        point, site_filters.get(point, ()), job_filters.get(point, ())
+                    )
+                ]
+                for point in SITE_POINTS
+            },
+            running_jobs=running,
+        )
+        reason = policy.refusal(facts)
+        if reason:
+            raise PolicyRefusedError(f"refused by site {self.name}'s policy: {reason}")
+        return policy
 
     def _secagg_credential(self, job_id: str, spec: Any) -> str | None:
         """For a secure-aggregation job: a fresh key for the job, delegated by
@@ -824,6 +975,26 @@ def _chown_tree(path: Path, user: JobUser) -> None:
         for folder, dirs, files in os.walk(path):
             for name in [*dirs, *files]:
                 os.chown(os.path.join(folder, name), user.uid, user.gid, follow_symlinks=False)
+
+
+def _failure(code: int, last_error: str, caps: Caps) -> str:
+    """Why a worker failed, naming the site's cap it ran into when it did."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if name == "SIGXCPU" and caps.cpu_seconds is not None:
+            return f"stopped: exceeded the site's CPU cap of {caps.cpu_seconds} s ({name})"
+        if caps.memory_mb is not None and name in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS"):
+            return (
+                f"killed by {name}; the site caps memory at {caps.memory_mb} MiB, "
+                f"which the job probably exceeded: {last_error}"
+            )
+        return f"killed by {name}: {last_error}"
+    if caps.memory_mb is not None and "MemoryError" in last_error:
+        return f"stopped: exceeded the site's memory cap of {caps.memory_mb} MiB ({last_error})"
+    return f"exit code {code}: {last_error}"
 
 
 def _last_error(log_path: Path) -> str:

@@ -33,6 +33,7 @@ from shoal.jobs.spec import (
     find_job_root,
     load_job_spec,
     parse_job_spec,
+    read_job_file_in_zip,
 )
 
 __all__ = [
@@ -57,5 +58,6 @@ __all__ = [
     "new_job",
     "pack_job",
     "parse_job_spec",
+    "read_job_file_in_zip",
     "safe_extract",
 ]

@@ -744,8 +744,13 @@ def _read_job_file(root: Path) -> Any:
     app_dir = root / APP_DIR
     if not app_dir.is_dir():
         raise JobValidationError(f"{APP_DIR}/: the job has no app folder")
+    return _load_job_text(job_file.read_bytes())
+
+
+def _load_job_text(raw: bytes) -> Any:
+    """job.yml's bytes, loaded as YAML (not yet validated)."""
     try:
-        doc = yaml.load(job_file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+        doc = yaml.load(raw.decode("utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
     except JobValidationError:
         raise
     except AliasRefusedError as exc:
@@ -754,6 +759,32 @@ def _read_job_file(root: Path) -> Any:
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         raise JobValidationError(f"{JOB_FILE}: not valid YAML: {exc}") from None
     return doc
+
+
+def read_job_file_in_zip(package: Path) -> Any:
+    """job.yml of a job archive, loaded (not yet validated), read in memory:
+    nothing of the archive is written out, so a site can judge a job before
+    any of its code is on disk. job.yml lies where :func:`find_job_root`
+    looks for it once unpacked: at the root, or in the only top folder."""
+    try:
+        with zipfile.ZipFile(package) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            member = infos.get(JOB_FILE)
+            if member is None:
+                tops = {n.split("/", 1)[0] for n in infos if not n.startswith(".")}
+                only = next(iter(tops)) if len(tops) == 1 else ""
+                member = infos.get(f"{only}/{JOB_FILE}") if only else None
+            if member is None or member.is_dir():
+                raise JobValidationError(f"{JOB_FILE}: not found at the root of the job")
+            if member.file_size > _MAX_JOB_FILE_BYTES:
+                raise JobValidationError(f"{JOB_FILE}: larger than {_MAX_JOB_FILE_BYTES} bytes")
+            with zf.open(member) as f:
+                raw = f.read(_MAX_JOB_FILE_BYTES + 1)  # a header may lie about the size
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+        raise JobValidationError(f"not a readable job archive: {exc}") from None
+    if len(raw) > _MAX_JOB_FILE_BYTES:
+        raise JobValidationError(f"{JOB_FILE}: larger than {_MAX_JOB_FILE_BYTES} bytes")
+    return _load_job_text(raw)
 
 
 def load_job_spec(path: Path) -> JobSpec:

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shoal.errors import ConfigError, ShoalError, WorkflowSuspended
+from shoal.errors import ShoalError, WorkflowSuspended
 from shoal.tensorboard import ScalarWriter
 
 if TYPE_CHECKING:  # shoal.jobs imports the workflows, which import this module
@@ -75,25 +75,14 @@ def metrics_may_leave(kit_root: Path) -> bool:
     (the server's, or a tracker of the job's run at the site).
 
     Read from ``local/policy.yml`` in the site's kit, key
-    ``metrics_may_leave`` (true or false); true when the file or the key is
-    absent. A value that is not a boolean is a ConfigError: a typo must not
-    read as consent.
+    ``metrics_may_leave`` (true or false), by the site policy's parser
+    (``shoal.client.policy``); true when the file or the key is absent. A
+    value that is not a boolean is a ConfigError: a typo must not read as
+    consent.
     """
-    import yaml
+    from shoal.client.policy import load_policy
 
-    path = Path(kit_root) / "local" / POLICY_FILE
-    if not path.is_file():
-        return True
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(doc, Mapping):
-        raise ConfigError(f"{path}: must be a mapping of settings")
-    value = doc.get(POLICY_KEY, True)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{path}: {POLICY_KEY} must be true or false, got {value!r}")
-    return value
+    return load_policy(Path(kit_root) / "local" / POLICY_FILE).metrics_may_leave
 
 
 def private_sites(results: Iterable[Any]) -> set[str]:

@@ -200,7 +200,61 @@ def local_files(participant_type: str) -> dict[str, str]:
         files["resources.json"] = _dump(_resources(participant_type))
     if participant_type == "client":
         files["retention.json"] = _dump(_retention())
+        files["policy.yml"] = SITE_POLICY_YML
     return files
+
+
+#: A site's ``local/policy.yml`` as provisioned: every setting at its default
+#: (which allow what shoal always allowed), commented, for the operator to
+#: edit (shoal.client.policy; docs/security.md, "Site policy").
+SITE_POLICY_YML = """\
+# This site's policy: which jobs it runs, and within what limits.
+# Read again at every job start: an edit applies to the next job, no restart.
+# A job refused here is refused before any of its code is unpacked; the
+# submitter sees "refused by site <name>'s policy: <reason>".
+# Absent settings allow everything, as below. docs/security.md, "Site policy".
+
+# Who may run jobs here. A list restricts; leave a key out to allow any.
+# An admin named in `admins` may run jobs whatever their org and role;
+# otherwise the submitter's org must be in `orgs` and role in `roles`
+# (project_admin, org_admin, lead, member), where those are given.
+submitters: {}
+#  orgs: [my-org]
+#  roles: [lead, project_admin]
+#  admins: [alice@my-org.example]
+
+# Which code may run: any | none | sha256 (the job archive's SHA-256 must be
+# listed below) | signed (the job must be signed by a listed signer).
+code:
+  allow: any
+#  sha256: []
+#  signers: []
+
+# Workflows that may run here (leave out: any), e.g. [fedavg, fedprox].
+# workflows: [fedavg]
+
+# Filters that must run on what leaves (result_out) or enters (task_in) this
+# site: a job whose chain (local/filters.yml and the job's own filters)
+# lacks one is refused.
+filters: {}
+#  result_out: [clip]
+
+# Caps on each job (leave out: none). memory_mb: memory each job process may
+# allocate; cpu_seconds: CPU time of each process; wall_time_s: the job is
+# stopped after it; processes: processes of the job's user; concurrent_jobs:
+# one more is refused; gpus: CUDA devices jobs may see ([]: none).
+resources: {}
+#  memory_mb: 8192
+#  cpu_seconds: 36000
+#  wall_time_s: 86400
+#  processes: 512
+#  concurrent_jobs: 2
+#  gpus: ["0"]
+
+# Whether this site's training metrics may go to an outside experiment
+# tracker (MLflow, W&B).
+metrics_may_leave: true
+"""
 
 
 def _retention() -> dict[str, Any]:

@@ -16,6 +16,11 @@ which applies a :class:`Confinement` to itself and then execs the job:
   permissions protect the kit (keys are 0600) and other jobs as well.
 - **A scrubbed environment**: only a documented set of variables reaches
   job code (:func:`job_env`); the daemon's own secrets stay with it.
+- **Resource caps** from the site's policy (``shoal.client.policy.Caps``),
+  as rlimits every process of the job inherits: memory (``RLIMIT_DATA``:
+  heap and anonymous mappings, what a job allocates, not the address space
+  CUDA or malloc arenas reserve), CPU seconds (``RLIMIT_CPU``) and
+  processes (``RLIMIT_NPROC``). They hold even with confinement off.
 
 ``SHOAL_CONFINEMENT=off`` turns confinement off (a warning in every job's
 log); otherwise a job whose code cannot be confined is refused.
@@ -166,6 +171,11 @@ class Confinement:
     gid: int | None = None
     #: Set for the job's environment in the launcher's log line.
     label: str = field(default="job")
+    #: Resource caps (None: none), each process of the job: private writable
+    #: memory in MiB, CPU seconds, processes of the job's user.
+    memory_mb: int | None = None
+    cpu_seconds: int | None = None
+    processes: int | None = None
 
     @classmethod
     def for_job(
@@ -204,11 +214,18 @@ class Confinement:
             label=str(data["label"]),
             uid=None if data.get("uid") is None else int(data["uid"]),
             gid=None if data.get("gid") is None else int(data["gid"]),
+            memory_mb=_opt_int(data.get("memory_mb")),
+            cpu_seconds=_opt_int(data.get("cpu_seconds")),
+            processes=_opt_int(data.get("processes")),
         )
 
     def command(self, argv: Sequence[str], *, python: str = sys.executable) -> list[str]:
         """``argv`` started through the launcher that confines it first."""
         return [python, "-m", "shoal.sandbox", self.to_json(), "--", *argv]
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 def secret_paths(
@@ -278,9 +295,35 @@ def apply(plan: Confinement) -> str:
     Raises :class:`~shoal.sandbox.landlock.LandlockError` (an OSError) when
     the kernel cannot confine and the plan requires it.
     """
+    limits = _limit(plan)
     if plan.mode == "off":
-        return "unconfined (SHOAL_CONFINEMENT=off)" + _switch_user(plan)
-    return _landlock(plan) + _switch_user(plan)
+        return "unconfined (SHOAL_CONFINEMENT=off)" + limits + _switch_user(plan)
+    return _landlock(plan) + limits + _switch_user(plan)
+
+
+def _limit(plan: Confinement) -> str:
+    """Set the plan's rlimits (soft and hard: job code cannot raise them)."""
+    import resource
+
+    caps = [
+        ("memory", resource.RLIMIT_DATA, plan.memory_mb, 2**20, "MiB"),
+        ("CPU", resource.RLIMIT_CPU, plan.cpu_seconds, 1, "s"),
+        ("processes", resource.RLIMIT_NPROC, plan.processes, 1, ""),
+    ]
+    done = []
+    for name, which, value, unit, suffix in caps:
+        if value is None:
+            continue
+        soft = int(value) * unit
+        # CPU: SIGXCPU at the soft limit (reported as the cap), SIGKILL a
+        # little later for a job that catches it.
+        hard = soft + 5 if which == resource.RLIMIT_CPU else soft
+        _, current = resource.getrlimit(which)
+        if current != resource.RLIM_INFINITY:
+            soft, hard = min(soft, current), min(hard, current)
+        resource.setrlimit(which, (soft, hard))
+        done.append(f"{name} {value}{(' ' + suffix) if suffix else ''}")
+    return f", caps: {', '.join(done)}" if done else ""
 
 
 def _switch_user(plan: Confinement) -> str:

@@ -34,6 +34,7 @@ from shoal import audit as audit_trail
 from shoal import checksum, evalmatrix, jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
+from shoal.client.policy import JobFacts, Principal, SitePolicy
 from shoal.errors import ConfigError, JobValidationError, NotFoundError, UnavailableError
 from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
 from shoal.provision import Identity
@@ -263,6 +264,14 @@ class AdminService(pb_grpc.AdminServicer):
                 raise JobValidationError(f"not a zip archive: {exc}") from None
             spec = load_job_spec(find_job_root(staging / "job"))
             spec.check_sites(self._parts.project_sites())
+            code_sha256 = checksum.of_file(payload.path, "sha256")
+            self._check_site_policies(
+                who,
+                sites=spec.sites,
+                min_clients=spec.min_clients,
+                workflow=spec.workflow.name,
+                code_sha256=code_sha256,
+            )
             num_rounds = spec.workflow.params.get("num_rounds")
             rec = store.create(
                 name=spec.name,
@@ -270,8 +279,9 @@ class AdminService(pb_grpc.AdminServicer):
                 staged_folder=staging,
                 submitter=who.name,
                 submitter_org=who.org,
+                submitter_role=who.role or "member",
                 # Its identity in the job store (the transfer's checksum is none).
-                package_sha256=checksum.of_file(payload.path, "sha256"),
+                package_sha256=code_sha256,
                 package_size=payload.size,
                 num_rounds=int(num_rounds) if isinstance(num_rounds, int) else None,
                 quota_bytes=quota,
@@ -282,6 +292,54 @@ class AdminService(pb_grpc.AdminServicer):
         log.info("job %s (%s) submitted by %s", rec.job_id, rec.name, who.name)
         self._parts.wake_scheduler()
         return rec.job_id
+
+    def _check_site_policies(
+        self,
+        who: Identity,
+        *,
+        sites: Sequence[str] | None,
+        min_clients: int,
+        workflow: str,
+        code_sha256: str,
+    ) -> None:
+        """Refuse a job fewer than ``min_clients`` of its sites would accept,
+        by the policy summaries they published (``SiteRegistry.policies``).
+
+        A site that published none (not connected since the server started)
+        is counted as accepting: it decides when the job reaches it. What the
+        server cannot know (the job's signer, the site's own filters, how
+        busy it will be) is left to the site too.
+        """
+        targets = list(sites) if sites is not None else list(self._parts.project_sites())
+        published = self._registry.policies()
+        facts = JobFacts(
+            submitter=Principal(name=who.name, org=who.org, role=who.role or "member"),
+            code_sha256=code_sha256,
+            workflow=workflow,
+        )
+        refusals: dict[str, str] = {}
+        for site in targets:
+            summary = published.get(site)
+            if summary is None:
+                continue
+            if summary.get("invalid"):
+                refusals[site] = f"its policy file is invalid ({summary['invalid']})"
+                continue
+            try:
+                policy = SitePolicy.from_summary(summary)
+            except ConfigError as exc:
+                log.warning("site %s published a policy summary shoal cannot read: %s", site, exc)
+                continue
+            reason = policy.refusal(facts)
+            if reason:
+                refusals[site] = reason
+        accepting = len(targets) - len(refusals)
+        if refusals and accepting < min_clients:
+            why = "; ".join(f"{site}: {reason}" for site, reason in sorted(refusals.items()))
+            raise JobValidationError(
+                f"job refused: it needs {min_clients} site(s) and only {accepting} of "
+                f"{len(targets)} would accept it; refused by the policy of {why}"
+            )
 
     def list_jobs(self, who: Identity, args: dict[str, Any]) -> list[dict[str, Any]]:
         limit = args.get("limit")
@@ -336,6 +394,16 @@ class AdminService(pb_grpc.AdminServicer):
     def clone_job(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
         rec = self._job(args)
         authorize(who, "clone_job", job=rec)
+        # The clone is the cloner's job: the sites judge its submitter anew.
+        workflow = rec.spec.get("workflow") or {}
+        sites = rec.spec.get("sites")
+        self._check_site_policies(
+            who,
+            sites=list(sites) if isinstance(sites, list) else None,
+            min_clients=int(rec.spec.get("min_clients") or 1),
+            workflow=str(workflow.get("name") or "") if isinstance(workflow, dict) else "",
+            code_sha256=rec.package_sha256,
+        )
         store = self._store
         staging = store.staging_folder()
         try:
@@ -347,6 +415,7 @@ class AdminService(pb_grpc.AdminServicer):
                 staged_folder=staging,
                 submitter=who.name,
                 submitter_org=who.org,
+                submitter_role=who.role or "member",
                 package_sha256=rec.package_sha256,
                 package_size=rec.package_size,
                 num_rounds=rec.num_rounds,

@@ -544,6 +544,9 @@ class ServerDaemon:
         running = {r.job_id: list(r.sites) for r in self.runs.all()}
         sites = []
         seen = set()
+        # What each site last published of its policy (None: nothing yet);
+        # a job is refused at submit by these (``AdminService.submit``).
+        policies = self.registry.policies()
         for s in self.registry.sessions():
             seen.add(s.name)
             sites.append(
@@ -562,6 +565,7 @@ class ServerDaemon:
                     "certificate_warnings": list(s.resources.get("certificate_warnings") or []),
                     "shoal_version": s.shoal_version or None,
                     "cert_not_after": s.cert_not_after,
+                    "policy": policies.get(s.name),
                 }
             )
         for name in self.project_sites():
@@ -575,6 +579,7 @@ class ServerDaemon:
                         "last_heartbeat_s_ago": None,
                         "connected_since": None,
                         "running_jobs": [],
+                        "policy": policies.get(name),
                     }
                 )
         return {

@@ -202,6 +202,7 @@ class FleetService:
             cert_not_after=who.not_after.isoformat() if who.not_after else None,
         )
         session.running_jobs = list(request.running_jobs)
+        self._registry.set_policy(who.name, resources.get("policy"))
         wakeup = Wakeup()
         session.on_event = wakeup.fire
         self._registry.open(session)
@@ -242,6 +243,12 @@ class FleetService:
         if not self._registry.beat(who.name, request.session_id, list(request.running_jobs)):
             # Unknown session (e.g. the server restarted): the site reconnects.
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such session; connect again")
+        if request.policy_json:
+            try:
+                summary = json.loads(request.policy_json)
+            except json.JSONDecodeError:
+                summary = {"invalid": "the site sent a policy summary that is not JSON"}
+            self._registry.set_policy(who.name, summary)
         return pb.Ack(ok=True)
 
     async def ReportJob(self, request: pb.JobEvent, context: grpc.aio.ServicerContext) -> pb.Ack:
@@ -469,6 +476,7 @@ class FleetService:
                 # Who submitted it, for the site's audit trail (and policy).
                 "submitter": rec.submitter,
                 "submitter_org": rec.submitter_org,
+                "submitter_role": rec.submitter_role,
             }
             if request.worker_public_key:
                 meta["worker_cert"] = self._parts.job_credentials.issue(

@@ -257,12 +257,15 @@ class JobRun:
         """A site daemon reports its worker for this job started/finished/failed."""
         if site not in self.site_set:
             return
-        if state in ("finished", "failed", "aborted"):
+        if state in ("finished", "failed", "aborted", "refused"):
             with self._cond:
                 self._sites_done.add(site)
                 self._cond.notify_all()
             self.site_states[site] = {"state": f"worker {state}"}
-            if state == "failed" and not self._finished:
+            if state == "refused" and not self._finished:
+                # "refused by site X's policy: ...": no code of the job ran there.
+                self.site_failed(site, detail or f"refused by site {site}")
+            elif state == "failed" and not self._finished:
                 self.site_failed(site, f"training script failed: {detail}".strip())
         elif state == "started":
             self.site_states[site] = {"state": "worker started"}

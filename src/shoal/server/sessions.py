@@ -76,6 +76,11 @@ class SiteRegistry:
         self._order = threading.Lock()
         self._sessions: dict[str, SiteSession] = {}
         self._listeners: list[Callable[[str, bool], None]] = []
+        # Each site's published policy summary (``shoal.client.policy``),
+        # kept after its session ends: a site offline for a while still
+        # refuses what its policy refuses. Lost on a server restart until
+        # the site connects again.
+        self._policies: dict[str, dict[str, Any]] = {}
 
     def on_change(self, listener: Callable[[str, bool], None]) -> None:
         """``listener(site, connected)`` is called on connect and on loss."""
@@ -121,6 +126,23 @@ class SiteRegistry:
             s.last_heartbeat = time.monotonic()
             s.running_jobs = list(running_jobs)
             return True
+
+    def set_policy(self, name: str, summary: Any) -> None:
+        """Keep the policy summary ``name`` published (None or not a mapping:
+        a site that publishes none, which refuses nothing at submit)."""
+        with self._lock:
+            if isinstance(summary, dict):
+                changed = self._policies.get(name, {}).get("sha256") != summary.get("sha256")
+                self._policies[name] = summary
+            else:
+                changed = self._policies.pop(name, None) is not None
+        if changed:
+            log.info("site %s published its policy: %s", name, summary)
+
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """Each site's last published policy summary, by site name."""
+        with self._lock:
+            return dict(self._policies)
 
     def get(self, name: str) -> SiteSession | None:
         with self._lock:

@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     package_sha256 TEXT NOT NULL,
     package_size INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    stored_bytes INTEGER
+    stored_bytes INTEGER,
+    submitter_role TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
@@ -156,6 +157,8 @@ class JobRecord:
     folder: Path = field(compare=False)
     #: Bytes counted against the submitter's quota: job.zip + the unpacked job/.
     stored_bytes: int = 0
+    #: The submitter's admin role at submit ("" for jobs stored before roles were kept).
+    submitter_role: str = ""
 
     @property
     def package(self) -> Path:
@@ -255,6 +258,7 @@ class JobStore:
         package_size: int,
         num_rounds: int | None,
         quota_bytes: int | None = None,
+        submitter_role: str = "",
     ) -> JobRecord:
         """Adopt a staged job folder (job.zip + job/) under a new id.
 
@@ -284,7 +288,7 @@ class JobStore:
                 db.execute(
                     "INSERT INTO jobs (job_id, name, status, submit_time, submitter,"
                     " submitter_org, spec_json, package_sha256, package_size, num_rounds, seq,"
-                    " stored_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " stored_bytes, submitter_role) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         job_id,
                         name,
@@ -298,6 +302,7 @@ class JobStore:
                         num_rounds,
                         seq,
                         size,
+                        submitter_role,
                     ),
                 )
         except BaseException:
@@ -496,6 +501,7 @@ class JobStore:
             stored_bytes=(
                 row["stored_bytes"] if row["stored_bytes"] is not None else row["package_size"]
             ),
+            submitter_role=row["submitter_role"],
         )
 
     @staticmethod
@@ -533,6 +539,10 @@ class JobStore:
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
             if "stored_bytes" not in cols:
                 self._db.execute("ALTER TABLE jobs ADD COLUMN stored_bytes INTEGER")
+            if "submitter_role" not in cols:
+                self._db.execute(
+                    "ALTER TABLE jobs ADD COLUMN submitter_role TEXT NOT NULL DEFAULT ''"
+                )
 
     def _sweep(self) -> None:
         with self._lock:
