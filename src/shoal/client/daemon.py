@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,14 @@ from shoal.errors import (
 )
 from shoal.filters import SITE_POINTS, site_order, specs_to_json
 from shoal.filters.local import FILTERS_FILE, local_filters
+from shoal.jobs.signature import verify_job_signature
 from shoal.observe.metrics import MetricsEndpoint, SiteMetrics, serve_metrics
 from shoal.observe.tracking import metrics_may_leave
 from shoal.privacy.secagg import SECAGG_WORKFLOWS, issue_credential
 from shoal.provision import Kit
 from shoal.provision.expiry import ExpiryWatch
 from shoal.provision.jobcreds import new_worker_key
+from shoal.provision.pki import load_crl_serials, load_revoked_serials
 from shoal.sandbox import (
     Confinement,
     JobUser,
@@ -645,7 +648,6 @@ class SiteDaemon:
         code_sha256 = checksum.of_file(package, "sha256")
         # What the job runs is decided here, before any of its code is
         # unpacked: the decision and the code's hash go in the site's trail.
-        # The signer is empty until jobs carry their submitter's signature.
         verdict: dict[str, Any] = {
             "job_id": start.job_id,
             "name": start.name,
@@ -654,6 +656,7 @@ class SiteDaemon:
             "submitter": str(header.meta.get("submitter") or ""),
             "submitter_org": str(header.meta.get("submitter_org") or ""),
         }
+        verdict["signer"] = self._verify_signature(header.meta, verdict)
         try:
             if start.package_sha256 and code_sha256 != start.package_sha256:
                 raise ShoalError(
@@ -702,6 +705,40 @@ class SiteDaemon:
             filters={point: specs for point, specs in filters.items() if specs},
             secagg_credential=self._secagg_credential(start.job_id, spec),
         )
+
+    def _verify_signature(self, meta: Mapping[str, Any], verdict: dict[str, Any]) -> dict[str, str]:
+        """The job's signer, once its signature is checked; else refuse the job.
+
+        The signature must be by an admin of this project (the kit's CA) who
+        may submit jobs, not revoked (this site's ``local/crl.pem`` and the
+        CRL the server sends, both checked against the CA), be the job's
+        recorded submitter, and cover this exact package and job id. A
+        refusal is recorded in the site's trail and raised (the submitter
+        sees it as the job's error).
+        """
+        try:
+            revoked = load_revoked_serials(self.kit.crl_path, self.kit.tls.ca_pem)
+            crl = meta.get("crl")
+            if isinstance(crl, str) and crl:
+                revoked |= load_crl_serials(crl.encode("ascii"), self.kit.tls.ca_pem)
+            signer = verify_job_signature(
+                meta.get("signature"),
+                ca_pem=self.kit.tls.ca_pem,
+                job_id=verdict["job_id"],
+                archive_sha256=verdict["code_sha256"],
+                submitter=verdict["submitter"],
+                submitter_org=verdict["submitter_org"],
+                revoked=revoked,
+            )
+        except (ShoalError, UnicodeEncodeError) as exc:
+            reason = f"refused by {self.name}: {exc}"
+            self.audit.record("job.refused", **verdict, reason=reason)
+            log.warning("job %s: %s", verdict["job_id"], reason)
+            raise ShoalError(reason) from None
+        log.info(
+            "job %s: signed by %s (%s, %s)", verdict["job_id"], signer.name, signer.org, signer.role
+        )
+        return signer.to_dict()
 
     def _secagg_credential(self, job_id: str, spec: Any) -> str | None:
         """For a secure-aggregation job: a fresh key for the job, delegated by
