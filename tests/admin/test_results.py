@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,6 +29,9 @@ from shoal.admin.session import AdminSession
 from shoal.cli import admin as cli_admin
 from shoal.cli.app import main
 from shoal.errors import TransportError
+from shoal.jobs.signature import sign_job
+from shoal.provision.pki import CertificateAuthority, TLSMaterial
+from shoal.provision.project import Participant
 
 # Replies shaped as the server builds them (server/daemon.py status(),
 # store.JobRecord.summary(), admin_service.py), each with a field this client
@@ -50,9 +54,22 @@ JOB = {
     "added_later": {"x": 1},
 }
 RUNNING_JOB = {**JOB, "job_id": "d00d", "status": "RUNNING", "end_time": None, "current_round": 2}
+#: The project CA and admin key of these replies: a job's signature is real,
+#: so clone_job (which checks the source job's signature) accepts it.
+CA = CertificateAuthority.create("example_project")
+_ISSUED = CA.issue(
+    Participant(name="admin@nvidia.com", type="admin", org="nvidia", role="project_admin"),
+    validity_days=5,
+)
+ADMIN_TLS = TLSMaterial(ca_pem=CA.cert_pem, cert_pem=_ISSUED.cert_pem, key_pem=_ISSUED.key_pem)
+PACKAGE_SHA256 = "9f" * 32
 META = {
     **JOB,
     "spec": {"min_clients": 2, "deploy_map": {"app": ["@ALL"]}},
+    "package_sha256": PACKAGE_SHA256,
+    "signature": sign_job(
+        job_id=JOB["job_id"], archive_sha256=PACKAGE_SHA256, tls=ADMIN_TLS
+    ).to_json(),
     "results": ["models/global_final.safetensors"],
 }
 STATUS = {
@@ -310,6 +327,7 @@ def _offline_session(replies: dict[str, Any]) -> AdminSession:
     session._stub = _Stub(replies)  # type: ignore[assignment]
     session._channel = _Channel()  # type: ignore[assignment]
     session.timeout = 5.0
+    session.kit = SimpleNamespace(tls=ADMIN_TLS)  # type: ignore[assignment]  # what signs
     return session
 
 
@@ -423,3 +441,11 @@ def test_stats_decode_the_cross_site_matrix() -> None:
     assert JobStats.from_json(copy.deepcopy(STATS)).cross_site_eval is None
     with pytest.raises(TransportError, match="'cross_site_eval.models' is an object"):
         JobStats.from_json({**copy.deepcopy(STATS), "cross_site_eval": {"models": {}}})
+
+
+def test_job_detail_names_the_signer_not_the_signature() -> None:
+    text = fmt.format_job_detail(JobMeta.from_json(copy.deepcopy(META)))
+    assert "signed_by:" in text and "admin@nvidia.com at 20" in text
+    assert "BEGIN CERTIFICATE" not in text
+    unsigned = fmt.format_job_detail({**META, "signature": None})
+    assert "not signed (sites refuse it)" in unsigned

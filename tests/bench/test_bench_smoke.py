@@ -145,6 +145,11 @@ def test_audit_quick() -> None:
     assert "durable (fsync)" in out and "verify lines/s" in out and "bytes per admin.command" in out
 
 
+def test_signing_quick() -> None:
+    out = _run("signing", "--quick")
+    assert "| sign_job" in out and "| site check" in out and "signature bytes per job" in out
+
+
 @pytest.mark.slow
 def test_quantize_quick() -> None:
     out = _run("quantize", "--quick")

@@ -246,7 +246,10 @@ def test_revoke(tmp_path: Path) -> None:
         assert server.crl_path.read_bytes() == crl.read_bytes()
         assert load_revoked_serials(server.crl_path, server.tls.ca_pem) == serials
     assert snapshot(first.kits["server1"] / "startup") == before_signed
-    assert not (first.kits["site-1"] / "local" / "crl.pem").exists()
+    # Sites hold it too: they refuse jobs signed by a revoked admin.
+    site1 = load_kit(first.kits["site-1"])
+    assert site1.crl_path.read_bytes() == crl.read_bytes()
+    assert not (first.kits["admin@nvidia.com"] / "local" / "crl.pem").exists()
 
     revoke(project, workspace, "lead@org2.com")
     lead = load_kit(second.kits["lead@org2.com"]).tls.cert_pem
@@ -257,6 +260,7 @@ def test_revoke(tmp_path: Path) -> None:
     # A server kit provisioned after the revocation starts with the CRL.
     third = provision(project, workspace)
     assert (third.kits["server1"] / "local" / "crl.pem").read_bytes() == crl.read_bytes()
+    assert (third.kits["site-1"] / "local" / "crl.pem").read_bytes() == crl.read_bytes()
 
 
 def test_revoke_errors(tmp_path: Path) -> None:

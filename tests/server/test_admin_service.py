@@ -14,8 +14,11 @@ import pytest
 
 from shoal import jobstatus
 from shoal._proto import shoal_pb2 as pb
-from shoal.errors import ConfigError, NotAuthorizedError, NotFoundError
+from shoal.errors import ConfigError, JobValidationError, NotAuthorizedError, NotFoundError
+from shoal.jobs.signature import new_job_id, sign_job
 from shoal.provision import Identity
+from shoal.provision.pki import CertificateAuthority, TLSMaterial
+from shoal.provision.project import Participant
 from shoal.server.admin_service import AdminParts, AdminService
 from shoal.server.runs import Runs
 from shoal.server.sessions import SiteRegistry, SiteSession
@@ -46,6 +49,16 @@ class Server:
         self.stopped.set()
 
 
+#: The project CA of these tests: the service checks job signatures against it.
+CA = CertificateAuthority.create("admin_service_tests")
+
+
+def admin_tls(name: str, org: str, role: str, ca: CertificateAuthority = CA) -> TLSMaterial:
+    """A real admin key and certificate, to sign jobs with."""
+    issued = ca.issue(Participant(name=name, type="admin", org=org, role=role), validity_days=5)
+    return TLSMaterial(ca_pem=ca.cert_pem, cert_pem=issued.cert_pem, key_pem=issued.key_pem)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[JobStore]:
     s = JobStore(tmp_path / "ws")
@@ -72,6 +85,7 @@ def service(
             wake_scheduler=server.wake,
             project_sites=lambda: ("site-1", "site-2"),
             submitter_quota_bytes=1 << 30,
+            ca_pem=CA.cert_pem,
         )
     )
 
@@ -136,10 +150,47 @@ def test_clone_stores_a_copy_for_the_cloner_and_wakes_the_scheduler(store: JobSt
     rec = add_job(store, "lead@a", "a")
     server = Server()
     who = admin("oa@a", "a", "org_admin")
-    new = service(store, who, server).clone_job(who, {"job_id": rec.job_id})["job_id"]
-    assert new != rec.job_id
+    sig = sign_job(
+        job_id=new_job_id(),
+        archive_sha256=rec.package_sha256,
+        tls=admin_tls("oa@a", "a", "org_admin"),
+    )
+    args = {"job_id": rec.job_id, "signature": sig.to_json()}
+    new = service(store, who, server).clone_job(who, args)["job_id"]
+    assert new == sig.job_id != rec.job_id
     assert store.get(new).submitter == "oa@a"
+    assert store.get(new).signature == sig.to_json()
     assert server.woken == 1
+
+
+def test_a_clone_must_be_signed_by_the_cloner_over_the_stored_archive(store: JobStore) -> None:
+    rec = add_job(store, "lead@a", "a")
+    who = admin("oa@a", "a", "org_admin")
+    svc = service(store, who)
+    mine = admin_tls("oa@a", "a", "org_admin")
+    with pytest.raises(JobValidationError, match="job is not signed"):
+        svc.clone_job(who, {"job_id": rec.job_id})
+    other = sign_job(job_id=new_job_id(), archive_sha256="1" * 64, tls=mine)
+    with pytest.raises(JobValidationError, match="changed after it was signed"):
+        svc.clone_job(who, {"job_id": rec.job_id, "signature": other.to_json()})
+    theirs = sign_job(
+        job_id=new_job_id(),
+        archive_sha256=rec.package_sha256,
+        tls=admin_tls("lead@a", "a", "lead"),
+    )
+    with pytest.raises(JobValidationError, match="but oa@a is submitting"):
+        svc.clone_job(who, {"job_id": rec.job_id, "signature": theirs.to_json()})
+    foreign = sign_job(
+        job_id=new_job_id(),
+        archive_sha256=rec.package_sha256,
+        tls=admin_tls("oa@a", "a", "org_admin", CertificateAuthority.create("other")),
+    )
+    with pytest.raises(JobValidationError, match="not issued by this project's CA"):
+        svc.clone_job(who, {"job_id": rec.job_id, "signature": foreign.to_json()})
+    taken = sign_job(job_id=rec.job_id, archive_sha256=rec.package_sha256, tls=mine)
+    with pytest.raises(JobValidationError, match="already in use"):
+        svc.clone_job(who, {"job_id": rec.job_id, "signature": taken.to_json()})
+    assert [r.job_id for r in store.list()] == [rec.job_id]
 
 
 def test_delete_tells_the_connected_sites_that_ran_the_job(store: JobStore) -> None:

@@ -335,3 +335,87 @@ def test_the_submitters_role_is_kept_and_an_older_store_gains_the_column(
         num_rounds=1,
     )
     assert store.get(rec.job_id).submitter_role == "lead"
+
+
+# -- signatures and chosen ids ---------------------------------------------------
+
+
+def test_a_job_keeps_its_signature_and_the_id_its_submitter_chose(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    job_id = str(uuid.uuid4())
+    staged = store.staging_folder(job_id)
+    assert staged.name == job_id
+    (staged / "job.zip").write_bytes(b"PK fake")
+    (staged / "job").mkdir()
+    signature = {"document": {"job_id": job_id, "submitter": "a@x"}, "certificate": "PEM"}
+    rec = store.create(
+        name="signed",
+        spec={"name": "signed"},
+        staged_folder=staged,
+        submitter="a@x",
+        submitter_org="x",
+        package_sha256="ab" * 32,
+        package_size=7,
+        num_rounds=1,
+        signature=signature,
+    )
+    assert rec.job_id == job_id and rec.signature == signature
+    assert submit(store, "unsigned").signature is None
+    store.close()
+    assert make_store().get(job_id).signature == signature
+
+
+def test_a_chosen_id_must_be_a_new_uuid(store: JobStore) -> None:
+    from shoal.errors import JobValidationError
+
+    taken = submit(store, "a").job_id
+    with pytest.raises(JobValidationError, match="already in use"):
+        store.staging_folder(taken)
+    with pytest.raises(JobValidationError, match="is not a UUID"):
+        store.staging_folder("../escape")
+    staged = store.staging_folder(str(uuid.uuid4()))  # received, not yet adopted
+    with pytest.raises(JobValidationError, match="already in use"):
+        store.staging_folder(staged.name)
+
+
+def test_a_store_from_before_signatures_keeps_and_lists_its_jobs(tmp_path: Path) -> None:
+    """The schema of the last release without signatures: its jobs are listed
+    after the upgrade, unsigned (every site refuses them)."""
+    import sqlite3
+
+    ws = tmp_path / "ws"
+    job_id = str(uuid.uuid4())
+    (ws / "jobs" / job_id / "job").mkdir(parents=True)
+    (ws / "jobs" / job_id / "job.zip").write_bytes(b"PK old")
+    db = sqlite3.connect(ws / "store.db")
+    db.executescript(
+        """
+        CREATE TABLE jobs (
+            job_id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+            submit_time TEXT NOT NULL, start_time TEXT, end_time TEXT,
+            submitter TEXT NOT NULL, submitter_org TEXT NOT NULL, spec_json TEXT NOT NULL,
+            sites_json TEXT NOT NULL DEFAULT '[]', current_round INTEGER, num_rounds INTEGER,
+            error TEXT, attempts INTEGER NOT NULL DEFAULT 0, package_sha256 TEXT NOT NULL,
+            package_size INTEGER NOT NULL, seq INTEGER NOT NULL, stored_bytes INTEGER
+        );
+        """
+    )
+    db.execute(
+        "INSERT INTO jobs (job_id, name, status, submit_time, submitter, submitter_org,"
+        " spec_json, package_sha256, package_size, seq) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (job_id, "old", "FINISHED:COMPLETED", "2026-01-01T00:00:00+00:00", "a@x", "x",
+         json.dumps({"name": "old"}), "cd" * 32, 6, 1),
+    )  # fmt: skip
+    db.commit()
+    db.close()
+
+    store = JobStore(ws)
+    try:
+        [old] = store.list()
+        assert (old.job_id, old.name, old.signature) == (job_id, "old", None)
+        assert (old.folder / "job.zip").read_bytes() == b"PK old"
+        assert submit(store, "new").job_id in [r.job_id for r in store.list()]
+    finally:
+        store.close()

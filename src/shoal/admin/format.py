@@ -205,7 +205,15 @@ def format_job_detail(meta: Answer) -> str:
     if plain.get("num_rounds") is not None or plain.get("current_round") is not None:
         shown["round"] = f"{_cell(plain.get('current_round'))}/{_cell(plain.get('num_rounds'))}"
     for key, value in plain.items():
-        if key not in shown and key not in ("run_duration_s", "current_round", "num_rounds"):
+        if key == "signature":
+            # Who signed it, not the document and its certificate.
+            doc = value.get("document") if isinstance(value, Mapping) else None
+            shown["signed_by"] = (
+                f"{doc.get('submitter')} at {doc.get('signed_at')}"
+                if isinstance(doc, Mapping)
+                else "not signed (sites refuse it)"
+            )
+        elif key not in shown and key not in ("run_duration_s", "current_round", "num_rounds"):
             shown[key] = value
     return format_details(shown)
 

@@ -407,6 +407,11 @@ class JobMeta(JobSummary):
     """The job's definition as submitted (``meta.json``/``job.yml``)."""
     results: tuple[str, ...] = ()
     """Result files under the run folder, e.g. ``models/global_final.safetensors``."""
+    package_sha256: str | None = None
+    """SHA-256 of the job's archive as stored (what a clone's submitter signs)."""
+    signature: Mapping[str, Any] | None = None
+    """Its submitter's signature (``shoal.jobs.signature``); ``None`` for a job
+    from before signed jobs."""
 
     @classmethod
     def from_json(cls, data: object, *, command: str = "get_job_meta") -> JobMeta:
@@ -415,6 +420,8 @@ class JobMeta(JobSummary):
             **cls._summary_fields(f),
             spec=f.mapping("spec"),
             results=f.strings("results"),
+            package_sha256=f.optional("package_sha256", str),
+            signature=f.mapping("signature") or None,
         )
 
 

@@ -9,7 +9,8 @@
         s.download_job(job_id)
 
 Identity and role come from the kit's certificate; the server decides what
-this user may do. Answers are typed values from :mod:`shoal.admin.results`,
+this user may do. Every job submitted or cloned is signed here with the
+kit's key (``shoal.jobs.signature``): sites run nothing else. Answers are typed values from :mod:`shoal.admin.results`,
 decoded here, where the server's JSON arrives.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from shoal import jobstatus
+from shoal import checksum, jobstatus
 from shoal._proto import shoal_pb2 as pb
 from shoal.admin.results import (
     AuditEvents,
@@ -41,6 +42,7 @@ from shoal.admin.results import (
 )
 from shoal.errors import ConfigError, JobValidationError, TransportError
 from shoal.jobs import check_archive_size, pack_job
+from shoal.jobs.signature import new_job_id, sign_job, verify_job_signature
 from shoal.provision import Kit, load_kit
 from shoal.provision.expiry import expiry_warnings
 from shoal.transport import (
@@ -180,7 +182,15 @@ class AdminSession:
                 archive = source
             # Refuse here what the server would refuse after the upload.
             check_archive_size(archive)
-            header = PayloadHeader(kind="job", meta={"source": source.name})
+            # Signed as it is sent: this id and these bytes, by this admin.
+            signature = sign_job(
+                job_id=new_job_id(),
+                archive_sha256=checksum.of_file(archive, "sha256"),
+                tls=self.kit.tls,
+            )
+            header = PayloadHeader(
+                kind="job", meta={"source": source.name, "signature": signature.to_json()}
+            )
             try:
                 reply = self._stub.Submit(
                     frames_from_file(header, archive), timeout=max(self.timeout, 600)
@@ -203,7 +213,31 @@ class AdminSession:
         self._call("abort_job", job_id=job_id)
 
     def clone_job(self, job_id: str) -> str:
-        return reply_field(self._call("clone_job", job_id=job_id), "clone_job", "job_id")
+        """A copy of a job, submitted (and signed) by this admin.
+
+        The source job's signature is checked first against the project CA
+        in this kit: this admin signs again only an archive some admin of
+        the project signed, never whatever the server says the job is.
+        """
+        source = self.get_job_meta(job_id)
+        if source.package_sha256 is None:
+            raise ConfigError(f"clone_job: the server did not say what job {job_id} contains")
+        try:
+            verify_job_signature(
+                source.signature,
+                ca_pem=self.kit.tls.ca_pem,
+                job_id=source.job_id,
+                archive_sha256=source.package_sha256,
+                submitter=source.submitter or "",
+                submitter_org=source.submitter_org,
+            )
+        except JobValidationError as exc:
+            raise JobValidationError(f"clone_job {source.job_id}: not cloned: {exc}") from None
+        signature = sign_job(
+            job_id=new_job_id(), archive_sha256=source.package_sha256, tls=self.kit.tls
+        )
+        reply = self._call("clone_job", job_id=source.job_id, signature=signature.to_json())
+        return reply_field(reply, "clone_job", "job_id")
 
     def delete_job(self, job_id: str) -> None:
         self._call("delete_job", job_id=job_id)

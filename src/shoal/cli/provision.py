@@ -69,7 +69,7 @@ def register(subparsers: Any) -> None:
     action.add_argument(
         "--revoke",
         metavar="NAME",
-        help="revoke NAME's certificates: update state/crl.pem and every server kit's local/crl.pem",
+        help="revoke NAME's certificates: update state/crl.pem and local/crl.pem of every server and site kit",
     )
     action.add_argument(
         "--renew",
@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.revoke is not None:
         crl = revoke(args.project_file, args.workspace, args.revoke)
-        print(f"revoked {args.revoke}: CRL {crl} (copied to local/crl.pem of every server kit)")
+        print(
+            f"revoked {args.revoke}: CRL {crl} (copied to local/crl.pem of every server and site kit)"
+        )
         return 0
     if args.renew or args.add:
         act = renew if args.renew else add_participants

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,13 @@ from shoal.errors import (
 )
 from shoal.filters import SITE_POINTS, parse_filters, site_order, specs_to_json
 from shoal.filters.local import FILTERS_FILE, local_filters
+from shoal.jobs.signature import verify_job_signature
 from shoal.observe.metrics import MetricsEndpoint, SiteMetrics, serve_metrics
 from shoal.privacy.secagg import SECAGG_WORKFLOWS, issue_credential
 from shoal.provision import Kit
 from shoal.provision.expiry import ExpiryWatch
 from shoal.provision.jobcreds import new_worker_key
+from shoal.provision.pki import load_crl_serials, load_revoked_serials
 from shoal.sandbox import (
     Confinement,
     JobUser,
@@ -747,7 +750,6 @@ class SiteDaemon:
         code_sha256 = checksum.of_file(package, "sha256")
         # What the job runs is decided here, before any of its code is
         # unpacked: the decision and the code's hash go in the site's trail.
-        # The signer is empty until jobs carry their submitter's signature.
         verdict: dict[str, Any] = {
             "job_id": start.job_id,
             "name": start.name,
@@ -757,6 +759,7 @@ class SiteDaemon:
             "submitter_org": str(header.meta.get("submitter_org") or ""),
             "submitter_role": str(header.meta.get("submitter_role") or ""),
         }
+        verdict["signer"] = self._verify_signature(header.meta, verdict)
         try:
             if start.package_sha256 and code_sha256 != start.package_sha256:
                 raise ShoalError(
@@ -853,6 +856,41 @@ class SiteDaemon:
         if reason:
             raise PolicyRefusedError(f"refused by site {self.name}'s policy: {reason}")
         return policy
+
+    def _verify_signature(self, meta: Mapping[str, Any], verdict: dict[str, Any]) -> dict[str, str]:
+        """The job's signer, once its signature is checked; else refuse the job.
+
+        The signature must be by an admin of this project (the kit's CA) who
+        may submit jobs, not revoked (this site's ``local/crl.pem`` and the
+        CRL the server sends, both checked against the CA), be the job's
+        recorded submitter, and cover this exact package and job id. A
+        refusal is recorded in the site's trail and raised (the submitter
+        sees it as the job's error).
+        """
+        try:
+            revoked = load_revoked_serials(self.kit.crl_path, self.kit.tls.ca_pem)
+            crl = meta.get("crl")
+            if isinstance(crl, str) and crl:
+                revoked |= load_crl_serials(crl.encode("ascii"), self.kit.tls.ca_pem)
+            signer = verify_job_signature(
+                meta.get("signature"),
+                ca_pem=self.kit.tls.ca_pem,
+                job_id=verdict["job_id"],
+                archive_sha256=verdict["code_sha256"],
+                submitter=verdict["submitter"],
+                submitter_org=verdict["submitter_org"],
+                revoked=revoked,
+            )
+        except (ShoalError, UnicodeEncodeError) as exc:
+            reason = f"refused by {self.name}: {exc}"
+            self.audit.record("job.refused", **verdict, reason=reason)
+            log.warning("job %s: %s", verdict["job_id"], reason)
+            # A refusal like the policy's: no code of the job ran here.
+            raise PolicyRefusedError(reason) from None
+        log.info(
+            "job %s: signed by %s (%s, %s)", verdict["job_id"], signer.name, signer.org, signer.role
+        )
+        return signer.to_dict()
 
     def _secagg_credential(self, job_id: str, spec: Any) -> str | None:
         """For a secure-aggregation job: a fresh key for the job, delegated by

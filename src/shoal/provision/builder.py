@@ -297,7 +297,7 @@ def _build_kit(
 
     for fname, text in local_files(participant.type).items():
         write_file(local / fname, text)
-    if participant.type == "server" and crl_pem is not None:
+    if participant.type in ("server", "client") and crl_pem is not None:
         write_file(local / CRL_FILE, crl_pem)
     if participant.type == "admin":
         (kit / "transfer").mkdir()

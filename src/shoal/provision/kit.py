@@ -58,7 +58,9 @@ class Kit:
 
     @property
     def crl_path(self) -> Path:
-        """Where a server kit's CRL lives (may not exist)."""
+        """Where a server's or site's CRL lives (may not exist): the server
+        refuses revoked peers with it, a site refuses jobs signed by a revoked
+        admin."""
         return self.local / "crl.pem"
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "IssuedCertificate",
     "TLSMaterial",
     "identity_from_cert",
+    "load_crl_serials",
     "load_revoked_serials",
     "private_key_pem",
     "self_signed_ca",
@@ -414,6 +415,15 @@ def load_crl(
     if not valid:
         raise KitError(f"{source}: CRL signature does not verify against the project CA")
     return crl
+
+
+def load_crl_serials(crl_pem: bytes, ca_pem: bytes, *, source: str = "CRL") -> frozenset[int]:
+    """Serial numbers revoked by ``crl_pem``, once its CA signature is checked.
+
+    For a CRL that arrived over the network (the server hands its CRL to
+    sites): it is trusted only because ``ca_pem``'s CA signed it.
+    """
+    return frozenset(entry.serial_number for entry in load_crl(crl_pem, ca_pem, source=source))
 
 
 def load_revoked_serials(crl_path: Path, ca_pem: bytes) -> frozenset[int]:

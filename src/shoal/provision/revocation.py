@@ -1,9 +1,12 @@
 """``shoal provision --revoke NAME``: put a participant's certificates on the CRL.
 
 The CRL is signed by the project CA, kept in ``state/crl.pem`` and copied to
-``local/crl.pem`` of every server kit of the project. ``local/`` is not part
-of the signed kit, so revocation works without re-issuing anything; the
-server reads it with :func:`shoal.provision.load_revoked_serials`.
+``local/crl.pem`` of every server and site kit of the project. ``local/`` is
+not part of the signed kit, so revocation works without re-issuing anything;
+the server reads it with :func:`shoal.provision.load_revoked_serials` to
+refuse revoked peers, a site to refuse jobs signed by a revoked admin (it also
+takes the CRL the server sends with each job; see docs/security.md "Signed
+jobs"). Kits already handed out need the new file copied to them.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ def revoke(project_file: Path, workspace: Path, name: str) -> Path:
         atomic_write(crl_path, crl_pem)
         copies = 0
         for kit in iter_kits(project_dir):
-            if (kit / "startup" / "fed_server.json").is_file():
+            startup = kit / "startup"
+            if (startup / "fed_server.json").is_file() or (startup / "fed_client.json").is_file():
                 local = kit / "local"
                 local.mkdir(exist_ok=True)
                 atomic_write(local / CRL_FILE, crl_pem)
@@ -78,7 +82,7 @@ def revoke(project_file: Path, workspace: Path, name: str) -> Path:
             f"{exc.filename or crl_path}: cannot write CRL: {exc.strerror}"
         ) from None
     logger.info(
-        "revoked %d certificate(s) of %s in project %s; CRL copied to %d server kit(s)",
+        "revoked %d certificate(s) of %s in project %s; CRL copied to %d server/site kit(s)",
         len(serials),
         name,
         project.name,

@@ -37,6 +37,7 @@ from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.client.policy import JobFacts, Principal, SitePolicy
 from shoal.errors import ConfigError, JobValidationError, NotFoundError, UnavailableError
 from shoal.jobs import MAX_ARCHIVE_BYTES, find_job_root, load_job_spec, safe_extract
+from shoal.jobs.signature import JobSignature, verify_job_signature
 from shoal.provision import Identity
 from shoal.server.authz import authorize, can_see
 from shoal.server.identity import Identify
@@ -82,6 +83,9 @@ class AdminParts:
     project_sites: Callable[[], Sequence[str]]
     #: Stored job bytes one submitter may hold.
     submitter_quota_bytes: int
+    #: The project CA (PEM): a job's signature must chain to it (the sites
+    #: check it again; the server refuses a bad one before storing the job).
+    ca_pem: bytes
     #: True once the server is stopping: no new job is taken then.
     stopping: Callable[[], bool] = lambda: False
     #: The server's audit trail: every command is recorded there with the
@@ -147,7 +151,9 @@ class AdminService(pb_grpc.AdminServicer):
                 raise ConfigError(f"arguments are not JSON: {exc}") from None
             if not isinstance(args, dict):
                 raise ConfigError("arguments must be a JSON object")
-            note["args"] = args
+            # A clone's signature (a certificate and all) would swell every
+            # line; the job's SUBMITTED event names its signer.
+            note["args"] = {k: v for k, v in args.items() if k != "signature"}
             result = handler(who, args)
             return pb.AdminReply(ok=True, result_json=json.dumps(result))
         return pb.AdminReply(ok=False)  # unreachable: rpc_errors aborted
@@ -233,8 +239,38 @@ class AdminService(pb_grpc.AdminServicer):
             raise ConfigError("job_id is required")
         return self._store.find(job_id)
 
+    def _signature(self, who: Identity, data: object) -> JobSignature:
+        """The shape of a job's signature, before anything is received."""
+        if data is None:
+            raise JobValidationError(
+                "job is not signed: sites run only jobs signed by their submitter; "
+                "submit it with shoal's admin tools (AdminSession signs with the kit's key)"
+            )
+        sig = JobSignature.from_json(data)
+        if sig.submitter != who.name:
+            raise JobValidationError(
+                f"job signature: names {sig.submitter!r} as submitter, but {who.name} is submitting"
+            )
+        return sig
+
+    def _check_signature(self, who: Identity, sig: JobSignature, archive_sha256: str) -> None:
+        """What every site will check (but revocation: a revoked caller never
+        gets this far), so that a job no site would run is refused now."""
+        verify_job_signature(
+            sig.to_json(),
+            ca_pem=self._parts.ca_pem,
+            job_id=sig.job_id,
+            archive_sha256=archive_sha256,
+            submitter=who.name,
+            submitter_org=who.org,
+        )
+
     def submit(self, who: Identity, header: PayloadHeader, frames: Iterator[Any]) -> str:
         """Receive, check and store a job archive; nothing is stored on refusal.
+
+        The job must carry its submitter's signature (``meta["signature"]``,
+        ``shoal.jobs.signature``) of exactly the archive received; the job
+        takes the id it names.
 
         The submitter's quota of stored job bytes (archive + unpacked copy,
         ``AdminParts.submitter_quota_bytes``) is checked on the announced
@@ -253,24 +289,27 @@ class AdminService(pb_grpc.AdminServicer):
         used = store.submitter_bytes(who.name)
         if used + header.size > quota:
             raise JobValidationError(quota_message(who.name, quota, used, header.size))
-        staging = store.staging_folder()
+        sig = self._signature(who, header.meta.get("signature"))
+        staging = store.staging_folder(sig.job_id)
         try:
             payload = receive_to_file(
                 header, frames, staging / "job.zip", max_size=MAX_ARCHIVE_BYTES
             )
+            # Its identity in the job store (the transfer's checksum is none).
+            package_sha256 = checksum.of_file(payload.path, "sha256")
+            self._check_signature(who, sig, package_sha256)
             try:
                 safe_extract(payload.path, staging / "job")
             except zipfile.BadZipFile as exc:
                 raise JobValidationError(f"not a zip archive: {exc}") from None
             spec = load_job_spec(find_job_root(staging / "job"))
             spec.check_sites(self._parts.project_sites())
-            code_sha256 = checksum.of_file(payload.path, "sha256")
             self._check_site_policies(
                 who,
                 sites=spec.sites,
                 min_clients=spec.min_clients,
                 workflow=spec.workflow.name,
-                code_sha256=code_sha256,
+                code_sha256=package_sha256,
             )
             num_rounds = spec.workflow.params.get("num_rounds")
             rec = store.create(
@@ -280,11 +319,11 @@ class AdminService(pb_grpc.AdminServicer):
                 submitter=who.name,
                 submitter_org=who.org,
                 submitter_role=who.role or "member",
-                # Its identity in the job store (the transfer's checksum is none).
-                package_sha256=code_sha256,
+                package_sha256=package_sha256,
                 package_size=payload.size,
                 num_rounds=int(num_rounds) if isinstance(num_rounds, int) else None,
                 quota_bytes=quota,
+                signature=sig.to_json(),
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -361,6 +400,9 @@ class AdminService(pb_grpc.AdminServicer):
         authorize(who, "get_job_meta", job=rec)
         out = _with_privacy(rec.summary(), rec.run_dir)
         out["spec"] = rec.spec
+        # What a clone's submitter signs, and the signature it checks first.
+        out["package_sha256"] = rec.package_sha256
+        out["signature"] = dict(rec.signature) if rec.signature is not None else None
         out["results"] = (
             sorted(str(p.relative_to(rec.run_dir)) for p in (rec.run_dir / "models").glob("*"))
             if (rec.run_dir / "models").is_dir()
@@ -392,8 +434,12 @@ class AdminService(pb_grpc.AdminServicer):
         return self._store.get(rec.job_id).summary()
 
     def clone_job(self, who: Identity, args: dict[str, Any]) -> dict[str, Any]:
+        """A copy of a job for the caller, who signs its archive anew
+        (``args["signature"]``, over the stored ``package_sha256``)."""
         rec = self._job(args)
         authorize(who, "clone_job", job=rec)
+        sig = self._signature(who, args.get("signature"))
+        self._check_signature(who, sig, rec.package_sha256)
         # The clone is the cloner's job: the sites judge its submitter anew.
         workflow = rec.spec.get("workflow") or {}
         sites = rec.spec.get("sites")
@@ -405,7 +451,7 @@ class AdminService(pb_grpc.AdminServicer):
             code_sha256=rec.package_sha256,
         )
         store = self._store
-        staging = store.staging_folder()
+        staging = store.staging_folder(sig.job_id)
         try:
             shutil.copy2(rec.package, staging / "job.zip")
             shutil.copytree(rec.job_dir, staging / "job", symlinks=True)
@@ -421,6 +467,7 @@ class AdminService(pb_grpc.AdminServicer):
                 num_rounds=rec.num_rounds,
                 # A clone is stored again, for the admin who cloned it.
                 quota_bytes=self._parts.submitter_quota_bytes,
+                signature=sig.to_json(),
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

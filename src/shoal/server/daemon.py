@@ -356,6 +356,7 @@ class ServerDaemon:
                 heartbeat_interval_s=self.heartbeat_interval_s,
                 accepting=lambda: not self._draining.is_set(),
                 moved=self._count_bytes,
+                crl_pem=self._read_crl,
             ),
             max_transfers=self.max_transfers,
             stall_s=self.transfer_stall_s,
@@ -372,11 +373,21 @@ class ServerDaemon:
                 wake_scheduler=scheduler.wake,
                 project_sites=self.project_sites,
                 submitter_quota_bytes=self.submitter_quota_bytes,
+                ca_pem=self.kit.tls.ca_pem,
                 stopping=self._draining.is_set,
                 audit=self.audit,
             )
         )
         return fleet, admin
+
+    def _read_crl(self) -> bytes | None:
+        """The revocation list this server holds (sites check job signers
+        against it and their own; it is signed by the CA, so a server can
+        withhold it but not forge it)."""
+        try:
+            return self._crl_path.read_bytes()
+        except OSError:
+            return None
 
     def _count_progress(self, progress: Mapping[str, Any]) -> None:
         if self.metrics is not None:

@@ -132,6 +132,10 @@ class FleetParts:
     accepting: Callable[[], bool] = lambda: True
     #: Told the bytes moved: ``(direction "in"|"out", kind "model"|"job"|"log", bytes)``.
     moved: Callable[[str, str, int], None] = lambda direction, kind, nbytes: None
+    #: The project's revocation list (PEM) as the server holds it, or None:
+    #: handed to sites with each job, which check its signer against it and
+    #: against their own copy.
+    crl_pem: Callable[[], bytes | None] = lambda: None
 
 
 class FleetService:
@@ -477,7 +481,14 @@ class FleetService:
                 "submitter": rec.submitter,
                 "submitter_org": rec.submitter_org,
                 "submitter_role": rec.submitter_role,
+                # The submitter's signature of the package, which the site
+                # checks before it unpacks anything (None: an unsigned job
+                # from before signed jobs, which sites refuse).
+                "signature": dict(rec.signature) if rec.signature is not None else None,
             }
+            crl = self._parts.crl_pem()
+            if crl:
+                meta["crl"] = crl.decode("ascii", "replace")
             if request.worker_public_key:
                 meta["worker_cert"] = self._parts.job_credentials.issue(
                     who, rec.job_id, request.worker_public_key

@@ -21,6 +21,10 @@ folders may sit on a bucket.
     WORKSPACE/jobs/<job_id>/job/          unpacked: job.yml + app/ (the workflow process runs it)
     WORKSPACE/jobs/<job_id>/run/          models, metrics, checkpoints, results
     WORKSPACE/jobs/<job_id>/logs/         server.log and one log per site
+
+Each row keeps the submitter's signature of job.zip (``signature_json``,
+``shoal.jobs.signature``) as sent; a row from before signed jobs has none
+(NULL), is listed as any other, and is refused by every site.
 """
 
 from __future__ import annotations
@@ -83,7 +87,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     package_size INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     stored_bytes INTEGER,
-    submitter_role TEXT NOT NULL DEFAULT ''
+    submitter_role TEXT NOT NULL DEFAULT '',
+    signature_json TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
@@ -159,6 +164,9 @@ class JobRecord:
     stored_bytes: int = 0
     #: The submitter's admin role at submit ("" for jobs stored before roles were kept).
     submitter_role: str = ""
+    #: The submitter's signature of job.zip (``JobSignature.to_json()`` form),
+    #: passed to the sites as stored; None for a job from before signed jobs.
+    signature: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def package(self) -> Path:
@@ -259,8 +267,12 @@ class JobStore:
         num_rounds: int | None,
         quota_bytes: int | None = None,
         submitter_role: str = "",
+        signature: Mapping[str, Any] | None = None,
     ) -> JobRecord:
         """Adopt a staged job folder (job.zip + job/) under a new id.
+
+        ``signature``: the submitter's signature of job.zip, stored as given
+        (the admin service has checked it).
 
         With ``quota_bytes``, refuse (JobValidationError, the staged folder
         removed, nothing else touched) when the submitter's stored bytes plus
@@ -288,7 +300,8 @@ class JobStore:
                 db.execute(
                     "INSERT INTO jobs (job_id, name, status, submit_time, submitter,"
                     " submitter_org, spec_json, package_sha256, package_size, num_rounds, seq,"
-                    " stored_bytes, submitter_role) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " stored_bytes, submitter_role, signature_json)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         job_id,
                         name,
@@ -303,6 +316,7 @@ class JobStore:
                         seq,
                         size,
                         submitter_role,
+                        json.dumps(dict(signature)) if signature is not None else None,
                     ),
                 )
         except BaseException:
@@ -318,6 +332,7 @@ class JobStore:
                 submitter=submitter,
                 submitter_org=submitter_org,
                 code_sha256=package_sha256,
+                signer=str(signature["document"]["submitter"]) if signature else "",
             )
         return self.get(job_id)
 
@@ -455,12 +470,28 @@ class JobStore:
 
     # -- internals ----------------------------------------------------------
 
-    def staging_folder(self) -> Path:
+    def staging_folder(self, job_id: str | None = None) -> Path:
         """A fresh folder for a job being received, named by its future job id;
         adopted by create(), which adds its row. Until then it has no row, and
-        nothing lists it: a crash leaves it for the start-up sweep."""
-        path = self.jobs_dir / str(uuid.uuid4())
-        path.mkdir(mode=0o700)
+        nothing lists it: a crash leaves it for the start-up sweep.
+
+        ``job_id``: the id the submitter chose and signed (a UUID), else a new
+        one; ``JobValidationError`` if it is not a UUID or already in use.
+        """
+        if job_id is None:
+            job_id = str(uuid.uuid4())
+        elif not _is_uuid(job_id):
+            raise JobValidationError(f"job id {job_id!r} is not a UUID")
+        else:
+            with self._lock:
+                row = self._db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is not None:
+                raise JobValidationError(f"job id {job_id} is already in use")
+        path = self.jobs_dir / job_id
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            raise JobValidationError(f"job id {job_id} is already in use") from None
         return path
 
     def _refuse_orphaned_jobs(self, db_path: Path) -> None:
@@ -502,6 +533,7 @@ class JobStore:
                 row["stored_bytes"] if row["stored_bytes"] is not None else row["package_size"]
             ),
             submitter_role=row["submitter_role"],
+            signature=_signature(row["signature_json"]),
         )
 
     @staticmethod
@@ -543,6 +575,10 @@ class JobStore:
                 self._db.execute(
                     "ALTER TABLE jobs ADD COLUMN submitter_role TEXT NOT NULL DEFAULT ''"
                 )
+            if "signature_json" not in cols:
+                # Jobs from before signed jobs keep a NULL: listed as before,
+                # refused by the sites (they are not signed).
+                self._db.execute("ALTER TABLE jobs ADD COLUMN signature_json TEXT")
 
     def _sweep(self) -> None:
         with self._lock:
@@ -556,6 +592,19 @@ class JobStore:
 
     def _iter_dirs(self) -> Iterator[Path]:
         yield from (p for p in self.jobs_dir.iterdir() if p.is_dir())
+
+
+def _signature(text: str | None) -> Mapping[str, Any] | None:
+    """A row's stored signature; one unreadable (a damaged row) reads as none,
+    which every site refuses, rather than hiding the job from the listing."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        log.warning("a job's stored signature is not JSON; the job counts as unsigned")
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _is_uuid(name: str) -> bool:
