@@ -212,6 +212,16 @@ class Fed:
         self.wait_connected(admin, list(sites))
         return admin
 
+    def restart_and_finish(self, job_id: str, sites: Sequence[str] = ("site-1", "site-2")) -> str:
+        """Start the server again (the sites find it by themselves), wait
+        for ``job_id`` to complete; the job's server log."""
+        self.start_server(heartbeat_s=6)
+        admin = self.admin()
+        self.wait_connected(admin, list(sites), timeout=120)
+        meta = admin.wait_for_job(job_id, timeout=300)
+        assert meta["status"] == "FINISHED:COMPLETED", meta
+        return (self.workspace / "jobs" / job_id / "logs" / "server.log").read_text()
+
     # -- a job's files on the server -----------------------------------------
 
     def run_dir(self, job_id: str) -> Path:

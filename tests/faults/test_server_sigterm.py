@@ -63,12 +63,7 @@ def test_sigterm_mid_round_checkpoints_it_refuses_newcomers_and_resumes(
     job_log = (fed.workspace / "jobs" / job_id / "logs" / "server.log").read_text()
     assert "suspended after round 3 (checkpointed)" in job_log and "Traceback" not in job_log
 
-    fed.start_server(heartbeat_s=6)
-    admin = fed.admin()
-    fed.wait_connected(admin, ["site-1", "site-2"], timeout=120)
-    meta = admin.wait_for_job(job_id, timeout=300)
-    assert meta["status"] == "FINISHED:COMPLETED", meta
-    job_log = (fed.workspace / "jobs" / job_id / "logs" / "server.log").read_text()
+    job_log = fed.restart_and_finish(job_id)
     assert f"resuming job {job_id} after round 3" in job_log
     assert [m["round"] for m in fed.metrics(job_id)] == list(range(1, rounds + 1))
     final = load_arrays(fed.run_dir(job_id) / "models" / "global_final.safetensors", mmap=False)

@@ -112,12 +112,7 @@ def test_a_server_killed_mid_version_keeps_the_buffered_results(fed_factory, tmp
     assert kept and set(kept) == {"site-1"}, kept
 
     (fed.gate / "config.json").write_text(json.dumps({"sleep": {"site-1": 0.2, "site-2": 0.2}}))
-    fed.start_server(heartbeat_s=6)
-    admin = fed.admin()
-    fed.wait_connected(admin, ["site-1", "site-2"], timeout=120)
-    meta = admin.wait_for_job(job_id, timeout=300)
-    assert meta["status"] == "FINISHED:COMPLETED", meta
-    log = (fed.workspace / "jobs" / job_id / "logs" / "server.log").read_text()
+    log = fed.restart_and_finish(job_id)
     assert f"version 1: {len(kept)} result(s) already in the buffer" in log, log
     versions = {m["round"]: m for m in fed.metrics(job_id)}
     assert sorted(versions) == [1, 2]

@@ -108,13 +108,7 @@ def test_a_workflow_of_its_own_runs_and_resumes_with_its_state(fed_factory, tmp_
     assert 2 <= done < rounds
     assert checkpoint["state"] == f"server_state/round_{done:04d}.safetensors"
 
-    fed.start_server(heartbeat_s=6)
-    admin = fed.admin()
-    fed.wait_connected(admin, ["site-1", "site-2"], timeout=120)
-    meta = admin.wait_for_job(job_id, timeout=300)
-    assert meta["status"] == "FINISHED:COMPLETED", meta
-
-    log = (fed.workspace / "jobs" / job_id / "logs" / "server.log").read_text()
+    log = fed.restart_and_finish(job_id)
     assert "running workflow my_fedavgm on ['site-1', 'site-2']" in log
     assert f"resuming job {job_id} after round {done}" in log
     assert [m["round"] for m in fed.metrics(job_id)] == list(range(1, rounds + 1))
