@@ -129,6 +129,7 @@ p.add_argument("--helper", choices=["none", "prox", "scaffold"], default="none")
 p.add_argument("--lr", type=float, default=0.05)
 p.add_argument("--batch", type=int, default=32)
 p.add_argument("--epochs", type=int, default=1)
+p.add_argument("--steps", type=int, default=0)
 p.add_argument("--task-s", type=float, default=0.0)
 args = p.parse_args()
 torch.set_num_threads(1)
@@ -141,6 +142,21 @@ model = build_model()
 shuffle = torch.Generator().manual_seed(1000 + index)
 # Odd sites (site-2, site-4, ...) are the slow ones when --task-s is given.
 least_s = args.task_s * (10 if index % 2 else 1)
+
+
+def batches():
+    """--epochs passes over the site's images, or with --steps K exactly K
+    batches whatever the site's size (the same K at every site)."""
+    taken = 0
+    for epoch in range(args.epochs if not args.steps else 10**9):
+        order = torch.randperm(n, generator=shuffle)
+        for start in range(0, n, args.batch):
+            yield order[start : start + args.batch]
+            taken += 1
+            if taken == args.steps:
+                return
+
+
 while fl.is_running():
     task = fl.receive()
     if task is None:
@@ -150,20 +166,17 @@ while fl.is_running():
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     scaffold = ScaffoldCorrection(model, task, fl.state_dir()) if args.helper == "scaffold" else None
     total, steps = 0.0, 0
-    for _ in range(args.epochs):
-        order = torch.randperm(n, generator=shuffle)
-        for start in range(0, n, args.batch):
-            idx = order[start : start + args.batch]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            total += float(loss)
-            if args.helper == "prox":
-                loss = loss + proximal_term(model, task)
-            optimizer.zero_grad()
-            loss.backward()
-            if scaffold is not None:
-                scaffold.apply()
-            optimizer.step()
-            steps += 1
+    for idx in batches():
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        total += float(loss)
+        if args.helper == "prox":
+            loss = loss + proximal_term(model, task)
+        optimizer.zero_grad()
+        loss.backward()
+        if scaffold is not None:
+            scaffold.apply()
+        optimizer.step()
+        steps += 1
     extras = scaffold.result(lr=args.lr) if scaffold is not None else {}
     train_s = time.monotonic() - started
     left = least_s - train_s
@@ -246,7 +259,8 @@ def run_one(
     """Simulate one job; its accuracy per round (or version) and timings."""
     client = [
         "--data", str(data_dir), "--helper", helper, "--lr", args.lr,
-        "--batch", args.batch, "--epochs", args.epochs, "--task-s", task_s,
+        "--batch", args.batch, "--epochs", args.epochs, "--steps", args.local_steps,
+        "--task-s", task_s,
     ]  # fmt: skip
     job = write_job(tmp / "jobs", label, workflow, client)
     os.environ[DATA_ENV] = str(data_dir)
@@ -286,6 +300,16 @@ def run_one(
         "results": results,
         "train_s_max": {k: max(v, default=0.0) for k, v in train_s.items()},
     }
+
+
+def steps_key(args: argparse.Namespace) -> str:
+    """The local settings in a ``--cache`` key (the defaults add nothing)."""
+    return (
+        (f"-k{args.local_steps}" if args.local_steps else "")
+        + (f"-e{args.epochs}" if args.epochs != 1 else "")
+        + (f"-b{args.batch}" if args.batch != 32 else "")
+        + (f"-s{args.seed}" if args.seed != 0 else "")
+    )
 
 
 def cached_run(
@@ -347,7 +371,7 @@ def tune(args: argparse.Namespace, tmp: Path, data_dir: Path) -> None:
             label = f"tune-{name}-lr{lr:g}"
             run = cached_run(
                 args,
-                f"{label}-r{args.tune_rounds}-f{args.fraction}-lr{args.lr}",
+                f"{label}-r{args.tune_rounds}-f{args.fraction}-lr{args.lr}{steps_key(args)}",
                 partial(
                     run_one, args, tmp, label, workflow_yaml(name, args.tune_rounds, opts),
                     data_dir, helper=helper,
@@ -358,7 +382,9 @@ def tune(args: argparse.Namespace, tmp: Path, data_dir: Path) -> None:
             best = max(best, (acc, lr))
         setattr(args, f"lr_{name}", best[1])
         emit(f"{name}: server_lr {best[1]:g} ({best[0]:.4f})")
-    table(rows, ["workflow", "server_lr", f"accuracy round {args.tune_rounds}", "best round"])
+    table(
+        rows, ["workflow", "server_lr", f"accuracy round {args.tune_rounds}", "best of any round"]
+    )
 
 
 def grid(args: argparse.Namespace, tmp: Path, data_dirs: dict[float, Path]) -> None:
@@ -375,7 +401,7 @@ def grid(args: argparse.Namespace, tmp: Path, data_dirs: dict[float, Path]) -> N
             opts, helper = options(args, name, mu)
             shown = ", ".join(f"{k} {v:g}" for k, v in opts.items()) or "-"
             label = f"a{alpha:g}-{name}" + (f"-mu{mu:g}" if name == "fedprox" else "")
-            key = f"{label}-{json.dumps(opts, sort_keys=True)}-r{args.rounds}-f{args.fraction}-lr{args.lr}"
+            key = f"{label}-{json.dumps(opts, sort_keys=True)}-r{args.rounds}-f{args.fraction}-lr{args.lr}{steps_key(args)}"
             run = cached_run(
                 args,
                 key,
@@ -394,7 +420,7 @@ def grid(args: argparse.Namespace, tmp: Path, data_dirs: dict[float, Path]) -> N
                     f"{run['seconds']:.0f}",
                 ]
             )
-            emit(f"  {name}: " + " ".join(f"{a:.3f}" for a in acc))
+            emit(f"  {label}: " + " ".join(f"{a:.3f}" for a in acc))
         emit()
         table(
             rows,
@@ -423,7 +449,8 @@ def fedbuff(args: argparse.Namespace, tmp: Path, data_dir: Path, alpha: float) -
         label = f"buff-a{alpha:g}-{name}"
         curves[name] = cached_run(
             args,
-            f"{label}-{args.buff_rounds}-{args.buff_versions}-{args.task_s}-f{args.fraction}",
+            f"{label}-{args.buff_rounds}-{args.buff_versions}-{args.task_s}-f{args.fraction}"
+            + steps_key(args),
             partial(run_one, args, tmp, label, workflow, data_dir, task_s=args.task_s),
         )
     marks = [float(v) for v in args.buff_marks.split(",")]
@@ -471,6 +498,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.05, help="local SGD learning rate")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument(
+        "--local-steps", type=int, default=0, help="K batches a round at every site (0: --epochs)"
+    )
     ap.add_argument("--mu", default="0.01,0.1,1", help="FedProx mu, one grid row each")
     ap.add_argument("--tau", type=float, default=1e-3, help="FedAdam/FedYogi tau")
     ap.add_argument("--lr-fedavgm", type=float, default=0.1)
@@ -485,7 +515,7 @@ def main() -> None:
     ap.add_argument("--task-s", type=float, default=2.0, help="FedBuff run: a fast task's length")
     ap.add_argument("--buff-rounds", type=int, default=6)
     ap.add_argument("--buff-versions", type=int, default=60)
-    ap.add_argument("--buff-marks", default="10,20,40,60,90,120")
+    ap.add_argument("--buff-marks", default="10,30,50,70,90,110,125")
     ap.add_argument("--mode", choices=["threads", "processes"], default="threads")
     ap.add_argument("--threads", type=int, default=2, help="threads mode: sites at work at once")
     ap.add_argument("--processes", type=int, default=2, help="processes mode: worker processes")
@@ -519,7 +549,9 @@ def run(args: argparse.Namespace) -> None:
     emit(
         f"{NUM_SITES} sites, Dirichlet(alpha) label shares per class (seed {args.seed}), "
         f"{args.fraction:.0%} of each site's images; MLP 784-200-200-10 from seed 0; "
-        f"local: {args.epochs} epoch(s) of SGD lr {args.lr:g}, batch {args.batch}, no momentum; "
+        "local: "
+        + (f"{args.local_steps} steps" if args.local_steps else f"{args.epochs} epoch(s)")
+        + f" of SGD lr {args.lr:g}, batch {args.batch}, no momentum; "
         f"shoal.sim {args.mode}"
         + (f" ({args.threads} sites at work at once)" if args.mode == "threads" else "")
         + f"; torch {torch.__version__}, 1 thread"
