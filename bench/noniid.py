@@ -1,7 +1,11 @@
 """Accuracy of the shipped algorithms on non-IID MNIST (issue 20, "Evidence").
 
     SHOAL_MNIST_PATH=/work/shared/data/mnist.npz \\
-        nice -n 10 python bench/noniid.py [--quick] [--rounds 50] [--alphas 0.1,0.5] [--save]
+        nice -n 10 python bench/noniid.py [--quick] [--tune] [--fedbuff] [--rounds 50]
+        [--alphas 0.1,0.5] [--epochs 1 | --local-steps K] [--cache FILE] [--save]
+
+``bench/results/2026-12-05-noniid.md`` is ``--tune --fedbuff --save`` (~40 min
+on 2 shared cores).
 
 The registered workflows ``fedavg``, ``fedavgm``, ``fedadam``, ``fedyogi``,
 ``fedprox`` and ``scaffold`` run in ``shoal.sim`` on one split of MNIST's
@@ -9,10 +13,11 @@ The registered workflows ``fedavg``, ``fedavgm``, ``fedadam``, ``fedyogi``,
 alpha: for each class, the sites' shares are drawn from Dirichlet(alpha)
 (seeded, the split of ``examples/hello-pt``: every image on one site, every
 class present, sites of unequal size). The same model (McMahan et al.'s
-"2NN": 784-200-200-10 MLP, ReLU, float32, initialised from seed 0), the same
-site script for every algorithm, the same local training (``--epochs``
-epochs of plain SGD, ``--lr``, batch ``--batch``, over the site's data,
-shuffled from a seed per site), and the server's ``evaluate`` hook scoring
+"2NN": 784-200-200-10 MLP, ReLU, float32, initialised from numpy seed 0),
+the same site script for every algorithm, the same local training
+(``--epochs`` epochs of plain SGD, ``--lr``, batch ``--batch``, over the
+site's data, shuffled from a seed per site; or ``--local-steps K`` batches at
+every site whatever its size), and the server's ``evaluate`` hook scoring
 the *global* model on the full 10,000-image test set after every round.
 
 The site script is what a user writes (``docs/algorithms.md``): FedProx adds
@@ -25,9 +30,11 @@ in the task's meta), SCAFFOLD wraps each step with
 FedYogi at alpha 0.5 (``--tune-rounds`` rounds, best test accuracy of the
 last round wins) and uses the winners in the grid; without it the grid uses
 ``--lr-fedavgm`` etc. ``--fedbuff`` adds FedBuff next to FedAvg when half the
-sites are 10x slower: every task lasts at least ``--task-s`` seconds at an
-even site and 10x that at an odd one (training, then a sleep to that
-length), accuracy reported against wall time from the first task.
+sites are 10x slower: every task lasts at least ``--task-s`` seconds at
+site-1, -3, ... and 10x that at site-2, -4, ... (training, then a sleep to
+that length), accuracy reported against wall time from the first task.
+``--cache FILE`` keeps each finished run (JSON lines) and reads it back when
+the same run is asked again, so an interrupted run resumes.
 
 ``--quick``: 2 algorithms (fedavg, scaffold), 3 rounds, alpha 0.5, 10% of
 each site's data; for the smoke test.
@@ -432,9 +439,9 @@ def fedbuff(args: argparse.Namespace, tmp: Path, data_dir: Path, alpha: float) -
     k = NUM_SITES // 2
     emit(
         f"\n## FedBuff against FedAvg, alpha {alpha:g}, half the sites 10x slower\n\n"
-        f"Every task lasts at least {args.task_s:g} s at an even-indexed site and "
-        f"{10 * args.task_s:g} s at an odd one (site-2, site-4, ...: sleep-injected after "
-        f"training, which takes less). FedAvg {args.buff_rounds} rounds; FedBuff "
+        f"Every task lasts at least {args.task_s:g} s at an even-indexed site (site-1, "
+        f"site-3, ...) and {10 * args.task_s:g} s at an odd-indexed one (site-2, site-4, "
+        f"...): sleep-injected after training, which takes less. FedAvg {args.buff_rounds} rounds; FedBuff "
         f"{args.buff_versions} versions, K = {k}, server_lr 1, staleness 1/sqrt(1+tau).\n"
     )
     runs = {
