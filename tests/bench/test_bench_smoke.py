@@ -162,3 +162,16 @@ def test_dp_accuracy_quick() -> None:
         pytest.skip("SHOAL_MNIST_PATH does not name mnist.npz")
     out = _run("dp_accuracy", "--quick")
     assert "dp_fedavg z=1" in out and "fedavg (no DP)" in out
+
+
+def test_noniid_quick() -> None:
+    # fedavg and scaffold (its torch helper and c_i at the site), 3 rounds on
+    # 10% of a Dirichlet(0.5) split: both must learn past chance (0.1).
+    pytest.importorskip("torch")
+    if not Path(os.environ.get("SHOAL_MNIST_PATH", "/nonexistent")).is_file():
+        pytest.skip("SHOAL_MNIST_PATH does not name mnist.npz")
+    out = _run("noniid", "--quick", timeout=120)
+    for name in ("fedavg", "scaffold"):
+        row = re.search(rf"^\| {name} +\| [^|]+\| (0\.\d+) +\|", out, re.M)
+        assert row, f"no {name} row:\n{out[-2000:]}"
+        assert float(row.group(1)) > 0.2, row.group(0)
