@@ -135,6 +135,11 @@ def test_peers_quick_prints_one_table_of_ratios() -> None:
 
 
 @pytest.mark.slow
+def test_fedbuff_buffer_quick() -> None:
+    out = _run("fedbuff_buffer", "--quick")
+    assert "| 1 MiB " in out and "bytes written per result" in out
+
+
 def test_fedbuff_quick() -> None:
     out = _run("fedbuff", "--quick", "--sites", "4")
     assert "| fedbuff " in out and "| fedavg " in out
