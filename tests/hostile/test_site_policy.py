@@ -219,3 +219,27 @@ def test_a_bad_policy_file_refuses_every_job_and_says_why(
         assert invalid and "resources.memory_mb" in invalid[-1]["error"]
     finally:
         _wait_published(admin, {"site-2": _set_policy(fed, "site-2", SITE_POLICY_YML)})
+
+
+def test_only_jobs_signed_by_a_listed_signer_run(
+    fed: Fed, admin: AdminSession, tmp_path: Path
+) -> None:
+    # The signer is the verified signature's, not a claim in the request.
+    sha = _set_policy(fed, "site-1", f"code: {{allow: signed, signers: [{PROJECT_ADMIN}]}}\n")
+    try:
+        _wait_published(admin, {"site-1": sha})
+        ok = admin.submit_job(_job(tmp_path / "a", "signed-by-listed"))
+        other = fed.admin(OUTSIDER).submit_job(_job(tmp_path / "b", "signed-by-other"))
+        assert admin.wait_for_job(ok, timeout=120).status == "FINISHED:COMPLETED"
+        meta = admin.wait_for_job(other, timeout=120)
+        assert f"signer {OUTSIDER} is not allowed here (allowed: {PROJECT_ADMIN})" in str(
+            meta.error
+        ), meta
+        verdicts = ("job.accepted", "job.refused")
+        trail = {e["job_id"]: e for e in _audit(fed, "site-1") if e["event"] in verdicts}
+        assert trail[ok]["signer"]["name"] == PROJECT_ADMIN
+        assert trail[other]["event"] == "job.refused"
+        assert trail[other]["signer"]["name"] == OUTSIDER
+        assert not (fed.kits["site-1"] / "jobs" / other / "job").exists()
+    finally:
+        _wait_published(admin, {"site-1": _set_policy(fed, "site-1", SITE_POLICY_YML)})
