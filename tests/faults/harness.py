@@ -333,6 +333,7 @@ def write_job(
     round_timeout_s: float = 120,
     sites: Sequence[str] | None = None,
     start_timeout_s: float | None = None,
+    rejoin_grace_s: float | None = None,
 ) -> Path:
     """A numpy FedAvg job whose model has ``size`` float32 weights (+3 float64)."""
     app = folder / "app"
@@ -356,6 +357,8 @@ def write_job(
         yml.append(f"sites: [{', '.join(sites)}]")
     if start_timeout_s is not None:
         yml.append(f"start_timeout_s: {start_timeout_s}")
+    if rejoin_grace_s is not None:
+        yml.append(f"rejoin_grace_s: {rejoin_grace_s}")
     (folder / "job.yml").write_text("\n".join(yml) + "\n")
     return folder
 

@@ -19,7 +19,10 @@ def test_site_sigkilled_mid_round_job_continues_and_site_rejoins(fed_factory, tm
     admin = fed.start_all(heartbeat_s=6)
     # site-2 trains slowly, so killing it once it started round 2 is mid-round.
     (fed.gate / "config.json").write_text(json.dumps({"sleep": {"site-2": 3}}))
-    job = write_job(tmp_path / "job", num_rounds=4, min_clients=1, round_timeout_s=120)
+    # The round does not wait for site-2 to come back (the job's rejoin_grace_s).
+    job = write_job(
+        tmp_path / "job", num_rounds=4, min_clients=1, round_timeout_s=120, rejoin_grace_s=0
+    )
     job_id = admin.submit_job(job)
 
     wait_for(lambda: (fed.gate / "site-2.r2.start").exists(), 120, "site-2 to start round 2")
@@ -48,6 +51,8 @@ def test_site_sigkilled_mid_round_job_continues_and_site_rejoins(fed_factory, tm
     # evaluated once the next one is out), so site-2 may have missed it.
     assert "site-1" in rounds[3]["sites"], rounds
     assert sorted(rounds[4]["sites"]) == ["site-1", "site-2"], rounds
+    log = (fed.workspace / "jobs" / job_id / "logs" / "server.log").read_text()
+    assert "a site that leaves a round is waited for 0 s" in log
 
 
 def test_site_restarted_mid_round_answers_that_round(fed_factory, tmp_path: Path):

@@ -37,7 +37,7 @@ extra: 1
 #: What a submit of BROKEN_YML's job would be told, one section at a time.
 BROKEN_PROBLEMS = [
     "job.yml: extra: unknown key (known: name, min_clients, sites, workflow, client, "
-    "server, resources, start_timeout_s, filters, tracking)",
+    "server, resources, start_timeout_s, rejoin_grace_s, filters, tracking)",
     "job.yml: name: required, [A-Za-z0-9][A-Za-z0-9._-]{0,63}, got 'bad name!'",
     "job.yml: min_clients: required integer in 1..10000, got 0",
     "job.yml: workflow.colour: unknown fedavg parameter (known: aggregator, evaluate_after, "

@@ -68,6 +68,17 @@ def test_minimal_job(tmp_path: Path) -> None:
     assert spec.sites is None
     assert spec.client.args == ()
     assert spec.start_timeout_s == 300.0
+    assert spec.rejoin_grace_s == 15.0
+    assert "rejoin_grace_s" not in spec.to_dict()
+
+
+@pytest.mark.parametrize("value", ["0", "2.5", "3600"])
+def test_rejoin_grace_is_the_jobs_own(tmp_path: Path, value: str) -> None:
+    root = _with(tmp_path, "start_timeout_s: 300", f"start_timeout_s: 300\nrejoin_grace_s: {value}")
+    spec = load_job_spec(root)
+    assert spec.rejoin_grace_s == float(value)
+    (root / "job.yml").write_text(yaml.safe_dump(spec.to_dict()))
+    assert load_job_spec(root) == spec
 
 
 def _with(tmp_path: Path, old: str, new: str) -> Path:
@@ -123,6 +134,10 @@ def _with(tmp_path: Path, old: str, new: str) -> Path:
         ),
         ("  model: model:build_model\n", "", "fedavg needs server.model or server.initial_weights"),
         ("start_timeout_s: 300", "start_timeout_s: 0", "job.yml: start_timeout_s:"),
+        ("start_timeout_s: 300", "rejoin_grace_s: -1", r"job.yml: rejoin_grace_s: .*0 to 3600"),
+        ("start_timeout_s: 300", "rejoin_grace_s: 3601", r"job.yml: rejoin_grace_s: .*3601"),
+        ("start_timeout_s: 300", "rejoin_grace_s: .inf", r"job.yml: rejoin_grace_s:"),
+        ("start_timeout_s: 300", "rejoin_grace_s: true", r"job.yml: rejoin_grace_s:"),
         ("resources: {gpu: 1}", "resources: [1]", "job.yml: resources:"),
         ("resources: {gpu: 1}", "extra_key: 1", "job.yml: extra_key: unknown key"),
         (

@@ -28,6 +28,7 @@ from shoal.jobs.archive import check_archive_size, pack_job, safe_extract
 from shoal.jobs.spec import (
     _TOP_KEYS,
     APP_DIR,
+    DEFAULT_REJOIN_GRACE_S,
     MAX_MIN_CLIENTS,
     ClientAppSpec,
     JobSpec,
@@ -40,6 +41,7 @@ from shoal.jobs.spec import (
     _int,
     _name,
     _read_job_file,
+    _rejoin_grace,
     _resources,
     _server,
     _sites,
@@ -165,6 +167,7 @@ def spec_problems(
     server = attempt(lambda: _server(doc, app_dir))
     resources = attempt(lambda: _resources(doc))
     timeout = attempt(lambda: _start_timeout(doc))
+    grace = attempt(lambda: _rejoin_grace(doc))
     filters = attempt(lambda: _filters(doc.get("filters"), app_dir))
     attempt(lambda: _tracking(doc.get("tracking")))
 
@@ -180,6 +183,7 @@ def spec_problems(
         sites=None if sites is _FAILED else sites,
         resources={} if resources is _FAILED else resources,
         start_timeout_s=300.0 if timeout is _FAILED else timeout,
+        rejoin_grace_s=DEFAULT_REJOIN_GRACE_S if grace is _FAILED else grace,
         filters={} if filters is _FAILED else filters,
     )
     if workflow is not _FAILED and server is not _FAILED:

@@ -89,6 +89,10 @@ MAX_CLIENT_CONFIG_BYTES = 64 * 1024
 MAX_MIN_CLIENTS = 10_000
 #: ``start_timeout_s``: longest wait, 30 days.
 MAX_START_TIMEOUT_S = 30 * 24 * 3600.0
+#: ``rejoin_grace_s``: default (seconds a round waits for a site that left it).
+DEFAULT_REJOIN_GRACE_S = 15.0
+#: ``rejoin_grace_s``: longest, one hour.
+MAX_REJOIN_GRACE_S = 3600.0
 
 # Worker environment variables a job may not set: they make the dynamic
 # loader or an interpreter load code of the job's choosing before (or
@@ -264,6 +268,7 @@ _TOP_KEYS = (
     "server",
     "resources",
     "start_timeout_s",
+    "rejoin_grace_s",
     "filters",
     "tracking",
 )
@@ -325,6 +330,9 @@ class JobSpec:
     resources: Mapping[str, Any] = field(default_factory=dict)
     #: Seconds to wait for the sites at start before the job is ABANDONED.
     start_timeout_s: float = 300.0
+    #: Seconds a round stays open, once, for a site that left during it (a
+    #: daemon restart, a cut session) before it goes on without the site.
+    rejoin_grace_s: float = DEFAULT_REJOIN_GRACE_S
     #: Filters by point (``shoal.filters``: task_in, result_out, result_in, model_out).
     filters: Mapping[str, tuple[FilterSpec, ...]] = field(default_factory=dict)
     #: Experiment tracking (TensorBoard, MLflow, W&B).
@@ -372,6 +380,8 @@ class JobSpec:
         }
         if self.sites is not None:
             out["sites"] = list(self.sites)
+        if self.rejoin_grace_s != DEFAULT_REJOIN_GRACE_S:
+            out["rejoin_grace_s"] = self.rejoin_grace_s
         if self.tracking != TrackingSpec():
             out["tracking"] = self.tracking.to_dict()
         if self.filters:
@@ -681,6 +691,20 @@ def _start_timeout(doc: Mapping[str, Any]) -> float:
     return float(timeout)
 
 
+def _rejoin_grace(doc: Mapping[str, Any]) -> float:
+    grace = doc.get("rejoin_grace_s", DEFAULT_REJOIN_GRACE_S)
+    if (
+        isinstance(grace, bool)
+        or not isinstance(grace, (int, float))
+        or not math.isfinite(grace)
+        or not 0 <= grace <= MAX_REJOIN_GRACE_S
+    ):
+        raise _err(
+            "rejoin_grace_s", f"must be a number from 0 to {MAX_REJOIN_GRACE_S:.0f}, got {grace!r}"
+        )
+    return float(grace)
+
+
 def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
     """Validate an already-loaded job.yml document against its ``app/`` folder."""
     if not isinstance(doc, Mapping):
@@ -698,6 +722,7 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
     server = _server(doc, app_dir)
     resources = _resources(doc)
     timeout = _start_timeout(doc)
+    grace = _rejoin_grace(doc)
 
     spec = JobSpec(
         name=name,
@@ -708,6 +733,7 @@ def parse_job_spec(doc: Any, app_dir: Path) -> JobSpec:
         sites=sites,
         resources=resources,
         start_timeout_s=timeout,
+        rejoin_grace_s=grace,
         filters=_filters(doc.get("filters"), app_dir),
         tracking=_tracking(doc.get("tracking")),
     )

@@ -32,6 +32,7 @@ from shoal._memory import tune_allocator
 from shoal._watchdog import exit_with_parent
 from shoal.arrays import arrays_from_bytes
 from shoal.errors import WorkflowSuspended
+from shoal.jobs.spec import DEFAULT_REJOIN_GRACE_S
 from shoal.server.ipc import EXIT_SUSPENDED, IpcChannel
 from shoal.workflows.api import TaskResult, WorkflowContext
 
@@ -41,7 +42,8 @@ log = logging.getLogger("shoal.workflow")
 #: whose daemon restarts or whose session is cut and opened again comes back
 #: in time to answer the round (its task stays open on the daemon's board).
 #: A site that does not come back costs the round this much at most, once.
-REJOIN_GRACE_S = 15.0
+#: A job sets its own with ``rejoin_grace_s`` in job.yml.
+REJOIN_GRACE_S = DEFAULT_REJOIN_GRACE_S
 
 
 @dataclass(frozen=True)
@@ -344,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app_dir = root / APP_DIR
         sites = [s for s in args.sites.split(",") if s]
         os.chdir(run_dir)
-        comm = IpcCommunicator(ipc, sites)
+        comm = IpcCommunicator(ipc, sites, rejoin_grace_s=spec.rejoin_grace_s)
         ctx = WorkflowContext(
             job_id=args.job_id,
             spec=spec,
@@ -356,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_requested=comm.stop_requested,
         )
         log.info("job %s: running workflow %s on %s", args.job_id, spec.workflow.name, sites)
+        if spec.rejoin_grace_s != REJOIN_GRACE_S:
+            log.info("a site that leaves a round is waited for %g s", spec.rejoin_grace_s)
         get_workflow(spec.workflow.name)(ctx)
         log.info("job %s: workflow completed", args.job_id)
         return 0
