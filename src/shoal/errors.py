@@ -8,6 +8,7 @@
     ├── TransportError         a connection or transfer failed
     │   ├── IntegrityError     a payload's size or hash did not match
     │   ├── PeerRejectedError  the peer refused us (identity, role, protocol)
+    │   ├── BusyError          the same thing is under way on another stream: try again shortly
     │   └── UnavailableError   the server was not reached, or went away: try again later
     ├── NotAuthorizedError     an admin command beyond the caller's role
     ├── NotFoundError          no such job, site or file
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 __all__ = [
     "ArrayFormatError",
+    "BusyError",
     "ConfigError",
     "IntegrityError",
     "JobFailedError",
@@ -68,6 +70,12 @@ class IntegrityError(TransportError):
 
 class PeerRejectedError(TransportError):
     """The other side refused the request (identity, role or protocol)."""
+
+
+class BusyError(TransportError):
+    """The same request is already under way on another stream (a result of
+    this site for this task still arriving): nothing was refused for good,
+    and the request may succeed once the other one ends."""
 
 
 class UnavailableError(TransportError):

@@ -22,6 +22,8 @@ from faults.harness import Fed, wait_for, write_job  # noqa: I001
 from shoal._proto import shoal_pb2 as pb
 from shoal._proto import shoal_pb2_grpc as pb_grpc
 from shoal.admin.session import AdminSession
+from shoal.client.worker import GrpcBackend, WorkerConfig
+from shoal.provision import load_kit
 from shoal.transport import PayloadHeader, read_header
 from shoal.transport.frames import receive_bytes
 
@@ -160,7 +162,60 @@ def test_result_headers_without_data_lose_their_slot(fed_factory, tmp_path: Path
     assert ended(first) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert first.details() and "no data moved" in first.details()  # type: ignore[attr-defined]
     codes = {ended(c) for c in others}
-    assert codes <= {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+    # ABORTED: "already arriving", a refusal the sender may try again after.
+    assert codes <= {grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+    abuser.release()
+
+
+def test_a_result_whose_earlier_upload_stalled_is_taken_once_the_stall_ends(
+    fed_factory, tmp_path: Path
+):
+    """After a partition the server may still be receiving a site's result on
+    the dead worker's stream when the site's new worker sends it again. The
+    new upload is told "already arriving" (BusyError), offers the result again,
+    and gets in once the stall watch has ended the dead one: the round counts
+    the site, instead of missing it."""
+    fed, admin, abuser = _federation(fed_factory)
+    job_id = _abused_job(fed, admin, abuser, tmp_path, size=LARGE)
+    # The dead worker: it took the round's task and announced its result
+    # (told "go"), then its link died with no byte of the data sent.
+    ready = PayloadHeader("ready", job_id, size=0, meta={"wait_s": 30})
+    frames = abuser.stub.Work(iter([pb.Frame(header=ready.to_pb())]))
+    task = read_header(frames)
+    receive_bytes(task, frames, max_size=1 << 30)
+    meta = {"site": "site-1", "num_examples": 10, "metrics": {}}
+    dead = abuser.open(pb.Frame(header=PayloadHeader("result", job_id, task.task_id,
+                                                     4 * LARGE + 1024, meta).to_pb()))  # fmt: skip
+    assert read_header(iter(dead)).kind == "go"  # type: ignore[arg-type]
+
+    # The new worker, as the site daemon starts it: the round's task again, a result.
+    startup = load_kit(fed.kits["site-1"]).root / "startup"
+    config = WorkerConfig(
+        server_address=f"127.0.0.1:{fed.fed_port}",
+        server_name="server1",
+        ca_path=str(startup / "rootCA.pem"),
+        cert_path=str(startup / "client.crt"),
+        key_path=str(startup / "client.key"),
+        job_id=job_id,
+        site_name="site-1",
+        site_index=0,
+        num_sites=1,
+        job_dir=str(tmp_path),
+    )
+    worker = GrpcBackend(config)
+    try:
+        model = worker.next_task()
+        assert model is not None
+        model.num_examples = 10
+        worker.send(model)  # BusyError while the dead upload holds the result; then in
+    finally:
+        worker.close()
+
+    meta_after = admin.wait_for_job(job_id, timeout=60)
+    assert meta_after["status"] == "FINISHED:COMPLETED", meta_after
+    assert ended(dead) == grpc.StatusCode.DEADLINE_EXCEEDED
+    rounds = fed.metrics(job_id)
+    assert [sorted(r["sites"]) for r in rounds] == [["site-1"]], rounds
     abuser.release()
 
 

@@ -30,6 +30,7 @@ from shoal._watchdog import exit_with_parent
 from shoal.arrays import arrays_from_bytes, encode_arrays
 from shoal.client.model import FLModel
 from shoal.errors import (
+    BusyError,
     NotAuthorizedError,
     NotFoundError,
     PeerRejectedError,
@@ -69,6 +70,11 @@ MAX_TASK_BYTES = 64 * 1024**3
 #: for a server that is down (``transport.channels``); these loops take what
 #: it cannot: a stream that had answered, a NOT_FOUND past 5 attempts.
 _RETRYABLE = (UnavailableError, NotFoundError)
+#: How long a result is offered again while the server is still receiving
+#: another upload of it (BusyError): an earlier worker's, after a partition,
+#: whose dead stream the server's stall watch ends (``--transfer-stall-s``,
+#: 30 s by default). Past it the result is given up, as a refused one is.
+BUSY_RETRY_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -318,7 +324,9 @@ class GrpcBackend:
         header = PayloadHeader(kind="result", job_id=self.job_id, task_id=task.task_id, meta=meta)
         t0 = time.monotonic()
         size = encoded.size
-        for attempt in range(5):
+        attempt = 0
+        busy_delay, busy_until = 0.5, t0 + BUSY_RETRY_S
+        while True:
             try:
                 stream = self._work()
                 frames = frames_from_pieces(header, size, encoded.pieces)
@@ -337,7 +345,13 @@ class GrpcBackend:
             except grpc.RpcError as exc:
                 self._drop_stream()
                 err = from_rpc_error(exc, "sending the result")
-                if isinstance(err, (PeerRejectedError, NotAuthorizedError)):
+                if isinstance(err, BusyError) and time.monotonic() < busy_until:
+                    log.info("%s; offering it again in %.1f s", err, busy_delay)
+                    time.sleep(busy_delay)
+                    busy_delay = min(busy_delay * 2, 5.0)
+                    encoded = encode_arrays(arrays)
+                    continue
+                if isinstance(err, (PeerRejectedError, NotAuthorizedError, BusyError)):
                     # A stale task (the server restarted or moved on): the
                     # next receive() brings the current one.
                     log.warning("result for task %s not accepted: %s", task.task_id, err)
@@ -345,6 +359,7 @@ class GrpcBackend:
                 if not isinstance(err, _RETRYABLE) or attempt == 4:
                     raise err from None
                 time.sleep(0.5 * 2**attempt)
+                attempt += 1
                 encoded = encode_arrays(arrays)
             except BaseException:
                 self._drop_stream()

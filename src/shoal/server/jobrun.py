@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal import checksum, jobstatus
-from shoal.errors import ConfigError, PeerRejectedError
+from shoal.errors import BusyError, ConfigError, PeerRejectedError
 from shoal.sandbox import Confinement, job_env
 from shoal.server.ipc import EXIT_SUSPENDED, IPC_INLINE_MAX, IpcChannel
 from shoal.server.store import JobRecord
@@ -443,8 +443,9 @@ class JobRun:
         Work stream tells the site to start sending then). ``transfer()`` is
         entered around ``go`` and the receipt (the Fleet service's transfer
         slot and stall watch): only after the checks, so a result nobody
-        wants, or a second upload of one already arriving, is refused at once
-        and never waits for, or holds, a slot."""
+        wants, or a second upload of one already arriving (``BusyError``:
+        the sender tries again later), is refused at once and never waits
+        for, or holds, a slot."""
         claimed = header.meta.get("site")
         if claimed is not None and claimed != site:
             raise PeerRejectedError(f"{site} sent a result claiming to be from {claimed!r}")
@@ -476,10 +477,11 @@ class JobRun:
             if site in task.answered:
                 raise PeerRejectedError(f"duplicate result for task {task.task_id} from {site}")
             if site in task.receiving:
-                # Both would land in the same file: the loser would delete the winner's.
-                raise PeerRejectedError(
-                    f"a result for task {task.task_id} from {site} is already arriving"
-                )
+                # Both would land in the same file: the loser would delete the
+                # winner's. Not a refusal for good: the other upload may be an
+                # old worker's on a dead link, which the stall watch ends; the
+                # sender tries again (BusyError) and gets in then.
+                raise BusyError(f"a result for task {task.task_id} from {site} is already arriving")
             task.receiving.add(site)
         try:
             dest: Path | None = None

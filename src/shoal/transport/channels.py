@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from shoal.errors import (
+    BusyError,
     ConfigError,
     IntegrityError,
     JobValidationError,
@@ -205,6 +206,7 @@ _TO_STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (JobValidationError, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (BusyError, grpc.StatusCode.ABORTED),
     (ShoalError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 _FROM_STATUS: dict[grpc.StatusCode, type[ShoalError]] = {
@@ -215,6 +217,7 @@ _FROM_STATUS: dict[grpc.StatusCode, type[ShoalError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.DATA_LOSS: IntegrityError,
     grpc.StatusCode.INVALID_ARGUMENT: JobValidationError,
+    grpc.StatusCode.ABORTED: BusyError,
 }
 
 
